@@ -1,0 +1,3 @@
+from edge_tl.cli.main import main
+
+main()

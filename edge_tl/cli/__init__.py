@@ -1,0 +1,1 @@
+"""The `edge-tl` command line: thin click commands over the library."""

@@ -1,0 +1,329 @@
+"""The run directory and its ``manifest.json``: the contract between stages.
+
+Every stage reads a run directory and writes its artifacts back into it. Each
+artifact gets a record in the manifest: what it is, how it was made, its sha256
+and the metrics measured on it. A stage never guesses what an earlier stage
+did; it reads the manifest.
+
+Layout of a run directory::
+
+    manifest.json            the contract (schema below)
+    metrics.jsonl            one JSON line per training epoch
+    checkpoints/best.pt      best checkpoint by the validation metric
+    checkpoints/last.pt      last checkpoint (used by --resume)
+    export/                  ONNX files
+    quantize/                INT8 models, calibration tables and caches
+    compile/                 engines, sidecars and on-device build plans
+    verify/                  reports
+    deploy/<host>/           results brought back from devices
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from edge_tl import __version__
+from edge_tl.errors import RunError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "value"):  # Enums
+        return obj.value
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One artifact of a run as recorded in the manifest.
+
+    ``kind`` is one of: checkpoint, onnx, engine, calibration-table,
+    calibration-cache, build-plan, report, bundle, deploy-result.
+    ``path`` is relative to the run directory.
+    """
+
+    name: str
+    kind: str
+    path: str
+    sha256: str
+    created: str
+    stage: str
+    precision: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": self.path,
+            "sha256": self.sha256,
+            "created": self.created,
+            "stage": self.stage,
+            "precision": self.precision,
+            "details": copy.deepcopy(self.details),
+            "metrics": copy.deepcopy(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Artifact":
+        return cls(
+            name=data["name"],
+            kind=data["kind"],
+            path=data["path"],
+            sha256=data["sha256"],
+            created=data.get("created", ""),
+            stage=data.get("stage", ""),
+            precision=data.get("precision"),
+            details=dict(data.get("details") or {}),
+            metrics=dict(data.get("metrics") or {}),
+        )
+
+
+def tool_versions(*names: str) -> dict[str, str]:
+    """Versions of the named distributions that are installed (absent ones are left out)."""
+    from importlib import metadata
+
+    out = {"edge-tl": __version__}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """A run directory. Create with :meth:`create` (finetune) or :meth:`open` (every later stage)."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = Path(root)
+        self._manifest = manifest
+
+    # ---- construction
+
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], **sections: Any) -> "Run":
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "created": now_iso(),
+            "edge_tl_version": __version__,
+            "artifacts": {},
+        }
+        manifest.update(sections)
+        run = cls(root, manifest)
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> "Run":
+        root = Path(root)
+        path = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise RunError(
+                f"run directory {str(root)!r} does not exist. Create one with "
+                "`edge-tl finetune --out DIR` or `edge-tl quickstart --out DIR`."
+            )
+        if not path.is_file():
+            raise RunError(
+                f"{str(path)!r} is missing: {str(root)!r} is not an edge-tl run directory. "
+                "Point at the directory given to `edge-tl finetune --out`."
+            )
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{str(path)!r} is not valid JSON ({exc}); restore it from a backup or re-run finetune.") from exc
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RunError(
+                f"{str(path)!r} has schema_version {version!r}; this edge-tl ({__version__}) reads up to "
+                f"{SCHEMA_VERSION}. Upgrade edge-tl."
+            )
+        manifest.setdefault("artifacts", {})
+        return cls(root, manifest)
+
+    @staticmethod
+    def exists(root: str | os.PathLike[str]) -> bool:
+        return (Path(root) / MANIFEST_NAME).is_file()
+
+    # ---- manifest access
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A deep copy: change the manifest through :meth:`update` and :meth:`add_artifact`."""
+        return copy.deepcopy(self._manifest)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(self._manifest.get(key, default))
+
+    def require(self, key: str, *, stage: str = "this stage") -> Any:
+        if key not in self._manifest:
+            raise RunError(
+                f"the manifest of {str(self.root)!r} has no {key!r} section, which {stage} needs. "
+                "Was the run made by `edge-tl finetune` and did it finish?"
+            )
+        return copy.deepcopy(self._manifest[key])
+
+    def update(self, **sections: Any) -> None:
+        """Set top-level sections and save atomically."""
+        for key, value in sections.items():
+            if key in ("artifacts", "schema_version"):
+                raise ValueError(f"use add_artifact to change {key!r}")
+            self._manifest[key] = copy.deepcopy(value)
+        self.save()
+
+    def save(self) -> None:
+        self._manifest["updated"] = now_iso()
+        atomic_write_json(self.root / MANIFEST_NAME, self._manifest)
+
+    def reload(self) -> None:
+        self._manifest = Run.open(self.root)._manifest
+
+    # ---- paths
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def relpath(self, path: str | os.PathLike[str]) -> str:
+        p = Path(path).resolve()
+        try:
+            return p.relative_to(self.root.resolve()).as_posix()
+        except ValueError as exc:
+            raise RunError(f"{str(p)!r} is outside the run directory {str(self.root)!r}") from exc
+
+    # ---- artifacts
+
+    def add_artifact(
+        self,
+        name: str,
+        *,
+        kind: str,
+        path: str | os.PathLike[str],
+        stage: str,
+        precision: str | None = None,
+        details: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Artifact:
+        """Record (or replace) an artifact that already lies inside the run directory."""
+        full = Path(path)
+        if not full.is_absolute():
+            full = self.root / full
+        if not full.exists():
+            raise RunError(f"cannot record artifact {name!r}: {str(full)!r} does not exist")
+        artifact = Artifact(
+            name=name,
+            kind=kind,
+            path=self.relpath(full),
+            sha256=sha256_file(full) if full.is_file() else "",
+            created=now_iso(),
+            stage=stage,
+            precision=precision,
+            details=dict(details or {}),
+            metrics=dict(metrics or {}),
+        )
+        self._manifest["artifacts"][name] = artifact.to_dict()
+        self.save()
+        return artifact
+
+    def update_artifact_metrics(self, name: str, metrics: dict[str, Any]) -> Artifact:
+        record = self._manifest["artifacts"].get(name)
+        if record is None:
+            raise RunError(f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(self._manifest['artifacts'])}")
+        record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
+        self.save()
+        return Artifact.from_dict(record)
+
+    def artifact(self, name: str) -> Artifact:
+        record = self._manifest["artifacts"].get(name)
+        if record is None:
+            known = ", ".join(sorted(self._manifest["artifacts"])) or "none"
+            raise RunError(
+                f"run {str(self.root)!r} has no artifact {name!r} (it has: {known}). "
+                "Run the stage that makes it first."
+            )
+        return Artifact.from_dict(record)
+
+    def has_artifact(self, name: str) -> bool:
+        return name in self._manifest["artifacts"]
+
+    def artifacts(self, *, kind: str | None = None) -> Iterator[Artifact]:
+        for record in self._manifest["artifacts"].values():
+            if kind is None or record["kind"] == kind:
+                yield Artifact.from_dict(record)
+
+    def artifact_path(self, name: str, *, check_hash: bool = False) -> Path:
+        art = self.artifact(name)
+        full = self.root / art.path
+        if not full.exists():
+            raise RunError(f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; re-run its stage ({art.stage}).")
+        if check_hash and art.sha256 and sha256_file(full) != art.sha256:
+            raise RunError(
+                f"artifact {name!r} at {str(full)!r} does not match the sha256 in the manifest; "
+                f"it was changed after {art.stage} wrote it. Re-run {art.stage}."
+            )
+        return full
