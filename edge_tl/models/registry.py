@@ -181,10 +181,11 @@ def build_model(
         spec.source
     ]
     model = builder(spec, imagenet=imagenet)
-    if weights.source is WeightsSource.FILE:
-        assert weights.path is not None
-        load_weights_file(model, weights.path)
     replace_head(model, num_classes)
+    if weights.source is WeightsSource.FILE and weights.path is not None:
+        # After the head swap, so a file with the user's class count restores its head too;
+        # a file with another head (e.g. ImageNet's) restores everything but the head.
+        load_weights_file(model, weights.path)
     return model
 
 
