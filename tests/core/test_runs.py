@@ -69,9 +69,7 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch) -> 
 
 
 def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:
-    old = os.umask(0o022)
-    try:
-        path = atomic_write_bytes(tmp_path / "m.json", b"{}")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o644
+    from edge_tl import runs
+
+    path = atomic_write_bytes(tmp_path / "m.json", b"{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~runs._UMASK
