@@ -1,0 +1,353 @@
+"""Deciding what to build: the source ONNX, the flags, and the on-device build plan.
+
+Pure logic over the run's manifest and the target profile; nothing here needs
+TensorRT. The plan is written into the run as ``compile/<target>-<precision>/``:
+
+``build_engine.sh``
+    run on the device from anywhere; it works from the run's root, checks the
+    source ONNX's sha256, runs trtexec, refuses an engine built by another
+    TensorRT than planned, and writes the engine's sidecar from trtexec's log.
+``build_plan.json``
+    the same decisions as data (argv lists, source artifact, release), for deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edge_tl import __version__
+from edge_tl.compile.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
+from edge_tl.compile.trtexec_flags import (
+    BatchRange,
+    BuildSpec,
+    SourceKind,
+    build_command,
+    check_version,
+    shell_join,
+    version_code_prefix,
+)
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
+from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease
+
+STAGE = "compile"
+ENGINE_NAME = "model.engine"
+SCRIPT_NAME = "build_engine.sh"
+PLAN_NAME = "build_plan.json"
+LOG_NAME = "build.log"
+TIMES_NAME = "build_times.json"
+DEFAULT_BATCH = BatchRange(1, 1, 8)
+
+
+def plan_dir(target: Target, precision: Precision) -> str:
+    """Run-relative folder of one target+precision's engine and plan."""
+    return f"compile/{target.name}-{precision.value}"
+
+
+def engine_artifact_name(target: Target, precision: Precision) -> str:
+    return f"engine-{target.name}-{precision.value}"
+
+
+def plan_artifact_name(target: Target, precision: Precision) -> str:
+    return f"build-plan-{target.name}-{precision.value}"
+
+
+def timing_cache_path(target: Target, release: TrtRelease) -> str:
+    # One cache per target and TensorRT release: tactics timed on one GPU model and
+    # TensorRT version are reused by every later build of any precision there.
+    return f"compile/timing-{target.name}-trt{release.version}.cache"
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """The ONNX (and calibration cache) an engine is built from."""
+
+    onnx: Artifact
+    kind: SourceKind
+    recipe: CalibrationRecipe | None = None
+    calib_cache: Artifact | None = None
+
+
+def _require(run: Run, name: str, *, how: str) -> Artifact:
+    if not run.has_artifact(name):
+        have = ", ".join(a.name for a in run.artifacts(kind="onnx")) or "none"
+        raise RunError(f"run {str(run.root)!r} has no {name!r} artifact (ONNX artifacts it has: {have}). First run: {how}")
+    return run.artifact(name)
+
+
+def choose_source(
+    run: Run, target: Target, precision: Precision, release: TrtRelease, *, dla: bool = False
+) -> SourceChoice:
+    """Pick the run's artifact for ``precision`` on ``release`` (see ``trtexec_flags`` for the table)."""
+    root = str(run.root)
+    if precision is Precision.FP32:
+        return SourceChoice(_require(run, "onnx-fp32", how=f"edge-tl export {root} --precision fp32"), SourceKind.FP32)
+    if precision is Precision.FP16:
+        if release.version.major >= 11:
+            onnx = _require(run, "onnx-fp16", how=f"edge-tl export {root} --precision fp16")
+            return SourceChoice(onnx, SourceKind.FP16)
+        return SourceChoice(_require(run, "onnx-fp32", how=f"edge-tl export {root} --precision fp32"), SourceKind.FP32)
+    if precision is Precision.INT8:
+        recipe = target.calibration_recipe_for(precision, dla=dla, tensorrt=release.version)
+        if recipe is None:
+            raise ConfigError(f"target {target.name!r} names no calibration recipe for INT8")
+        quantize = f"edge-tl quantize {root} --recipe {recipe.value}"
+        if recipe is CalibrationRecipe.TENSORRT_CACHE:
+            onnx = _require(run, "onnx-fp32", how=f"edge-tl export {root} --precision fp32")
+            cache = _require(run, f"calib-cache-{recipe.value}", how=quantize)
+            _check_cache_header(run, cache, release, how=quantize)
+            return SourceChoice(onnx, SourceKind.FP32, recipe=recipe, calib_cache=cache)
+        if recipe is CalibrationRecipe.TENSORRT_QDQ:
+            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}", how=quantize), SourceKind.QDQ, recipe=recipe)
+        raise ConfigError(f"recipe {recipe.value!r} makes a model for ONNX Runtime, not for TensorRT")
+    raise ConfigError(f"edge-tl compiles fp32, fp16 or int8 engines; {precision.value} is not supported yet")
+
+
+def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: str) -> None:
+    """A calibration cache names the TensorRT that wrote it (``TRT-8510-EntropyCalibration2``);
+    TensorRT refuses one of another major version, so the plan does too, before the device does."""
+    path = run.artifact_path(cache.name)
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().strip()
+    match = re.fullmatch(r"TRT-(\d+)-\w+", header)
+    if match is None:
+        raise RunError(f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); re-run: {how}")
+    code = int(match.group(1))
+    major = code // 10000 if code >= 100000 else code // 1000
+    if major != release.version.major:
+        raise RunError(
+            f"{cache.name!r} was written for TensorRT {major}.x ({header}) but the plan is for TensorRT "
+            f"{release.version}: copy calibration/tensorrt-int8-cache.toml, set [cache] cache_version = "
+            f"{version_code_prefix(release.version)}00 (TensorRT {release.version}.0) and re-run: {how.replace('--recipe tensorrt-int8-cache', '--recipe <your copy>.toml')}"
+        )
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """What the user asked for (``edge-tl compile`` options)."""
+
+    precision: Precision
+    dla: bool = False
+    dla_core: int = 0
+    workspace_mib: int | None = None
+    batch: BatchRange | None = None
+    tensorrt: str | None = None  # a release listed by the target; default: the target's default
+
+    def __post_init__(self) -> None:
+        if self.dla_core < 0:
+            raise ConfigError(f"--dla-core must be >= 0, got {self.dla_core}")
+        if self.workspace_mib is not None and self.workspace_mib < 16:
+            raise ConfigError(f"--workspace must be at least 16 MiB, got {self.workspace_mib}")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    target: Target
+    release: TrtRelease
+    precision: Precision
+    source: SourceChoice
+    spec: BuildSpec
+    directory: str  # run-relative
+    output_name: str
+
+    @property
+    def argv(self) -> list[str]:
+        return build_command(self.spec, self.release.version)
+
+    def flags(self) -> list[str]:
+        return self.argv[1:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edge_tl_version": __version__,
+            "target": self.target.name,
+            "tensorrt": self.release.to_dict(),
+            "precision": self.precision.value,
+            "source": {
+                "artifact": self.source.onnx.name,
+                "path": self.source.onnx.path,
+                "sha256": self.source.onnx.sha256,
+                "kind": self.source.kind.value,
+                "recipe": self.source.recipe.value if self.source.recipe else None,
+                "calib_cache": (
+                    {"artifact": self.source.calib_cache.name, "path": self.source.calib_cache.path,
+                     "sha256": self.source.calib_cache.sha256}
+                    if self.source.calib_cache else None
+                ),
+            },
+            "engine": self.spec.engine,
+            "sidecar": str(sidecar_path(self.spec.engine).as_posix()),
+            "input_name": self.spec.input_name,
+            "output_name": self.output_name,
+            "chw": list(self.spec.chw),
+            "batch": self.spec.batch.to_dict() if self.spec.batch else None,
+            "workspace_mib": self.spec.workspace_mib,
+            "dla_core": self.spec.dla_core,
+            "timing_cache": self.spec.timing_cache,
+            "trtexec_argv": self.argv,
+            "working_directory": "the run directory",
+        }
+
+
+def _onnx_io(onnx: Artifact) -> tuple[str, str, tuple[int, int, int], bool]:
+    details = onnx.details
+    try:
+        shape = list(details["input_shape"])
+        input_name = str(details["input_name"])
+        output_name = str(details.get("output_name", "logits"))
+    except KeyError as exc:
+        raise RunError(f"artifact {onnx.name!r} lacks details[{exc}] (input name/shape); re-run the stage that made it") from exc
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        raise RunError(f"artifact {onnx.name!r} has input shape {shape}; edge-tl builds NCHW images of a fixed size")
+    dynamic = not isinstance(shape[0], int)
+    return input_name, output_name, (shape[1], shape[2], shape[3]), dynamic
+
+
+def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
+    """Every decision of an engine build, checked against the target and the run."""
+    precision = target.check_precision(request.precision)
+    target.check_dla(request.dla)
+    release = target.release(request.tensorrt)
+    check_version(release.version)
+    if request.dla and request.dla_core >= (target.gpu.dla_cores if target.gpu else 0):
+        raise ConfigError(
+            f"--dla-core {request.dla_core} does not exist on {target.name!r}: it has "
+            f"{target.gpu.dla_cores if target.gpu else 0} DLA core(s), numbered from 0"
+        )
+    source = choose_source(run, target, precision, release, dla=request.dla)
+    opset = source.onnx.details.get("opset")
+    if isinstance(opset, int) and opset > target.max_opset:
+        raise RunError(
+            f"{source.onnx.name!r} is opset {opset} but {target.name!r} (TensorRT {release.version}) parses up to "
+            f"opset {target.max_opset}; re-export with `edge-tl export {run.root} --opset {target.max_opset}`"
+            + (" and quantize again" if source.kind is SourceKind.QDQ else "")
+        )
+    input_name, output_name, chw, dynamic = _onnx_io(source.onnx)
+    if dynamic:
+        batch = request.batch or DEFAULT_BATCH
+    else:
+        fixed = source.onnx.details["input_shape"][0]
+        if request.batch is not None and (request.batch.min, request.batch.max) != (fixed, fixed):
+            raise ConfigError(
+                f"{source.onnx.name!r} has a fixed batch of {fixed}; --batch {request.batch.min},{request.batch.opt},"
+                f"{request.batch.max} needs an ONNX exported with --dynamic-batch"
+            )
+        batch = None
+    directory = plan_dir(target, precision)
+    spec = BuildSpec(
+        onnx=source.onnx.path,
+        engine=f"{directory}/{ENGINE_NAME}",
+        precision=precision,
+        source_kind=source.kind,
+        input_name=input_name,
+        chw=chw,
+        workspace_mib=request.workspace_mib or target.workspace_mib or 1024,
+        batch=batch,
+        dla_core=request.dla_core if request.dla else None,
+        calib_cache=source.calib_cache.path if source.calib_cache else None,
+        timing_cache=timing_cache_path(target, release),
+        export_times=f"{directory}/{TIMES_NAME}",
+    )
+    plan = BuildPlan(target, release, precision, source, spec, directory, output_name)
+    plan.argv  # noqa: B018 - builds the command now so that an impossible flag combination fails before writing
+    return plan
+
+
+def _sidecar_template(plan: BuildPlan) -> dict[str, Any]:
+    """The sidecar fields known before the build; the script fills in the GPU and TensorRT version."""
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "precision": plan.precision.value,
+        "input_name": plan.spec.input_name,
+        "output_name": plan.output_name,
+        "chw": list(plan.spec.chw),
+        "batch": plan.spec.batch.to_dict() if plan.spec.batch else None,
+        "source": {"artifact": plan.source.onnx.name, "path": plan.source.onnx.path, "sha256": plan.source.onnx.sha256},
+        "builder": "trtexec",
+        "target": plan.target.name,
+        "flags": plan.flags(),
+        "dla_core": plan.spec.dla_core,
+    }
+
+
+def render_script(plan: BuildPlan) -> str:
+    """``build_engine.sh``: every value is shell-quoted; the script runs from the run's root."""
+    q = shell_join
+    argv = plan.argv
+    log = f"{plan.directory}/{LOG_NAME}"
+    engine = plan.spec.engine
+    expected = version_code_prefix(plan.release.version)
+    checks = [f"{plan.source.onnx.sha256}  {plan.source.onnx.path}"]
+    if plan.source.calib_cache is not None:
+        checks.append(f"{plan.source.calib_cache.sha256}  {plan.source.calib_cache.path}")
+    fixed = json.dumps(_sidecar_template(plan), sort_keys=True)
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Build the {plan.precision.value.upper()} engine for {plan.target.name} with {plan.release.describe()}.",
+        f"# Written by edge-tl {__version__}; run it on the device: bash {plan.directory}/{SCRIPT_NAME}",
+        "# Set TRTEXEC to use another trtexec binary.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")/../.."',
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'if [ ! -x "$TRTEXEC" ]; then',
+        f"  echo {q(['trtexec not found: install TensorRT (' + plan.release.describe() + ') or set TRTEXEC=/path/to/trtexec'])} >&2",
+        "  exit 2",
+        "fi",
+        "# The ONNX (and cache) must be the ones this plan was made for.",
+        *(f"echo {q([c])} | sha256sum -c --quiet -" for c in checks),
+        f"mkdir -p {q([plan.directory])}",
+        f'"$TRTEXEC" {q(argv[1:])} 2>&1 | tee {q([log])}',
+        "# An engine only runs on the TensorRT that built it: refuse a different one.",
+        f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
+        'case "$built" in',
+        f"  {expected}*) ;;",
+        f'  *) echo "this plan is for TensorRT {plan.release.version} but trtexec is v$built: use the matching '
+        f'JetPack/TensorRT or re-plan with: edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
+        f"     rm -f {q([engine])}; exit 3 ;;",
+        "esac",
+        f"gpu=$(sed -n 's/.*Selected Device: //p' {q([log])} | head -n 1)",
+        f"cc=$(sed -n 's/.*Compute Capability: //p' {q([log])} | head -n 1)",
+        f"trt=$(sed -n 's/.*TensorRT version: //p' {q([log])} | head -n 1)",
+        f'trt="${{trt:-{plan.release.version}}}"',
+        f"sha=$(sha256sum {q([engine])} | cut -d ' ' -f 1)",
+        f"fixed={q([fixed])}",
+        "# Sidecar: the fixed fields plus what only the device knows.",
+        'printf \'{"tensorrt_version": "%s", "gpu_name": "%s", "compute_capability": "%s", '
+        '"engine_sha256": "%s", "created": "%s", %s\\n\' "$trt" "$gpu" "$cc" "$sha" '
+        '"$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${fixed#\\{}" > '
+        f"{q([str(sidecar_path(engine).as_posix())])}",
+        f'echo "engine: {engine} (TensorRT $trt, $gpu, sm $cc)"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_plan(run: Run, plan: BuildPlan) -> Artifact:
+    """Write ``build_engine.sh`` and ``build_plan.json`` into the run and record the plan."""
+    folder = run.path(plan.directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / SCRIPT_NAME
+    atomic_write_text(script, render_script(plan))
+    script.chmod(0o755)
+    atomic_write_json(folder / PLAN_NAME, plan.to_dict())
+    return run.add_artifact(
+        plan_artifact_name(plan.target, plan.precision),
+        kind="build-plan",
+        path=script,
+        stage=STAGE,
+        precision=plan.precision.value,
+        details={
+            "target": plan.target.name,
+            "tensorrt": str(plan.release.version),
+            "jetpack": plan.release.jetpack,
+            "plan": f"{plan.directory}/{PLAN_NAME}",
+            "engine": plan.spec.engine,
+            "source": plan.source.onnx.name,
+            "calib_cache": plan.source.calib_cache.name if plan.source.calib_cache else None,
+            "trtexec": shell_join(plan.argv),
+        },
+    )

@@ -1,0 +1,193 @@
+"""trtexec command lines, per TensorRT major version.
+
+The flags that differ (TensorRT ``samples/trtexec/README.md`` of each release;
+REFERENCE.md section 5):
+
+========================  ===========================  ===========================  ==========================
+what                      8.x (JetPack 4.6/5, 6.0)     10.x (JetPack 6.1/6.2)       11.x (JetPack 7.2, Thor)
+========================  ===========================  ===========================  ==========================
+workspace                 ``--workspace=N`` (MiB)      ``--memPoolSize=workspace:N``  same as 10.x
+FP16                      ``--fp16`` on the FP32 ONNX  ``--fp16`` on the FP32 ONNX  FP16 ONNX + ``--stronglyTyped``
+INT8, Q/DQ ONNX           ``--int8 --fp16``            ``--stronglyTyped``          ``--stronglyTyped``
+INT8, calibration cache   ``--int8 --fp16 --calib=F``  ``--int8 --fp16 --calib=F``  (removed: no calibrators)
+========================  ===========================  ===========================  ==========================
+
+``--workspace`` is kept for all of 8.x because 8.2 (the last TensorRT of Nano and
+TX2) has no ``--memPoolSize``. INT8 builds also allow FP16 on 8.x/10.x so that the
+layers left in float (and the classifier) do not fall back to FP32.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from enum import Enum
+
+from edge_tl.errors import ConfigError
+from edge_tl.targets import Precision, TrtVersion
+
+SUPPORTED_MAJORS = (8, 10, 11)
+
+
+class SourceKind(str, Enum):
+    """What the ONNX given to the builder carries."""
+
+    FP32 = "fp32"  # float32 weights; precision comes from builder flags
+    FP16 = "fp16"  # float16 weights (strongly typed builds)
+    QDQ = "qdq"  # INT8 Q/DQ nodes (explicit quantization)
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The optimization profile of a dynamic batch dimension."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ConfigError(f"batch range must satisfy 1 <= min <= opt <= max, got {self.min},{self.opt},{self.max}")
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchRange":
+        """``"1,4,8"`` (min,opt,max) or ``"4"`` (all three)."""
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) not in (1, 3) or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"--batch {text!r}: give MIN,OPT,MAX (e.g. 1,1,8) or one batch size")
+        values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
+        return cls(*values)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything a trtexec build command depends on. Paths are written as given."""
+
+    onnx: str
+    engine: str
+    precision: Precision
+    source_kind: SourceKind
+    input_name: str
+    chw: tuple[int, int, int]
+    workspace_mib: int
+    batch: BatchRange | None = None  # None: the ONNX has a fixed batch
+    dla_core: int | None = None
+    calib_cache: str | None = None
+    timing_cache: str | None = None
+    export_times: str | None = None
+
+
+def check_version(version: TrtVersion) -> None:
+    if version.major not in SUPPORTED_MAJORS:
+        raise ConfigError(
+            f"TensorRT {version} is not supported: edge-tl writes build flags for TensorRT "
+            f"{', '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}"
+        )
+
+
+def _shape(name: str, batch: int, chw: tuple[int, int, int]) -> str:
+    return f"{name}:{batch}x{chw[0]}x{chw[1]}x{chw[2]}"
+
+
+def precision_flags(version: TrtVersion, precision: Precision, source: SourceKind, *, calib: str | None) -> list[str]:
+    """The precision part of a build command; refuses combinations a version cannot build."""
+    check_version(version)
+    if precision is Precision.FP32:
+        if source is not SourceKind.FP32:
+            raise ConfigError(f"an FP32 engine is built from the FP32 ONNX, not a {source.value} one")
+        return ["--stronglyTyped"] if version.major >= 11 else []
+    if precision is Precision.FP16:
+        if version.major >= 11:
+            if source is not SourceKind.FP16:
+                raise ConfigError(
+                    f"TensorRT {version} has no --fp16 flag: FP16 engines are built strongly typed from the FP16 ONNX "
+                    "(onnx-fp16); run `edge-tl export RUN --precision fp16`"
+                )
+            return ["--stronglyTyped"]
+        if source is not SourceKind.FP32:
+            raise ConfigError(f"TensorRT {version} builds FP16 from the FP32 ONNX with --fp16, not from a {source.value} ONNX")
+        return ["--fp16"]
+    if precision is Precision.INT8:
+        if source is SourceKind.QDQ:
+            if calib is not None:
+                raise ConfigError("a Q/DQ ONNX carries its own scales: do not pass a calibration cache with it")
+            return ["--int8", "--fp16"] if version.major == 8 else ["--stronglyTyped"]
+        if source is SourceKind.FP32:
+            if version.major >= 11:
+                raise ConfigError(
+                    f"TensorRT {version} removed calibrators and --int8: build INT8 from the Q/DQ ONNX "
+                    "(recipe tensorrt-int8-qdq)"
+                )
+            if calib is None:
+                # --int8 without --calib uses dummy scales: speed only, never accuracy (REFERENCE.md 5).
+                raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
+            return ["--int8", "--fp16", f"--calib={calib}"]
+        raise ConfigError("INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache")
+    raise ConfigError(f"trtexec builds fp32, fp16 or int8 engines; {precision.value} is not supported yet")
+
+
+def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtexec") -> list[str]:
+    """The argv of a trtexec engine build for ``version`` (golden-tested per major version)."""
+    check_version(version)
+    cmd = [trtexec, f"--onnx={spec.onnx}", f"--saveEngine={spec.engine}"]
+    if spec.batch is not None:
+        cmd += [
+            f"--minShapes={_shape(spec.input_name, spec.batch.min, spec.chw)}",
+            f"--optShapes={_shape(spec.input_name, spec.batch.opt, spec.chw)}",
+            f"--maxShapes={_shape(spec.input_name, spec.batch.max, spec.chw)}",
+        ]
+    if version.major == 8:
+        cmd.append(f"--workspace={spec.workspace_mib}")
+    else:
+        cmd.append(f"--memPoolSize=workspace:{spec.workspace_mib}")
+    cmd += precision_flags(version, spec.precision, spec.source_kind, calib=spec.calib_cache)
+    if spec.dla_core is not None:
+        if spec.precision is Precision.FP32:
+            raise ConfigError("DLA runs FP16 and INT8 only: choose --precision fp16 or int8, or --no-dla")
+        cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
+    if spec.timing_cache is not None:
+        cmd.append(f"--timingCacheFile={spec.timing_cache}")
+    if spec.export_times is not None:
+        cmd.append(f"--exportTimes={spec.export_times}")
+    return cmd
+
+
+def bench_command(
+    engine: str,
+    version: TrtVersion,
+    *,
+    input_name: str,
+    chw: tuple[int, int, int],
+    batch: int | None,
+    export_times: str,
+    warmup_ms: int = 500,
+    duration_s: int = 10,
+    iterations: int = 100,
+    cuda_graph: bool = True,
+    dla_core: int | None = None,
+    trtexec: str = "trtexec",
+) -> list[str]:
+    """The argv that times an existing engine; the per-iteration times go to ``export_times``."""
+    check_version(version)
+    cmd = [trtexec, f"--loadEngine={engine}"]
+    if batch is not None:
+        cmd.append(f"--shapes={_shape(input_name, batch, chw)}")
+    cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}", f"--iterations={iterations}", "--useSpinWait"]
+    if cuda_graph:
+        cmd.append("--useCudaGraph")
+    if dla_core is not None:
+        cmd.append(f"--useDLACore={dla_core}")
+    cmd.append(f"--exportTimes={export_times}")
+    return cmd
+
+
+def version_code_prefix(version: TrtVersion) -> str:
+    """How trtexec's banner starts for ``version``: ``[TensorRT v8502]`` is 8.5.2, ``v100300`` is 10.3.0."""
+    return f"{version.major}{version.minor}" if version.major < 10 else f"{version.major}{version.minor:02d}"
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

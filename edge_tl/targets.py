@@ -1,0 +1,497 @@
+"""Device target profiles: one TOML file per device, validated on load.
+
+The shipped profiles live in the top-level ``targets/`` folder, installed as the
+data package ``edge_tl.profiles``; ``--target`` takes a profile name or the path of
+a TOML file written the same way. A target decides three things for the later
+stages: the ONNX opset to export (:meth:`Target.export_opset`), the calibration
+recipe (:meth:`Target.calibration_recipe_for`) and, through its TensorRT release,
+the build flags (:mod:`edge_tl.compile`).
+
+Every field is checked on load; an error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge_tl.errors import ConfigError
+
+PROFILES_PACKAGE = "edge_tl.profiles"
+
+
+class TargetKind(str, Enum):
+    JETSON = "jetson"
+    DGPU = "dgpu"
+    CPU = "cpu"
+
+
+class Runtime(str, Enum):
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class Precision(str, Enum):
+    """Precisions a device may run fast (only fp32/fp16/int8 can be compiled today)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    FP8 = "fp8"
+    FP4 = "fp4"
+
+
+class CalibrationRecipe(str, Enum):
+    """The calibration recipes of the quantize stage (``calibration/<name>.toml``)."""
+
+    TENSORRT_QDQ = "tensorrt-int8-qdq"  # symmetric S8S8 Q/DQ ONNX, every TensorRT from 8.5 to 11
+    TENSORRT_CACHE = "tensorrt-int8-cache"  # FP32 ONNX + calibration cache, TensorRT < 11 only
+    ONNXRUNTIME_CPU = "onnxruntime-cpu-int8"  # U8S8 Q/DQ for ONNX Runtime on a CPU
+
+
+@dataclass(frozen=True, order=True)
+class TrtVersion:
+    """A TensorRT version as ``major.minor`` (patch levels do not change flags or APIs we use)."""
+
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> "TrtVersion":
+        parts = str(text).strip().split(".")
+        if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+            raise ConfigError(f"{text!r} is not a TensorRT version: write MAJOR.MINOR, e.g. 10.3")
+        return cls(int(parts[0]), int(parts[1]))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+@dataclass(frozen=True)
+class TrtRelease:
+    """One TensorRT release a device can run (with the JetPack that ships it, on a Jetson)."""
+
+    version: TrtVersion
+    cuda: str
+    jetpack: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": str(self.version), "cuda": self.cuda, "jetpack": self.jetpack}
+
+    def describe(self) -> str:
+        where = f"JetPack {self.jetpack}, " if self.jetpack else ""
+        return f"TensorRT {self.version} ({where}CUDA {self.cuda})"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    arch: str
+    compute_capability: tuple[int, int]
+    dla_cores: int
+
+    @property
+    def sm(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    kind: TargetKind
+    memory_gb: float
+    default_runtime: Runtime
+    max_opset: int
+    calibration_recipe: CalibrationRecipe
+    fast_precisions: tuple[Precision, ...]
+    power_notes: str
+    source: str  # the file the profile was read from
+    notes: str = ""
+    workspace_mib: int | None = None
+    gpu: GpuSpec | None = None
+    releases: tuple[TrtRelease, ...] = ()
+    default_tensorrt: TrtVersion | None = None
+    cpu_arch: str | None = None
+
+    # ---- capability checks
+
+    def check_precision(self, precision: Precision | str) -> Precision:
+        """``precision`` if this target runs it fast, else a :class:`ConfigError` naming what it supports."""
+        precision = _enum(Precision, precision, what="precision")
+        if precision not in self.fast_precisions:
+            supported = ", ".join(p.value for p in self.fast_precisions)
+            hw = f" ({self.gpu.arch}, sm_{self.gpu.sm.replace('.', '')})" if self.gpu else ""
+            hint = " Build FP16 instead (--precision fp16)." if Precision.FP16 in self.fast_precisions else ""
+            raise ConfigError(
+                f"target {self.name!r}{hw} has no fast {precision.value.upper()}: it supports {supported}.{hint}"
+            )
+        return precision
+
+    def check_dla(self, dla: bool) -> None:
+        if dla and (self.gpu is None or self.gpu.dla_cores == 0):
+            with_dla = ", ".join(t.name for t in list_targets() if t.gpu is not None and t.gpu.dla_cores > 0)
+            raise ConfigError(
+                f"--dla was asked but target {self.name!r} has no DLA cores (dla_cores = 0 in {self.source}). "
+                f"Drop --dla; targets with DLA: {with_dla}"
+            )
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        return self.default_runtime is Runtime.TENSORRT
+
+    def release(self, version: str | TrtVersion | None = None) -> TrtRelease:
+        """The TensorRT release to build for: ``version`` if given (must be listed), else the default."""
+        if not self.releases or self.default_tensorrt is None:
+            raise ConfigError(
+                f"target {self.name!r} runs {self.default_runtime.value}, not TensorRT: there is no engine to build. "
+                "Use its ONNX artifact with `edge-tl bench`/`verify` instead."
+            )
+        wanted = self.default_tensorrt if version is None else (
+            version if isinstance(version, TrtVersion) else TrtVersion.parse(version)
+        )
+        for release in self.releases:
+            if release.version == wanted:
+                return release
+        listed = ", ".join(r.describe() for r in self.releases)
+        raise ConfigError(f"target {self.name!r} does not list TensorRT {wanted}; it lists {listed}")
+
+    # ---- decisions for the other stages
+
+    def export_opset(self, requested: int | None = None) -> int:
+        """The ONNX opset to export for this target (its maximum unless a lower one is asked)."""
+        if requested is None:
+            return self.max_opset
+        if requested > self.max_opset:
+            raise ConfigError(
+                f"opset {requested} is above what target {self.name!r} parses (max_opset = {self.max_opset}); "
+                f"export with --opset {self.max_opset} or lower"
+            )
+        return requested
+
+    def calibration_recipe_for(
+        self, precision: Precision | str, *, dla: bool = False, tensorrt: str | TrtVersion | None = None
+    ) -> CalibrationRecipe | None:
+        """The recipe an INT8 build on this target needs (``None`` for float precisions).
+
+        DLA runs INT8 from implicit-quantization scales (a calibration cache), so a DLA
+        build uses the cache recipe, which only TensorRT before 11 can read.
+        """
+        precision = self.check_precision(precision)
+        if precision is not Precision.INT8:
+            return None
+        if not self.uses_tensorrt:
+            return self.calibration_recipe
+        release = self.release(tensorrt)
+        if dla:
+            self.check_dla(dla)
+            if release.version.major >= 11:
+                raise ConfigError(
+                    f"INT8 on DLA needs a calibration cache, which TensorRT {release.version} cannot read "
+                    "(calibrators were removed in TensorRT 11). Use --no-dla, or a TensorRT 10 release "
+                    f"of {self.name!r} (--tensorrt)."
+                )
+            return CalibrationRecipe.TENSORRT_CACHE
+        recipe = self.calibration_recipe
+        if recipe is CalibrationRecipe.TENSORRT_CACHE and release.version.major >= 11:
+            return CalibrationRecipe.TENSORRT_QDQ
+        return recipe
+
+    # ---- display
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind.value,
+            "memory_gb": self.memory_gb,
+            "default_runtime": self.default_runtime.value,
+            "max_opset": self.max_opset,
+            "calibration_recipe": self.calibration_recipe.value,
+            "fast_precisions": [p.value for p in self.fast_precisions],
+            "power_notes": self.power_notes,
+            "notes": self.notes,
+            "source": self.source,
+        }
+        if self.gpu is not None:
+            out["gpu"] = {"arch": self.gpu.arch, "compute_capability": self.gpu.sm, "dla_cores": self.gpu.dla_cores}
+            out["workspace_mib"] = self.workspace_mib
+            out["tensorrt"] = {
+                "default": str(self.default_tensorrt),
+                "releases": [r.to_dict() for r in self.releases],
+            }
+        if self.cpu_arch is not None:
+            out["cpu"] = {"arch": self.cpu_arch}
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        from edge_tl._lazy import lazy_import
+
+        tomllib = lazy_import("tomli", purpose="reading target profiles on Python 3.10")
+    return tomllib.loads(text)
+
+
+class _Fields:
+    """Reads one table of a profile, naming ``file`` and the dotted field in every error."""
+
+    def __init__(self, data: dict[str, Any], *, source: str, known: frozenset[str], prefix: str = "") -> None:
+        self.data = data
+        self.source = source
+        self.prefix = prefix
+        # Unknown keys first: a misspelt field is a better message than "missing".
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(hints)} in '{prefix.rstrip('.') or 'top level'}'")
+
+    def where(self, key: str) -> str:
+        return f"{self.source}: field '{self.prefix}{key}'"
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)} {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+        if key not in self.data:
+            if required:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        # bool is an int in Python; a profile writing `dla_cores = true` is a mistake.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(key, f"must be {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"must be {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def enum(self, key: str, enum: type[Enum], *, required: bool = True) -> Any:
+        value = self.get(key, str, required=required)
+        if value is None:
+            return None
+        try:
+            return enum(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
+            raise self.fail(key, f"is {value!r}; choose one of: {choices}") from None
+
+    def table(self, key: str, known: frozenset[str]) -> "_Fields":
+        return _Fields(self.get(key, dict), source=self.source, known=known, prefix=f"{self.prefix}{key}.")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "a list", bool: "true/false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _compute_capability(fields: _Fields, key: str) -> tuple[int, int]:
+    text = fields.get(key, (str, int, float))
+    parts = text.split(".") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise fields.fail(key, f"must be a quoted 'MAJOR.MINOR' string (e.g. \"8.7\"), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+_TOP_FIELDS = frozenset(
+    {"name", "description", "kind", "memory_gb", "default_runtime", "max_opset", "calibration_recipe", "workspace_mib",
+     "fast_precisions", "power_notes", "notes", "gpu", "tensorrt", "cpu"}
+)
+_GPU_FIELDS = frozenset({"arch", "compute_capability", "dla_cores"})
+_TRT_FIELDS = frozenset({"default", "releases"})
+_RELEASE_FIELDS = frozenset({"version", "cuda", "jetpack"})
+_CPU_FIELDS = frozenset({"arch"})
+
+
+def parse_target(data: dict[str, Any], *, source: str) -> Target:
+    """Validate a profile's parsed TOML; errors name ``source`` and the field."""
+    top = _Fields(data, source=source, known=_TOP_FIELDS)
+    name = top.get("name", str)
+    if not name or name != name.strip() or " " in name:
+        raise top.fail("name", f"must be a non-empty name without spaces, got {name!r}")
+    kind = top.enum("kind", TargetKind)
+    runtime = top.enum("default_runtime", Runtime)
+    memory = top.get("memory_gb", (int, float))
+    if memory <= 0:
+        raise top.fail("memory_gb", f"must be > 0, got {memory}")
+    max_opset = top.get("max_opset", int)
+    if not 7 <= max_opset <= 30:
+        raise top.fail("max_opset", f"must be an ONNX opset between 7 and 30, got {max_opset}")
+    recipe = top.enum("calibration_recipe", CalibrationRecipe)
+    raw_precisions = top.get("fast_precisions", list)
+    precisions = []
+    for i, value in enumerate(raw_precisions):
+        try:
+            precisions.append(Precision(value))
+        except ValueError:
+            raise top.fail(
+                "fast_precisions", f"item {i} is {value!r}; choose from {', '.join(p.value for p in Precision)}"
+            ) from None
+    if Precision.FP32 not in precisions:
+        raise top.fail("fast_precisions", f"must include 'fp32' (every device runs FP32), got {raw_precisions}")
+    power_notes = top.get("power_notes", str)
+    description = top.get("description", str)
+    notes = top.get("notes", str, required=False, default="")
+
+    workspace = gpu = default_trt = cpu_arch = None
+    releases: list[TrtRelease] = []
+    if kind is TargetKind.CPU:
+        if runtime is not Runtime.ONNXRUNTIME:
+            raise top.fail("default_runtime", f"of a cpu target must be 'onnxruntime', got {runtime.value!r}")
+        if recipe is not CalibrationRecipe.ONNXRUNTIME_CPU:
+            raise top.fail("calibration_recipe", f"of a cpu target must be 'onnxruntime-cpu-int8', got {recipe.value!r}")
+        cpu = top.table("cpu", _CPU_FIELDS)
+        cpu_arch = cpu.get("arch", str)
+    else:
+        workspace = top.get("workspace_mib", int)
+        if workspace < 16:
+            raise top.fail("workspace_mib", f"must be at least 16 MiB, got {workspace}")
+        g = top.table("gpu", _GPU_FIELDS)
+        cc = _compute_capability(g, "compute_capability")
+        dla = g.get("dla_cores", int)
+        if dla < 0:
+            raise g.fail("dla_cores", f"must be >= 0, got {dla}")
+        gpu = GpuSpec(arch=g.get("arch", str), compute_capability=cc, dla_cores=dla)
+        trt = top.table("tensorrt", _TRT_FIELDS)
+        raw_releases = trt.get("releases", list)
+        if not raw_releases:
+            raise trt.fail("releases", "must list at least one TensorRT release")
+        for i, item in enumerate(raw_releases):
+            if not isinstance(item, dict):
+                raise trt.fail("releases", f"item {i} must be a table ([[tensorrt.releases]]), got {item!r}")
+            rel = _Fields(item, source=source, known=_RELEASE_FIELDS, prefix=f"tensorrt.releases[{i}].")
+            try:
+                version = TrtVersion.parse(rel.get("version", str))
+            except ConfigError as exc:
+                raise rel.fail("version", str(exc)) from None
+            jetpack = rel.get("jetpack", str, required=kind is TargetKind.JETSON)
+            releases.append(TrtRelease(version=version, cuda=rel.get("cuda", str), jetpack=jetpack))
+        try:
+            default_trt = TrtVersion.parse(trt.get("default", str))
+        except ConfigError as exc:
+            raise trt.fail("default", str(exc)) from None
+        if default_trt not in {r.version for r in releases}:
+            raise trt.fail("default", f"is {str(default_trt)!r}, which is not among the releases listed")
+        if recipe is CalibrationRecipe.ONNXRUNTIME_CPU:
+            raise top.fail("calibration_recipe", "of a GPU target must be a TensorRT recipe (tensorrt-int8-qdq or tensorrt-int8-cache)")
+        if recipe is CalibrationRecipe.TENSORRT_CACHE and default_trt.major >= 11:
+            raise top.fail(
+                "calibration_recipe",
+                f"is 'tensorrt-int8-cache' but the default TensorRT {default_trt} has no calibrators; use 'tensorrt-int8-qdq'",
+            )
+    return Target(
+        name=name,
+        description=description,
+        kind=kind,
+        memory_gb=float(memory),
+        default_runtime=runtime,
+        max_opset=max_opset,
+        calibration_recipe=recipe,
+        fast_precisions=tuple(precisions),
+        power_notes=power_notes,
+        notes=notes,
+        source=source,
+        workspace_mib=workspace,
+        gpu=gpu,
+        releases=tuple(releases),
+        default_tensorrt=default_trt,
+        cpu_arch=cpu_arch,
+    )
+
+
+def load_target_file(path: str | os.PathLike[str]) -> Target:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read target profile {source!r}: {exc}") from exc
+    try:
+        data = _toml_loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
+    target = parse_target(data, source=source)
+    if target.name != path.stem:
+        raise ConfigError(f"{source}: field 'name' is {target.name!r} but the file is named {path.name!r}; make them match")
+    return target
+
+
+def _shipped_files() -> dict[str, Any]:
+    root = resources.files(PROFILES_PACKAGE)
+    return {entry.name[: -len(".toml")]: entry for entry in root.iterdir() if entry.name.endswith(".toml")}
+
+
+def target_names() -> list[str]:
+    """Names of the shipped profiles, sorted."""
+    return sorted(_shipped_files())
+
+
+def load_target(name_or_path: str | os.PathLike[str] | Target) -> Target:
+    """A shipped profile by name, or a profile TOML by path."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    text = str(name_or_path)
+    if text.endswith(".toml") or os.sep in text or Path(text).is_file():
+        return load_target_file(text)
+    files = _shipped_files()
+    if text not in files:
+        close = difflib.get_close_matches(text, list(files), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown target {text!r}.{hint} Known: {', '.join(sorted(files))}; or pass the path of a profile TOML "
+            "(see `edge-tl targets show jetson-orin-nano-8gb` for the fields)."
+        )
+    with resources.as_file(files[text]) as path:
+        return load_target_file(path)
+
+
+def list_targets() -> list[Target]:
+    return [load_target(name) for name in target_names()]
+
+
+def _enum(enum: type[Enum], value: Any, *, what: str) -> Any:
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not one of {', '.join(m.value for m in enum)}") from None  # type: ignore[attr-defined]
+
+
+def format_target(target: Target) -> str:
+    """Human-readable description for `edge-tl targets show`."""
+    lines = [f"{target.name}: {target.description}", f"  profile: {target.source}", f"  kind: {target.kind.value}"]
+    if target.gpu is not None:
+        lines.append(
+            f"  gpu: {target.gpu.arch}, compute capability {target.gpu.sm}, DLA cores {target.gpu.dla_cores}"
+        )
+    if target.cpu_arch is not None:
+        lines.append(f"  cpu: {target.cpu_arch}")
+    lines += [
+        f"  memory: {target.memory_gb:g} GB",
+        f"  fast precisions: {', '.join(p.value for p in target.fast_precisions)}",
+        f"  runtime: {target.default_runtime.value}",
+        f"  export opset: {target.max_opset}",
+        f"  calibration recipe: {target.calibration_recipe.value}",
+    ]
+    if target.releases:
+        lines.append(f"  workspace: {target.workspace_mib} MiB")
+        lines.append(f"  TensorRT (default {target.default_tensorrt}):")
+        lines += [f"    - {r.describe()}" for r in target.releases]
+    lines.append(f"  power: {target.power_notes}")
+    if target.notes:
+        lines.append(f"  notes: {target.notes}")
+    return "\n".join(lines)
