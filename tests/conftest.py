@@ -46,3 +46,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     cache[marker] = check()
                 if not cache[marker]:
                     item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# --------------------------------------------------------------------------- a trained run
+
+#: Settings of the shared digits run: efficientnet_lite0 (bundled ImageNet weights) at
+#: 32 px, one head-only epoch then three full ones; validation top-1 about 0.98.
+DIGITS_RUN_SETTINGS = {
+    "backbone": "efficientnet_lite0",
+    "img_size": 32,
+    "epochs": 4,
+    "freeze_epochs": 1,
+    "batch_size": 64,
+    "lr": 0.01,
+    "backbone_lr_mult": 0.3,
+    "augment": False,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory):
+    """A small fine-tuned digits run directory (read-only: copy it before writing into it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edge_tl.train import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("digits-run") / "run"
+    finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **DIGITS_RUN_SETTINGS))
+    return out

@@ -1,0 +1,15 @@
+"""`edge-tl quickstart`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--out", default="edge-tl-quickstart", show_default=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--quiet", is_flag=True, help="Only errors.")
+def quickstart(*, out: str, quiet: bool) -> None:
+    """Fine-tune pretrained EfficientNet-Lite0 on the built-in digits (CPU-sized), evaluate, summarise."""
+    from edge_tl.quickstart import run_quickstart
+
+    run_quickstart(out, quiet=quiet, echo=click.echo)

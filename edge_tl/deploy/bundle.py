@@ -1,0 +1,257 @@
+"""A bundle: everything a device needs to build, time and check one model, and nothing else.
+
+Layout (``RUN/bundle/<target>-<precision>/``)::
+
+    bundle.json                          manifest: schema, model, target, sha256 + size of every other file
+    export/model.fp32.onnx               the ONNX for the precision, at its run-relative path
+    quantize/<recipe>/...                the calibration cache, when the recipe uses one
+    compile/<target>-<precision>/        build_engine.sh + build_plan.json (TensorRT targets)
+    labels.txt                           class names, one per line (line index = label)
+    preprocessing.json                   the preprocessing contract
+    target/<name>.toml                   the target profile
+    eval/pack.json, eval/inputs-*.bin    the evaluation pack (see :mod:`edge_tl.deploy.evalpack`)
+
+Run-relative paths are kept because the build plan is written to run from a run's
+root: on the device the bundle root plays that role. The bundle's identity
+(``digest``) is the sha256 of ``bundle.json``, which lists the checksum of every file.
+Bundles are deterministic (no timestamps inside): the same run, target and precision
+give the same digest, so re-deploying an unchanged bundle transfers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_tl import __version__
+from edge_tl.deploy.evalpack import DEFAULT_CHUNK, DEFAULT_IMAGES, write_eval_pack
+from edge_tl.deploy.sync import check_relpath
+from edge_tl.errors import RunError
+from edge_tl.runs import (
+    Artifact,
+    Run,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
+from edge_tl.targets import Precision, Target, load_target
+
+BUNDLE_FORMAT = "edge-tl-bundle"
+BUNDLE_SCHEMA = 1
+MANIFEST = "bundle.json"
+STAGE = "bundle"
+EVAL_DIR = "eval"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return sha256_file(self.root / MANIFEST)
+
+    @property
+    def files(self) -> dict[str, tuple[str, int]]:
+        """Every file (``bundle.json`` included) as relative path -> (sha256, size)."""
+        files = {k: (v["sha256"], int(v["size"])) for k, v in self.manifest["files"].items()}
+        files[MANIFEST] = (self.digest, (self.root / MANIFEST).stat().st_size)
+        return files
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(self.manifest["model"])
+
+    @property
+    def target(self) -> Target:
+        return load_target(self.root / self.manifest["target"]["profile"])
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.manifest["precision"])
+
+    @property
+    def build_plan(self) -> dict[str, Any] | None:
+        plan = self.manifest.get("build_plan")
+        return dict(plan) if plan else None
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+        """Read a bundle; with ``verify`` every file's size and sha256 are checked."""
+        root = Path(root)
+        try:
+            manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise RunError(f"{str(root)!r} has no {MANIFEST}: not a bundle (make one with `edge-tl bundle RUN`)") from exc
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{str(root / MANIFEST)!r} is not valid JSON ({exc}); rebuild the bundle") from exc
+        if manifest.get("format") != BUNDLE_FORMAT or manifest.get("schema_version") != BUNDLE_SCHEMA:
+            raise RunError(
+                f"{str(root / MANIFEST)!r} is {manifest.get('format')!r} schema {manifest.get('schema_version')!r}; "
+                f"this edge-tl ({__version__}) reads {BUNDLE_FORMAT} schema {BUNDLE_SCHEMA}. Rebuild the bundle."
+            )
+        for name in manifest["files"]:
+            check_relpath(name)
+        bundle = cls(root, manifest)
+        if verify:
+            bad = [
+                name
+                for name, (sha, size) in bundle.files.items()
+                if name != MANIFEST
+                and (not (root / name).is_file() or (root / name).stat().st_size != size or sha256_file(root / name) != sha)
+            ]
+            if bad:
+                raise RunError(f"bundle {str(root)!r}: {', '.join(bad)} missing or changed since it was made; rebuild it")
+        return bundle
+
+
+def bundle_dir(run: Run, target: Target, precision: Precision) -> Path:
+    return run.path("bundle", f"{target.name}-{precision.value}")
+
+
+def bundle_artifact_name(target: Target, precision: Precision) -> str:
+    return f"bundle-{target.name}-{precision.value}"
+
+
+def _model_for(run: Run, target: Target, precision: Precision, *, tensorrt: str | None) -> tuple[Artifact, Artifact | None, Any]:
+    """(ONNX artifact, calibration cache or None, build plan or None) for ``precision`` on ``target``."""
+    if target.uses_tensorrt:
+        from edge_tl.compile import CompileRequest, make_plan, write_plan
+
+        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt))
+        write_plan(run, plan)
+        return plan.source.onnx, plan.source.calib_cache, plan
+    if precision is Precision.INT8:
+        name = f"onnx-int8-{target.calibration_recipe.value}"
+        how = f"edge-tl quantize {run.root} --recipe {target.calibration_recipe.value}"
+    else:
+        name = f"onnx-{precision.value}"
+        how = f"edge-tl export {run.root} --precision {precision.value}"
+    if not run.has_artifact(name):
+        raise RunError(f"run {str(run.root)!r} has no {name!r} for {precision.value} on {target.name!r}; first run: {how}")
+    return run.artifact(name), None, None
+
+
+def _eval_chunk(onnx: Artifact, plan: Any) -> int:
+    """Images per evaluation chunk: what one inference of the model (or engine profile) takes."""
+    batch = (onnx.details.get("input_shape") or ["batch"])[0]
+    if isinstance(batch, int):
+        return batch
+    if plan is not None and plan.spec.batch is not None:
+        return plan.spec.batch.max
+    return DEFAULT_CHUNK
+
+
+def make_bundle(
+    run: Run | str | os.PathLike[str],
+    *,
+    target: str | Target,
+    precision: str | Precision,
+    out: str | os.PathLike[str] | None = None,
+    eval_images: int = DEFAULT_IMAGES,
+    tensorrt: str | None = None,
+    tar: bool = False,
+) -> Bundle:
+    """Write the bundle of ``run`` for ``target``/``precision`` and record it in the run's manifest."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    target = load_target(target)
+    precision = target.check_precision(precision)
+    onnx, cache, plan = _model_for(run, target, precision, tensorrt=tensorrt)
+    final = Path(out) if out is not None else bundle_dir(run, target, precision)
+    work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        def ship(src: Path, rel: str) -> None:
+            check_relpath(rel)
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, work / rel)
+
+        ship(run.artifact_path(onnx.name, check_hash=True), onnx.path)
+        if cache is not None:
+            ship(run.artifact_path(cache.name, check_hash=True), cache.path)
+        plan_record = None
+        if plan is not None:
+            from edge_tl.compile.plan import PLAN_NAME, SCRIPT_NAME
+
+            for name in (SCRIPT_NAME, PLAN_NAME):
+                ship(run.path(plan.directory, name), f"{plan.directory}/{name}")
+            (work / plan.directory / SCRIPT_NAME).chmod(0o755)
+            plan_record = {
+                "script": f"{plan.directory}/{SCRIPT_NAME}",
+                "plan": f"{plan.directory}/{PLAN_NAME}",
+                "engine": plan.spec.engine,
+                "tensorrt": str(plan.release.version),
+                "jetpack": plan.release.jetpack,
+                "batch": plan.spec.batch.to_dict() if plan.spec.batch else None,
+                "dla_core": plan.spec.dla_core,
+            }
+        classes = [str(c) for c in run.require("classes", stage="bundle")]
+        atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
+        atomic_write_json(work / "preprocessing.json", run.require("preprocessing", stage="bundle"))
+        profile = f"target/{target.name}.toml"
+        ship(Path(target.source), profile)
+        pack = write_eval_pack(run, work / EVAL_DIR, max_images=eval_images, chunk_size=_eval_chunk(onnx, plan))
+
+        files = {}
+        for path in sorted(p for p in work.rglob("*") if p.is_file()):
+            rel = path.relative_to(work).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "schema_version": BUNDLE_SCHEMA,
+            "edge_tl_version": __version__,
+            "run": {"name": run.root.resolve().name, "backbone": run.get("backbone", {}).get("name")},
+            "target": {"name": target.name, "runtime": target.default_runtime.value, "kind": target.kind.value, "profile": profile},
+            "precision": precision.value,
+            "model": {
+                "artifact": onnx.name,
+                "path": onnx.path,
+                "sha256": onnx.sha256,
+                "input_name": onnx.details.get("input_name"),
+                "output_name": onnx.details.get("output_name"),
+                "input_shape": onnx.details.get("input_shape"),
+                "calib_cache": cache.path if cache is not None else None,
+            },
+            "reference_metrics": dict(run.get("metrics") or {}),
+            "build_plan": plan_record,
+            "eval": {"dir": EVAL_DIR, "num_images": pack.num_images, "chunk": pack.chunks[0].count, "classes": len(classes)},
+            "files": files,
+        }
+        atomic_write_json(work / MANIFEST, manifest)
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    bundle = Bundle.load(final)
+    details = {"target": target.name, "digest": bundle.digest, "files": len(bundle.files), "eval_images": pack.num_images,
+               "model": onnx.name}  # fmt: skip
+    if tar:
+        archive = final.with_name(final.name + ".tar.gz")
+        tmp = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
+        with tarfile.open(tmp, "w:gz") as fh:
+            fh.add(final, arcname=final.name)
+        os.replace(tmp, archive)
+        details["tar"] = run.relpath(archive) if _inside(archive, run.root) else str(archive)
+    if _inside(final, run.root):
+        run.add_artifact(bundle_artifact_name(target, precision), kind="bundle", path=final, stage=STAGE,
+                         precision=precision.value, details=details)  # fmt: skip
+    return bundle
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+

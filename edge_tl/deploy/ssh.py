@@ -1,0 +1,348 @@
+"""SSH transport over the system's OpenSSH client.
+
+Every remote operation is the user's own ``ssh`` binary, so ``~/.ssh/config``
+aliases, ``ProxyJump``, keys and the agent behave exactly as they do in a terminal.
+We add only what an unattended tool needs:
+
+- ``BatchMode=yes``: never prompt (a prompt would hang a fleet run).
+- ``StrictHostKeyChecking=yes`` by default: an unknown or changed host key stops the
+  deploy with the key's fingerprint and the fix; ``accept-new`` must be asked for.
+- ``ConnectTimeout`` and ``ServerAlive*`` so a dead link is noticed, and retries with
+  exponential back-off for commands that are safe to repeat.
+- Connection multiplexing (``ControlMaster``) in a private directory, so the many small
+  commands of a deploy share one authenticated connection.
+
+Remote commands are given as argument lists; each argument is quoted with
+:func:`shlex.quote` before it reaches the remote shell, so spaces, quotes and ``;``
+arrive as data, never as shell syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import IO
+
+from edge_tl.errors import ConfigError, MissingDependency, RemoteError
+
+log = logging.getLogger("edge_tl.deploy")
+
+# ssh exits 255 for its own errors (connection, authentication, host key); any other
+# status is the remote command's.
+SSH_ERROR = 255
+
+_HOST_RE = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^@:\s/\[\]]+)(?::(?P<port>\d+))?$")
+
+
+class HostKeyPolicy(str, Enum):
+    """How an unknown host key is treated. A *changed* key is always refused."""
+
+    STRICT = "strict"  # the key must already be in known_hosts
+    ACCEPT_NEW = "accept-new"  # add an unknown key to known_hosts on first contact
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """``[user@]HOST[:PORT]``; HOST may be an alias from ``~/.ssh/config`` or ``[IPv6]``."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SshEndpoint:
+        match = _HOST_RE.match(text.strip())
+        if not text.strip() or match is None or match.group("host").startswith("-"):
+            raise ConfigError(
+                f"{text!r} is not a host: give [user@]HOST[:PORT], e.g. jetson, nvidia@10.0.0.5 or "
+                "nvidia@orin.local:2222 (an alias from ~/.ssh/config works too)"
+            )
+        port = match.group("port")
+        if port is not None and not 0 < int(port) < 65536:
+            raise ConfigError(f"port {port} in {text!r} is not in 1..65535; give [user@]HOST[:PORT]")
+        host = match.group("host")
+        if host.startswith("["):
+            host = host[1:-1]
+        return cls(host=host, user=match.group("user"), port=int(port) if port else None)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = f"{self.user}@{host}" if self.user else host
+        return f"{text}:{self.port}" if self.port else text
+
+    @property
+    def label(self) -> str:
+        """A file-system-safe name for this endpoint (used for ``deploy/<label>/``)."""
+        text = self.host if self.port is None else f"{self.host}_{self.port}"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to connect. ``None`` leaves the setting to the user's ssh configuration."""
+
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+    config_file: Path | None = None  # ssh -F
+    identity_file: Path | None = None  # ssh -i
+    known_hosts_file: Path | None = None  # UserKnownHostsFile
+    connect_timeout_s: int = 10
+    retries: int = 2  # extra attempts after a dropped or refused connection
+    backoff_s: float = 1.0  # first wait; doubles after each failed attempt
+    multiplex: bool = True
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout_s < 1:
+            raise ConfigError(f"connect timeout must be >= 1 s, got {self.connect_timeout_s}")
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ConfigError(f"retries and back-off must be >= 0, got {self.retries} / {self.backoff_s}")
+        for name in ("config_file", "identity_file", "known_hosts_file"):
+            value = getattr(self, name)
+            if value is not None and name != "known_hosts_file" and not Path(value).is_file():
+                raise ConfigError(f"{name.replace('_', ' ')} {str(value)!r} does not exist")
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+
+def remote_command(argv: Sequence[str]) -> str:
+    """One remote shell command line in which every argument is a single, literal word."""
+    if not argv:
+        raise ValueError("empty remote command")
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def sh_script(script: str, *args: str) -> list[str]:
+    """argv running a POSIX ``sh`` script remotely with ``args`` as ``$1``, ``$2``... (quoted, never interpolated)."""
+    return ["sh", "-c", script, "sh", *args]
+
+
+class _Failure(Enum):
+    UNKNOWN_KEY = "unknown host key"
+    CHANGED_KEY = "changed host key"
+    AUTH = "authentication"
+    UNREACHABLE = "unreachable"
+    DROPPED = "connection lost"
+
+
+def _classify(stderr: str) -> _Failure:
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "has changed and you have requested strict" in stderr:
+        return _Failure.CHANGED_KEY
+    if "host key is known" in stderr or "Host key verification failed" in stderr:
+        return _Failure.UNKNOWN_KEY
+    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
+        return _Failure.AUTH
+    if re.search(r"Connection refused|timed out|No route to host|Could not resolve|Name or service not known|"
+                 r"Network is unreachable|kex_exchange_identification|Connection closed by .* port \d+$", stderr, re.MULTILINE):
+        return _Failure.UNREACHABLE
+    return _Failure.DROPPED
+
+
+_RETRYABLE = (_Failure.UNREACHABLE, _Failure.DROPPED)
+
+
+class SshTransport:
+    """Runs commands on one host. Use as a context manager (closes the shared connection)."""
+
+    def __init__(self, endpoint: SshEndpoint | str, options: SshOptions = SshOptions()):
+        self.endpoint = endpoint if isinstance(endpoint, SshEndpoint) else SshEndpoint.parse(endpoint)
+        self.options = options
+        self._ssh = shutil.which("ssh")
+        if self._ssh is None:
+            raise MissingDependency("the OpenSSH client `ssh` is not on PATH; install it (apt install openssh-client)")
+        self._control_dir: str | None = None
+
+    # ---- lifetime
+
+    def __enter__(self) -> SshTransport:
+        if self.options.multiplex and self._control_dir is None:
+            # A private directory: the control socket grants access to the connection.
+            self._control_dir = tempfile.mkdtemp(prefix="etl-ssh-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._control_dir is None:
+            return
+        try:
+            subprocess.run([*self._base_argv(), "-O", "exit", "--", self.endpoint.host], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # nothing to close, or the master is already gone
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+        self._control_dir = None
+
+    # ---- argv
+
+    def _base_argv(self) -> list[str]:
+        o = self.options
+        argv = [self._ssh or "ssh"]
+        if o.config_file is not None:
+            argv += ["-F", str(o.config_file)]
+        argv += [
+            "-o", "BatchMode=yes",
+            "-o", f"StrictHostKeyChecking={'accept-new' if o.host_key_policy is HostKeyPolicy.ACCEPT_NEW else 'yes'}",
+            "-o", f"ConnectTimeout={o.connect_timeout_s}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=3",
+        ]  # fmt: skip
+        if o.known_hosts_file is not None:
+            argv += ["-o", f"UserKnownHostsFile={o.known_hosts_file}"]
+        if o.identity_file is not None:
+            argv += ["-i", str(o.identity_file), "-o", "IdentitiesOnly=yes"]
+        if self._control_dir is not None:
+            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=120"]
+        if self.endpoint.port is not None:
+            argv += ["-p", str(self.endpoint.port)]
+        if self.endpoint.user is not None:
+            argv += ["-l", self.endpoint.user]
+        return argv
+
+    def ssh_argv(self, command: str) -> list[str]:
+        return [*self._base_argv(), "--", self.endpoint.host, command]
+
+    # ---- running
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | IO[bytes] | None = None,
+        timeout: float | None = 600,
+        check: bool = True,
+        idempotent: bool = True,
+        what: str = "",
+    ) -> RemoteResult:
+        """Run ``argv`` remotely (each argument quoted). Retries dropped connections when ``idempotent``.
+
+        ``check``: a non-zero exit of the remote command raises :class:`RemoteError`.
+        ``stdin`` as a file object is streamed and never retried (its position moved).
+        """
+        command = remote_command(argv)
+        label = what or argv[0]
+        attempts = 1 + (self.options.retries if idempotent and not hasattr(stdin, "read") else 0)
+        delay = self.options.backoff_s
+        for attempt in range(1, attempts + 1):
+            log.debug("ssh %s (%s) attempt %d: %s", self.endpoint, label, attempt, command[:300])
+            try:
+                proc = subprocess.run(
+                    self.ssh_argv(command),
+                    input=stdin if isinstance(stdin, bytes) else None,
+                    stdin=stdin if hasattr(stdin, "read") else (None if isinstance(stdin, bytes) else subprocess.DEVNULL),
+                    capture_output=True,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise RemoteError(
+                    f"{self.endpoint}: {label} did not finish within {timeout:.0f} s; the device may be overloaded or "
+                    "the link stalled. Re-run the same command: finished steps are kept."
+                ) from exc
+            stderr = proc.stderr.decode("utf-8", errors="replace")
+            if proc.returncode != SSH_ERROR:
+                result = RemoteResult(proc.returncode, proc.stdout, stderr)
+                if check and proc.returncode != 0:
+                    raise RemoteError(
+                        f"{self.endpoint}: {label} failed with exit status {proc.returncode}: {_tail(stderr or result.text)}"
+                    )
+                return result
+            failure = _classify(stderr)
+            if failure not in _RETRYABLE or attempt == attempts:
+                raise self._connection_error(failure, stderr, attempts=attempt)
+            log.warning("%s: %s (%s); retrying in %.1f s", self.endpoint, failure.value, _tail(stderr, 1), delay)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    # ---- errors
+
+    def _connection_error(self, failure: _Failure, stderr: str, *, attempts: int) -> RemoteError:
+        who = str(self.endpoint)
+        kh = f" ({self.options.known_hosts_file})" if self.options.known_hosts_file else ""
+        if failure is _Failure.CHANGED_KEY:
+            fp = re.search(r"SHA256:[A-Za-z0-9+/=]+", stderr)
+            return RemoteError(
+                f"{who}: the host key CHANGED (device now offers {fp.group(0) if fp else 'an unknown key'}); "
+                f"this is refused even with --accept-new-host-key. If the device was re-flashed, remove the old key "
+                f"with `ssh-keygen -R {self.resolved().get('hostname', self.endpoint.host)}`{kh} and connect again; otherwise "
+                "someone may be intercepting the connection."
+            )
+        if failure is _Failure.UNKNOWN_KEY:
+            fps = self.offered_fingerprints()
+            shown = ", ".join(fps) if fps else "fingerprint unavailable (ssh-keyscan failed)"
+            return RemoteError(
+                f"{who}: host key is not in known_hosts{kh}: the device offers {shown}. Compare it with "
+                "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on the device, then either connect once with "
+                "`ssh` and accept it, or re-run with --accept-new-host-key (unknown keys are added; changed keys are still refused)."
+            )
+        if failure is _Failure.AUTH:
+            return RemoteError(
+                f"{who}: authentication failed ({_tail(stderr, 1)}). Check the user and key: "
+                "`ssh -o BatchMode=yes <host> true` must work without a password prompt "
+                "(add the key with ssh-copy-id, or pass --identity-file)."
+            )
+        if failure is _Failure.UNREACHABLE:
+            return RemoteError(
+                f"{who}: host unreachable after {attempts} attempt(s) ({_tail(stderr, 1)}). Check that the device is "
+                "on, on the network, and that sshd listens on that port."
+            )
+        return RemoteError(
+            f"{who}: connection lost after {attempts} attempt(s) ({_tail(stderr, 1) or 'ssh exit 255'}). "
+            "Re-run the same command: a copy resumes where it stopped."
+        )
+
+    def resolved(self) -> dict[str, str]:
+        """The effective ssh settings for this host (``ssh -G``), resolving aliases."""
+        argv = self._base_argv()
+        try:
+            proc = subprocess.run([*argv, "-G", "--", self.endpoint.host], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        out = {}
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            out.setdefault(key, value)
+        return out
+
+    def offered_fingerprints(self) -> list[str]:
+        """SHA256 fingerprints of the host keys the device offers (ssh-keyscan)."""
+        conf = self.resolved()
+        keyscan, keygen = shutil.which("ssh-keyscan"), shutil.which("ssh-keygen")
+        if not conf or keyscan is None or keygen is None:
+            return []
+        try:
+            scan = subprocess.run(
+                [keyscan, "-T", str(self.options.connect_timeout_s), "-p", conf.get("port", "22"), conf.get("hostname", self.endpoint.host)],
+                capture_output=True, timeout=self.options.connect_timeout_s + 5,
+            )  # fmt: skip
+            fps = subprocess.run([keygen, "-lf", "-"], input=scan.stdout, capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        found = []
+        for line in fps.stdout.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                found.append(f"{parts[1]} ({parts[-1].strip('()')})")
+        return found
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("@@@")]
+    return " | ".join(kept[-lines:])
+

@@ -1,0 +1,275 @@
+"""``export_run``: a run's fine-tuned model -> ONNX FP32 / FP16, each with a parity record.
+
+Both files are written to a temporary directory inside ``export/`` first. Parity is
+measured on real validation images against the original PyTorch model; a file
+whose parity is within tolerance is moved into place and recorded, one that is not
+is deleted and reported in a :class:`~edge_tl.errors.ToleranceError` with the
+numbers, leaving the manifest as it was for that artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_tl.errors import ConfigError, DataError, ToleranceError
+from edge_tl.export.onnx_export import (
+    BATCH_DIM,
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Exporter,
+    convert_to_fp16,
+    export_torch_to_onnx,
+    graph_op_types,
+    io_signature,
+    save_model,
+)
+from edge_tl.export.static_padding import make_same_padding_static
+from edge_tl.runs import Run, tool_versions
+from edge_tl.runtime.base import Device, InputSpec, RunnerOptions
+from edge_tl.verify.metrics import Accuracy, AccuracyAccumulator, Agreement, AgreementAccumulator
+
+STAGE = "export"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+ARTIFACT_NAMES = {Precision.FP32: "onnx-fp32", Precision.FP16: "onnx-fp16"}
+FILE_NAMES = {Precision.FP32: "model.fp32.onnx", Precision.FP16: "model.fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """When an exported model counts as the same model.
+
+    ``atol``/``rtol``: every logit must satisfy ``|onnx - torch| <= atol + rtol * |torch|``
+    (``None`` = no element-wise check: FP16 is judged by agreement, as is usual).
+    ``min_agreement``: fraction of images whose top-1 class is the same.
+    """
+
+    atol: float | None
+    rtol: float
+    min_agreement: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"min_agreement is a fraction in [0, 1], got {self.min_agreement}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "min_agreement": self.min_agreement}
+
+
+FP32_TOLERANCE = ParityTolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99)
+FP16_TOLERANCE = ParityTolerance(atol=None, rtol=0.0, min_agreement=0.98)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16)
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    batch_size: int = 1  # the fixed batch of a static-batch export
+    exporter: Exporter = Exporter.TORCHSCRIPT
+    fp16_io: bool = False  # float16 inputs/outputs in the FP16 model (default: float32 kept)
+    checkpoint: str = "checkpoint-best"
+    parity_images: int | None = 1000  # None = the whole validation set
+    parity_batch_size: int = 32
+    fp32_tolerance: ParityTolerance = FP32_TOLERANCE
+    fp16_tolerance: ParityTolerance = FP16_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if not self.precisions:
+            raise ConfigError("choose at least one precision to export (fp32, fp16)")
+        if self.parity_images is not None and self.parity_images < 1:
+            raise ConfigError(f"parity_images must be >= 1 (or unset for all), got {self.parity_images}")
+        if self.parity_batch_size < 1:
+            raise ConfigError(f"parity batch size must be >= 1, got {self.parity_batch_size}")
+
+    def tolerance(self, precision: Precision) -> ParityTolerance:
+        return self.fp32_tolerance if precision is Precision.FP32 else self.fp16_tolerance
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    name: str
+    precision: Precision
+    path: Path | None  # None when refused
+    parity: Agreement
+    accuracy: Accuracy
+    tolerance: ParityTolerance
+    failures: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "parity_num_images": self.parity.num_images,
+            "parity_max_abs_diff": self.parity.max_abs_diff,
+            "parity_mean_abs_diff": self.parity.mean_abs_diff,
+            "parity_top1_agreement": self.parity.top1_agreement,
+            "parity_mean_kl": self.parity.mean_kl,
+            "parity_num_outside_tolerance": self.parity.num_outside_tolerance,
+            "parity_tolerance": self.tolerance.to_dict(),
+            "parity_val_top1": self.accuracy.top1,
+            "parity_runtime": "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU",
+        }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    run_dir: Path
+    models: tuple[ExportedModel, ...]
+    static_padding_layers: int
+
+
+def _check(parity: Agreement, tol: ParityTolerance) -> tuple[str, ...]:
+    failures = []
+    if tol.atol is not None and parity.num_outside_tolerance:
+        failures.append(
+            f"{parity.num_outside_tolerance} logits outside |diff| <= {tol.atol:g} + {tol.rtol:g}*|ref| "
+            f"(max abs diff {parity.max_abs_diff:.3g})"
+        )
+    if not parity.top1_agreement >= tol.min_agreement:  # also catches NaN
+        failures.append(f"top-1 agreement {parity.top1_agreement:.4f} < {tol.min_agreement:.4f}")
+    return tuple(failures)
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    config: ExportConfig = ExportConfig(),
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export the run's model to ONNX at its preprocessing input size, check parity, record it."""
+    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.models import Preprocessing, load_run_model
+    from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
+    from edge_tl.runtime.torch_runner import TorchRunner
+
+    say = progress or (lambda _msg: None)
+    run = Run.open(run_dir)
+    prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
+    classes = run.require("classes", stage=STAGE)
+    model = load_run_model(run, checkpoint=config.checkpoint)
+    samples = list(split_from_run(run).val)
+    if not samples:
+        raise DataError(f"run {str(run.root)!r} has no validation images; export parity is measured on them")
+    if config.parity_images is not None:
+        samples = samples[: config.parity_images]
+
+    export_model = copy.deepcopy(model)
+    static_layers = make_same_padding_static(export_model, prep.input_size)
+    out_dir = run.path("export")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape: list[Any] = [BATCH_DIM if config.dynamic_batch else config.batch_size, 3, prep.input_size, prep.input_size]
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+        say(f"exporting {run.get('backbone', {}).get('name', 'model')} at {prep.input_size}px (opset {config.opset})")
+        fp32_path = Path(tmp) / FILE_NAMES[Precision.FP32]
+        fp32 = export_torch_to_onnx(
+            export_model,
+            fp32_path,
+            input_size=prep.input_size,
+            opset=config.opset,
+            dynamic_batch=config.dynamic_batch,
+            batch_size=config.batch_size,
+            exporter=config.exporter,
+        )
+        files = {Precision.FP32: fp32_path}
+        protos = {Precision.FP32: fp32}
+        if Precision.FP16 in config.precisions:
+            protos[Precision.FP16] = convert_to_fp16(fp32, keep_io_types=not config.fp16_io)
+            files[Precision.FP16] = save_model(protos[Precision.FP16], Path(tmp) / FILE_NAMES[Precision.FP16])
+        wanted = [p for p in Precision if p in config.precisions]
+
+        say(f"parity on {len(samples)} validation images")
+        agreement = {p: AgreementAccumulator(atol=config.tolerance(p).atol or 0.0, rtol=config.tolerance(p).rtol) for p in wanted}
+        accuracy = {p: AccuracyAccumulator() for p in wanted}
+        cpu = RunnerOptions(device=Device.CPU)
+        reference = TorchRunner(model, input_spec=InputSpec(3, prep.input_size, prep.input_size), name="pytorch", options=cpu)
+        # Basic graph optimisations: parity judges the exported graph, not ORT's layout rewrites
+        # (verify measures the deployed configuration, with every optimisation on).
+        candidates = {
+            p: OnnxRuntimeRunner(files[p], name=ARTIFACT_NAMES[p], options=cpu, optimization=GraphOptimization.BASIC)
+            for p in wanted
+        }
+        with reference:
+            for runner in candidates.values():
+                runner.__enter__()
+            try:
+                for images, labels in iter_batches(samples, prep, config.parity_batch_size):
+                    ref_logits = reference.run(images)
+                    for p, runner in candidates.items():
+                        logits = runner.run(images)
+                        agreement[p].update(ref_logits, logits)
+                        accuracy[p].update(logits, labels)
+            finally:
+                for runner in candidates.values():
+                    runner.__exit__(None, None, None)
+
+        results = []
+        for p in wanted:
+            parity, tol = agreement[p].result(), config.tolerance(p)
+            failures = _check(parity, tol)
+            exported = ExportedModel(
+                ARTIFACT_NAMES[p], p, None if failures else out_dir / FILE_NAMES[p], parity, accuracy[p].result(), tol, failures
+            )
+            if exported.path is not None:
+                os.replace(files[p], exported.path)
+                signature = io_signature(protos[p])
+                run.add_artifact(
+                    ARTIFACT_NAMES[p],
+                    kind="onnx",
+                    path=exported.path,
+                    stage=STAGE,
+                    precision=p.value,
+                    details={
+                        "input_name": INPUT_NAME,
+                        "output_name": OUTPUT_NAME,
+                        "input_shape": shape,
+                        "input_dtype": signature["inputs"][0]["dtype"],
+                        "output_dtype": signature["outputs"][0]["dtype"],
+                        "opset": config.opset,
+                        "dynamic_batch": config.dynamic_batch,
+                        # FP16 is converted from the FP32 export: name it when it was recorded alongside.
+                        "source": ARTIFACT_NAMES[Precision.FP32]
+                        if p is Precision.FP16 and any(r.passed and r.precision is Precision.FP32 for r in results)
+                        else config.checkpoint,
+                        "exporter": config.exporter.value,
+                        "simplifier": "onnxslim",
+                        "static_padding_layers": static_layers,
+                        "num_classes": len(classes),
+                        "preprocessing": prep.to_dict(),
+                        "ops": graph_op_types(protos[p]),
+                        "tool_versions": tool_versions("torch", "timm", "onnx", "onnxruntime", "onnxslim"),
+                    },
+                    metrics=exported.metrics(),
+                )
+            results.append(exported)
+
+    refused = [m for m in results if not m.passed]
+    if refused:
+        lines = "; ".join(
+            f"{m.name}: {', '.join(m.failures)} on {m.parity.num_images} images "
+            f"(max abs diff {m.parity.max_abs_diff:.3g}, mean {m.parity.mean_abs_diff:.3g}, "
+            f"agreement {m.parity.top1_agreement:.4f})"
+            for m in refused
+        )
+        kept = [m.name for m in results if m.passed]
+        raise ToleranceError(
+            f"export refused {', '.join(m.name for m in refused)} (nothing written for it): {lines}. "
+            f"{'Recorded: ' + ', '.join(kept) + '. ' if kept else ''}"
+            "Check the model for export-unfriendly layers, or loosen the tolerance if the difference is expected."
+        )
+    return ExportResult(run.root, tuple(results), static_layers)

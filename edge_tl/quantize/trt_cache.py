@@ -1,0 +1,85 @@
+"""TensorRT's calibration cache text format: writer and reader.
+
+First line ``TRT-<version>-<algorithm>`` (e.g. ``TRT-8510-EntropyCalibration2``), then
+one line per tensor ``<onnx tensor name>: <8 hex digits>``: the IEEE-754 float32 bit
+pattern of the scale ``amax / 127``, most significant byte first. This is what
+``trtexec --calib=FILE`` and a calibrator's ``read_calibration_cache`` consume; the
+tensor names are the ONNX tensor names, so a cache belongs to one exported graph and
+one TensorRT version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_tl.errors import ConfigError
+from edge_tl.quantize.observers import INT8_LEVELS
+from edge_tl.runs import atomic_write_text
+
+_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+
+
+def scale_hex(amax: float) -> str:
+    """``amax`` -> the cache's hex scale (amax 2.0 -> ``3c810204``)."""
+    return struct.pack(">f", float(amax) / INT8_LEVELS).hex()
+
+
+def hex_scale(text: str) -> float:
+    return struct.unpack(">f", bytes.fromhex(text))[0]
+
+
+@dataclass(frozen=True)
+class CalibrationCache:
+    version: int
+    algorithm: str
+    scales: dict[str, float]  # tensor name -> scale (amax / 127), in file order
+
+    def amax(self, name: str) -> float:
+        return self.scales[name] * INT8_LEVELS
+
+    def to_text(self) -> str:
+        lines = [f"TRT-{self.version}-{self.algorithm}"]
+        for name, scale in self.scales.items():
+            if not name or "\n" in name or "\r" in name:
+                raise ConfigError(f"tensor name {name!r} cannot be written to a TensorRT cache (one line per tensor)")
+            lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+        return "\n".join(lines) + "\n"
+
+
+def cache_from_amax(amax: dict[str, float], *, version: int, algorithm: str = "EntropyCalibration2") -> CalibrationCache:
+    return CalibrationCache(version, algorithm, {name: float(value) / INT8_LEVELS for name, value in amax.items()})
+
+
+def write_cache(path: str | os.PathLike[str], cache: CalibrationCache) -> Path:
+    return atomic_write_text(path, cache.to_text())
+
+
+def parse_cache(text: str, *, where: str = "cache") -> CalibrationCache:
+    lines = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{where} is empty; a TensorRT cache starts with 'TRT-<version>-<algorithm>'")
+    match = _HEADER.match(lines[0].strip())
+    if not match:
+        raise ConfigError(f"{where}: first line {lines[0]!r} is not a TensorRT cache header 'TRT-<version>-<algorithm>'")
+    scales: dict[str, float] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        # Tensor names may themselves contain ':' (e.g. 'onnx::Conv_12'): split at the last one.
+        name, sep, value = line.rpartition(":")
+        value = value.strip()
+        if not sep or not name or not re.fullmatch(r"[0-9a-fA-F]{8}", value):
+            raise ConfigError(f"{where} line {number}: {line!r} is not '<tensor>: <8 hex digits>'")
+        scales[name] = hex_scale(value)
+    return CalibrationCache(int(match.group(1)), match.group(2), scales)
+
+
+def read_cache(path: str | os.PathLike[str]) -> CalibrationCache:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"calibration cache {str(path)!r} does not exist") from exc
+    return parse_cache(text, where=str(path))

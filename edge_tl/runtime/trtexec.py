@@ -1,0 +1,283 @@
+"""trtexec as a runner: run it, parse its output, map it onto ``edge-tl bench``'s result schema.
+
+trtexec reports two different times and they must not be mixed up:
+
+* **GPU Compute Time**: the engine's kernels alone (what the GPU spends);
+* **Latency** (host latency): H2D copy + compute + D2H copy, per query, as a
+  user of the engine sees it (end to end).
+
+Both are kept, each as a :class:`~edge_tl.bench.stats.LatencyStats`. From the
+``--exportTimes`` JSON (one record per query) the statistics are computed exactly
+like every other backend's; from the text summary alone, trtexec's own
+min/mean/median/percentiles are taken, and the standard deviation (which the
+summary does not print) is ``nan``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_tl.bench.stats import LatencyStats
+from edge_tl.errors import ConfigError, RunError
+
+_BANNER = re.compile(r"\[TensorRT v(\d+)\]")
+_VERSION_LINE = re.compile(r"TensorRT version:\s*([\d.]+)")
+_DEVICE = re.compile(r"Selected Device:\s*(.+?)\s*$", re.M)
+_CC = re.compile(r"Compute Capability:\s*([\d.]+)")
+_THROUGHPUT = re.compile(r"Throughput:\s*([\d.eE+-]+)\s*qps")
+_QUERIES = re.compile(r"Timing trace has (\d+) queries over ([\d.]+) s")
+# "GPU Compute Time: min = 0.37 ms, max = 0.40 ms, mean = ..., median = ..., percentile(99%) = 0.39 ms"
+_METRIC = re.compile(r"(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$", re.M)
+_FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")
+_CV = re.compile(r"coefficient of variance\s*=\s*([\d.]+)%")
+
+_LABELS = {
+    "Latency": "latency",
+    "GPU Compute Time": "gpu_compute",
+    "H2D Latency": "h2d",
+    "D2H Latency": "d2h",
+    "Enqueue Time": "enqueue",
+}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric of trtexec's "Performance summary" (milliseconds)."""
+
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    median_ms: float
+    percentiles: dict[float, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrtexecResult:
+    tensorrt_version: str | None
+    gpu_name: str | None
+    compute_capability: str | None
+    throughput_qps: float | None
+    queries: int | None
+    metrics: dict[str, Summary]
+    gpu_compute_cv: float | None  # trtexec's own warning value, as a fraction
+    passed: bool
+
+    @property
+    def gpu_compute(self) -> Summary | None:
+        return self.metrics.get("gpu_compute")
+
+    @property
+    def latency(self) -> Summary | None:
+        return self.metrics.get("latency")
+
+
+def _version_from_banner(code: str) -> str:
+    # v8400 -> 8.4.0 (8.x: MAJOR*1000 + MINOR*100 + PATCH); v100300 -> 10.3.0 (10+: MAJOR*10000 + ...)
+    value = int(code)
+    if value >= 100000:
+        return f"{value // 10000}.{value // 100 % 100}.{value % 100}"
+    return f"{value // 1000}.{value // 100 % 10}.{value % 100}"
+
+
+def parse_log(text: str) -> TrtexecResult:
+    """Parse trtexec's text output (any of 8.x, 10.x, 11.x; with or without timestamps)."""
+    metrics: dict[str, Summary] = {}
+    for match in _METRIC.finditer(text):
+        values: dict[str, float] = {}
+        percentiles: dict[float, float] = {}
+        for name, pct, number in _FIELD.findall(match.group("body")):
+            if pct:
+                percentiles[float(pct)] = float(number)
+            else:
+                values[name] = float(number)
+        if {"min", "max", "mean", "median"} <= set(values):
+            metrics[_LABELS[match.group("label")]] = Summary(
+                values["min"], values["max"], values["mean"], values["median"], percentiles
+            )
+    version = _VERSION_LINE.search(text)
+    banner = _BANNER.search(text)
+    tensorrt = version.group(1) if version else (_version_from_banner(banner.group(1)) if banner else None)
+    device = _DEVICE.search(text)
+    cc = _CC.search(text)
+    throughput = _THROUGHPUT.search(text)
+    queries = _QUERIES.search(text)
+    cv = _CV.search(text)
+    return TrtexecResult(
+        tensorrt_version=tensorrt,
+        gpu_name=device.group(1) if device else None,
+        compute_capability=cc.group(1) if cc else None,
+        throughput_qps=float(throughput.group(1)) if throughput else None,
+        queries=int(queries.group(1)) if queries else None,
+        metrics=metrics,
+        gpu_compute_cv=float(cv.group(1)) / 100 if cv else None,
+        passed="&&&& PASSED" in text,
+    )
+
+
+def stats_from_summary(summary: Summary, *, batch_size: int, iterations: int) -> LatencyStats:
+    """A bench record from trtexec's printed summary (no standard deviation in it: ``nan``)."""
+    def pct(p: float) -> float:
+        return summary.percentiles.get(p, math.nan)
+
+    return LatencyStats(
+        batch_size=batch_size,
+        iterations=iterations,
+        mean_ms=summary.mean_ms,
+        std_ms=math.nan,
+        min_ms=summary.min_ms,
+        p50_ms=summary.median_ms,
+        p90_ms=pct(90.0),
+        p95_ms=pct(95.0),
+        p99_ms=pct(99.0),
+        max_ms=summary.max_ms,
+        throughput_ips=batch_size * 1000.0 / summary.mean_ms if summary.mean_ms > 0 else math.inf,
+        cv=math.nan,
+    )
+
+
+def parse_times(records: list[dict[str, Any]], *, batch_size: int) -> dict[str, LatencyStats]:
+    """Per-query ``--exportTimes`` records -> GPU compute and end-to-end statistics.
+
+    Key names changed in TensorRT 10 (``inMs``/``outMs`` became ``h2dMs``/``d2hMs``);
+    ``computeMs`` and ``latencyMs`` are the same in both.
+    """
+    if not records:
+        raise RunError("the --exportTimes file has no records: trtexec timed nothing")
+    try:
+        compute = [float(r["computeMs"]) for r in records]
+        latency = [float(r["latencyMs"]) for r in records]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"--exportTimes records lack {exc}: not a trtexec timing file") from exc
+    return {
+        "gpu_compute": LatencyStats.from_samples(compute, batch_size=batch_size),
+        "end_to_end": LatencyStats.from_samples(latency, batch_size=batch_size),
+    }
+
+
+def to_bench_results(result: TrtexecResult, *, batch_size: int, times: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one place trtexec output meets the bench schema.
+
+    Returns ``{"gpu_compute": LatencyStats, "end_to_end": LatencyStats, "source": ..., "trtexec": {...}}``;
+    exact statistics from ``times`` when given, else from the text summary.
+    """
+    if times is not None:
+        stats = parse_times(times, batch_size=batch_size)
+        source = "exportTimes"
+    else:
+        missing = [k for k in ("gpu_compute", "latency") if k not in result.metrics]
+        if missing:
+            raise RunError(f"trtexec output has no {', '.join(missing)} summary; was the engine timed (no --skipInference)?")
+        n = result.queries or 0
+        stats = {
+            "gpu_compute": stats_from_summary(result.metrics["gpu_compute"], batch_size=batch_size, iterations=n),
+            "end_to_end": stats_from_summary(result.metrics["latency"], batch_size=batch_size, iterations=n),
+        }
+        source = "summary"
+    return {
+        **stats,
+        "source": source,
+        "trtexec": {
+            "tensorrt_version": result.tensorrt_version,
+            "gpu_name": result.gpu_name,
+            "compute_capability": result.compute_capability,
+            "throughput_qps": result.throughput_qps,
+            "queries": result.queries,
+            "gpu_compute_cv": result.gpu_compute_cv,
+        },
+    }
+
+
+def find_trtexec() -> str:
+    found = shutil.which("trtexec") or next(
+        (p for p in ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise ConfigError("trtexec not found on PATH or in /usr/src/tensorrt/bin: install TensorRT (JetPack ships it)")
+    return found
+
+
+def run_trtexec(argv: list[str], *, log_path: str | os.PathLike[str], times_path: str | os.PathLike[str] | None,
+                batch_size: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run a trtexec command, keep its log, and return :func:`to_bench_results` of its output."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cannot run {argv[0]!r}: {exc}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise RunError(f"trtexec did not finish within {timeout_s} s") from exc
+    text = proc.stdout + proc.stderr
+    Path(log_path).write_text(text, encoding="utf-8")
+    result = parse_log(text)
+    if proc.returncode != 0 or not result.passed:
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        raise RunError(f"trtexec failed (exit {proc.returncode}); log kept at {str(log_path)!r}. Last lines:\n{tail}")
+    times = None
+    if times_path is not None and Path(times_path).is_file():
+        times = json.loads(Path(times_path).read_text(encoding="utf-8"))
+    return to_bench_results(result, batch_size=batch_size, times=times)
+
+
+def trtexec_bench_report(
+    engine: str | os.PathLike[str],
+    *,
+    batch_sizes: tuple[int, ...] = (1,),
+    duration_s: int = 10,
+    iterations: int = 100,
+    cuda_graph: bool = True,
+    trtexec: str | None = None,
+    timeout_s: float | None = 600,
+) -> Any:
+    """Time an engine with trtexec and return an ``edge-tl bench`` :class:`~edge_tl.bench.api.BenchReport`.
+
+    ``results`` hold the GPU compute time (the same quantity the TensorRT runner
+    times around ``execute_async_v3``); the end-to-end latency (with H2D and D2H
+    copies) is kept apart in ``runner["end_to_end"]``, one record per batch size.
+    """
+    from edge_tl.bench.api import BenchConfig, BenchReport, Budget
+    from edge_tl.bench.env import fingerprint
+    from edge_tl.compile.sidecar import read_sidecar
+    from edge_tl.compile.trtexec_flags import bench_command
+    from edge_tl.targets import TrtVersion
+
+    engine = Path(engine)
+    meta = read_sidecar(engine)
+    binary = trtexec or find_trtexec()
+    workdir = engine.parent / "trtexec-bench"
+    workdir.mkdir(exist_ok=True)
+    gpu_results, end_to_end, reports = [], [], []
+    for batch in batch_sizes:
+        if meta.batch is not None and not meta.batch["min"] <= batch <= meta.batch["max"]:
+            raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
+        times = workdir / f"times-b{batch}.json"
+        argv = bench_command(
+            str(engine), TrtVersion.parse(meta.tensorrt_version), input_name=meta.input_name, chw=meta.chw,
+            batch=batch if meta.batch is not None else None, export_times=str(times), duration_s=duration_s,
+            iterations=iterations, cuda_graph=cuda_graph, dla_core=meta.dla_core, trtexec=binary,
+        )
+        out = run_trtexec(argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s)
+        gpu_results.append(out["gpu_compute"])
+        end_to_end.append(out["end_to_end"].to_dict())
+        reports.append(out["trtexec"])
+    runner = {
+        "name": engine.name,
+        "backend": "trtexec",
+        "device": "cuda",
+        "clock": "trtexec-gpu-compute",
+        "path": str(engine),
+        "tensorrt": meta.tensorrt_version,
+        "precision": meta.precision,
+        "end_to_end": end_to_end,
+        "trtexec": reports,
+    }
+    config = BenchConfig(
+        batch_sizes=tuple(batch_sizes), warmup=Budget(seconds=0.5), measure=Budget(seconds=float(duration_s), min_iterations=iterations)
+    )
+    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint())

@@ -1,0 +1,43 @@
+"""The worker entry point of a distributed fine-tune.
+
+``edge-tl finetune --nproc-per-node N`` starts it through torchrun with ``--config FILE``
+(the run's settings as JSON). Under your own launcher give it the ``edge-tl finetune``
+options instead::
+
+    torchrun --nproc-per-node 4 -m edge_tl.train.ddp_entry --data DIR --out RUN --epochs 10
+
+Each worker reads its rank from the environment torchrun sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from edge_tl.errors import EdgeTLError
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "--config":
+        from edge_tl.train.config import FinetuneConfig
+        from edge_tl.train.loop import finetune
+
+        try:
+            with open(argv[1], encoding="utf-8") as fh:
+                config = FinetuneConfig.from_dict(json.load(fh))
+            finetune(config)
+        except EdgeTLError as exc:
+            # One clear line per failing rank; torchrun then stops the others and the
+            # launching command reports which rank failed.
+            print(f"Error (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
+            sys.exit(1)
+        return
+    from edge_tl.cli.main import main as cli_main
+
+    cli_main(["finetune", *argv])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,546 @@
+"""The transfer-learning loop.
+
+Two phases: for ``freeze_epochs`` epochs only the new head learns (backbone weights frozen
+and its BatchNorm layers in inference mode, so ImageNet statistics are not disturbed by a
+randomly initialised head's gradients); then everything trains, the backbone with a smaller
+learning rate than the head. AdamW, linear warm-up then cosine decay per step, label
+smoothing, reproducible augmentation.
+
+The same code runs one process or many under torchrun: the data order comes from a
+``DistributedSampler`` (also with one process, so the order does not depend on the number
+of processes), validation is sharded and its sums all-reduced, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edge_tl._lazy import lazy_import
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.runs import Run, atomic_write_text
+from edge_tl.train import distributed as dist_util
+from edge_tl.train.config import Device, FinetuneConfig, Precision
+from edge_tl.train.evaluate import evaluate_model
+from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
+
+METRICS_FILE = "metrics.jsonl"
+BEST_PATH = "checkpoints/best.pt"
+LAST_PATH = "checkpoints/last.pt"
+STAGE = "finetune"
+
+
+class Phase(str, Enum):
+    HEAD = "head"  # backbone frozen
+    FULL = "full"  # everything trains
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of ``metrics.jsonl``."""
+
+    epoch: int  # 1-based
+    phase: str
+    train_loss: float
+    train_top1: float
+    val_loss: float
+    val_top1: float
+    val_top5: float | None
+    lr_head: float
+    lr_backbone: float
+    images_per_s: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_top1: float
+    epochs_run: int
+    stopped_early: bool
+    history: tuple[EpochRecord, ...] = field(default_factory=tuple)
+
+
+#: Called on every rank after each epoch's checkpoint is written; raising stops the run
+#: (as an interruption would) with everything saved so far kept.
+EpochCallback = Callable[[EpochRecord], None]
+
+
+# --------------------------------------------------------------------------- device and precision
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: Any  # torch.device
+    amp_dtype: Any  # torch dtype or None (fp32)
+    use_scaler: bool
+    channels_last: bool
+
+    @property
+    def precision(self) -> str:
+        if self.amp_dtype is None:
+            return "fp32"
+        return "bf16" if "bfloat16" in str(self.amp_dtype) else "fp16"
+
+
+def resolve_hardware(device: Device, precision: Precision, *, local_rank: int = 0) -> Hardware:
+    torch = lazy_import("torch")
+    cuda_ok = torch.cuda.is_available()
+    if device is Device.CUDA and not cuda_ok:
+        raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    on_cuda = device is Device.CUDA or (device is Device.AUTO and cuda_ok)
+    if not on_cuda:
+        if precision is Precision.FP16:
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 (or bf16)")
+        dtype = torch.bfloat16 if precision is Precision.BF16 else None
+        return Hardware(torch.device("cpu"), dtype, False, False)
+    dev = torch.device("cuda", local_rank)
+    if precision is Precision.AUTO:
+        precision = Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    dtype = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[precision]
+    return Hardware(dev, dtype, precision is Precision.FP16, True)
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+def head_prefix(model: Any) -> str:
+    from edge_tl.models.registry import classifier_name
+
+    return classifier_name(model) + "."
+
+
+def param_groups(model: Any, *, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Backbone and head groups, each split so that biases and norm scales get no weight decay."""
+    head = head_prefix(model)
+    groups: dict[tuple[str, bool], list[Any]] = {}
+    for name, param in model.named_parameters():
+        part = "head" if name.startswith(head) else "backbone"
+        groups.setdefault((part, param.ndim > 1), []).append(param)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": lr if part == "head" else lr * backbone_lr_mult,
+                "weight_decay": weight_decay if decay else 0.0,
+                "part": part,
+            }
+        )
+    return out
+
+
+def set_phase(model: Any, phase: Phase, *, freeze_bn: bool) -> None:
+    """Trainable parameters and train/eval modes for ``phase`` (call at every epoch start)."""
+    nn = lazy_import("torch.nn")
+    head = head_prefix(model)
+    frozen = phase is Phase.HEAD
+    for name, param in model.named_parameters():
+        param.requires_grad_(not frozen or name.startswith(head))
+    if frozen:
+        model.eval()
+        model.get_submodule(head[:-1]).train()
+    else:
+        model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_loader(
+    dataset: Any, *, batch_size: int, train: bool, seed: int, ctx: dist_util.DistContext, workers: int, pin_memory: bool
+) -> Any:
+    """The one place loaders are built.
+
+    Training: a ``DistributedSampler`` even for one process, so the permutation of epoch
+    ``e`` is a function of ``(seed, e)`` only and each rank takes every ``world_size``-th
+    index of it: 1 process x batch B and N processes x batch B/N see the same global batches.
+    Validation: an unpadded shard per rank (a padded sampler would count images twice).
+    """
+    torch = lazy_import("torch")
+    data = lazy_import("torch.utils.data")
+    if train:
+        sampler = data.DistributedSampler(
+            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False
+        )
+    else:
+        sampler = list(range(ctx.rank, len(dataset), ctx.world_size))
+    return data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# --------------------------------------------------------------------------- the training step
+
+
+class TrainStep:
+    """One optimisation step, with running sums kept on the device (no host sync per step)."""
+
+    def __init__(
+        self, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, criterion: Any, hardware: Hardware
+    ) -> None:
+        torch = lazy_import("torch")
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.criterion = criterion
+        self.device = hardware.device
+        self.amp_dtype = hardware.amp_dtype
+        self.use_scaler = hardware.use_scaler
+        self.channels_last = hardware.channels_last
+        self._torch = torch
+        self.reset()
+
+    def reset(self) -> None:
+        torch = self._torch
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.count = 0
+
+    def __call__(self, images: Any, labels: Any) -> None:
+        torch = self._torch
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(images)
+            loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.use_scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.loss_sum += loss.detach().double() * labels.shape[0]
+            self.correct += (logits.argmax(dim=1) == labels).sum()
+        self.count += labels.shape[0]
+
+    def totals(self, ctx: dist_util.DistContext) -> tuple[float, float]:
+        """Mean training loss and top-1 over the epoch, over all processes (one host sync)."""
+        torch = self._torch
+        sums = torch.stack([self.loss_sum, self.correct.double(), torch.tensor(float(self.count), dtype=torch.float64, device=self.device)])
+        dist_util.all_reduce_sum(sums, ctx)
+        loss_sum, correct, count = sums.tolist()
+        return (loss_sum / count, correct / count) if count else (0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ()) -> FinetuneResult:
+    """Fine-tune ``config.backbone`` on ``config.data`` into the run directory ``config.out``.
+
+    Run it directly (one process) or in every worker of a torchrun job; see
+    :func:`edge_tl.train.distributed.launch`.
+    """
+    lazy_import("torch", purpose="fine-tuning")
+    hardware_probe = resolve_hardware(config.device, config.precision)
+    ctx = dist_util.init_from_env(hardware_probe.device.type)
+    try:
+        return _Trainer(config, ctx, callbacks).run()
+    finally:
+        dist_util.shutdown(ctx)
+
+
+class _Trainer:
+    def __init__(self, config: FinetuneConfig, ctx: dist_util.DistContext, callbacks: Sequence[EpochCallback]) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.callbacks = tuple(callbacks)
+        self.hw = resolve_hardware(config.device, config.precision, local_rank=ctx.local_rank)
+        self.out = Path(config.out)
+        self.show = ctx.is_main and not config.quiet
+
+    # ---- output
+
+    def say(self, text: str) -> None:
+        if self.show:
+            tqdm = lazy_import("tqdm")
+            tqdm.tqdm.write(text, file=sys.stderr)
+
+    # ---- run directory
+
+    def _check_out(self) -> None:
+        exists = Run.exists(self.out)
+        if self.config.resume:
+            if not exists or not (self.out / LAST_PATH).is_file():
+                raise RunError(
+                    f"--resume: {str(self.out)!r} holds no interrupted run (no manifest or no {LAST_PATH}); "
+                    "drop --resume to start a new run there"
+                )
+            stored = FinetuneConfig.from_dict(Run.open(self.out).require("training", stage="--resume")["config"])
+            diff = stored.differences(self.config)
+            if diff:
+                listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+                raise ConfigError(
+                    f"--resume must use the settings the run was started with; these differ ({listed}). "
+                    "Repeat the original options, or start a new run with another --out."
+                )
+        elif exists:
+            raise ConfigError(
+                f"{str(self.out)!r} already holds a run; pass --resume to continue it or choose another --out"
+            )
+
+    # ---- main
+
+    def run(self) -> FinetuneResult:
+        torch = lazy_import("torch")
+        nn = lazy_import("torch.nn")
+        from edge_tl.data import AugmentConfig, load_dataset, load_split, save_split
+        from edge_tl.data.torch_dataset import TorchImageDataset
+        from edge_tl.models import Weights, build_model, get_backbone
+        from edge_tl.models.checkpoint import load_checkpoint
+
+        config, ctx, hw = self.config, self.ctx, self.hw
+        if config.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
+            )
+        if config.sync_bn and hw.device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU")
+        self._check_out()
+        spec = get_backbone(config.backbone)
+        prep = spec.preprocessing.with_input_size(config.img_size or spec.preprocessing.input_size)
+        weights = Weights.parse(config.weights, pretrained=config.weights != "none")
+        dist_util.barrier(ctx)  # every rank has checked the output before rank 0 writes into it
+
+        # Data: rank 0 checks the images and writes split.json; the others read that file,
+        # so every process trains on exactly the recorded split.
+        split_path = self.out / "split.json"
+        if config.resume:
+            split = load_split(split_path)
+        else:
+            if ctx.is_main:
+                split = load_dataset(config.data, val_source=config.val_data, val_split=config.val_split, seed=config.seed)
+        run: Run | None = None
+        if ctx.is_main and not config.resume:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_split(split, split_path)
+            run = Run.create(
+                self.out,
+                backbone={**spec.to_dict(), "weights": weights.describe()},
+                preprocessing=prep.to_dict(),
+                classes=list(split.classes),
+                data=split.manifest_section(split_file=split_path.name),
+                training={"config": config.to_dict(), "status": "running"},
+            )
+        elif ctx.is_main:
+            run = Run.open(self.out)
+        dist_util.barrier(ctx)
+        if not ctx.is_main and not config.resume:
+            split = load_split(split_path)
+
+        seed_everything(config.seed)
+        model = build_model(config.backbone, len(split.classes), weights=weights)
+        if config.sync_bn and ctx.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.preserve_format)
+
+        hflip = config.hflip
+        augment = AugmentConfig.for_source(split.source, enabled=config.augment, **({} if hflip is None else {"hflip": hflip}))
+        workers = config.workers if config.workers is not None else (min(8, max(1, (_cpu_count() // max(1, ctx.world_size)) - 1)) if hw.device.type == "cuda" else 0)
+        local_batch = config.batch_size // ctx.world_size
+        train_ds = TorchImageDataset(split.train, prep, train=True, augment=augment, seed=config.seed)
+        val_ds = TorchImageDataset(split.val, prep, train=False)
+        pin = hw.device.type == "cuda"
+        train_loader = make_loader(train_ds, batch_size=local_batch, train=True, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin)
+        val_loader = make_loader(val_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin)
+
+        optimizer = torch.optim.AdamW(
+            param_groups(model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay)
+        )
+        steps_per_epoch = len(train_loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            warmup_cosine(config.epochs * steps_per_epoch, int(round(config.warmup_epochs * steps_per_epoch))),
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=hw.use_scaler)
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+        start_epoch, best_top1, best_epoch, bad_epochs = 0, -1.0, 0, 0
+        history: list[EpochRecord] = []
+        best_summary: dict[str, Any] = {}
+        if config.resume:
+            state = load_checkpoint(self.out / LAST_PATH)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch = int(state["epoch"])
+            best_top1, best_epoch, bad_epochs = float(state["best_top1"]), int(state["best_epoch"]), int(state["bad_epochs"])
+            best_summary = dict(state["best_summary"])
+            history = [r for r in _read_history(self.out / METRICS_FILE) if r.epoch <= start_epoch]
+            restore_rng(state["rng"])
+            self.say(f"resuming {self.out} after epoch {start_epoch}")
+
+        module = model
+        step: TrainStep | None = None
+        phase: Phase | None = None
+        stopped_early = False
+        epoch = start_epoch
+        for epoch in range(start_epoch, config.epochs):
+            new_phase = Phase.HEAD if epoch < config.freeze_epochs else Phase.FULL
+            set_phase(module, new_phase, freeze_bn=config.freeze_bn)
+            if new_phase is not phase:
+                # DDP registers gradient hooks for the parameters that require grad when it is
+                # built, so unfreezing the backbone means building a new wrapper.
+                step = None  # drop the old wrapper (and its hooks) first
+                step = TrainStep(model=self._wrap(module), optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, hardware=hw)
+                phase = new_phase
+            step.reset()
+            train_ds.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            self._train_epoch(step, train_loader, epoch, phase)
+            train_seconds = time.perf_counter() - started
+            train_loss, train_top1 = step.totals(ctx)
+            val = evaluate_model(
+                module, val_loader, num_classes=len(split.classes), device=hw.device, ctx=ctx,
+                amp_dtype=hw.amp_dtype, channels_last=hw.channels_last,
+            )
+            lrs = {g["part"]: g["lr"] for g in optimizer.param_groups}
+            record = EpochRecord(
+                epoch=epoch + 1, phase=phase.value, train_loss=train_loss, train_top1=train_top1,
+                val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
+                lr_head=lrs.get("head", 0.0), lr_backbone=lrs.get("backbone", 0.0),
+                images_per_s=step.count * ctx.world_size / max(train_seconds, 1e-9),
+                seconds=time.perf_counter() - started,
+            )
+            history.append(record)
+            improved = val.top1 > best_top1
+            if improved:
+                best_top1, best_epoch, bad_epochs = val.top1, epoch + 1, 0
+                best_summary = val.summary()
+            else:
+                bad_epochs += 1
+            stop = config.patience > 0 and bad_epochs >= config.patience
+            self.say(
+                f"epoch {epoch + 1}/{config.epochs} [{phase.value}] train loss {train_loss:.4f} top-1 {train_top1:.4f} | "
+                f"val loss {val.loss:.4f} top-1 {val.top1:.4f}"
+                + (f" top-5 {val.top5:.4f}" if val.top5 is not None else "")
+                + (" *" if improved else "")
+                + f" | {record.images_per_s:.0f} img/s"
+            )
+            if run is not None:
+                atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
+                payload = {
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "best_top1": best_top1,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "best_summary": best_summary,
+                    "rng": capture_rng(),
+                    "backbone": config.backbone,
+                    "classes": list(split.classes),
+                }
+                self._save(run, payload, best=improved, record=record)
+            dist_util.barrier(ctx)
+            for callback in self.callbacks:
+                callback(record)
+            if stop:
+                stopped_early = True
+                self.say(f"early stop: validation top-1 has not improved for {config.patience} epochs")
+                break
+        epochs_run = history[-1].epoch if history else start_epoch
+
+        if run is not None:
+            run.update(
+                training={
+                    "config": config.to_dict(),
+                    "status": "complete",
+                    "epochs_run": epochs_run,
+                    "best_epoch": best_epoch,
+                    "stopped_early": stopped_early,
+                    "device": str(hw.device.type),
+                    "precision": hw.precision,
+                    "channels_last": hw.channels_last,
+                    "world_size": ctx.world_size,
+                    "backend": ctx.backend,
+                    "steps_per_epoch": steps_per_epoch,
+                    "metrics_file": METRICS_FILE,
+                },
+                metrics={k: best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
+            )
+            self.say(f"best validation top-1 {best_top1:.4f} at epoch {best_epoch}; run directory: {self.out}")
+        return FinetuneResult(
+            run_dir=self.out, best_epoch=best_epoch, best_val_top1=best_top1, epochs_run=epochs_run,
+            stopped_early=stopped_early, history=tuple(history),
+        )
+
+    def _wrap(self, module: Any) -> Any:
+        if not self.ctx.distributed:
+            return module
+        parallel = lazy_import("torch.nn.parallel")
+        device_ids = [self.ctx.local_rank] if self.hw.device.type == "cuda" else None
+        return parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    def _train_epoch(self, step: TrainStep, loader: Any, epoch: int, phase: Phase) -> None:
+        tqdm = lazy_import("tqdm")
+        world = self.ctx.world_size
+        with tqdm.tqdm(
+            total=len(loader.sampler) * world, unit="img", unit_scale=True, dynamic_ncols=True, leave=False,
+            desc=f"epoch {epoch + 1}/{self.config.epochs} [{phase.value}]", disable=not self.show, file=sys.stderr,
+        ) as bar:
+            for images, labels in loader:
+                step(images, labels)
+                bar.update(labels.shape[0] * world)
+
+    def _save(self, run: Run, payload: dict[str, Any], *, best: bool, record: EpochRecord) -> None:
+        from edge_tl.models.checkpoint import BEST, LAST, save_checkpoint
+
+        last = save_checkpoint(self.out / LAST_PATH, payload)
+        details = {"epoch": record.epoch, "backbone": self.config.backbone}
+        metrics = {"val_top1": record.val_top1, "val_top5": record.val_top5, "val_loss": record.val_loss}
+        run.add_artifact(LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+        if best:
+            # The best checkpoint holds the weights only: it is what later stages load.
+            best_path = save_checkpoint(
+                self.out / BEST_PATH,
+                {"model": payload["model"], "epoch": record.epoch, "backbone": payload["backbone"], "classes": payload["classes"]},
+            )
+            run.add_artifact(BEST, kind="checkpoint", path=best_path, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+
+
+def _read_history(path: Path) -> list[EpochRecord]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            records.append(EpochRecord(**json.loads(line)))
+    return records
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

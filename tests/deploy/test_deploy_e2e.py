@@ -1,0 +1,220 @@
+"""Deploying a real run to loopback sshd devices: python mode with ONNX Runtime, trtexec mode with a
+stand-in trtexec, fleets, bundles, and the security properties."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_tl.cli.main import main
+from edge_tl.deploy import (
+    Bundle,
+    DeployConfig,
+    EvalPack,
+    deploy,
+    make_bundle,
+)
+from edge_tl.errors import RemoteError
+from edge_tl.runs import Run
+
+pytestmark = pytest.mark.ssh
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = dict(eval_images=64, iterations=20, warmup=2)
+NASTY = "run dir; it's \"x\" $(id)"
+
+
+@pytest.fixture
+def run_copy(deployable_run, tmp_path) -> Path:
+    """A writable copy of the run whose path has spaces, quotes, ';' and '$(...)'."""
+    return Path(shutil.copytree(deployable_run, tmp_path / NASTY))
+
+
+def _secrets(ssh_lab) -> list[str]:
+    """Lines of the private key: none may appear in anything deploy writes."""
+    return [ln for ln in ssh_lab.user_key.read_text().splitlines() if ln and "PRIVATE KEY" not in ln]
+
+
+def _assert_no_secrets(root: Path, ssh_lab) -> None:
+    secrets = _secrets(ssh_lab)
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(s.encode() in data for s in secrets), f"private key material in {path}"
+
+
+def test_bundle_contents_and_tar(run_copy, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bundle", str(run_copy), "--target", "x86-64", "--precision", "fp32", "--eval-images", "24", "--tar"])
+    assert exit_info.value.code == 0 and "evaluation pack of 24 images" in capsys.readouterr().out
+    bundle = Bundle.load(run_copy / "bundle" / "x86-64-fp32")
+    # Deterministic: the same run, target and precision give the same bundle.
+    assert make_bundle(run_copy, target="x86-64", precision="fp32", eval_images=24).digest == bundle.digest
+    assert bundle.root == run_copy / "bundle" / "x86-64-fp32"
+    assert {"bundle.json", "export/model.fp32.onnx", "labels.txt", "preprocessing.json", "target/x86-64.toml",
+            "eval/pack.json"} <= set(bundle.files)  # fmt: skip
+    assert Bundle.load(bundle.root).digest == bundle.digest
+    assert (bundle.root.parent / "x86-64-fp32.tar.gz").is_file()
+    pack = EvalPack.load(bundle.root / "eval")
+    assert pack.num_images == 24 and sum(c.count for c in pack.chunks) == 24
+    assert len(set(pack.labels)) == 10  # class-balanced
+    # The pack is the run's preprocessing applied to its validation images, as raw float32.
+    from edge_tl.data import load_image, preprocess, split_from_run
+    from edge_tl.deploy.evalpack import balanced_subset
+    from edge_tl.models import Preprocessing
+
+    run = Run.open(run_copy)
+    split = split_from_run(run)
+    first = split.val[balanced_subset([s.label for s in split.val], 24)[0]]
+    images, labels = next(pack.batches())
+    np.testing.assert_array_equal(images[0], preprocess(load_image(first), Preprocessing.from_dict(run.get("preprocessing"))))
+    assert labels[0] == first.label
+    assert run.artifact("bundle-x86-64-fp32").details["digest"] == bundle.digest
+    # Tampering is detected.
+    (bundle.root / "labels.txt").write_text("changed\n")
+    with pytest.raises(Exception, match="labels.txt"):
+        Bundle.load(bundle.root)
+
+
+def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, capsys):
+    """The quickstart-style run on a loopback device: accuracy there == ONNX Runtime here."""
+    remote = tmp_path / "remote; 'dir' $(touch pwned)"
+    args = [
+        "deploy", str(run_copy), "--host", sshd.alias, "--target", "x86-64", "--precision", "fp32",
+        "--ssh-config", str(ssh_lab.client_config), "--remote-dir", str(remote), "--wheel", str(edge_tl_wheel),
+        "--eval-images", "64", "--iterations", "20", "--warmup", "2", "--json", str(tmp_path / "out.json"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err
+    assert "python mode, onnxruntime" in printed.out and "top-1" in printed.out
+    assert not any(secret in printed.out + printed.err for secret in _secrets(ssh_lab))
+    out = run_copy / "deploy" / sshd.alias
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["is_jetson"] is False and probe["arch"] == "x86_64" and probe["modules"]["onnxruntime"]
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["runner"]["backend"] == "onnxruntime" and bench["results"][0]["iterations"] == 20
+    device = json.loads((out / "result.json").read_text())
+    # The device ran the wheel installed in its virtual environment, not this checkout.
+    assert device["edge_tl"]["module"].startswith(str(remote / "venv"))
+    entry = json.loads((out / "accuracy.json").read_text())["results"][0]
+    assert entry["num_images"] == 64
+    assert entry["top1"] == entry["local_onnxruntime_top1"]
+    assert entry["local_onnxruntime_agreement"] == 1.0
+    assert entry["reference_top1"] is not None and entry["top1_agreement"] >= 0.95
+    logits = np.load(out / "logits.npy", allow_pickle=False)
+    assert logits.shape == (64, 10)
+    # The run's manifest records it; verify reads it as a device row.
+    run = Run.open(run_copy)
+    record = run.artifact(f"deploy-{sshd.alias}")
+    assert record.kind == "deploy-result" and record.metrics["top1"] == entry["top1"]
+    from edge_tl.verify import read_deploy_results
+
+    rows = read_deploy_results(run, reference_top1=entry["reference_top1"])
+    assert [(r.name, r.origin) for r in rows] == [("onnx-fp32", f"deploy:{sshd.alias}")]
+    assert rows[0].delta_top1_pts == pytest.approx((entry["top1"] - entry["reference_top1"]) * 100)
+    # Quoting: the odd paths arrived as literal names, nothing was executed from them.
+    assert (remote / "current" / "bundle.json").is_file()
+    assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
+    # Remote writes stayed inside the remote directory.
+    assert sorted(p.name for p in remote.iterdir()) == ["current", "releases", "results", "venv"]
+    _assert_no_secrets(run_copy, ssh_lab)
+    _assert_no_secrets(remote, ssh_lab)
+
+    # Deploying again changes nothing on the device and measures again.
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote),
+                          wheel=edge_tl_wheel, **QUICK)  # fmt: skip
+    again = deploy(run_copy, sshd.alias, config)
+    assert again.sync["up_to_date"] and again.top1 == entry["top1"]
+
+
+def _standin_target(tmp_path: Path) -> Path:
+    """A Xavier profile that lists TensorRT 8.4, the version of the replayed trtexec log."""
+    text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5"', 'default = "8.4"')
+    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4"\ncuda = "11.4"\n'
+    path = tmp_path / "standin-xavier-trt84.toml"
+    path.write_text(text)
+    return path
+
+
+def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path):
+    """trtexec mode orchestration against a STAND-IN trtexec that replays a real trtexec log."""
+    server = ssh_lab.start()
+    try:
+        standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log")
+        standin_tegrastats(server)
+        target = _standin_target(tmp_path)
+        remote = tmp_path / "remote"
+        config = DeployConfig(target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK)
+        # The profile is a Jetson; this device is not: refused with the reasons, unless overridden.
+        with pytest.raises(RemoteError, match="is a Jetson but"):
+            deploy(run_copy, server.alias, config)
+        result = deploy(run_copy, server.alias, DeployConfig(**{**config.__dict__, "check_device": False}))
+    finally:
+        server.stop()
+    assert result.mode == "trtexec"
+    out = run_copy / "deploy" / server.alias
+    bench = json.loads((out / "bench.json").read_text())
+    # Numbers of the replayed Xavier log, parsed into the bench schema (end-to-end latency).
+    assert bench["results"][0]["p50_ms"] == pytest.approx(0.401947)
+    assert bench["results"][0]["p99_ms"] == pytest.approx(0.420288)
+    assert bench["gpu_compute"]["p50_ms"] == pytest.approx(0.388443)
+    assert bench["trtexec"]["tensorrt_version"] == "8.4.0"
+    assert "PASSED" in (out / "build.log").read_text()
+    entry = json.loads((out / "accuracy.json").read_text())["results"][0]
+    assert entry["artifact"] == "engine-standin-xavier-trt84-fp32" and entry["mode"] == "trtexec"
+    assert entry["top1"] == entry["local_onnxruntime_top1"] and entry["local_onnxruntime_agreement"] == 1.0
+    # tegrastats was sampled while measuring (stand-in: VDD_IN alternates 5000/7000 mW) and stopped.
+    power = json.loads((out / "tegrastats.json").read_text())
+    assert power["samples"] >= 1 and 5000 <= power["total_power_mean_mw"] <= 7000
+    assert entry["hottest_c"] == 47.5 and entry["power_mean_mw"] == power["total_power_mean_mw"]
+    # The engine and its sidecar were written by the build plan inside the remote release.
+    assert (remote / "current" / "compile" / "standin-xavier-trt84-fp32" / "model.engine.json").is_file()
+
+
+def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, capsys):
+    second = ssh_lab.start()
+    stopped = ssh_lab.start()
+    stopped.stop()
+    try:
+        inventory = tmp_path / "fleet.toml"
+        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n']
+        for i, server in enumerate((sshd, second, stopped)):
+            lines.append(f'[[device]]\nname = "dev{i}"\nhost = "{server.alias}"\nremote_dir = "{tmp_path}/remote{i}"\n')
+        inventory.write_text("\n".join(lines))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["deploy", str(run_copy), "--fleet", str(inventory), "--ssh-config", str(ssh_lab.client_config),
+                  "--retries", "0", "--jobs", "3", "--wheel", str(edge_tl_wheel), "--quiet"])  # fmt: skip
+    finally:
+        second.stop()
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 1 and "1 of 3 device(s) failed" in printed.err
+    table = printed.out
+    assert "dev2" in table and "failed" in table and "unreachable" in table and "x86-64" in table
+    data = json.loads((run_copy / "deploy" / "fleet.json").read_text())
+    by_name = {d["label"]: d for d in data["devices"]}
+    assert [d["status"] for d in data["devices"]] == ["ok", "ok", "failed"]
+    assert "unreachable" in by_name["dev2"]["reason"]
+    assert by_name["dev0"]["top1"] == by_name["dev1"]["top1"] == by_name["dev0"]["local_top1"]
+    assert by_name["dev0"]["delta_top1_pts"] is not None and by_name["dev0"]["p50_ms"] > 0
+    assert {a.name for a in Run.open(run_copy).artifacts(kind="deploy-result")} == {"deploy-dev0", "deploy-dev1"}
+
+
+def test_tegrastats_summary_both_layouts():
+    from edge_tl.deploy.tegrastats import summarize
+
+    jetpack6 = ("RAM 2344/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@729,1%@729] EMC_FREQ 0% "
+                "GR3D_FREQ 0% cpu@45.5C gpu@44.9C tj@45.5C VDD_IN 4855mW/4855mW VDD_SOC 1443mW/1443mW")
+    jetpack4 = ("RAM 1500/3964MB (lfb 100x4MB) SWAP 0/1982MB (cached 0MB) CPU [3%@102,off] EMC_FREQ 0% GR3D_FREQ 0% "
+                "PLL@20C CPU@23.5C GPU@21.5C POM_5V_IN 2000/2000 POM_5V_GPU 0/0")
+    six = summarize(f"{jetpack6}\n{jetpack6.replace('4855mW/4855mW', '5855mW/5000mW')}\n")
+    assert six["samples"] == 2 and six["total_power_mean_mw"] == 5355 and six["power"]["VDD_IN"]["max_mw"] == 5855
+    assert six["hottest_c"] == 45.5 and "RAM" not in six["power"] and "SWAP" not in six["power"]
+    four = summarize(jetpack4)
+    assert four["total_power_mean_mw"] == 2000 and four["max_temperature_c"]["CPU"] == 23.5

@@ -1,0 +1,73 @@
+"""TensorRT calibration cache: golden line, round trip, strict reader, and names of the real FP32 ONNX."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from edge_tl.errors import ConfigError
+from edge_tl.quantize.trt_cache import (
+    cache_from_amax,
+    parse_cache,
+    read_cache,
+    scale_hex,
+    write_cache,
+)
+
+
+def test_golden_scale_line() -> None:
+    assert scale_hex(2.0) == "3c810204"  # 2.0 / 127 = 0.015748 as big-endian float32
+    text = cache_from_amax({"input": 2.0}, version=8510).to_text()
+    assert text == "TRT-8510-EntropyCalibration2\ninput: 3c810204\n"
+
+
+def test_round_trip_through_the_reader(tmp_path: Path) -> None:
+    amax = {"input": 2.0, "onnx::Conv_12": 0.123456, "/blocks/blocks.0/Add_output_0": 57.5}
+    path = write_cache(tmp_path / "c.cache", cache_from_amax(amax, version=10300))
+    back = read_cache(path)
+    assert (back.version, back.algorithm) == (10300, "EntropyCalibration2")
+    assert list(back.scales) == list(amax)  # order kept; a name with '::' survives
+    for name, value in amax.items():
+        # float32 in the file: equal to the float32 of amax/127.
+        assert back.scales[name] == struct.unpack(">f", struct.pack(">f", value / 127))[0]
+        assert back.amax(name) == pytest.approx(value, rel=1e-6)
+    assert back.to_text() == path.read_text()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "TRT-x-EntropyCalibration2\n", "TRT-8510-EntropyCalibration2\ninput 3c810204\n",
+     "TRT-8510-EntropyCalibration2\ninput: 3c8102\n"],
+)
+def test_malformed_caches_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_cache(text)
+
+
+def test_cache_recipe_on_a_real_run_names_only_fp32_tensors(run_copy: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from edge_tl.quantize import QuantizeConfig, quantize_run
+    from edge_tl.runs import Run
+
+    result = quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=64, threads=1))
+    assert result.artifacts == ("calib-cache-tensorrt-int8-cache", "calib-table-tensorrt-int8-cache")
+    run = Run.open(run_copy)
+    cache = read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache", check_hash=True))
+    assert (cache.version, cache.algorithm) == (8510, "EntropyCalibration2")
+    fp32 = onnx.load(str(run.artifact_path("onnx-fp32")))
+    tensors = {v.name for v in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
+    assert cache.scales and set(cache.scales) <= tensors
+    # Every float activation of the graph has a scale (implicit quantization needs them all).
+    assert {"input", "logits"} <= set(cache.scales)
+    convs = [n.output[0] for n in fp32.graph.node if n.op_type == "Conv"]
+    assert set(convs) <= set(cache.scales)
+    table = json.loads(run.artifact_path("calib-table-tensorrt-int8-cache").read_text())
+    assert table["calibration"]["method"] == "entropy" and table["calibration"]["data"] == "run training split"
+    for name, entry in table["tensors"].items():
+        assert cache.amax(name) == pytest.approx(entry["amax"], rel=1e-6) and entry["method"] == "entropy"
+    record = run.artifact("calib-cache-tensorrt-int8-cache")
+    assert record.kind == "calibration-cache" and record.details["header"] == "TRT-8510-EntropyCalibration2"
+    assert not run.has_artifact("onnx-int8-tensorrt-int8-cache")  # implicit mode ships the FP32 ONNX

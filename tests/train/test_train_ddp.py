@@ -1,0 +1,100 @@
+"""DDP on the CPU with gloo and two real processes, launched through torchrun's module API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from edge_tl.models import Weights, WeightsSource, build_model, load_run_model  # noqa: E402
+from edge_tl.models.checkpoint import load_checkpoint  # noqa: E402
+from edge_tl.runs import Run  # noqa: E402
+from edge_tl.train import FinetuneConfig, finetune  # noqa: E402
+from edge_tl.train.state import seed_everything  # noqa: E402
+
+# BatchNorm normalises with the statistics of the batch it sees, and one process sees the
+# global batch while each of two sees half of it, so BatchNorm in training mode makes 1 and
+# 2 processes differ by design. --freeze-bn (BatchNorm in inference mode; SyncBatchNorm is
+# CUDA-only) removes that difference; everything else (data order, augmentation, gradient
+# averaging over the global batch, optimiser, schedule) must then agree.
+SETTINGS = {
+    "backbone": "timm:test_efficientnet",
+    "weights": "none",
+    "img_size": 32,
+    "epochs": 1,
+    "freeze_epochs": 0,
+    "batch_size": 16,
+    "lr": 0.01,
+    "freeze_bn": True,
+    "seed": 5,
+}
+
+
+def _cli_args(settings: dict) -> list[str]:
+    args = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "weights" and value == "none":
+            args.append("--no-pretrained")
+        elif isinstance(value, bool):
+            if value:
+                args.append(flag)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _edge_tl(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tl.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path: Path, digit_folder) -> None:
+    # 8 training images per class x 10 classes = 80 = 5 global batches of 16: no padding.
+    data = str(digit_folder(per_class=10))
+    one = tmp_path / "one"
+    finetune(FinetuneConfig(data=data, out=str(one), quiet=True, **SETTINGS))
+    two = tmp_path / "two"
+    proc = _edge_tl("finetune", "--data", data, "--out", str(two), "--quiet", "--nproc-per-node", "2", *_cli_args(SETTINGS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run = Run.open(two)
+    training = run.get("training")
+    assert training["status"] == "complete" and training["world_size"] == 2 and training["backend"] == "gloo"
+    assert training["steps_per_epoch"] == 5  # per process: 40 images in batches of 8
+    assert run.get("data")["num_train"] == 80
+    load_run_model(run)  # the run directory is complete and loads
+    assert not any(p.name.startswith(".launch-config") for p in two.iterdir())
+
+    a = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # ...and the epoch did move the weights, so the agreement is not trivial.
+    seed_everything(SETTINGS["seed"])
+    start = build_model(SETTINGS["backbone"], 10, weights=Weights(WeightsSource.NONE)).state_dict()
+    assert max(float((a[k].float() - start[k].float()).abs().max()) for k in start) > 1e-3
+    # Sharded validation, all-reduced, gives the single-process numbers.
+    m1, m2 = Run.open(one).get("metrics"), run.get("metrics")
+    assert m1["val_top1"] == m2["val_top1"] and m1["val_top5"] == m2["val_top5"]
+    assert m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-5)
+
+
+def test_a_failing_worker_fails_the_job_with_a_clear_message(tmp_path: Path, digit_folder) -> None:
+    data = str(digit_folder(per_class=10))
+    proc = _edge_tl(
+        "finetune", "--data", data, "--out", str(tmp_path / "r"), "--quiet", "--nproc-per-node", "2",
+        "--backbone", "no_such_backbone", timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "unknown backbone 'no_such_backbone'" in proc.stderr
+    assert "distributed fine-tuning failed: rank 0 stopped with exit code 1" in proc.stderr
