@@ -173,7 +173,8 @@ class Run:
     """A run directory. Create with :meth:`create` (finetune) or :meth:`open` (every later stage)."""
 
     def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root = Path(root)
+        # Resolved, so that run.path(...) given back to add_artifact is never joined twice.
+        self.root = Path(root).resolve()
         self._manifest = manifest
 
     # ---- construction
