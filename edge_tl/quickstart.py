@@ -73,6 +73,12 @@ def run_quickstart(
     for model in exported.models:
         summary[f"{model.name}_parity"] = model.parity.to_dict()
 
+    from edge_tl.quantize import QuantizeConfig, quantize_run
+
+    quantized = stage("quantize (INT8, onnxruntime-cpu-int8)", lambda: quantize_run(out, config=QuantizeConfig(), progress=None if quiet else echo))
+    summary["int8_recipe"] = QuantizeConfig().recipe
+    summary["int8_top1_drop_points"] = quantized.drop_points
+
     verified = stage("verify", lambda: verify_run(out, config=VerifyConfig(), progress=None if quiet else echo))
     summary["verify_report"] = str(verified.paths["markdown"])
 

@@ -60,8 +60,10 @@ class TensorRTRunner(Runner):
         super().__init__(name=name or self.path.name)
         if not self.path.is_file():
             raise RunError(f"engine file {str(self.path)!r} does not exist")
-        if options.fp16 or options.channels_last or options.cuda_graph or options.threads is not None:
-            raise ConfigError("fp16/channels_last/cuda_graph/threads do not apply to a TensorRT engine: its precision is built in")
+        # A thread count is for CPU backends; bench and verify pass one option set to every
+        # runner, so it is ignored here rather than refused.
+        if options.fp16 or options.channels_last or options.cuda_graph:
+            raise ConfigError("fp16/channels_last/cuda_graph do not apply to a TensorRT engine: its precision is built in")
         self.options = options
         self.meta = read_sidecar(self.path)
         self._api: TrtApi | None = None
