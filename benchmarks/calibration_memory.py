@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _digits_run import quickstart_run
 
 COUNTS = (16, 256, 2048)
-QUICKSTART_SETTINGS = {
-    "backbone": "efficientnet_lite0", "img_size": 32, "epochs": 4, "freeze_epochs": 1, "batch_size": 64,
-    "lr": 0.01, "backbone_lr_mult": 0.3, "augment": False, "seed": 0,
-}
 
 CHILD = """
 import json, resource, sys, time
@@ -60,22 +56,6 @@ def make_images(folder: Path, count: int, size: int) -> None:
         cls.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(cls / f"{i:05d}.png")
 
-
-def quickstart_run(work: Path, given: Path | None) -> Path:
-    from edge_tl.export import ExportConfig, Precision, export_run
-    from edge_tl.runs import Run
-
-    if given is not None:
-        root = Path(shutil.copytree(given, work / "quickstart"))
-    else:
-        from edge_tl.train import FinetuneConfig, finetune
-
-        root = work / "quickstart"
-        print("fine-tuning the quickstart digits model (no --run given)...", file=sys.stderr)
-        finetune(FinetuneConfig(data="digits", out=str(root), quiet=True, **QUICKSTART_SETTINGS))
-    if not Run.open(root).has_artifact("onnx-fp32"):
-        export_run(root, config=ExportConfig(precisions=(Precision.FP32,), parity_images=64))
-    return root
 
 
 def main(argv: list[str] | None = None) -> int:

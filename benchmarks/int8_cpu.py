@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,12 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _digits_run import quickstart_run
 
 RECIPES = ("onnxruntime-cpu-int8", "tensorrt-int8-qdq")
-QUICKSTART_SETTINGS = {  # the shared digits test run (tests/conftest.py DIGITS_RUN_SETTINGS)
-    "backbone": "efficientnet_lite0", "img_size": 32, "epochs": 4, "freeze_epochs": 1, "batch_size": 64,
-    "lr": 0.01, "backbone_lr_mult": 0.3, "augment": False, "seed": 0,
-}
 PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
           "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
 
@@ -197,22 +192,6 @@ def bench_lite0(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the quickstart model
 
-
-def quickstart_run(work: Path, given: Path | None) -> Path:
-    from edge_tl.export import ExportConfig, Precision, export_run
-    from edge_tl.runs import Run
-
-    if given is not None:
-        root = Path(shutil.copytree(given, work / "quickstart"))
-    else:
-        from edge_tl.train import FinetuneConfig, finetune
-
-        root = work / "quickstart"
-        print("fine-tuning the quickstart digits model (no --run given)...", file=sys.stderr)
-        finetune(FinetuneConfig(data="digits", out=str(root), quiet=True, **QUICKSTART_SETTINGS))
-    if not Run.open(root).has_artifact("onnx-fp32"):
-        export_run(root, config=ExportConfig(precisions=(Precision.FP32,), parity_images=64))
-    return root
 
 
 def bench_quickstart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
