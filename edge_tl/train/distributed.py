@@ -39,7 +39,8 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """In a process group (any launched job, also a world of 1): DDP, sampler and collectives on."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -58,8 +59,8 @@ def init_from_env(device_type: str, *, timeout_s: int = DEFAULT_TIMEOUT_S) -> Di
     world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ["LOCAL_RANK"])
-    if world_size == 1:
-        return DistContext(rank=rank, world_size=1, local_rank=local_rank)
+    # A launched world of 1 still joins a process group: it runs the very path a multi-GPU
+    # job runs (NCCL, DDP wrapper, collectives), so a one-GPU launch checks that path.
     dist = lazy_import("torch.distributed", purpose="distributed fine-tuning")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):

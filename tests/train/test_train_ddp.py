@@ -89,6 +89,22 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path, digit_folder) -> N
     assert m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-5)
 
 
+def test_a_launched_world_of_one_joins_a_process_group_and_equals_the_plain_run(tmp_path: Path, digit_folder) -> None:
+    # One process through the launcher takes the multi-process path (process group, DDP
+    # wrapper, collectives): this is what a one-GPU NCCL launch exercises on CUDA.
+    data = str(digit_folder(per_class=6))
+    plain, launched = tmp_path / "plain", tmp_path / "launched"
+    finetune(FinetuneConfig(data=data, out=str(plain), quiet=True, **SETTINGS))
+    proc = _edge_tl("finetune", "--data", data, "--out", str(launched), "--quiet", "--nproc-per-node", "1", *_cli_args(SETTINGS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    training = Run.open(launched).get("training")
+    assert training["world_size"] == 1 and training["backend"] == "gloo"
+    a = load_checkpoint(plain / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(launched / "checkpoints" / "last.pt")["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_a_failing_worker_fails_the_job_with_a_clear_message(tmp_path: Path, digit_folder) -> None:
     data = str(digit_folder(per_class=10))
     proc = _edge_tl(
