@@ -6,11 +6,11 @@ import shutil
 import sys
 from pathlib import Path
 
-# The shared digits test run (tests/conftest.py DIGITS_RUN_SETTINGS).
-QUICKSTART_SETTINGS = {
-    "backbone": "efficientnet_lite0", "img_size": 32, "epochs": 4, "freeze_epochs": 1, "batch_size": 64,
-    "lr": 0.01, "backbone_lr_mult": 0.3, "augment": False, "seed": 0,
-}
+from edge_tl.quickstart import QUICKSTART_FINETUNE
+
+# The quickstart's own fine-tuning settings, so "the quickstart model" here is the one
+# `edge-tl quickstart` trains (training is seeded and deterministic on the CPU).
+QUICKSTART_SETTINGS = dict(QUICKSTART_FINETUNE)
 
 
 def quickstart_run(work: Path, given: Path | None) -> Path:

@@ -72,6 +72,14 @@ class TrtVersion:
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}"
 
+    @property
+    def library_version(self) -> int:
+        """TensorRT's ``getInferLibVersion()`` for ``major.minor.0``: 8.5 -> 8500, 10.3 -> 100300.
+
+        It names the TensorRT that wrote a calibration cache (``TRT-8500-EntropyCalibration2``).
+        """
+        return self.major * 1000 + self.minor * 100 if self.major < 10 else self.major * 10000 + self.minor * 100
+
 
 @dataclass(frozen=True)
 class TrtRelease:

@@ -14,7 +14,11 @@ import click
 @click.option("--recipe", default=None, metavar="NAME|PATH",
               help="Calibration recipe: a shipped name (tensorrt-int8-qdq, tensorrt-int8-cache, onnxruntime-cpu-int8) "
                    "or a TOML file. Default: the --target's recipe, else onnxruntime-cpu-int8.")
-@click.option("--target", default=None, metavar="NAME|PATH", help="Device profile whose INT8 recipe is the default.")
+@click.option("--target", default=None, metavar="NAME|PATH",
+              help="Device profile: its INT8 recipe is the default, and its TensorRT names the calibration cache.")
+@click.option("--tensorrt", default=None, metavar="MAJOR.MINOR", help="One of the target's TensorRT releases (default: its default).")
+@click.option("--cache-version", type=click.IntRange(min=1), default=None,
+              help="Calibration-cache header version (TensorRT's getInferLibVersion(), e.g. 8502, 100300); default: from --target.")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None,
               help="Override the recipe's calibration method.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=None,
@@ -31,7 +35,8 @@ import click
               help="CPU threads for calibration, evaluation and latency (default: the libraries' own).")
 @click.option("--quiet", is_flag=True, help="Print only the result lines.")
 def quantize(
-    run_dir: Path, precision: str, recipe: str | None, target: str | None, calib_method: str | None,
+    run_dir: Path, precision: str, recipe: str | None, target: str | None, tensorrt: str | None,
+    cache_version: int | None, calib_method: str | None,
     calib_samples: int | None, calib_data: Path | None, max_accuracy_drop: float | None, max_float_layers: int,
     seed: int, threads: int | None, quiet: bool,
 ) -> None:
@@ -47,7 +52,7 @@ def quantize(
     if recipe is None and target is not None and precision == "int8":
         from edge_tl.targets import load_target
 
-        chosen = load_target(target).calibration_recipe_for("int8")
+        chosen = load_target(target).calibration_recipe_for("int8", tensorrt=tensorrt)
         recipe = chosen.value if chosen is not None else None
     config = QuantizeConfig(
         precision=QuantPrecision(precision),
@@ -59,6 +64,9 @@ def quantize(
         max_accuracy_drop=max_accuracy_drop,
         max_float_layers=max_float_layers,
         threads=threads,
+        target=target,
+        tensorrt=tensorrt,
+        cache_version=cache_version,
     )
     result = quantize_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True))
     for name in result.artifacts:

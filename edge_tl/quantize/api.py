@@ -65,7 +65,9 @@ class QuantizeConfig:
     max_float_layers: int = 16
     sensitivity_images: int = 64
     eval_batch_size: int = 32
-    cache_version: int | None = None  # None = the recipe's [cache] cache_version
+    cache_version: int | None = None  # None = from --target's TensorRT, else the recipe's [cache] cache_version
+    target: str | None = None  # a device profile (name or TOML): its TensorRT names the calibration cache
+    tensorrt: str | None = None  # one of the target's TensorRT releases (default: its default release)
     latency_iterations: int = 30
     threads: int | None = None  # intra-op threads of calibration, evaluation and latency (None = library default)
 
@@ -218,6 +220,8 @@ def quantize_run(
     if config.precision is QuantPrecision.FP16:
         return _fp16(run, say)
     recipe = load_recipe(config.recipe)
+    # Checked before calibrating: a target whose TensorRT reads no cache fails at once.
+    for_target = _target_cache_version(config) if recipe.output is OutputFormat.TENSORRT_CACHE else None
     onnx = lazy_import("onnx", purpose="quantization")
     from edge_tl.data import split_from_run
     from edge_tl.models import Preprocessing
@@ -266,7 +270,7 @@ def quantize_run(
                      details={"recipe": recipe.name, "source": SOURCE_ARTIFACT, "calibration": calib_info, "num_tensors": len(ranges)})
 
     if recipe.output is OutputFormat.TENSORRT_CACHE:
-        return _write_cache(run, recipe, model, ranges, config, out_dir, table_path, calib_info, artifacts)
+        return _write_cache(run, recipe, model, ranges, config, for_target, out_dir, table_path, calib_info, artifacts)
 
     val = list(split_from_run(run).val)
     if not val:
@@ -372,10 +376,10 @@ def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[st
 
 
 def _write_cache(run: Run, recipe: Recipe, model: Any, ranges: dict[str, TensorRange], config: QuantizeConfig,
-                 out_dir: Path, table_path: Path, calib_info: dict[str, Any], artifacts: list[str]) -> QuantizeResult:
+                 for_target: int | None, out_dir: Path, table_path: Path, calib_info: dict[str, Any], artifacts: list[str]) -> QuantizeResult:
     if recipe.cache is None:
         raise ConfigError(f"recipe {recipe.source}: output 'tensorrt-cache' needs a [cache] table")
-    version = config.cache_version or recipe.cache.cache_version
+    version = config.cache_version or for_target or recipe.cache.cache_version
     cache = trt_cache.cache_from_amax({n: r.amax for n, r in ranges.items()}, version=version, algorithm=recipe.cache.algorithm)
     known = set(graph.float_activations(model))
     unknown = [n for n in cache.scales if n not in known]
@@ -386,12 +390,30 @@ def _write_cache(run: Run, recipe: Recipe, model: Any, ranges: dict[str, TensorR
     run.add_artifact(name, kind="calibration-cache", path=path, stage=STAGE, precision="int8", details={
         "recipe": recipe.to_dict(), "source": SOURCE_ARTIFACT, "calibration": calib_info,
         "header": f"TRT-{version}-{recipe.cache.algorithm}", "num_tensors": len(cache.scales),
+        "cache_version_from": "--cache-version" if config.cache_version else (f"target {config.target}" if for_target else "recipe"),
         "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
                 "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
     })
     artifacts.insert(0, name)
     return QuantizeResult(run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), table_path=table_path, cache_path=path,
                           notes=("implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",))
+
+
+def _target_cache_version(config: QuantizeConfig) -> int | None:
+    """The TensorRT library version a cache for ``config.target`` must carry in its header."""
+    if config.target is None:
+        return None
+    from edge_tl.targets import load_target
+
+    target = load_target(config.target)
+    release = target.release(config.tensorrt)
+    if release.version.major >= 11:
+        raise ConfigError(
+            f"target {target.name!r} builds with TensorRT {release.version}, which cannot read a calibration cache "
+            "(calibrators were removed in TensorRT 11): use --recipe tensorrt-int8-qdq, or a TensorRT 10 release "
+            "of the target (--tensorrt)"
+        )
+    return release.version.library_version
 
 
 def _fp16(run: Run, say: Callable[[str], None]) -> QuantizeResult:

@@ -71,3 +71,36 @@ def test_cache_recipe_on_a_real_run_names_only_fp32_tensors(run_copy: Path) -> N
     record = run.artifact("calib-cache-tensorrt-int8-cache")
     assert record.kind == "calibration-cache" and record.details["header"] == "TRT-8510-EntropyCalibration2"
     assert not run.has_artifact("onnx-int8-tensorrt-int8-cache")  # implicit mode ships the FP32 ONNX
+
+
+def test_target_names_the_cache_for_its_tensorrt_and_compile_accepts_it(run_copy: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from edge_tl.cli.main import cli
+    from edge_tl.compile import CompileRequest, make_plan
+    from edge_tl.quantize import QuantizeConfig, quantize_run
+    from edge_tl.runs import Run
+    from edge_tl.targets import Precision, TrtVersion, load_target
+
+    assert TrtVersion(8, 5).library_version == 8500 and TrtVersion(10, 3).library_version == 100300
+    orin = load_target("jetson-agx-orin-64gb")  # default TensorRT 10.3, also lists 8.6
+    quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1,
+                                                 target="jetson-agx-orin-64gb", tensorrt="8.6"))
+    run = Run.open(run_copy)
+    assert read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache")).version == 8600
+    assert run.artifact("calib-cache-tensorrt-int8-cache").details["cache_version_from"] == "target jetson-agx-orin-64gb"
+    plan = make_plan(run, orin, CompileRequest(precision=Precision.INT8, dla=True, tensorrt="8.6"))
+    assert plan.source.calib_cache.name == "calib-cache-tensorrt-int8-cache"
+
+    # The CLI: --target alone gives the default release's header, which the default plan accepts.
+    result = CliRunner().invoke(cli, ["quantize", str(run_copy), "--recipe", "tensorrt-int8-cache", "--target",
+                                      "jetson-agx-orin-64gb", "--calib-samples", "32", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache")).version == 100300
+    make_plan(Run.open(run_copy), orin, CompileRequest(precision=Precision.INT8, dla=True))
+
+    # TensorRT 11 reads no calibration cache: refused before calibrating, with the way out.
+    with pytest.raises(ConfigError, match=r"TensorRT 11.4, which cannot read a calibration cache.*tensorrt-int8-qdq"):
+        quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1,
+                                                     target="jetson-agx-thor"))

@@ -1,0 +1,36 @@
+"""The main job, end to end: `edge-tl quickstart` on the built-in digits (about 2-3 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("timm")
+pytest.importorskip("onnxruntime")
+
+
+def test_quickstart_trains_exports_quantizes_within_budget_and_verifies(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edge_tl.cli.main import cli
+    from edge_tl.quickstart import QUICKSTART_INT8_BUDGET_POINTS
+    from edge_tl.runs import Run
+
+    out = tmp_path / "qs"
+    result = CliRunner().invoke(cli, ["quickstart", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = Run.open(out)
+    assert run.get("metrics")["val_top1"] >= 0.97
+    for name in ("checkpoint-best", "onnx-fp32", "onnx-fp16", "onnx-int8-onnxruntime-cpu-int8", "verify-report"):
+        assert run.has_artifact(name), name
+    int8 = run.artifact("onnx-int8-onnxruntime-cpu-int8")
+    assert int8.details["status"] == "passing"
+    assert int8.metrics["max_accuracy_drop_points"] == QUICKSTART_INT8_BUDGET_POINTS
+    assert int8.metrics["accuracy_drop_points"] <= QUICKSTART_INT8_BUDGET_POINTS
+    # verify measured the same INT8 file on the same images and agrees with quantize
+    report = json.loads((out / run.artifact("verify-report").path).read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["onnx-int8-onnxruntime-cpu-int8"]["top1"] == pytest.approx(int8.metrics["val_top1"])
+    assert rows["onnx-fp32"]["top1_agreement"] >= 0.99
