@@ -8,6 +8,7 @@ CUDA events on a GPU).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -162,9 +163,16 @@ def bench_target(
     options: RunnerOptions = RunnerOptions(),
     config: BenchConfig = BenchConfig(),
 ) -> BenchReport:
-    """Benchmark a model file or a run's artifact (default: its best checkpoint in PyTorch)."""
+    """Benchmark a model file or a run's artifact (default: its best checkpoint in PyTorch).
+
+    ``backend="trtexec"`` times a TensorRT engine with NVIDIA's trtexec instead of our own
+    runner, so the two can be compared on the device (same report schema; GPU compute time
+    in ``results``, trtexec's end-to-end latency beside it).
+    """
     from edge_tl.runtime.registry import open_runner
 
+    if backend == TRTEXEC_BACKEND:
+        return _bench_with_trtexec(target, artifact=artifact, options=options, config=config)
     runner = open_runner(target, artifact=artifact, backend=backend, options=options)
     with runner:
         results = benchmark(runner, config)
@@ -173,3 +181,29 @@ def bench_target(
     env = fingerprint(threads=options.threads)
     label = str(target.root if isinstance(target, Run) else target) + (f" [{artifact}]" if artifact else "")
     return BenchReport(target=label, runner=described, config=config, results=tuple(results), environment=env)
+
+
+#: ``edge-tl bench --backend trtexec``: not a runner (trtexec owns the timing loop).
+TRTEXEC_BACKEND = "trtexec"
+
+
+def _bench_with_trtexec(target: str | os.PathLike[str] | Run, *, artifact: str | None, options: RunnerOptions,
+                        config: BenchConfig) -> BenchReport:
+    from edge_tl.runtime.registry import resolve_source
+    from edge_tl.runtime.trtexec import trtexec_bench_report
+
+    source = resolve_source(target, artifact=artifact)
+    if source.kind != "engine":
+        raise ConfigError(
+            f"--backend trtexec times TensorRT engines; {source.name!r} is of kind {source.kind!r}. "
+            "Build one with `edge-tl compile`, then pass the engine file or --artifact engine-<name>"
+        )
+    seconds = config.measure.seconds
+    return trtexec_bench_report(
+        source.path,
+        batch_sizes=config.batch_sizes,
+        # trtexec takes whole seconds and stops at whichever of duration and iterations comes last.
+        duration_s=max(1, math.ceil(seconds)) if seconds is not None else 1,
+        iterations=config.measure.iterations or max(config.measure.min_iterations, 10),
+        cuda_graph=options.cuda_graph,
+    )

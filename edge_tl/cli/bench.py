@@ -23,7 +23,9 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.command()
 @click.argument("target", metavar="ARTIFACT-or-RUN", type=click.Path(exists=True, path_type=Path))
 @click.option("--artifact", default=None, help="With a run directory: the artifact to time (default: checkpoint-best).")
-@click.option("--backend", default=None, help="Backend (default by the model's kind: torch, onnxruntime, ...).")
+@click.option("--backend", default=None,
+              help="Backend (default by the model's kind: torch, onnxruntime, tensorrt). 'trtexec' times an engine "
+                   "with NVIDIA's trtexec instead (with --cuda-graph: --useCudaGraph), to compare with our runner.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", "batch_sizes", multiple=True, default=("1",), show_default=True,
               help="Batch size(s): repeat or comma-separate for a sweep (e.g. 1,8,32).")

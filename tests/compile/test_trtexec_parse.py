@@ -120,3 +120,40 @@ def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, 
     with pytest.raises(RunError, match=r"trtexec failed \(exit 1\)"):
         run_trtexec([str(trtexec)], log_path=tmp_path / "x.log", times_path=None, batch_size=1)
     assert os.path.getsize(tmp_path / "x.log") > 0
+
+
+def test_bench_cli_with_trtexec_backend_times_an_engine(tmp_path: Path, fixtures_dir: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from edge_tl.cli.main import cli
+
+    (tmp_path / "bin").mkdir()
+    trtexec = tmp_path / "bin" / "trtexec"
+    trtexec.write_text(FAKE)
+    trtexec.chmod(0o755)
+    times = tmp_path / "records.json"
+    times.write_text(json.dumps(_records([0.4, 0.5, 0.6], legacy=False)))
+    monkeypatch.setenv("FAKE_TIMES", str(times))
+    monkeypatch.setenv("FAKE_LOG", str(fixtures_dir / "trtexec-10.16-rtx6000-ada.log"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine")
+    write_sidecar(engine, EngineMetadata(
+        tensorrt_version="10.16.0", gpu_name="NVIDIA RTX 6000 Ada Generation", compute_capability="8.9", precision="int8",
+        input_name="input", output_name="logits", chw=(3, 8, 8), batch={"min": 1, "opt": 1, "max": 8},
+        source={"artifact": "onnx-int8-tensorrt-int8-qdq"}, builder="trtexec", target="ada",
+    ))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(engine), "--backend", "trtexec", "--batch-size", "1,2", "--iterations", "7",
+                                      "--cuda-graph", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["runner"]["backend"] == "trtexec" and [r["batch_size"] for r in data["results"]] == [1, 2]
+    assert data["results"][0]["p50_ms"] == pytest.approx(0.5)
+    log = (tmp_path / "trtexec-bench" / "bench-b2.log").read_text()
+    assert "--iterations=7" in log and "--useCudaGraph" in log and "--shapes=input:2x3x8x8" in log
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not an engine")
+    refused = CliRunner().invoke(cli, ["bench", str(onnx_file), "--backend", "trtexec"])
+    assert refused.exit_code != 0 and "times TensorRT engines" in str(refused.exception)
