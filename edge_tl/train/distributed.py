@@ -171,9 +171,25 @@ def launch(config: "FinetuneConfig", launch_config: LaunchConfig) -> Path:
 
 
 def _describe_failures(exc: Any) -> str:
-    parts = []
-    for rank, failure in sorted(getattr(exc, "failures", {}).items()):
-        reason = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
-        parts.append(f"rank {rank} stopped with {reason}")
-    detail = "; ".join(parts) or str(exc)
-    return f"{detail}. The other workers were stopped; the worker's own error is printed above."
+    """Which rank failed and how. torchrun stops the surviving workers with SIGTERM, so
+    ranks that ended by SIGTERM while another failed otherwise are reported as stopped."""
+    import signal
+
+    def reason(code: int) -> str:
+        if code >= 0:
+            return f"exit code {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (killed from outside: often the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"signal {-code}, {name}{hint}"
+
+    failures = sorted(getattr(exc, "failures", {}).items())
+    if not failures:
+        return f"{exc}. The worker's own error is printed above."
+    causes = [(r, f) for r, f in failures if f.exitcode != -signal.SIGTERM] or failures
+    stopped = [r for r, _ in failures if all(r != c for c, _ in causes)]
+    detail = "; ".join(f"rank {rank} stopped with {reason(f.exitcode)}" for rank, f in causes)
+    others = f" torchrun then stopped rank(s) {', '.join(map(str, stopped))}." if stopped else ""
+    return f"{detail}.{others} The worker's own error, if it printed one, is above; the last checkpoint is kept (--resume)."

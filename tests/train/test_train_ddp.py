@@ -114,3 +114,63 @@ def test_a_failing_worker_fails_the_job_with_a_clear_message(tmp_path: Path, dig
     assert proc.returncode == 1
     assert "unknown backbone 'no_such_backbone'" in proc.stderr
     assert "distributed fine-tuning failed: rank 0 stopped with exit code 1" in proc.stderr
+
+
+def _worker_pids() -> dict[int, int]:
+    """rank -> pid of the running edge-tl DDP workers (read from /proc: Linux)."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"edge_tl.train.ddp_entry" in cmdline:
+            env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+            if b"RANK" in env:
+                found[int(env[b"RANK"])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds worker processes through /proc")
+def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrupted_run(tmp_path: Path, digit_folder) -> None:
+    import signal
+    import time
+
+    data = str(digit_folder(per_class=20))
+    settings = dict(SETTINGS, epochs=3)
+    whole = tmp_path / "whole"
+    proc = _edge_tl("finetune", "--data", data, "--out", str(whole), "--quiet", "--nproc-per-node", "2", *_cli_args(settings))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    split = tmp_path / "split"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "edge_tl.cli.main", "finetune", "--data", data, "--out", str(split), "--quiet",
+         "--nproc-per-node", "2", *_cli_args(settings)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    last = split / "checkpoints" / "last.pt"  # written atomically after epoch 1's metrics line
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and job.poll() is None and not last.is_file():
+        time.sleep(0.02)
+    assert job.poll() is None, "the job ended before its first epoch was recorded: " + job.communicate()[1][-2000:]
+    os.kill(_worker_pids()[1], signal.SIGKILL)  # rank 1 dies in epoch 2
+    _, stderr = job.communicate(timeout=180)
+    assert job.returncode == 1
+    assert "distributed fine-tuning failed: rank 1 stopped with signal 9, SIGKILL" in stderr
+    assert "torchrun then stopped rank(s) 0." in stderr
+    assert Run.open(split).get("training")["status"] == "running"
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["epoch"] == 1  # what was saved is kept
+
+    proc = _edge_tl("finetune", "--data", data, "--out", str(split), "--quiet", "--nproc-per-node", "2", "--resume",
+                    *_cli_args(settings))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert Run.open(split).get("metrics")["val_top1"] == Run.open(whole).get("metrics")["val_top1"]
