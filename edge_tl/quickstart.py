@@ -119,7 +119,7 @@ def run_quickstart(
             )
         if quantized is not None:
             floats = f", {len(quantized.float_layers)} layer(s) kept in float" if quantized.float_layers else ""
-            echo(f"{'onnx-int8:':<21} {quantized.model_path}  (top-1 drop {quantized.drop_points:.2f} pt, "
+            echo(f"{'onnx-int8:':<21} {quantized.model_path}  (Δ top-1 {-quantized.drop_points:+.2f} pt vs the original, "
                  f"budget {QUICKSTART_INT8_BUDGET_POINTS:g} pt{floats})")
         echo(f"verification report:  {verified.paths['markdown']}")
         echo("time per stage:       " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))

@@ -42,6 +42,7 @@ class TorchRunner(Runner):
         self._dtype: Any = None
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
         self._saved_threads: int | None = None
+        self._saved_tf32: tuple[bool, bool] | None = None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -75,6 +76,13 @@ class TorchRunner(Runner):
         if self.options.threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.options.threads)
+        if self._device == "cuda" and not self.options.fp16:
+            # FP32 means FP32: by default cuDNN runs float32 convolutions in TF32 (10-bit
+            # mantissa), which moved the quickstart model's logits by 3e-2 on an H200 and
+            # would make the verification reference itself inexact. Restored on exit.
+            self._saved_tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         model = copy.deepcopy(self._source_model).eval()
         self._dtype = torch.float16 if self.options.fp16 else torch.float32
         model = model.to(device=self._device, dtype=self._dtype)
@@ -90,6 +98,9 @@ class TorchRunner(Runner):
         if self._saved_threads is not None and self._torch is not None:
             self._torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
+        if self._saved_tf32 is not None and self._torch is not None:
+            self._torch.backends.cudnn.allow_tf32, self._torch.backends.cuda.matmul.allow_tf32 = self._saved_tf32
+            self._saved_tf32 = None
 
     # ---- execution
 

@@ -156,3 +156,19 @@ def test_torch_cuda_graph_fp16_channels_last_matches_cpu() -> None:
         assert gpu.time_once(gpu.prepare(x)) > 0
     np.testing.assert_allclose(out, expected, atol=2e-2)
     np.testing.assert_allclose(again, expected[::-1], atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp32_is_true_fp32_and_restores_tf32_settings() -> None:
+    import torch
+
+    model = tiny_model()
+    x = batch(4)
+    with TorchRunner(model, input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CPU)) as cpu:
+        expected = cpu.run(x)
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with TorchRunner(model, input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CUDA)) as gpu:
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        out = gpu.run(x)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
