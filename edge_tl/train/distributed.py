@@ -179,11 +179,11 @@ def _describe_failures(exc: Any) -> str:
         if code >= 0:
             return f"exit code {code}"
         try:
-            name = signal.Signals(-code).name
+            name = f", {signal.Signals(-code).name}"
         except ValueError:
-            name = f"signal {-code}"
+            name = ""
         hint = " (killed from outside: often the out-of-memory killer)" if -code == signal.SIGKILL else ""
-        return f"signal {-code}, {name}{hint}"
+        return f"signal {-code}{name}{hint}"
 
     failures = sorted(getattr(exc, "failures", {}).items())
     if not failures:
