@@ -89,13 +89,14 @@ exit "${FAKE_RC:-0}"
 """
 
 
-def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, fixtures_dir: Path, monkeypatch) -> None:
+def _fake_trtexec_and_engine(tmp_path: Path, fixtures_dir: Path, monkeypatch, compute_ms: list[float]) -> tuple[Path, Path]:
+    """A stand-in trtexec replaying the real 10.16 log (its times are ``compute_ms``) and an engine with a sidecar."""
     (tmp_path / "bin").mkdir()
     trtexec = tmp_path / "bin" / "trtexec"
     trtexec.write_text(FAKE)
     trtexec.chmod(0o755)
     times = tmp_path / "records.json"
-    times.write_text(json.dumps(_records([0.5, 0.6, 0.7, 0.8], legacy=False)))
+    times.write_text(json.dumps(_records(compute_ms, legacy=False)))
     monkeypatch.setenv("FAKE_TIMES", str(times))
     monkeypatch.setenv("FAKE_LOG", str(fixtures_dir / "trtexec-10.16-rtx6000-ada.log"))
     engine = tmp_path / "model.engine"
@@ -105,6 +106,11 @@ def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, 
         input_name="input", output_name="logits", chw=(3, 8, 8), batch={"min": 1, "opt": 1, "max": 8},
         source={"artifact": "onnx-fp32"}, builder="trtexec", target="ada",
     ))
+    return trtexec, engine
+
+
+def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, fixtures_dir: Path, monkeypatch) -> None:
+    trtexec, engine = _fake_trtexec_and_engine(tmp_path, fixtures_dir, monkeypatch, [0.5, 0.6, 0.7, 0.8])
     report = trtexec_bench_report(engine, batch_sizes=(1, 4), duration_s=1, iterations=4, trtexec=str(trtexec))
     data = report.to_dict()
     assert data["runner"]["backend"] == "trtexec" and data["runner"]["clock"] == "trtexec-gpu-compute"
@@ -127,22 +133,8 @@ def test_bench_cli_with_trtexec_backend_times_an_engine(tmp_path: Path, fixtures
 
     from edge_tl.cli.main import cli
 
-    (tmp_path / "bin").mkdir()
-    trtexec = tmp_path / "bin" / "trtexec"
-    trtexec.write_text(FAKE)
-    trtexec.chmod(0o755)
-    times = tmp_path / "records.json"
-    times.write_text(json.dumps(_records([0.4, 0.5, 0.6], legacy=False)))
-    monkeypatch.setenv("FAKE_TIMES", str(times))
-    monkeypatch.setenv("FAKE_LOG", str(fixtures_dir / "trtexec-10.16-rtx6000-ada.log"))
+    _, engine = _fake_trtexec_and_engine(tmp_path, fixtures_dir, monkeypatch, [0.4, 0.5, 0.6])
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"engine")
-    write_sidecar(engine, EngineMetadata(
-        tensorrt_version="10.16.0", gpu_name="NVIDIA RTX 6000 Ada Generation", compute_capability="8.9", precision="int8",
-        input_name="input", output_name="logits", chw=(3, 8, 8), batch={"min": 1, "opt": 1, "max": 8},
-        source={"artifact": "onnx-int8-tensorrt-int8-qdq"}, builder="trtexec", target="ada",
-    ))
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", str(engine), "--backend", "trtexec", "--batch-size", "1,2", "--iterations", "7",
                                       "--cuda-graph", "--json", str(out)])
