@@ -6,11 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge_tl.quickstart import QUICKSTART_FINETUNE
-
 # The quickstart's own fine-tuning settings, so "the quickstart model" here is the one
 # `edge-tl quickstart` trains (training is seeded and deterministic on the CPU).
-QUICKSTART_SETTINGS = dict(QUICKSTART_FINETUNE)
+from edge_tl.quickstart import QUICKSTART_FINETUNE
 
 
 def quickstart_run(work: Path, given: Path | None) -> Path:
@@ -25,7 +23,7 @@ def quickstart_run(work: Path, given: Path | None) -> Path:
 
         root = work / "quickstart"
         print("fine-tuning the quickstart digits model (no --run given)...", file=sys.stderr)
-        finetune(FinetuneConfig(data="digits", out=str(root), quiet=True, **QUICKSTART_SETTINGS))
+        finetune(FinetuneConfig(data="digits", out=str(root), quiet=True, **QUICKSTART_FINETUNE))
     if not Run.open(root).has_artifact("onnx-fp32"):
         export_run(root, config=ExportConfig(precisions=(Precision.FP32,), parity_images=64))
     return root

@@ -31,7 +31,7 @@ from edge_tl.compile.trtexec_flags import (
 )
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
-from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease
+from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, target_names
 
 STAGE = "compile"
 ENGINE_NAME = "model.engine"
@@ -96,6 +96,10 @@ def choose_source(
             raise ConfigError(f"target {target.name!r} names no calibration recipe for INT8")
         quantize = f"edge-tl quantize {root} --recipe {recipe.value}"
         if recipe is CalibrationRecipe.TENSORRT_CACHE:
+            # The cache header must name this release; quantize writes it from the target.
+            shipped = target.name in target_names()
+            quantize += f" --target {target.name if shipped else target.source} --tensorrt {release.version}"
+        if recipe is CalibrationRecipe.TENSORRT_CACHE:
             onnx = _require(run, "onnx-fp32", how=f"edge-tl export {root} --precision fp32")
             cache = _require(run, f"calib-cache-{recipe.value}", how=quantize)
             _check_cache_header(run, cache, release, how=quantize)
@@ -120,8 +124,7 @@ def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: 
     if major != release.version.major:
         raise RunError(
             f"{cache.name!r} was written for TensorRT {major}.x ({header}) but the plan is for TensorRT "
-            f"{release.version}: copy calibration/tensorrt-int8-cache.toml, set [cache] cache_version = "
-            f"{version_code_prefix(release.version)}00 (TensorRT {release.version}.0) and re-run: {how.replace('--recipe tensorrt-int8-cache', '--recipe <your copy>.toml')}"
+            f"{release.version} (header TRT-{release.version.library_version}-...): re-run {how}"
         )
 
 

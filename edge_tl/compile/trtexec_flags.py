@@ -186,7 +186,7 @@ def bench_command(
 
 def version_code_prefix(version: TrtVersion) -> str:
     """How trtexec's banner starts for ``version``: ``[TensorRT v8502]`` is 8.5.2, ``v100300`` is 10.3.0."""
-    return f"{version.major}{version.minor}" if version.major < 10 else f"{version.major}{version.minor:02d}"
+    return str(version.library_version // 100)
 
 
 def shell_join(argv: list[str]) -> str:

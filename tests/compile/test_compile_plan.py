@@ -156,8 +156,10 @@ def test_orin_release_override_and_dla_cache_path(plan_run: Run) -> None:
     assert "--calib=quantize/tensorrt-int8-cache/calibration.cache" in plan.argv
     assert "--useDLACore=1" in plan.argv and "--allowGPUFallback" in plan.argv and "--workspace=4096" in plan.argv
     # the run's cache says TRT-8510: TensorRT 10.3 (the default release) would refuse it, so the plan does
-    with pytest.raises(RunError, match=r"written for TensorRT 8.x \(TRT-8510-EntropyCalibration2\) but the plan is for TensorRT 10.3"):
+    with pytest.raises(RunError, match=r"written for TensorRT 8.x \(TRT-8510-EntropyCalibration2\) but the plan is for TensorRT 10.3") as err:
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True))
+    assert "TRT-100300-" in str(err.value)
+    assert "--recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3" in str(err.value)
     with pytest.raises(ConfigError, match="--dla-core 2 does not exist"):
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, dla_core=2, tensorrt="8.6"))
     # TensorRT 11 on AGX Orin: FP16 comes from the FP16 ONNX, strongly typed
