@@ -103,6 +103,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+# The command line of this process when it is the `edge-tl` command, recorded with every
+# artifact so that a report can say exactly how each one was made.
+_INVOCATION: str | None = None
+
+
+def record_invocation(command: str | None) -> None:
+    global _INVOCATION
+    _INVOCATION = command
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -300,7 +310,10 @@ class Run:
             details=dict(details or {}),
             metrics=dict(metrics or {}),
         )
-        self._manifest["artifacts"][name] = artifact.to_dict()
+        record = artifact.to_dict()
+        if _INVOCATION is not None:
+            record["command"] = _INVOCATION
+        self._manifest["artifacts"][name] = record
         self.save()
         return artifact
 

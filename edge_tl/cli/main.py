@@ -7,7 +7,9 @@ when their help is shown), so `edge-tl --help` needs nothing but the core.
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -28,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": ("edge_tl.cli.verify", "verify", "Compare every artifact of a run against the original model."),
     "bundle": ("edge_tl.cli.bundle", "bundle", "Pack a run for a device: model, build plan, evaluation pack."),
     "deploy": ("edge_tl.cli.deploy", "deploy", "Deploy to a device (or a fleet) over SSH and measure it there."),
+    "report": ("edge_tl.cli.report", "report", "Write one self-contained HTML report of a run (and its fleet)."),
 }
 
 
@@ -59,10 +62,35 @@ def cli() -> None:
     """
 
 
+def _refresh_reports(args: list[str]) -> None:
+    """Every stage that finishes (or fails after writing results) refreshes the run's report, if it has one.
+
+    The one place for it: stages need not know the report exists. Run directories are found
+    among the command's arguments; ``edge-tl report`` itself is left alone.
+    """
+    if not args or args[0] == "report" or args[0] not in COMMANDS:
+        return
+    from edge_tl.report import refresh_report
+
+    for arg in args[1:]:
+        path = Path(arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg)
+        try:
+            refresh_report(path)
+        except (OSError, ValueError, EdgeTLError) as exc:
+            click.echo(f"warning: the report of {arg} was not refreshed: {exc}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors become one clear line and exit code 1."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="edge-tl", standalone_mode=False)
+        from edge_tl.runs import record_invocation
+
+        record_invocation(shlex.join(["edge-tl", *args]))
+        try:
+            cli.main(args=args, prog_name="edge-tl", standalone_mode=False)
+        finally:
+            _refresh_reports(args)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

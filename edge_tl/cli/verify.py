@@ -11,6 +11,11 @@ import click
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="PTS",
               help="Fail if an artifact's top-1 is more than PTS points below the original's.")
+@click.option("--gate", type=click.Choice(["point", "significant"]), default="point", show_default=True,
+              help="point: fail when the top-1 drop is over --max-accuracy-drop; significant: only when it is also "
+                   "distinguishable from noise (exact McNemar test at --significance-level).")
+@click.option("--significance-level", type=float, default=0.05, show_default=True, metavar="ALPHA",
+              help="Level of the significance test; intervals are at 1 - ALPHA.")
 @click.option("--min-agreement", type=float, default=None, metavar="FRACTION",
               help="Fail if an artifact agrees with the original's top-1 on less than this share of images (e.g. 0.99).")
 @click.option("--artifact", "artifacts", multiple=True, help="Verify only these artifacts (repeatable; default: every onnx/engine).")
@@ -24,13 +29,14 @@ import click
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
 @click.option("--quiet", is_flag=True, help="Print only the table.")
 def verify(
-    run_dir: Path, max_accuracy_drop: float | None, min_agreement: float | None, artifacts: tuple[str, ...],
+    run_dir: Path, max_accuracy_drop: float | None, gate: str, significance_level: float, min_agreement: float | None, artifacts: tuple[str, ...],
     reference: str, batch_size: int, max_images: int | None, device: str, threads: int | None,
     latency_iterations: int, no_latency: bool, quiet: bool,
 ) -> None:
     """Compare every ONNX model and engine of RUN with the original model; write verify/report.*."""
     from edge_tl.bench import BenchConfig, Budget
     from edge_tl.runtime import Device
+    from edge_tl.significance import Gate
     from edge_tl.verify import VerifyConfig, verify_run
 
     config = VerifyConfig(
@@ -44,6 +50,8 @@ def verify(
         latency=BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=latency_iterations)),
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement,
+        gate=Gate(gate),
+        significance_level=significance_level,
     )
     report = verify_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True), check=False)
     click.echo(report.table())

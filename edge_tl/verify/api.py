@@ -22,6 +22,7 @@ from edge_tl.errors import ConfigError, DataError, EdgeTLError, RunError, Tolera
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
 from edge_tl.runtime.registry import open_runner
+from edge_tl.significance import DEFAULT_LEVEL, Gate, PairedCounter, comparison_from_result, images_needed_to_detect
 from edge_tl.verify.metrics import AccuracyAccumulator, AgreementAccumulator
 from edge_tl.verify.report import VerifyRow, format_table, write_reports
 
@@ -43,6 +44,8 @@ class VerifyConfig:
     latency: BenchConfig = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=100))
     max_accuracy_drop: float | None = None  # top-1 points
     min_agreement: float | None = None  # fraction of images
+    gate: Gate = Gate.POINT  # SIGNIFICANT: a drop over the limit fails only when it is also distinguishable from noise
+    significance_level: float = DEFAULT_LEVEL  # of the exact McNemar test; intervals are at 1 - level
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,6 +58,8 @@ class VerifyConfig:
             raise ConfigError(
                 f"--min-agreement is a fraction in [0, 1] (e.g. 0.99 for 99%), got {self.min_agreement}"
             )
+        if not 0.0 < self.significance_level < 1.0:
+            raise ConfigError(f"--significance-level is a probability in (0, 1) (e.g. 0.05), got {self.significance_level}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class _Candidate:
     skipped: str | None = None
     accuracy: AccuracyAccumulator = field(default_factory=AccuracyAccumulator)
     agreement: AgreementAccumulator = field(default_factory=AgreementAccumulator)
+    paired: PairedCounter = field(default_factory=PairedCounter)
 
 
 def verify_run(
@@ -157,6 +163,7 @@ def verify_run(
                 logits = cand.runner.run(images)  # type: ignore[union-attr]
                 cand.accuracy.update(logits, labels)
                 cand.agreement.update(ref_logits, logits)
+                cand.paired.update(ref_logits, logits, labels)
         latency: dict[str, Any] = {}
         if config.measure_latency:
             for cand in [reference, *active]:
@@ -175,6 +182,7 @@ def verify_run(
         acc = c.accuracy.result()
         agree = c.agreement.result()
         stats = latency[c.name][0] if c.name in latency else None
+        change = None if is_reference else c.paired.result(level=config.significance_level)
         return VerifyRow(
             name=c.name,
             kind=c.kind,
@@ -193,10 +201,11 @@ def verify_run(
             latency_p99_ms=stats.p99_ms if stats else None,
             size_bytes=_weights_bytes(c.path) if c.kind == "checkpoint" else _size(c.path),
             speedup=(ref_p50 / stats.p50_ms) if stats and ref_p50 and stats.batch_size == 1 else None,
+            change=change.to_dict() if change else None,
         )
 
     rows = [row(reference, True), *(row(c, False) for c in candidates)]
-    rows += read_deploy_results(run, reference_top1=ref_acc.top1)
+    rows += read_deploy_results(run, reference_top1=ref_acc.top1, level=config.significance_level)
     failures = tuple(_gate(rows[1:], config))
 
     notes = [
@@ -208,6 +217,15 @@ def verify_run(
         "Size: file size; for the PyTorch checkpoint the size of the model's tensors (without optimizer state).",
     ]
     notes += [f"latency of {name}: {w}" for name, (stats, _) in latency.items() for w in stats.warnings() if "noisy" in w]
+    detectable = images_needed_to_detect(ref_acc.num_images, level=config.significance_level)
+    notes.append(
+        f"Δ top-1 intervals: paired bootstrap over the same images at {(1 - config.significance_level) * 100:g}%; "
+        f"distinguishable from noise = exact McNemar p < {config.significance_level:g}. On {ref_acc.num_images} images one image "
+        f"is {100 / ref_acc.num_images:.2f} pt, and a drop needs at least {detectable} images lost "
+        f"({detectable * 100 / ref_acc.num_images:.2f} pt, none gained) to be distinguishable from noise."
+    )
+    if config.max_accuracy_drop is not None:
+        notes.append(f"Gate: --max-accuracy-drop {config.max_accuracy_drop:g} pt, --gate {config.gate.value}.")
     if failures:
         notes.append("GATE FAILED: " + "; ".join(failures))
     payload = {
@@ -215,11 +233,13 @@ def verify_run(
         "run": str(run.root),
         "reference": reference.name,
         "num_images": ref_acc.num_images,
-        "gates": {"max_accuracy_drop_pts": config.max_accuracy_drop, "min_agreement": config.min_agreement},
+        "gates": {"max_accuracy_drop_pts": config.max_accuracy_drop, "min_agreement": config.min_agreement,
+                  "gate": config.gate.value, "significance_level": config.significance_level},
         "passed": not failures,
         "failures": list(failures),
         "rows": [r.to_dict() for r in rows],
         "latency_runners": {name: info for name, (_, info) in latency.items()},
+        "latency_warnings": {name: stats.warnings() for name, (stats, _) in latency.items()},
         "environment": fingerprint(threads=config.threads),
     }
     title = f"edge-tl verify: {run.get('backbone', {}).get('name', 'model')} ({run.root.name})"
@@ -251,15 +271,22 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
     for r in rows:
         if r.skipped or r.top1 is None:
             continue
-        label = r.name if r.origin == "local" else f"{r.name} @ {r.origin.split(':', 1)[1]}"
+        label = r.label
         if config.max_accuracy_drop is not None and r.delta_top1_pts is not None and -r.delta_top1_pts > config.max_accuracy_drop:
-            failures.append(f"{label}: top-1 drop {-r.delta_top1_pts:.2f} pts > --max-accuracy-drop {config.max_accuracy_drop:g}")
+            over = f"{label}: top-1 drop {-r.delta_top1_pts:.2f} pts > --max-accuracy-drop {config.max_accuracy_drop:g}"
+            if config.gate is Gate.POINT:
+                failures.append(over)
+            elif r.change is None:
+                # Without per-image outcomes nothing can be said about noise: judge the point estimate.
+                failures.append(over + " (no paired data to test significance; point estimate judged)")
+            elif r.change["significant"]:
+                failures.append(f"{over}, {r.change['verdict']}")
         if config.min_agreement is not None and r.top1_agreement is not None and r.top1_agreement < config.min_agreement:
             failures.append(f"{label}: top-1 agreement {r.top1_agreement:.4f} < --min-agreement {config.min_agreement:g}")
     return failures
 
 
-def read_deploy_results(run: Run, *, reference_top1: float) -> list[VerifyRow]:
+def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAULT_LEVEL) -> list[VerifyRow]:
     """Rows from ``deploy/<host>/accuracy.json`` files written by the deploy stage (see docs/design.md)."""
     rows = []
     for path in sorted(run.path("deploy").glob(f"*/{DEPLOY_RESULT_FILE}")):
@@ -269,11 +296,12 @@ def read_deploy_results(run: Run, *, reference_top1: float) -> list[VerifyRow]:
             raise RunError(f"{str(path)!r} is not readable JSON ({exc}); re-run deploy for {path.parent.name}") from exc
         entries = data.get("results") if isinstance(data, dict) and "results" in data else [data]
         for entry in entries if isinstance(entries, list) else []:
-            rows.append(_deploy_row(entry, host=str(data.get("host") or path.parent.name), path=path, reference_top1=reference_top1))
+            rows.append(_deploy_row(entry, host=str(data.get("host") or path.parent.name), path=path,
+                                    reference_top1=reference_top1, level=level))
     return rows
 
 
-def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float) -> VerifyRow:
+def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, level: float) -> VerifyRow:
     if not isinstance(entry, dict) or "artifact" not in entry or "top1" not in entry or "num_images" not in entry:
         raise RunError(f"{str(path)!r}: each result needs 'artifact', 'num_images' and 'top1' (see docs/design.md)")
     latency = entry.get("latency_ms") or {}
@@ -281,6 +309,7 @@ def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float) -> 
     # The device may have evaluated a subset: compare with the original on those same images when given.
     reference = entry.get("reference_top1")
     reference_top1 = float(reference) if reference is not None else reference_top1
+    change = comparison_from_result(entry, top1 - reference_top1, level=level)
     return VerifyRow(
         name=str(entry["artifact"]),
         kind=str(entry.get("kind", "engine")),
@@ -298,4 +327,5 @@ def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float) -> 
         latency_p50_ms=latency.get("p50"),
         latency_p99_ms=latency.get("p99"),
         size_bytes=entry.get("size_bytes"),
+        change=change.to_dict() if change else None,
     )

@@ -33,6 +33,11 @@ class VerifyRow:
     size_bytes: int | None = None
     speedup: float | None = None
     skipped: str | None = None  # why this artifact could not be run here
+    change: dict[str, Any] | None = None  # edge_tl.significance.PairedComparison.to_dict() against the original
+
+    @property
+    def label(self) -> str:
+        return self.name if self.origin == "local" else f"{self.name} @ {self.origin.split(':', 1)[1]}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,8 +79,14 @@ def format_table(rows: Sequence[VerifyRow], notes: Sequence[str] = ()) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
     lines += [f"skipped {r.name}: {r.skipped}" for r in rows if r.skipped]
-    lines += [f"note: {note}" for note in notes if "noisy" in note or note.startswith("GATE")]
+    lines += change_lines(rows)
+    lines += [f"note: {note}" for note in notes if "noisy" in note or note.startswith(("GATE", "Gate"))]
     return "\n".join(lines)
+
+
+def change_lines(rows: Sequence[VerifyRow]) -> list[str]:
+    """One line per compared artifact: its top-1 change, interval and whether it is distinguishable from noise."""
+    return [f"Δ top-1 {r.label}: {r.change['text']}" for r in rows if r.change]
 
 
 def markdown(rows: Sequence[VerifyRow], *, title: str, notes: Sequence[str]) -> str:
@@ -84,6 +95,7 @@ def markdown(rows: Sequence[VerifyRow], *, title: str, notes: Sequence[str]) -> 
     out += ["| " + " | ".join(row) + " |" for row in _cells(rows)]
     out.append("")
     out += [f"- {note}" for note in notes]
+    out += [f"- {line}" for line in change_lines(rows)]
     out += [f"- skipped `{r.name}`: {r.skipped}" for r in rows if r.skipped]
     return "\n".join(out) + "\n"
 

@@ -1,0 +1,80 @@
+"""The report's figures, drawn with matplotlib (Agg) into PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+from edge_tl._lazy import lazy_import
+from edge_tl.report.collect import ModelRow
+
+# Colour-blind-safe palette (Okabe & Ito, "Color Universal Design", 2008).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _pyplot() -> Any:
+    matplotlib = lazy_import("matplotlib", purpose="the report's plots")
+    matplotlib.use("Agg")
+    return lazy_import("matplotlib.pyplot")
+
+
+def _png(fig: Any) -> bytes:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def training_curves(curves: Sequence[dict[str, Any]]) -> bytes | None:
+    """Loss and top-1 per epoch, train and validation."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    epochs = [c.get("epoch") for c in curves]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "validation", "-s")):
+        loss_ax.plot(epochs, [c.get(key) for c in curves], style, label=label, markersize=4)
+    for key, label, style in (("train_top1", "train", "-o"), ("val_top1", "validation", "-s")):
+        acc_ax.plot(epochs, [None if c.get(key) is None else c[key] * 100 for c in curves], style, label=label, markersize=4)
+    # Mark where the backbone was unfrozen: the curves change slope there for a reason.
+    phases = [c.get("phase") for c in curves]
+    for i in range(1, len(phases)):
+        if phases[i] != phases[i - 1]:
+            for ax in (loss_ax, acc_ax):
+                ax.axvline(epochs[i] - 0.5, color="grey", linestyle=":", linewidth=1)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="top-1")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _png(fig)
+
+
+def accuracy_latency(rows: Sequence[ModelRow], *, title: str, confidence: str) -> bytes | None:
+    """Top-1 (with its interval) against p50 latency. Points are told apart by colour and marker
+    in a legend rather than by text beside them, so close points never print over each other."""
+    points = [r for r in rows if r.top1 is not None and r.p50_ms is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, r in enumerate(points):
+        low, high = r.top1_ci if r.top1_ci else (r.top1, r.top1)
+        ax.errorbar(
+            r.p50_ms, r.top1 * 100, yerr=[[(r.top1 - low) * 100], [(high - r.top1) * 100]],
+            fmt=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)], markersize=8, capsize=3,
+            label=f"{r.name} ({r.precision})",
+        )
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel(f"top-1 (%), {confidence} interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.set_xlim(left=0, right=max(r.p50_ms for r in points) * 1.15)  # type: ignore[type-var]
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _png(fig)

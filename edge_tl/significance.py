@@ -1,0 +1,222 @@
+"""What an accuracy difference is worth on this many images (numpy and the standard library only).
+
+Every comparison edge-tl makes is *paired*: the original model and an artifact are run on the
+same images, so the question is how many images changed from right to wrong (``lost``) and from
+wrong to right (``gained``). The images both get right, or both get wrong, say nothing about the
+difference. Two tools answer the question:
+
+* the exact McNemar test: under "no difference" each changed image is a fair coin, so the
+  two-sided p-value is the binomial tail ``2 * P(X <= min(lost, gained))``,
+  ``X ~ Binomial(lost + gained, 1/2)`` (McNemar 1947; the exact form is the sign test on the
+  discordant pairs, e.g. Agresti, *Categorical Data Analysis*, 3rd ed., section 11.1);
+* a paired bootstrap of the change in top-1: the images are resampled with replacement, each
+  keeping its (original, artifact) outcome pair, which is a multinomial draw over the four
+  outcome cells.
+
+Top-1 alone gets the Wilson score interval (Wilson 1927), which stays inside [0, 1] and keeps its
+coverage near 0 % and 100 % errors, where validation sets of a few hundred images live.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+#: Resamples of the paired bootstrap: the 2.5 % / 97.5 % quantiles of 10 000 draws move by
+#: well under one image between seeds on a few hundred images.
+BOOTSTRAP_RESAMPLES = 10_000
+DEFAULT_LEVEL = 0.05  # significance level; intervals are at 1 - level
+
+
+class Gate(str, Enum):
+    """How a ``--max-accuracy-drop`` gate judges a drop."""
+
+    POINT = "point"  # the point estimate is over the limit
+    SIGNIFICANT = "significant"  # over the limit and distinguishable from noise at the chosen level
+
+
+def _z(confidence: float) -> float:
+    # Two-sided normal quantile by bisection on erf: keeps this module free of scipy.
+    target = 0.5 + confidence / 2
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"significance level must be in (0, 1), e.g. 0.05; got {level}")
+
+
+def wilson_interval(correct: int, total: int, *, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``correct / total`` at confidence ``1 - level``."""
+    _check_level(level)
+    if total <= 0 or not 0 <= correct <= total:
+        raise ValueError(f"need 0 <= correct <= total and total > 0, got {correct} of {total}")
+    z = _z(1 - level)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar p-value from the two discordant counts."""
+    if lost < 0 or gained < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {lost} and {gained}")
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    k = min(lost, gained)
+    # log-space terms: exact enough for tens of thousands of changed images, where comb() is slow.
+    log_half_n = n * math.log(0.5)
+    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n) for i in range(k + 1))
+    return min(1.0, 2.0 * tail)
+
+
+def paired_bootstrap_interval(
+    total: int, lost: int, gained: int, *, level: float = DEFAULT_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the change in top-1 (a fraction, artifact minus original).
+
+    Resampling images keeps each image's outcome pair; only the two discordant cells move the
+    difference, so a multinomial draw over (lost, gained, unchanged) is the same bootstrap as
+    resampling the images themselves. Seeded: the same counts give the same interval.
+    """
+    _check_level(level)
+    if total <= 0 or lost < 0 or gained < 0 or lost + gained > total:
+        raise ValueError(f"need lost + gained <= total and total > 0, got {lost} + {gained} of {total}")
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(total, [lost / total, gained / total, (total - lost - gained) / total], size=resamples)
+    deltas = (draws[:, 1] - draws[:, 0]) / total
+    low, high = np.quantile(deltas, [level / 2, 1 - level / 2])
+    return float(low), float(high)
+
+
+def images_needed_to_detect(total: int, *, level: float = DEFAULT_LEVEL) -> int:
+    """The fewest images an artifact must lose (gaining none) for the drop to be significant."""
+    _check_level(level)
+    lost = 1
+    while lost <= total:
+        if mcnemar_exact(lost, 0) < level:
+            return lost
+        lost += 1
+    return total + 1
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """An artifact against the original on the same ``total`` images."""
+
+    total: int
+    lost: int  # images the original got right and the artifact got wrong
+    gained: int  # images the original got wrong and the artifact got right
+    level: float
+    delta_pts: float  # change in top-1, points (artifact minus original)
+    ci_low_pts: float
+    ci_high_pts: float
+    p_value: float
+    bound: bool = False  # True: the discordant counts are an upper bound (only agreement was known)
+
+    @classmethod
+    def from_counts(cls, total: int, lost: int, gained: int, *, level: float = DEFAULT_LEVEL, bound: bool = False) -> "PairedComparison":
+        low, high = paired_bootstrap_interval(total, lost, gained, level=level)
+        return cls(
+            total=total, lost=lost, gained=gained, level=level, delta_pts=(gained - lost) / total * 100,
+            ci_low_pts=low * 100, ci_high_pts=high * 100, p_value=mcnemar_exact(lost, gained), bound=bound,
+        )
+
+    @classmethod
+    def from_agreement(cls, total: int, delta_top1: float, agreement: float, *, level: float = DEFAULT_LEVEL) -> "PairedComparison | None":
+        """A conservative comparison when only top-1 change and agreement are known (e.g. from a device).
+
+        An image can only change from right to wrong (or back) if the two models disagree on it, so
+        ``lost + gained <= disagreements``; taking the upper bound gives a wider interval and a larger
+        p-value than the exact counts would. ``None`` when the numbers are inconsistent.
+        """
+        change = round(delta_top1 * total)
+        disagree = round((1 - agreement) * total)
+        if disagree < abs(change) or total <= 0:
+            return None
+        if (disagree - change) % 2:
+            # Keep the counts integral: one more changed image is the conservative side.
+            disagree += 1 if disagree < total else -1
+        lost, gained = (disagree - change) // 2, (disagree + change) // 2
+        if min(lost, gained) < 0:
+            return None
+        return cls.from_counts(total, lost, gained, level=level, bound=True)
+
+    @property
+    def confidence_pct(self) -> str:
+        return f"{(1 - self.level) * 100:g}%"
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < self.level
+
+    def interval_text(self) -> str:
+        return f"{self.delta_pts:+.2f} pt ({self.confidence_pct} CI {self.ci_low_pts:+.2f} to {self.ci_high_pts:+.2f})"
+
+    def verdict(self) -> str:
+        where = f"on {self.total} images"
+        if self.significant:
+            return f"distinguishable from noise {where} (exact McNemar p = {self.p_value:.3g})"
+        return f"not distinguishable from noise {where} (exact McNemar p = {self.p_value:.3g})"
+
+    def describe(self) -> str:
+        """E.g. ``-0.28 pt (95% CI -0.84 to +0.00), not distinguishable from noise on 359 images (...)``."""
+        note = "; counts bounded from agreement" if self.bound else ""
+        return f"{self.interval_text()}, {self.verdict()}{note}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "significant": self.significant, "verdict": self.verdict(), "text": self.describe()}
+
+
+def comparison_from_result(result: dict[str, Any], delta_top1: float, *, level: float = DEFAULT_LEVEL) -> PairedComparison | None:
+    """The comparison a stored result supports (e.g. ``deploy/<host>/accuracy.json``).
+
+    Exact when it carries the discordant counts ``lost`` and ``gained``, else bounded from
+    ``top1_agreement``; ``None`` when it has neither (or no ``num_images``).
+    """
+    total = result.get("num_images")
+    if not isinstance(total, int) or total <= 0:
+        return None
+    lost, gained = result.get("lost"), result.get("gained")
+    if isinstance(lost, int) and isinstance(gained, int) and lost >= 0 and gained >= 0 and lost + gained <= total:
+        return PairedComparison.from_counts(total, lost, gained, level=level)
+    agreement = result.get("top1_agreement")
+    if isinstance(agreement, (int, float)) and not isinstance(agreement, bool) and 0.0 <= agreement <= 1.0:
+        return PairedComparison.from_agreement(total, delta_top1, float(agreement), level=level)
+    return None
+
+
+class PairedCounter:
+    """Streams (original logits, artifact logits, labels) batches into the two discordant counts."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.lost = 0
+        self.gained = 0
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> None:
+        ref_right = np.asarray(reference).argmax(axis=1) == np.asarray(labels)
+        cand_right = np.asarray(candidate).argmax(axis=1) == np.asarray(labels)
+        self.total += int(ref_right.shape[0])
+        self.lost += int((ref_right & ~cand_right).sum())
+        self.gained += int((~ref_right & cand_right).sum())
+
+    def result(self, *, level: float = DEFAULT_LEVEL) -> PairedComparison | None:
+        if self.total == 0:
+            return None
+        return PairedComparison.from_counts(self.total, self.lost, self.gained, level=level)
