@@ -589,6 +589,7 @@ def deploy_host(
         "bundle_digest": bundle.digest,
         "power_mean_mw": power["total_power_mean_mw"] if power else None,
         "hottest_c": power["hottest_c"] if power else None,
+        "clocks_locked": locked,
         "jetpack": probe.jetpack,
         "tensorrt": probe.tensorrt,
         "measured": now_iso(),

@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_tl import __version__
 from edge_tl._lazy import lazy_import
+from edge_tl.deploy.fleet import FLEET_FILE
 from edge_tl.errors import RunError
 from edge_tl.report import plots
 from edge_tl.report.collect import Device, ModelRow, RunData, collect
@@ -86,8 +87,9 @@ def _headline(data: RunData) -> str:
     return f"{backbone}{where}"
 
 
-def _probe_facts(probe: dict[str, Any]) -> dict[str, Any]:
-    clocks = probe.get("clocks_locked")
+def _probe_facts(probe: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    # Whether jetson_clocks held the clocks is a fact of the measurement, recorded with each result.
+    clocks = next((r["entry"]["clocks_locked"] for r in results if r["entry"].get("clocks_locked") is not None), None)
     return {
         "host": probe.get("host"),
         "model": probe.get("model") or probe.get("gpu_name"),
@@ -112,7 +114,7 @@ def _device_view(device: Device, confidence: str) -> dict[str, Any]:
     return {
         "name": device.name,
         "probe": device.probe,
-        "probe_facts": _probe_facts(device.probe) if device.probe else {},
+        "probe_facts": _probe_facts(device.probe, device.results) if device.probe else {},
         "results": device.results,
         "rows": rows,
         "files": device.files,
@@ -246,8 +248,16 @@ def write_report(run_dir: str | os.PathLike[str]) -> ReportResult:
 
 
 def refresh_report(run_dir: str | os.PathLike[str]) -> ReportResult | None:
-    """Rewrite the report of ``run_dir`` if it has one (a stage just finished); otherwise do nothing."""
+    """Rewrite the report of ``run_dir`` if it has one and a stage recorded something since; else do nothing.
+
+    Every stage records what it made in the manifest (a fleet deploy also writes ``fleet.json``,
+    even when every device failed), so either being newer than the page means it is out of date.
+    """
     root = Path(run_dir)
-    if not (root / REPORT_DIR / INDEX).is_file() or not (root / MANIFEST_NAME).is_file():
+    index, manifest = root / REPORT_DIR / INDEX, root / MANIFEST_NAME
+    if not index.is_file() or not manifest.is_file():
+        return None
+    sources = [p.stat().st_mtime_ns for p in (manifest, root / "deploy" / FLEET_FILE) if p.is_file()]
+    if max(sources) <= index.stat().st_mtime_ns:
         return None
     return write_report(root)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_tl.deploy.api import ACCURACY_FILE
+from edge_tl.deploy.fleet import FLEET_FILE
 from edge_tl.runs import MANIFEST_NAME
 from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_interval
 
@@ -199,7 +201,7 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
     deploy = run_dir / "deploy"
     devices = []
     for folder in sorted(p for p in deploy.glob("*") if p.is_dir() and not p.name.startswith(".")):
-        data = read_json(folder / "accuracy.json")
+        data = read_json(folder / ACCURACY_FILE)
         entries = data.get("results") if isinstance(data, dict) and "results" in data else ([data] if isinstance(data, dict) else [])
         results, rows = [], []
         for entry in entries if isinstance(entries, list) else []:
@@ -269,7 +271,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
     confusion_png = run_dir / str(evaluation.get("confusion_matrix_png", "evaluate/confusion_matrix.png"))
     models = _model_rows(manifest, verify, run_dir, level)
     reference_top1 = next((m.top1 for m in models if m.is_reference), None)
-    fleet = read_json(run_dir / "deploy" / "fleet.json")
+    fleet = read_json(run_dir / "deploy" / FLEET_FILE)
     commands = [
         {"name": name, "kind": a.get("kind"), "stage": a.get("stage"), "created": a.get("created"), "path": a.get("path"),
          "sha256": (a.get("sha256") or "")[:12], "command": a.get("command")}
