@@ -39,7 +39,8 @@ def _data_uri(png: bytes | None) -> str | None:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    # Anything but a number (None, a field an older edge-tl did not write) shows as "-".
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
 
 
 def _pct(value: Any) -> str:
@@ -72,7 +73,8 @@ def _environment() -> Any:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
+        # Result files are read tolerantly: a field missing from one renders as empty, never an error.
+        undefined=jinja2.ChainableUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
