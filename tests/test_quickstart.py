@@ -34,3 +34,26 @@ def test_quickstart_trains_exports_quantizes_within_budget_and_verifies(tmp_path
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["onnx-int8-onnxruntime-cpu-int8"]["top1"] == pytest.approx(int8.metrics["val_top1"])
     assert rows["onnx-fp32"]["top1_agreement"] >= 0.99
+
+    # The report: written by the quickstart, its INT8 row states the change with its interval,
+    # and it renders in headless Chromium (skipped only where Chromium cannot be installed).
+    index = out / "report" / "index.html"
+    assert index.is_file()
+    int8_change = rows["onnx-int8-onnxruntime-cpu-int8"]["change"]
+    assert int8_change["total"] == report["num_images"]
+    assert f"{int8_change['delta_pts']:+.2f} pt (95% CI " in int8_change["text"]
+    assert f"distinguishable from noise on {report['num_images']} images" in int8_change["text"]
+    assert int8_change["text"] in index.read_text()
+    _check_report_in_chromium(index, [name for name in rows if not name.startswith("checkpoint")])
+
+
+def _check_report_in_chromium(index: Path, verified: list[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).parent / "report" / "browser_check.py")
+    browser = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(browser)  # type: ignore[union-attr]
+    browser.assert_self_contained(index.read_text())
+    seen, rows = browser.check_in_chromium(index, table="artifact-table")
+    browser.assert_renders_cleanly(seen, min_images=3)
+    assert rows == ["checkpoint-best", *verified]

@@ -76,8 +76,9 @@ def _refresh_reports(args: list[str]) -> None:
         path = Path(arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg)
         try:
             refresh_report(path)
-        except (OSError, ValueError, EdgeTLError) as exc:
-            click.echo(f"warning: the report of {arg} was not refreshed: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - the stage's own outcome (and its error) must come through untouched
+            click.echo(f"warning: the report of {arg} was not refreshed ({type(exc).__name__}: {exc}); "
+                       f"run `edge-tl report {arg}`", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

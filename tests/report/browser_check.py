@@ -7,12 +7,15 @@ Chromium tries to reach Google's services at start, which a closed CI network re
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+import pytest
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVER = ("chromedriver",)
@@ -102,3 +105,32 @@ def screenshot(driver: Any, path: Path, *, full_page: bool) -> Path:
     else:
         driver.save_screenshot(str(path))
     return path
+
+
+def check_in_chromium(page: Path, *, table: str) -> tuple[PageCheck, list[str]]:
+    """Load ``page``: return what Chromium saw and the rows of ``table``; save screenshots beside it."""
+    found = find()
+    if isinstance(found, str):
+        pytest.skip(found)
+    with browser() as driver:
+        seen = load(driver, page)
+        rows = driver.execute_script(
+            f"return Array.from(document.querySelectorAll('#{table} tbody tr')).map(r => r.dataset.artifact || r.dataset.device)"
+        )
+        screenshot(driver, page.with_name(page.stem + "-screenshot.png"), full_page=False)
+        screenshot(driver, page.with_name(page.stem + "-full.png"), full_page=True)
+    return seen, rows
+
+
+def assert_renders_cleanly(seen: PageCheck, *, min_images: int) -> None:
+    assert seen.console == [], seen.console
+    assert len(seen.images) >= min_images, seen.images
+    for image in seen.images:
+        assert image["decoded"] and image["complete"] and image["width"] > 100 and image["height"] > 100, image
+        assert image["src"].startswith("data:image/png;base64,"), image
+
+
+def assert_self_contained(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", html), "the page reaches out to the network"
+    assert "<link" not in html.lower()

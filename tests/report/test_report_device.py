@@ -13,7 +13,7 @@ import pytest
 
 from markupsafe import escape
 from staging import cli, deploy_fixtures
-from test_report_run import assert_renders_cleanly, assert_self_contained, check_in_chromium
+from browser_check import assert_renders_cleanly, assert_self_contained, check_in_chromium
 
 pytestmark = pytest.mark.ssh
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import browser_check
+from browser_check import assert_renders_cleanly, assert_self_contained, check_in_chromium
 from staging import cli
 
 pytest.importorskip("torch")
@@ -40,35 +40,6 @@ def model_artifacts(run: Path) -> list[str]:
     """The models the table must list: the original, then every ONNX model and engine, in manifest order."""
     artifacts = json.loads((run / "manifest.json").read_text())["artifacts"]
     return ["checkpoint-best"] + [n for n, a in artifacts.items() if a["kind"] in ("onnx", "engine")]
-
-
-def check_in_chromium(page: Path, *, table: str) -> tuple[browser_check.PageCheck, list[str]]:
-    """Load ``page``: return what Chromium saw and the rows of ``table``; save screenshots beside it."""
-    found = browser_check.find()
-    if isinstance(found, str):
-        pytest.skip(found)
-    with browser_check.browser() as driver:
-        seen = browser_check.load(driver, page)
-        rows = driver.execute_script(
-            f"return Array.from(document.querySelectorAll('#{table} tbody tr')).map(r => r.dataset.artifact || r.dataset.device)"
-        )
-        browser_check.screenshot(driver, page.with_name(page.stem + "-screenshot.png"), full_page=False)
-        browser_check.screenshot(driver, page.with_name(page.stem + "-full.png"), full_page=True)
-    return seen, rows
-
-
-def assert_renders_cleanly(seen: browser_check.PageCheck, *, min_images: int) -> None:
-    assert seen.console == [], seen.console
-    assert len(seen.images) >= min_images, seen.images
-    for image in seen.images:
-        assert image["decoded"] and image["complete"] and image["width"] > 100 and image["height"] > 100, image
-        assert image["src"].startswith("data:image/png;base64,"), image
-
-
-def assert_self_contained(html: str) -> None:
-    assert "<script" not in html.lower()
-    assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", html), "the page reaches out to the network"
-    assert "<link" not in html.lower()
 
 
 def test_report_of_a_staged_run_in_headless_chromium(run_copy: Path) -> None:
