@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             cli.main(args=args, prog_name="edge-tl", standalone_mode=False)
         finally:
+            # main() may be called in a process that goes on using the library (tests, notebooks).
+            record_invocation(None)
             _refresh_reports(args)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
