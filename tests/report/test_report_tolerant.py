@@ -17,7 +17,7 @@ from edge_tl.report import refresh_report, write_report  # noqa: E402
 def _run(root: Path) -> Path:
     root.mkdir()
     (root / "manifest.json").write_text(json.dumps({
-        "schema": 1, "backbone": {"name": "efficientnet_lite0"}, "classes": ["a", "b"], "artifacts": {},
+        "schema_version": 1, "backbone": {"name": "efficientnet_lite0"}, "classes": ["a", "b"], "artifacts": {},
     }))
     return root
 
@@ -69,3 +69,19 @@ def test_refresh_only_when_a_report_exists_and_is_out_of_date(tmp_path: Path) ->
     os.utime(root / "manifest.json", ns=(stamp + 10**9, stamp + 10**9))
     assert refresh_report(root) is not None
     assert refresh_report(tmp_path / "not-a-run") is None
+
+
+def test_command_line_is_recorded_only_while_the_command_runs(tmp_path: Path) -> None:
+    from edge_tl.cli.main import main
+    from edge_tl.runs import Run, record_invocation
+
+    root = _run(tmp_path / "run")
+    (root / "weights.bin").write_bytes(b"x")
+    record_invocation("edge-tl export run")
+    Run.open(root).add_artifact("during", kind="checkpoint", path=root / "weights.bin", stage="test")
+    with pytest.raises(SystemExit):
+        main(["report", str(root)])
+    Run.open(root).add_artifact("after", kind="checkpoint", path=root / "weights.bin", stage="test")
+    records = json.loads((root / "manifest.json").read_text())["artifacts"]
+    assert records["during"]["command"] == "edge-tl export run"
+    assert "command" not in records["after"]  # made through the Python API after the command ended
