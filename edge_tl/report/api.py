@@ -142,15 +142,22 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
     gate_line = None
     if verify:
         gates = verify.get("gates") or {}
-        if gates.get("max_accuracy_drop_pts") is not None or gates.get("min_agreement") is not None:
-            gate_line = ("Gates passed" if verify.get("passed") else "Gates FAILED: " + "; ".join(verify.get("failures") or [])) + \
-                f" (max drop {gates.get('max_accuracy_drop_pts')}, min agreement {gates.get('min_agreement')}, gate {gates.get('gate', 'point')})"
+        given = []
+        if gates.get("max_accuracy_drop_pts") is not None:
+            given.append(f"--max-accuracy-drop {gates['max_accuracy_drop_pts']:g} --gate {gates.get('gate', 'point')}")
+        if gates.get("min_agreement") is not None:
+            given.append(f"--min-agreement {gates['min_agreement']:g}")
+        if given:
+            verdict = "Gates passed" if verify.get("passed") else "Gates FAILED: " + "; ".join(verify.get("failures") or [])
+            gate_line = f"{verdict} ({', '.join(given)})"
     detectable = None
     if reference is not None and reference.num_images:
         n = reference.num_images
         k = images_needed_to_detect(n, level=data.level)
-        detectable = (f"What {n} images can tell: one image is {100 / n:.2f} pt; a drop is distinguishable from noise "
-                      f"(exact McNemar, level {data.level:g}) only from {k} images lost and none gained ({k * 100 / n:.2f} pt).")
+        detectable = f"What {n} images can tell: one image is {100 / n:.2f} pt; " + (
+            f"a drop is distinguishable from noise (exact McNemar, level {data.level:g}) only from {k} images lost "
+            f"and none gained ({k * 100 / n:.2f} pt)." if k <= n else
+            f"no drop can be distinguishable from noise (exact McNemar, level {data.level:g}) on so few images.")
     context = {
         "version": __version__,
         "generated": now_iso(),

@@ -68,6 +68,7 @@ class ModelRow:
     is_reference: bool = False
     float_layers: list[dict[str, Any]] = field(default_factory=list)
     status: str | None = None  # e.g. an INT8 model that did not meet its budget
+    is_device: bool = False  # measured on a device: its latency carries no local noise flag
 
 
 def top1_interval(top1: float | None, n: int | None, level: float) -> tuple[float, float] | None:
@@ -227,7 +228,7 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
                 top1_ci=top1_interval(top1, n, level), change=change.to_dict() if change else None,
                 agreement=_num(entry.get("top1_agreement")), mean_kl=_num(entry.get("mean_kl")),
                 max_abs_diff=_num(entry.get("max_abs_diff")), p50_ms=lat.get("p50"), p99_ms=lat.get("p99"),
-                latency_batch=lat.get("batch_size"),
+                latency_batch=lat.get("batch_size"), is_device=True,
             ))
         probe = read_json(folder / "probe.json")
         if not results and not isinstance(probe, dict):
