@@ -99,3 +99,30 @@ def test_missing_dependency_message_names_the_install_command() -> None:
     )
     assert "pip install 'edge-tl[onnx]'" in proc.stdout
     assert "benchmarking" in proc.stdout
+
+
+def test_report_runs_without_torch(tmp_path) -> None:
+    """`edge-tl report` reads the run directory only: it works where torch cannot be imported."""
+    pytest.importorskip("jinja2")
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "schema_version": 1, "backbone": {"name": "efficientnet_lite0"}, "classes": ["a", "b"], "artifacts": {},
+    }))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "phase": "head", "train_loss": 1.0, "val_loss": 0.9,
+                                                   "train_top1": 0.5, "val_top1": 0.6}) + "\n")
+    proc = _run(
+        f"""
+        import sys
+        from edge_tl.cli.main import main
+        sys.argv = ['edge-tl', 'report', {str(run)!r}]
+        try:
+            main()
+        finally:
+            print('torch imported' if 'torch' in sys.modules else 'no torch')
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no torch" in proc.stdout and (run / "report" / "index.html").is_file()
+    assert "data:image/png;base64," in (run / "report" / "index.html").read_text()  # the training curves
