@@ -219,8 +219,10 @@ def render_fleet(data: RunData) -> str:
         device = by_name.get(str(entry.get("label")))
         row = next((r for r in device.rows if r.precision == entry.get("precision")), None) if device else None
         devices.append({
-            **{k: entry.get(k) for k in ("label", "host", "target", "precision", "jetpack", "tensorrt", "p50_ms", "p99_ms",
+            **{k: entry.get(k) for k in ("label", "host", "precision", "jetpack", "tensorrt", "p50_ms", "p99_ms",
                                          "throughput_ips", "top1", "delta_top1_pts", "status", "reason")},
+            # A device that failed before its profile was read shows the profile as given (a name or a TOML path).
+            "target": Path(str(entry.get("target"))).stem if str(entry.get("target")).endswith(".toml") else entry.get("target"),
             "change": row.change if row and entry.get("status") == "ok" else None,
         })
         if row is not None and entry.get("status") == "ok":

@@ -115,7 +115,8 @@ def check_in_chromium(page: Path, *, table: str) -> tuple[PageCheck, list[str]]:
     with browser() as driver:
         seen = load(driver, page)
         rows = driver.execute_script(
-            f"return Array.from(document.querySelectorAll('#{table} tbody tr')).map(r => r.dataset.artifact || r.dataset.device)"
+            f"return Array.from(document.querySelectorAll('#{table} tbody tr[data-artifact], #{table} tbody tr[data-device]'))"
+            ".map(r => r.dataset.artifact || r.dataset.device)"
         )
         screenshot(driver, page.with_name(page.stem + "-screenshot.png"), full_page=False)
         screenshot(driver, page.with_name(page.stem + "-full.png"), full_page=True)
