@@ -9,9 +9,12 @@ Evaluation mode (``train=False``, or augmentation disabled) is exactly
 sample's base image (:func:`edge_tl.data.cache.base_image`, read from a
 :class:`~edge_tl.data.cache.DecodeCache` when one is given).
 
-With ``dtype="uint8"`` the dataset stops before normalisation: workers hand over a quarter
-of the bytes, and :class:`BatchNormalizer` scales and normalises whole batches on the
-training device, with the same float32 arithmetic as :func:`~edge_tl.data.preprocess.normalize`.
+With ``dtype="uint8"`` the dataset stops before normalisation, and :class:`BatchNormalizer`
+scales and normalises whole batches with the same float32 arithmetic as
+:func:`~edge_tl.data.preprocess.normalize` (so the bits are the same): on a CUDA device,
+after the copy (a quarter of the bytes cross the bus, and the GPU does the arithmetic);
+training on the CPU, in the loader workers (:class:`NormalizingCollate`), which run beside
+the training process instead of in its way.
 """
 
 from __future__ import annotations
@@ -87,7 +90,6 @@ class TorchImageDataset:
         pixels = self.pixels(index, epoch)
         label = self.samples[index].label
         if self.dtype == "uint8":
-            # HWC memory seen as CHW: stacked into a channels-last batch without a copy per image.
             return torch.from_numpy(pixels).permute(2, 0, 1), label
         return torch.from_numpy(normalize(pixels, self.prep)), label
 
@@ -110,7 +112,25 @@ class BatchNormalizer:
         torch = self._torch
         images = images.to(self.device, non_blocking=True)
         if images.dtype != torch.uint8:
-            return images
-        out = (images.float() * self._scale - self.mean) * self.inv_std
+            return images  # already normalised in the loader workers
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return out.contiguous(memory_format=fmt)
+        out = images.contiguous(memory_format=fmt).float()
+        # In place: one float buffer for the batch, three passes over it.
+        return out.mul_(self._scale).sub_(self.mean).mul_(self.inv_std)
+
+
+class NormalizingCollate:
+    """``default_collate``, then :class:`BatchNormalizer` on the CPU: the batch leaves the
+    worker ready for a CPU training step."""
+
+    def __init__(self, prep: "Preprocessing") -> None:
+        self.prep = prep
+        self._normalize: BatchNormalizer | None = None
+
+    def __call__(self, items: list[Any]) -> Any:
+        torch = lazy_import("torch", purpose="training")
+        data = lazy_import("torch.utils.data", purpose="training")
+        if self._normalize is None:  # built in the worker, after the fork
+            self._normalize = BatchNormalizer(self.prep, torch.device("cpu"), channels_last=False)
+        images, labels = data.default_collate(items)
+        return self._normalize(images), labels

@@ -553,7 +553,7 @@ class _Trainer:
         and the collate function: CPU decoding (through the cache) or GPU decoding."""
         from edge_tl.data.cache import BaseSpec, open_cache
         from edge_tl.data.gpu import EncodedDataset, GpuAugmenter, collate_encoded, first_non_jpeg
-        from edge_tl.data.torch_dataset import BatchNormalizer, TorchImageDataset
+        from edge_tl.data.torch_dataset import BatchNormalizer, NormalizingCollate, TorchImageDataset
         from edge_tl.train.config import GpuData
 
         config, hw = self.config, self.hw
@@ -574,7 +574,8 @@ class _Trainer:
             return dataset, GpuAugmenter(prep, hw.device, channels_last=hw.channels_last), collate_encoded
         cache = open_cache(samples, cpu_ds.spec, config.cache, world_size=self.ctx.world_size)
         dataset = TorchImageDataset(samples, prep, train=True, augment=augment, seed=config.seed, cache=cache, dtype="uint8")
-        return dataset, BatchNormalizer(prep, hw.device, channels_last=hw.channels_last), None
+        collate = NormalizingCollate(prep) if hw.device.type == "cpu" and workers > 0 else None
+        return dataset, BatchNormalizer(prep, hw.device, channels_last=hw.channels_last), collate
 
     def _wrap(self, module: Any) -> Any:
         if not self.ctx.distributed:
