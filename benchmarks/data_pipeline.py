@@ -15,9 +15,10 @@ input size, batch, worker count and augmentation: random resized crop (scale 0.6
   Its workers persist across epochs (as in training); torchvision's loader, as commonly
   written, starts its workers for every epoch, and that start is part of its epoch time.
 
-Every repetition times a torchvision epoch, then edge-tl's first and cached epochs, one
-after another in this process; the ratios are per repetition, and the headline is their
-median, so load from other processes on a shared machine hits both alike.
+Every repetition times a torchvision epoch and edge-tl's first and cached epochs, one
+after another in this process (which goes first alternates); the ratios are per
+repetition, and the headline is their median, so load from other processes on a shared
+machine hits both alike.
 With ``--device cuda`` it also times edge-tl's GPU data path (nvJPEG decoding, batched
 augmentation on the GPU) against the same torchvision epoch.
 
@@ -105,9 +106,14 @@ def measure(root: Path, args, device) -> dict:
         )
         gpu_finish = GpuAugmenter(prep, device, channels_last=True)
         timed_epoch(gpu_loader, gpu_finish, device)  # warm-up: nvJPEG and kernels initialise once
-    for rep in range(args.reps):
+    def torchvision_epoch() -> None:
         seconds, n = timed_epoch(tv_loader, tv_finish, device)
         series["torchvision"].append(n / seconds)
+
+    for rep in range(args.reps):
+        # Alternate which goes first, so a drift in machine load does not favour one.
+        if rep % 2 == 0:
+            torchvision_epoch()
         with tempfile.TemporaryDirectory(prefix="edge-tl-cache-") as cache_root:
             started = time.perf_counter()
             plain = TorchImageDataset(samples, prep, train=True, augment=augment, seed=rep, dtype="uint8")
@@ -127,6 +133,8 @@ def measure(root: Path, args, device) -> dict:
             seconds, n = timed_epoch(loader, normalise, device)
             series["edge-tl cached epoch"].append(n / seconds)
             del loader
+        if rep % 2 == 1:
+            torchvision_epoch()
         if gpu:
             gpu_loader.sampler.set_epoch(rep + 1)
             seconds, n = timed_epoch(gpu_loader, gpu_finish, device)

@@ -44,7 +44,7 @@ from edge_tl.data.dataset import Sample, load_image
 from edge_tl.errors import DataError
 
 if TYPE_CHECKING:
-    import numpy as np
+    from PIL import Image as PILImage
 
     from edge_tl.data.augment import AugmentConfig
     from edge_tl.models.preprocessing import Preprocessing
@@ -126,20 +126,17 @@ def base_shape(sample: Sample, spec: BaseSpec) -> tuple[int, int]:
     return (height, width)
 
 
-def base_image(sample: Sample, spec: BaseSpec) -> "np.ndarray":
-    """The sample's base image, ``uint8`` HxWx3 (see the module docstring)."""
-    np = lazy_import("numpy")
+def base_image(sample: Sample, spec: BaseSpec) -> "PILImage.Image":
+    """The sample's base image, 8-bit RGB (see the module docstring)."""
     from edge_tl.data.images import open_image
     from edge_tl.data.preprocess import center_crop, resize_shorter
 
     if spec.crop:
         image = resize_shorter(load_image(sample), spec.resize_size, spec.interpolation)
-        return np.asarray(center_crop(image, spec.side))
+        return center_crop(image, spec.side)
     image = load_image(sample) if sample.path is None else open_image(sample.path, draft_side=spec.side)
     factor = _reduce_factor(image.width, image.height, spec.side)
-    if factor > 1:
-        image = image.reduce(factor)
-    return np.asarray(image)
+    return image.reduce(factor) if factor > 1 else image
 
 
 # --------------------------------------------------------------------------- the cache
@@ -179,15 +176,15 @@ class DecodeCache:
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a DecodeCache is shared with loader workers by fork, not pickled; use the fork start method")
 
-    def _write(self, offset: int, array: "np.ndarray") -> None:
+    def _write(self, offset: int, data: bytes) -> None:
         if self.folder is None:
-            self._pixels[offset : offset + array.nbytes] = array.tobytes()
+            self._pixels[offset : offset + len(data)] = data
             return
         # pwrite copies into the page cache in one call; storing through the shared file
         # mapping instead takes a page fault (and a block allocation) per 4 KiB page.
         if self._fd is None or self._fd[0] != os.getpid():
             self._fd = (os.getpid(), os.open(self.folder / "pixels.u8", os.O_WRONLY))
-        os.pwrite(self._fd[1], memoryview(array).cast("B"), offset)
+        os.pwrite(self._fd[1], data, offset)
 
     @property
     def nbytes(self) -> int:
@@ -196,22 +193,21 @@ class DecodeCache:
     def filled_count(self) -> int:
         return sum(self._filled[i] for i in range(len(self._slots)))
 
-    def get(self, index: int, sample: Sample) -> "np.ndarray":
+    def get(self, index: int, sample: Sample) -> "PILImage.Image":
         """The base image of sample ``index``, from the cache or computed and stored."""
-        np = lazy_import("numpy")
+        Image = lazy_import("PIL.Image", purpose="reading the decode cache")
         offset, height, width = self._slots[index]
-        view = np.frombuffer(self._pixels, dtype=np.uint8, count=height * width * 3, offset=offset).reshape(height, width, 3)
         if self._filled[index]:
-            return view
-        array = base_image(sample, self.spec)
-        if array.shape != view.shape:
+            return Image.frombytes("RGB", (width, height), memoryview(self._pixels)[offset : offset + height * width * 3])
+        image = base_image(sample, self.spec)
+        if image.size != (width, height):
             raise DataError(
-                f"{sample.path or sample.builtin!r} decoded to {array.shape[1]}x{array.shape[0]}, not the "
+                f"{sample.path or sample.builtin!r} decoded to {image.width}x{image.height}, not the "
                 f"{width}x{height} its header promised; the file changed during the run, start it again"
             )
-        self._write(offset, array)
+        self._write(offset, image.tobytes())
         self._filled[index] = 1  # after the pixels: a reader never sees a half-written entry as filled
-        return view
+        return image
 
 
 def open_cache(

@@ -78,11 +78,9 @@ class TorchImageDataset:
         epoch = self.epoch if epoch is None else epoch
         sample = self.samples[index]
         base = self.cache.get(index, sample) if self.cache is not None else base_image(sample, self.spec)
-        if self.spec.crop:
-            return np.array(base)
-        Image = lazy_import("PIL.Image", purpose="training augmentation")
-        image = augment_image(Image.fromarray(base), self.prep, self.augment, sample_rng(self.seed, epoch, index))
-        return np.array(image)
+        if not self.spec.crop:
+            base = augment_image(base, self.prep, self.augment, sample_rng(self.seed, epoch, index))
+        return np.array(base)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         torch = lazy_import("torch", purpose="training")

@@ -60,7 +60,7 @@ def mixed(tmp_path: Path) -> list[Sample]:
 def test_base_image_is_small_and_its_shape_comes_from_the_header(mixed) -> None:
     spec = BaseSpec.for_training(PREP, AUG, train=True)
     assert spec.side == 42  # ceil(32 / sqrt(0.6)): the smallest crop still has 32 px across
-    shapes = [base_image(s, spec).shape for s in mixed]
+    shapes = [np.asarray(base_image(s, spec)).shape for s in mixed]
     assert shapes == [(*base_shape(s, spec), 3) for s in mixed]
     assert shapes[0] == (75, 100, 3)  # 400x300 JPEG decoded at 1/4 scale
     assert shapes[1] == (50, 67, 3)  # 200x150 PNG reduced by 3 (ceil division)
@@ -116,9 +116,9 @@ def test_a_changed_file_is_decoded_again_not_read_from_the_cache(tmp_path: Path)
     assert os.path.getsize(samples[1].path) == size_before
     second = open_cache(samples, spec, CacheMode.DISK, root=tmp_path / "cache")
     assert second.folder == first.folder and second.filled_count() == 2  # the unchanged entries are kept
-    np.testing.assert_array_equal(second.get(0, samples[0]), old[0])
-    fresh = second.get(1, samples[1])
-    np.testing.assert_array_equal(fresh, base_image(samples[1], spec))
+    np.testing.assert_array_equal(np.asarray(second.get(0, samples[0])), old[0])
+    fresh = np.asarray(second.get(1, samples[1]))
+    np.testing.assert_array_equal(fresh, np.asarray(base_image(samples[1], spec)))
     assert not np.array_equal(fresh, old[1])
     third = open_cache(samples, spec, CacheMode.DISK, root=tmp_path / "cache")
     assert third.filled_count() == 3  # what a run filled is there for the next one
