@@ -139,7 +139,7 @@ def measure(root: Path, args, device) -> dict:
             gpu_loader.sampler.set_epoch(rep + 1)
             seconds, n = timed_epoch(gpu_loader, gpu_finish, device)
             series["edge-tl GPU data path"].append(n / seconds)
-        print(f"  rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in series.items()) + " img/s", flush=True)
+        print(f"  rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in series.items()) + " img/s", flush=True)
     ratios = {
         name: statistics.median(e / t for e, t in zip(series[name], series["torchvision"]))
         for name in series
