@@ -93,3 +93,34 @@ def test_a_changed_data_folder_is_never_read_from_a_stale_cache(tmp_path: Path, 
     finetune(FinetuneConfig(data=str(data), out=str(tmp_path / "fresh"), epochs=1, cache="off", **TINY))
     assert _equal(_weights(tmp_path / "cached"), _weights(tmp_path / "fresh"))
     assert not _equal(_weights(tmp_path / "cached"), _weights(tmp_path / "before"))
+
+
+def test_gpu_data_on_is_refused_without_cuda(photos: Path, tmp_path: Path) -> None:
+    from edge_tl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--gpu-data on"):
+        finetune(FinetuneConfig(data=str(photos), out=str(tmp_path / "r"), epochs=1, device="cpu", gpu_data="on", **TINY))
+
+
+@pytest.mark.gpu
+def test_fine_tune_decoding_on_the_gpu_learns_and_resumes(tmp_path: Path) -> None:
+    import json
+
+    data = tmp_path / "data"
+    _photo_folder(data)
+    for png in list(data.rglob("*.png")):  # the GPU decoder takes JPEGs only
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"))
+        png.unlink()
+    settings = dict(TINY, data=str(data), device="cuda", gpu_data="on", epochs=3, lr=0.05)
+
+    def stop_after_epoch_2(record) -> None:
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(out=str(tmp_path / "run"), **settings), callbacks=[stop_after_epoch_2])
+    result = finetune(FinetuneConfig(out=str(tmp_path / "run"), resume=True, **settings))
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and result.epochs_run == 3
+    # Two colour casts: the loss falls when the decoded, augmented pixels arrive intact.
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
