@@ -43,7 +43,7 @@ from _photos import make_photo_folder  # noqa: E402
 
 from edge_tl.bench import fingerprint  # noqa: E402
 from edge_tl.data import AugmentConfig, load_dataset  # noqa: E402
-from edge_tl.data.cache import BaseSpec, CacheMode, open_cache  # noqa: E402
+from edge_tl.data.cache import CacheMode, open_cache  # noqa: E402
 from edge_tl.data.gpu import EncodedDataset, GpuAugmenter, collate_encoded  # noqa: E402
 from edge_tl.data.torch_dataset import BatchNormalizer, NormalizingCollate, TorchImageDataset  # noqa: E402
 from edge_tl.models import Preprocessing  # noqa: E402
