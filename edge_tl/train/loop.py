@@ -560,6 +560,8 @@ class _Trainer:
         cpu_ds = TorchImageDataset(samples, prep, train=True, augment=augment, seed=config.seed, dtype="uint8")
         if config.gpu_data is GpuData.ON and hw.device.type != "cuda":
             raise ConfigError("--gpu-data on decodes on a CUDA GPU, and this run trains on the CPU; use --gpu-data off or auto")
+        if config.gpu_data is GpuData.ON and not augment.enabled:
+            raise ConfigError("--gpu-data on augments on the GPU, and --no-augment turns augmentation off; use --gpu-data off or auto")
         on_gpu = False
         if hw.device.type == "cuda" and config.gpu_data is not GpuData.OFF and augment.enabled:
             other = first_non_jpeg(samples)
