@@ -75,3 +75,16 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("digits-run") / "run"
     finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **DIGITS_RUN_SETTINGS))
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _decode_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Fine-tunes cache decoded images (edge_tl.data.cache); tests keep that out of ~/.cache.
+    Set in os.environ so that edge-tl processes the tests start inherit it."""
+    saved = os.environ.get("EDGE_TL_CACHE_DIR")
+    os.environ["EDGE_TL_CACHE_DIR"] = str(tmp_path_factory.mktemp("decode-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EDGE_TL_CACHE_DIR", None)
+    else:
+        os.environ["EDGE_TL_CACHE_DIR"] = saved

@@ -6,7 +6,8 @@ from dataclasses import fields
 
 import click
 
-from edge_tl.train.config import Device, FinetuneConfig, Precision
+from edge_tl.data.cache import CacheMode
+from edge_tl.train.config import Device, FinetuneConfig, GpuData, Precision
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
@@ -39,7 +40,9 @@ def _default(name: str) -> object:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice([d.value for d in Device]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice([p.value for p in Precision]), default="auto", show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU.")
-@click.option("--workers", type=int, default=None, help="Data-loader worker processes (default: 0 on the CPU).")
+@click.option("--workers", type=int, default=None, help="Data-loader worker processes (default: cores per process minus one).")
+@click.option("--cache", type=click.Choice([c.value for c in CacheMode]), default="auto", show_default=True, help="Decode each image once into a cache (auto: on disk if it fits, else RAM, else off).")
+@click.option("--gpu-data", type=click.Choice([g.value for g in GpuData]), default="auto", show_default=True, help="With CUDA: decode (nvJPEG) and augment on the GPU (auto: when the CPU loader is too slow).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create (or continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
@@ -54,7 +57,7 @@ def finetune(
     img_size: int | None, epochs: int, freeze_epochs: int, batch_size: int, lr: float, backbone_lr_mult: float,
     weight_decay: float, warmup_epochs: float, label_smoothing: float, augment: bool, hflip: bool | None,
     freeze_bn: bool, sync_bn: bool, patience: int, seed: int, device: str, precision: str, workers: int | None,
-    out: str, resume: bool, quiet: bool, nproc_per_node: int | None, nnodes: str, node_rank: int,
+    cache: str, gpu_data: str, out: str, resume: bool, quiet: bool, nproc_per_node: int | None, nnodes: str, node_rank: int,
     rdzv_endpoint: str | None, master_addr: str | None, master_port: int | None,
 ) -> None:
     """Fine-tune a pretrained backbone on your images into the run directory --out.
@@ -72,7 +75,7 @@ def finetune(
         lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, augment=augment, hflip=hflip, freeze_bn=freeze_bn, sync_bn=sync_bn,
         patience=patience, seed=seed, device=Device(device), precision=Precision(precision), workers=workers,
-        resume=resume, quiet=quiet,
+        cache=CacheMode(cache), gpu_data=GpuData(gpu_data), resume=resume, quiet=quiet,
     )
     if nproc_per_node is not None:
         if under_launcher():

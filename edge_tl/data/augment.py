@@ -2,6 +2,8 @@
 
 Random-resized crop with a mild scale range, an optional horizontal flip (off for digits
 and text, where a mirrored sample is a different or no class), and a small colour jitter.
+The crop and the resize are one PIL call; brightness, contrast and saturation together are
+one affine colour transform (one pass over the pixels, rounded once).
 Each sample's randomness comes from its own generator seeded with ``(seed, epoch, index)``,
 so a resumed run sees the same augmented images as an uninterrupted one, whatever the
 number of loader workers.
@@ -100,22 +102,64 @@ def _crop_box(width: int, height: int, config: AugmentConfig, rng: random.Random
     return (0.0, 0.0, float(width), float(height))
 
 
+#: ITU-R 601-2 luma weights, the grey Pillow's ``convert("L")`` computes.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class SampleAugment:
+    """One sample's draws: a crop box as fractions of the image, a flip, and jitter factors."""
+
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) / (width, height)
+    flip: bool
+    brightness: float
+    contrast: float
+    saturation: float
+
+
+def draw_augment(width: int, height: int, config: AugmentConfig, rng: random.Random) -> SampleAugment:
+    """The random choices for one ``width`` x ``height`` image, always drawn in the same order."""
+    x0, y0, x1, y1 = _crop_box(width, height, config, rng)
+    flip = config.hflip and rng.random() < 0.5
+    j = config.color_jitter
+    b, c, s = (rng.uniform(1.0 - j, 1.0 + j) for _ in range(3)) if j > 0 else (1.0, 1.0, 1.0)
+    return SampleAugment((x0 / width, y0 / height, x1 / width, y1 / height), bool(flip), b, c, s)
+
+
+def jitter_matrix(draw: SampleAugment, mean_grey: float) -> tuple[float, ...]:
+    """Brightness, then contrast (towards the mean grey), then saturation (towards each
+    pixel's grey), composed into one affine map ``out = M @ rgb + t`` (Pillow's 12-tuple).
+
+    With brightness ``b``, contrast ``c``, saturation ``s`` and luma weights ``w``:
+    ``out = c*b*(s*I + (1-s)*1 w^T) @ rgb + (1-c)*b*mean_grey`` (the grey of a grey pixel
+    is itself, since the weights sum to one).
+    """
+    b, c, s = draw.brightness, draw.contrast, draw.saturation
+    offset = (1.0 - c) * b * mean_grey
+    rows = []
+    for r in range(3):
+        rows.extend(c * b * ((s if k == r else 0.0) + (1.0 - s) * LUMA[k]) for k in range(3))
+        rows.append(offset)
+    return tuple(rows)
+
+
 def augment_image(
     image: "PILImage.Image", prep: "Preprocessing", config: AugmentConfig, rng: random.Random
 ) -> "PILImage.Image":
     """One augmented ``input_size`` x ``input_size`` RGB view of ``image``."""
     Image = lazy_import("PIL.Image", purpose="training augmentation")
-    ImageEnhance = lazy_import("PIL.ImageEnhance", purpose="training augmentation")
     image = to_rgb(image)
-    box = _crop_box(image.width, image.height, config, rng)
+    draw = draw_augment(image.width, image.height, config, rng)
+    x0, y0, x1, y1 = draw.box
+    box = (x0 * image.width, y0 * image.height, x1 * image.width, y1 * image.height)
     size = prep.input_size
     out = image.resize((size, size), resample_filter(prep.interpolation), box=box)
-    if config.hflip and rng.random() < 0.5:
+    if draw.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    j = config.color_jitter
-    if j > 0:
-        for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-            out = enhancer(out).enhance(rng.uniform(1.0 - j, 1.0 + j))
+    if config.color_jitter > 0:
+        ImageStat = lazy_import("PIL.ImageStat", purpose="training augmentation")
+        r, g, b = ImageStat.Stat(out).mean
+        out = out.convert("RGB", jitter_matrix(draw, LUMA[0] * r + LUMA[1] * g + LUMA[2] * b))
     return out
 
 

@@ -58,11 +58,14 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> "PILImage.Image":
+def open_image(
+    path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS, draft_side: int = DRAFT_MIN_SIDE
+) -> "PILImage.Image":
     """Decode ``path`` fully into an upright 8-bit RGB image, or raise :class:`DataError`.
 
     The whole file is decoded (not just its header), so a truncated file fails here
-    rather than in the middle of training.
+    rather than in the middle of training. A JPEG is decoded at the smallest DCT scale
+    that keeps both sides at least ``draft_side``.
     """
     Image = _pil()
     path = os.fspath(path)
@@ -78,8 +81,8 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         # below, after drafting, where a huge JPEG is no longer huge.
         with Image.open(path) as im:
             if im.format == "JPEG":
-                # Keeps the mode; only the DCT scale changes (both sides stay >= DRAFT_MIN_SIDE).
-                im.draft(im.mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
+                # Keeps the mode; only the DCT scale changes (both sides stay >= draft_side).
+                im.draft(im.mode, (draft_side, draft_side))
             width, height = im.size
             if width * height > max_pixels:
                 raise DataError(

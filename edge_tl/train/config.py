@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edge_tl.data.cache import CacheMode
 from edge_tl.errors import ConfigError
 
 
@@ -31,9 +32,20 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
+class GpuData(str, Enum):
+    """Where training images are decoded and augmented with ``--device cuda``. ``auto``: on
+    the GPU when every training file is a JPEG and the CPU loader (timed on a few images)
+    cannot feed :data:`edge_tl.train.loop.GPU_DATA_MIN_RATE` images/s."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 #: Settings that may change between an interrupted run and its ``--resume`` without
 #: changing what is computed (or, for ``epochs`` and ``patience``, only extending it).
-RESUMABLE_CHANGES = frozenset({"resume", "quiet", "workers", "epochs", "patience", "device"})
+#: ``cache`` never changes a pixel; ``gpu_data``, like ``device``, changes only rounding.
+RESUMABLE_CHANGES = frozenset({"resume", "quiet", "workers", "epochs", "patience", "device", "cache", "gpu_data"})
 
 
 @dataclass(frozen=True)
@@ -70,13 +82,17 @@ class FinetuneConfig:
     seed: int = 0
     device: Device = Device.AUTO
     precision: Precision = Precision.AUTO
-    workers: int | None = None  # None: 0 on the CPU, up to 8 with CUDA
+    workers: int | None = None  # None: the cores per process, minus one for the training process
+    cache: CacheMode = CacheMode.AUTO  # decoded-image cache (edge_tl.data.cache)
+    gpu_data: GpuData = GpuData.AUTO
     resume: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", _enum(Device, self.device, "--device"))
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "--precision"))
+        object.__setattr__(self, "cache", _enum(CacheMode, self.cache, "--cache"))
+        object.__setattr__(self, "gpu_data", _enum(GpuData, self.gpu_data, "--gpu-data"))
         object.__setattr__(self, "out", str(self.out))
         object.__setattr__(self, "data", str(self.data))
         _positive_int(self.epochs, "--epochs")
@@ -113,6 +129,8 @@ class FinetuneConfig:
         data = asdict(self)
         data["device"] = self.device.value
         data["precision"] = self.precision.value
+        data["cache"] = self.cache.value
+        data["gpu_data"] = self.gpu_data.value
         return data
 
     @classmethod
