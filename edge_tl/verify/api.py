@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from edge_tl.bench.api import BenchConfig, Budget, benchmark
 from edge_tl.bench.env import fingerprint
+from edge_tl.artifacts import VERIFY_REPORT, reference_artifact
 from edge_tl.errors import ConfigError, DataError, EdgeTLError, RunError, ToleranceError
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
@@ -28,12 +29,12 @@ from edge_tl.verify.report import VerifyRow, format_table, write_reports
 STAGE = "verify"
 VERIFIED_KINDS = ("onnx", "engine")
 DEPLOY_RESULT_FILE = "accuracy.json"
-REPORT_ARTIFACT = "verify-report"
+REPORT_ARTIFACT = VERIFY_REPORT
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    reference: str = "checkpoint-best"
+    reference: str | None = None  # None: the run's reference (edge_tl.artifacts.reference_artifact)
     artifacts: tuple[str, ...] | None = None  # None: every artifact of a verified kind
     batch_size: int = 32
     max_images: int | None = None  # None: the whole validation set
@@ -116,7 +117,9 @@ def verify_run(
     if config.max_images is not None:
         samples = samples[: config.max_images]
 
-    records = [a for a in run.artifacts() if a.kind in VERIFIED_KINDS]
+    reference_name = config.reference or reference_artifact(run)
+    # An imported ONNX model is itself the reference: it is not compared with itself.
+    records = [a for a in run.artifacts() if a.kind in VERIFIED_KINDS and a.name != reference_name]
     if config.artifacts is not None:
         known = {a.name for a in records}
         unknown = [n for n in config.artifacts if n not in known]
@@ -125,7 +128,7 @@ def verify_run(
         records = [a for a in records if a.name in config.artifacts]
 
     options = RunnerOptions(device=config.device, threads=config.threads)
-    reference_record = run.artifact(config.reference)
+    reference_record = run.artifact(reference_name)
     reference = _Candidate(
         reference_record.name, reference_record.kind, "fp32", run.artifact_path(reference_record.name),
         open_runner(run, artifact=reference_record.name, options=options),
@@ -200,7 +203,7 @@ def verify_run(
     failures = tuple(_gate(rows[1:], config))
 
     notes = [
-        f"{ref_acc.num_images} validation images, preprocessing {prep.input_size}px; reference: `{reference.name}` (PyTorch).",
+        f"{ref_acc.num_images} validation images, preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
         "Δ top-1 in points vs the reference; agreement = share of images with the reference's top-1 class; "
         "KL(reference || artifact) of the softmax outputs.",
         "Latency: p50/p99 at batch 1 on this machine (fixed-batch artifacts at their batch size); "
