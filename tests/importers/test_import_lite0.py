@@ -45,9 +45,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_lite0_imagenet_ranks_espresso_and_a_cat_first_in_fp32_fp16_and_int8(photos: Path, tmp_path: Path) -> None:
     pytest.importorskip("timm")
     pytest.importorskip("onnxruntime")
-    import numpy as np
-
-    from edge_tl.data import load_image, split_from_run
+    from edge_tl.data import split_from_run
     from edge_tl.data.dataset import iter_batches
     from edge_tl.models import Preprocessing
     from edge_tl.runs import Run

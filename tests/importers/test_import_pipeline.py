@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.importers.conftest import CLASSES, PREP_FLAGS, Trained
 
 TARGET = "jetson-orin-nano-8gb"
 
@@ -59,7 +58,7 @@ def _write_layout(layout: str, state: dict, path: Path) -> str:
     return "(plain state dict)"
 
 
-def _pipeline(run: Path, trained: Trained) -> dict:
+def _pipeline(run: Path) -> dict:
     """quantize with a 1-point budget, compile INT8 for the Orin Nano, verify; the verify report."""
     edge("quantize", run, "--target", TARGET, "--max-accuracy-drop", "1", "--calib-samples", "32", "--quiet")
     edge("compile", run, "--target", TARGET, "--precision", "int8", "--quiet")
@@ -68,7 +67,7 @@ def _pipeline(run: Path, trained: Trained) -> dict:
 
 
 @pytest.mark.parametrize("layout", ["timm", "torchvision", "lightning", "plain"])
-def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained: Trained, tmp_path: Path) -> None:
+def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained, tmp_path: Path) -> None:
     import numpy as np
     import torch
 
@@ -79,12 +78,12 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
     key = _write_layout(layout, trained.state, weights)
     run = tmp_path / "run"
     edge("import", "--out", run, "--backbone", "resnet18", "--weights", weights, "--labels", trained.labels,
-         "--val-data", trained.val, "--calib-data", trained.calib, *PREP_FLAGS, "--quiet")
+         "--val-data", trained.val, "--calib-data", trained.calib, *trained.prep_flags, "--quiet")
 
     manifest = Run.open(run).manifest
     assert manifest["source"]["kind"] == "pytorch" and manifest["source"]["reference"] == "checkpoint-best"
     assert manifest["source"]["weights_key"] == key
-    assert manifest["classes"] == CLASSES
+    assert manifest["classes"] == list(trained.classes)
     assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert manifest["data"]["num_val"] == 120 and manifest["data"]["num_train"] == 0
     # The run's model is exactly the trained one (for timm: the EMA weights, not the live ones).
@@ -97,7 +96,7 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
         np.testing.assert_array_equal(load_run_model(Run.open(run))(x).numpy(), original(x).numpy())
 
     edge("export", run, "--precision", "fp32", "--quiet")
-    report = _pipeline(run, trained)
+    report = _pipeline(run)
     rows = {r["name"]: r for r in report["rows"]}
     assert report["passed"] and report["reference"] == "checkpoint-best"
     assert rows["checkpoint-best"]["top1"] >= 0.8  # a trained model, not noise
@@ -106,12 +105,12 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
     assert "quantize/tensorrt-int8-qdq/model.int8.onnx" in json.dumps(plan)
 
 
-def test_onnx_source_is_its_own_reference_through_every_stage(trained: Trained, resnet18_onnx: Path, tmp_path: Path) -> None:
+def test_onnx_source_is_its_own_reference_through_every_stage(trained, resnet18_onnx: Path, tmp_path: Path) -> None:
     from edge_tl.runs import Run, sha256_file
 
     run = tmp_path / "run"
     edge("import", "--out", run, "--onnx", resnet18_onnx, "--labels", trained.labels, "--val-data", trained.val,
-         "--calib-data", trained.calib, *PREP_FLAGS, "--quiet")
+         "--calib-data", trained.calib, *trained.prep_flags, "--quiet")
     opened = Run.open(run)
     assert opened.get("source")["kind"] == "onnx" and opened.get("source")["reference"] == "onnx-fp32"
     assert not opened.has_artifact("checkpoint-best")
@@ -126,7 +125,7 @@ def test_onnx_source_is_its_own_reference_through_every_stage(trained: Trained, 
     assert opened.artifact("onnx-fp32").sha256 == fp32.sha256
     assert opened.artifact("onnx-fp16").details["source"] == "onnx-fp32"
 
-    report = _pipeline(run, trained)
+    report = _pipeline(run)
     rows = {r["name"]: r for r in report["rows"]}
     assert report["passed"] and report["reference"] == "onnx-fp32"
     assert [r["name"] for r in report["rows"]].count("onnx-fp32") == 1  # the reference is not compared with itself
