@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge_tl.artifacts import CHECKPOINT_BEST, ONNX_FP16, ONNX_FP32, ArtifactKind, reference_artifact
-from edge_tl.errors import ConfigError, DataError, ToleranceError
+from edge_tl.errors import ConfigError, ToleranceError
 from edge_tl.export.onnx_export import (
     BATCH_DIM,
     DEFAULT_OPSET,
@@ -122,7 +122,7 @@ class ExportedModel:
             "parity_mean_kl": self.parity.mean_kl,
             "parity_num_outside_tolerance": self.parity.num_outside_tolerance,
             "parity_tolerance": self.tolerance.to_dict(),
-            "parity_val_top1": self.accuracy.top1,
+            "parity_val_top1": self.accuracy.top1 if self.accuracy.num_images else None,
             "parity_runtime": "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU",
         }
 
@@ -166,8 +166,11 @@ def export_run(
     classes = run.require("classes", stage=STAGE)
     model = load_run_model(run, checkpoint=config.checkpoint)
     samples = list(split_from_run(run).val)
-    if not samples:
-        raise DataError(f"run {str(run.root)!r} has no validation images; export parity is measured on them")
+    labelled = bool(samples)
+    if not labelled:  # a run imported without labelled images: parity needs images, not labels
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
     if config.parity_images is not None:
         samples = samples[: config.parity_images]
 
@@ -216,7 +219,8 @@ def export_run(
                     for p, runner in candidates.items():
                         logits = runner.run(images)
                         agreement[p].update(ref_logits, logits)
-                        accuracy[p].update(logits, labels)
+                        if labelled:
+                            accuracy[p].update(logits, labels)
             finally:
                 for runner in candidates.values():
                     runner.__exit__(None, None, None)
@@ -293,8 +297,11 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
         return ExportResult(run.root, (), 0)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     samples = list(split_from_run(run).val)
-    if not samples:
-        raise DataError(f"run {str(run.root)!r} has no validation images; FP16 parity is measured on them (import with --val-data)")
+    labelled = bool(samples)
+    if not labelled:
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
     if config.parity_images is not None:
         samples = samples[: config.parity_images]
     fp32_path = run.artifact_path(reference.name, check_hash=True)
@@ -311,7 +318,8 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
             for images, labels in iter_batches(samples, prep, config.parity_batch_size):
                 ref_logits, logits = ref.run(images), half.run(images)
                 agreement.update(ref_logits, logits)
-                accuracy.update(logits, labels)
+                if labelled:
+                    accuracy.update(logits, labels)
         parity = agreement.result()
         failures = _check(parity, tol)
         exported = ExportedModel(ONNX_FP16, Precision.FP16, None if failures else out_dir / FILE_NAMES[Precision.FP16],

@@ -50,8 +50,8 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     if request.calib_data is not None:
         _check_calib(Path(request.calib_data))
     if request.val_data is None:
-        notes.append("no --val-data: verify compares artifacts by agreement with the reference only after you "
-                     "add labelled images; quantize --max-accuracy-drop and export parity need them")
+        notes.append("no --val-data: export and verify compare with the reference by agreement on the --calib-data "
+                     "images; top-1, quantize's accuracy and the device evaluation pack need labelled images")
 
     from edge_tl.data.dataset import SPLIT_FILE, DatasetSplit, save_split
 
@@ -177,4 +177,22 @@ def _check_calib(root: Path) -> None:
         raise DataError(f"--calib-data {str(root)!r} holds no images (searched recursively)")
 
 
-__all__ = ["ImportResult", "import_model", "read_labels", "STAGE"]
+def unlabelled_samples(run: Run, *, stage: str) -> list:
+    """The images of a run imported without labelled data: its calibration folder, unlabelled
+    (``UNLABELED``), so that models can still be compared by agreement with the reference."""
+    from edge_tl.data import Sample, is_image_file
+
+    folder = (run.get("data") or {}).get("calib_source")
+    if not folder or not Path(folder).is_dir():
+        raise DataError(
+            f"run {str(run.root)!r} has no validation images, which {stage} needs; it compares on labelled images, "
+            "or on calibration images by agreement alone: import with --val-data DIR or --calib-data DIR"
+        )
+    paths = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if is_image_file(f) and not f.startswith("."))
+    return [Sample(label=UNLABELED, path=p) for p in paths]
+
+
+#: the label of an image whose class is not known (calibration images)
+UNLABELED = -1
+
+__all__ = ["UNLABELED", "ImportResult", "import_model", "read_labels", "unlabelled_samples", "STAGE"]

@@ -281,7 +281,8 @@ def quantize_run(
 
     val = list(split_from_run(run).val)
     if not val:
-        raise DataError(f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them")
+        raise DataError(f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them "
+                        "(for an imported run: import again with --val-data DIR)")
 
     def build(float_layers: Sequence[str]) -> Any:
         if recipe.output is OutputFormat.QDQ_TENSORRT:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from edge_tl.bench.api import BenchConfig, Budget, benchmark
 from edge_tl.bench.env import fingerprint
 from edge_tl.artifacts import VERIFY_REPORT, reference_artifact
-from edge_tl.errors import ConfigError, DataError, EdgeTLError, RunError, ToleranceError
+from edge_tl.errors import ConfigError, EdgeTLError, RunError, ToleranceError
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
 from edge_tl.runtime.registry import open_runner
@@ -112,8 +112,14 @@ def verify_run(
     run = Run.open(run_dir)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     samples = list(split_from_run(run).val)
-    if not samples:
-        raise DataError(f"run {str(run.root)!r} has no validation images to verify on")
+    labelled = bool(samples)
+    if not labelled:  # a run imported without labelled images: agreement with the reference only
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
+        if config.max_accuracy_drop is not None:
+            raise ConfigError(f"--max-accuracy-drop needs labelled images and run {str(run.root)!r} has none; "
+                              "gate on --min-agreement, or import again with --val-data DIR")
     if config.max_images is not None:
         samples = samples[: config.max_images]
 
@@ -185,9 +191,9 @@ def verify_run(
             backend=backends[c.name],
             origin="local",
             num_images=acc.num_images,
-            top1=acc.top1,
-            top5=acc.top5,
-            delta_top1_pts=0.0 if is_reference else (acc.top1 - ref_acc.top1) * 100,
+            top1=acc.top1 if labelled else None,
+            top5=acc.top5 if labelled else None,
+            delta_top1_pts=None if not labelled else 0.0 if is_reference else (acc.top1 - ref_acc.top1) * 100,
             top1_agreement=1.0 if is_reference else agree.top1_agreement,
             mean_kl=0.0 if is_reference else agree.mean_kl,
             max_abs_diff=0.0 if is_reference else agree.max_abs_diff,
@@ -203,7 +209,7 @@ def verify_run(
     failures = tuple(_gate(rows[1:], config))
 
     notes = [
-        f"{ref_acc.num_images} validation images, preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
+        f"{ref_acc.num_images} {'validation' if labelled else 'unlabelled calibration (no labelled data: agreement only)'} images, preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
         "Δ top-1 in points vs the reference; agreement = share of images with the reference's top-1 class; "
         "KL(reference || artifact) of the softmax outputs.",
         "Latency: p50/p99 at batch 1 on this machine (fixed-batch artifacts at their batch size); "
@@ -252,7 +258,7 @@ def _weights_bytes(path: Path) -> int:
 def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
     failures = []
     for r in rows:
-        if r.skipped or r.top1 is None:
+        if r.skipped:
             continue
         label = r.name if r.origin == "local" else f"{r.name} @ {r.origin.split(':', 1)[1]}"
         if config.max_accuracy_drop is not None and r.delta_top1_pts is not None and -r.delta_top1_pts > config.max_accuracy_drop:

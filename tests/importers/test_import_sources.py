@@ -160,3 +160,56 @@ def test_imagenet_folders_answer_to_index_name_synonym_and_wordnet_id(tmp_path: 
     aliases = imagenet_aliases(names)
     assert aliases["espresso"] == 967 and aliases["tabby cat"] == 281 and aliases["n07920052"] == 967
     assert "crane" not in aliases  # two classes: ambiguous, so only the index names them
+
+
+def test_without_labelled_data_export_and_verify_compare_by_agreement(small_weights: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from edge_tl.export import ExportConfig, Precision, export_run
+    from edge_tl.verify import VerifyConfig, verify_run
+
+    calib = tmp_path / "calib"
+    _digit_folder(tmp_path / "digits", ["a", "b"], per_class=3)
+    calib.mkdir()
+    for image in sorted((tmp_path / "digits").rglob("*.png")):
+        image.rename(calib / f"{image.parent.name}-{image.name}")
+    result = import_model(_request(tmp_path, small_weights, calib_data=calib))
+
+    exported = export_run(result.run_dir, config=ExportConfig(precisions=(Precision.FP32,)))
+    assert exported.models[0].parity.num_images == 6 and exported.models[0].metrics()["parity_val_top1"] is None
+
+    with pytest.raises(ConfigError, match="--max-accuracy-drop needs labelled images"):
+        verify_run(result.run_dir, config=VerifyConfig(measure_latency=False, max_accuracy_drop=1.0))
+    report = verify_run(result.run_dir, config=VerifyConfig(measure_latency=False, min_agreement=0.99))
+    row = report.row("onnx-fp32")
+    assert row.num_images == 6 and row.top1 is None and row.delta_top1_pts is None and row.top1_agreement == 1.0
+    assert "agreement only" in report.table()
+
+
+def test_without_any_images_verify_says_what_to_add(small_weights: Path, tmp_path: Path) -> None:
+    from edge_tl.verify import VerifyConfig, verify_run
+
+    result = import_model(_request(tmp_path, small_weights))
+    with pytest.raises(DataError, match="import with --val-data DIR or --calib-data DIR"):
+        verify_run(result.run_dir, config=VerifyConfig(measure_latency=False))
+
+
+def test_a_timm_architecture_with_wrapped_keys_keeps_timms_contract(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    from edge_tl.models import load_run_model
+    from edge_tl.runs import Run
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()
+    # DDP around a torch.compile'd model
+    torch.save({f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pth")
+    result = import_model(ImportRequest(kind="pytorch", out=tmp_path / "run", backbone="timm:test_resnet",
+                                        weights=tmp_path / "w.pth", preprocessing=PreprocessingOptions(img_size=64)))
+    run = Run.open(result.run_dir)
+    assert run.get("source")["stripped_prefixes"] == ["module.", "_orig_mod."]
+    # timm's pretrained config for test_resnet, with only the size replaced
+    assert run.get("preprocessing") == {"input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                                        "interpolation": "bilinear", "crop_pct": 0.95, "resize_size": 67}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(load_run_model(run)(x), model(x))
