@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_tl.artifacts import VERIFY_REPORT, reference_artifact
 from edge_tl.bench.api import BenchConfig, Budget, benchmark
 from edge_tl.bench.env import fingerprint
-from edge_tl.artifacts import VERIFY_REPORT, reference_artifact
 from edge_tl.errors import ConfigError, EdgeTLError, RunError, ToleranceError
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
