@@ -129,7 +129,7 @@ def imagenet_aliases(names: tuple[str, ...]) -> dict[str, int]:
 
     aliases: dict[str, int] = {}
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
+    for name in names:
         for synonym in (s.strip() for s in name.split(",")):
             seen[synonym] = seen.get(synonym, 0) + 1
     for i, name in enumerate(names):
