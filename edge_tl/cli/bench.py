@@ -22,7 +22,7 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
 
 @click.command()
 @click.argument("target", metavar="ARTIFACT-or-RUN", type=click.Path(exists=True, path_type=Path))
-@click.option("--artifact", default=None, help="With a run directory: the artifact to time (default: checkpoint-best).")
+@click.option("--artifact", default=None, help="With a run directory: the artifact to time (default: the original model, checkpoint-best or an imported ONNX).")
 @click.option("--backend", default=None,
               help="Backend (default by the model's kind: torch, onnxruntime, tensorrt). 'trtexec' times an engine "
                    "with NVIDIA's trtexec instead (with --cuda-graph: --useCudaGraph), to compare with our runner.")

@@ -60,6 +60,6 @@ def export(
     for m in result.models:
         click.echo(
             f"{m.name}: {m.path}  max|Δlogit| {m.parity.max_abs_diff:.2e}  mean {m.parity.mean_abs_diff:.2e}  "
-            f"top-1 agreement {m.parity.top1_agreement * 100:.2f}% on {m.parity.num_images} images  "
-            f"val top-1 {m.accuracy.top1 * 100:.2f}%"
+            f"top-1 agreement {m.parity.top1_agreement * 100:.2f}% on {m.parity.num_images} images"
+            + (f"  val top-1 {m.accuracy.top1 * 100:.2f}%" if m.accuracy.num_images else "  (unlabelled images)")
         )

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": ("edge_tl.cli.quickstart", "quickstart", "Run the whole loop on the built-in digits data."),
     "backbones": ("edge_tl.cli.backbones", "backbones", "List the available backbones."),
     "finetune": ("edge_tl.cli.finetune", "finetune", "Fine-tune a pretrained backbone on your images."),
+    "import": ("edge_tl.cli.import_", "import_", "Turn a model trained elsewhere (weights, pretrained, ONNX) into a run."),
     "evaluate": ("edge_tl.cli.evaluate", "evaluate", "Evaluate a run's best checkpoint on its validation set."),
     "export": ("edge_tl.cli.export", "export", "Export a run's model to ONNX (FP32 and FP16) with a parity check."),
     "quantize": ("edge_tl.cli.quantize", "quantize", "Calibrate and quantize a run's ONNX model to INT8 (or FP16)."),

@@ -19,7 +19,8 @@ import click
 @click.option("--min-agreement", type=float, default=None, metavar="FRACTION",
               help="Fail if an artifact agrees with the original's top-1 on less than this share of images (e.g. 0.99).")
 @click.option("--artifact", "artifacts", multiple=True, help="Verify only these artifacts (repeatable; default: every onnx/engine).")
-@click.option("--reference", default="checkpoint-best", show_default=True, help="The original model's checkpoint artifact.")
+@click.option("--reference", default=None,
+              help="The artifact to compare with (default: the run's original model, checkpoint-best or an imported ONNX).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many validation images.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -30,7 +31,7 @@ import click
 @click.option("--quiet", is_flag=True, help="Print only the table.")
 def verify(
     run_dir: Path, max_accuracy_drop: float | None, gate: str, significance_level: float, min_agreement: float | None, artifacts: tuple[str, ...],
-    reference: str, batch_size: int, max_images: int | None, device: str, threads: int | None,
+    reference: str | None, batch_size: int, max_images: int | None, device: str, threads: int | None,
     latency_iterations: int, no_latency: bool, quiet: bool,
 ) -> None:
     """Compare every ONNX model and engine of RUN with the original model; write verify/report.*."""

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edge_tl import __version__
+from edge_tl import __version__, artifacts
 from edge_tl.compile.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
@@ -48,11 +48,11 @@ def plan_dir(target: Target, precision: Precision) -> str:
 
 
 def engine_artifact_name(target: Target, precision: Precision) -> str:
-    return f"engine-{target.name}-{precision.value}"
+    return artifacts.engine(target.name, precision.value)
 
 
 def plan_artifact_name(target: Target, precision: Precision) -> str:
-    return f"build-plan-{target.name}-{precision.value}"
+    return artifacts.build_plan(target.name, precision.value)
 
 
 def timing_cache_path(target: Target, release: TrtRelease) -> str:

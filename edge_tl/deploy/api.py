@@ -34,6 +34,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edge_tl.artifacts import ArtifactKind, reference_artifact
 from edge_tl.deploy.bundle import Bundle, bundle_artifact_name, bundle_dir, make_bundle
 from edge_tl.deploy.evalpack import DEFAULT_IMAGES, EvalPack
 from edge_tl.deploy.probe import DeviceProbe, check_probe, probe_device
@@ -208,8 +209,9 @@ def compute_reference(run: Run, bundle: Bundle) -> Reference:
     from edge_tl.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
-    has_original = run.has_artifact("checkpoint-best")
-    checkpoint = run.artifact("checkpoint-best").sha256 if has_original else ""
+    reference = reference_artifact(run)
+    has_original = run.has_artifact(reference)
+    checkpoint = run.artifact(reference).sha256 if has_original else ""
     images = pack.content_digest()
     # Cached per (images, model): a fleet, another target or a re-deploy does not run the models again.
     cache = run.path("deploy", ".reference")
@@ -227,9 +229,10 @@ def compute_reference(run: Run, bundle: Bundle) -> Reference:
         return value
 
     def original() -> Any:
-        if is_available("torch") and has_original:
-            return _run_pack(open_runner(run, artifact="checkpoint-best"), pack)
-        log.warning("the original model cannot run here (needs torch and checkpoint-best): no accuracy delta")
+        runs_here = has_original and is_available("torch" if run.artifact(reference).kind == ArtifactKind.CHECKPOINT else "onnxruntime")
+        if runs_here:
+            return _run_pack(open_runner(run, artifact=reference), pack)
+        log.warning("the original model cannot run here (needs %s and its runtime): no accuracy delta", reference)
         return None
 
     def local() -> Any:

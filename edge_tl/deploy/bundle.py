@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl import __version__
+from edge_tl.artifacts import onnx_int8
 from edge_tl.deploy.evalpack import DEFAULT_CHUNK, DEFAULT_IMAGES, write_eval_pack
 from edge_tl.deploy.sync import check_relpath
 from edge_tl.errors import RunError
@@ -128,7 +129,7 @@ def _model_for(run: Run, target: Target, precision: Precision, *, tensorrt: str 
         write_plan(run, plan)
         return plan.source.onnx, plan.source.calib_cache, plan
     if precision is Precision.INT8:
-        name = f"onnx-int8-{target.calibration_recipe.value}"
+        name = onnx_int8(target.calibration_recipe.value)
         how = f"edge-tl quantize {run.root} --recipe {target.calibration_recipe.value}"
     else:
         name = f"onnx-{precision.value}"

@@ -17,7 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_tl.errors import ConfigError, DataError, ToleranceError
+from edge_tl.artifacts import CHECKPOINT_BEST, ONNX_FP16, ONNX_FP32, ArtifactKind, reference_artifact
+from edge_tl.errors import ConfigError, ToleranceError
 from edge_tl.export.onnx_export import (
     BATCH_DIM,
     DEFAULT_OPSET,
@@ -43,7 +44,7 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
-ARTIFACT_NAMES = {Precision.FP32: "onnx-fp32", Precision.FP16: "onnx-fp16"}
+ARTIFACT_NAMES = {Precision.FP32: ONNX_FP32, Precision.FP16: ONNX_FP16}
 FILE_NAMES = {Precision.FP32: "model.fp32.onnx", Precision.FP16: "model.fp16.onnx"}
 
 
@@ -80,7 +81,7 @@ class ExportConfig:
     batch_size: int = 1  # the fixed batch of a static-batch export
     exporter: Exporter = Exporter.TORCHSCRIPT
     fp16_io: bool = False  # float16 inputs/outputs in the FP16 model (default: float32 kept)
-    checkpoint: str = "checkpoint-best"
+    checkpoint: str = CHECKPOINT_BEST
     parity_images: int | None = 1000  # None = the whole validation set
     parity_batch_size: int = 32
     fp32_tolerance: ParityTolerance = FP32_TOLERANCE
@@ -121,7 +122,7 @@ class ExportedModel:
             "parity_mean_kl": self.parity.mean_kl,
             "parity_num_outside_tolerance": self.parity.num_outside_tolerance,
             "parity_tolerance": self.tolerance.to_dict(),
-            "parity_val_top1": self.accuracy.top1,
+            "parity_val_top1": self.accuracy.top1 if self.accuracy.num_images else None,
             "parity_runtime": "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU",
         }
 
@@ -159,12 +160,17 @@ def export_run(
 
     say = progress or (lambda _msg: None)
     run = Run.open(run_dir)
+    if run.artifact(reference_artifact(run)).kind == ArtifactKind.ONNX:
+        return _export_from_onnx(run, config, say)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     classes = run.require("classes", stage=STAGE)
     model = load_run_model(run, checkpoint=config.checkpoint)
     samples = list(split_from_run(run).val)
-    if not samples:
-        raise DataError(f"run {str(run.root)!r} has no validation images; export parity is measured on them")
+    labelled = bool(samples)
+    if not labelled:  # a run imported without labelled images: parity needs images, not labels
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
     if config.parity_images is not None:
         samples = samples[: config.parity_images]
 
@@ -213,7 +219,8 @@ def export_run(
                     for p, runner in candidates.items():
                         logits = runner.run(images)
                         agreement[p].update(ref_logits, logits)
-                        accuracy[p].update(logits, labels)
+                        if labelled:
+                            accuracy[p].update(logits, labels)
             finally:
                 for runner in candidates.values():
                     runner.__exit__(None, None, None)
@@ -273,3 +280,59 @@ def export_run(
             "Check the model for export-unfriendly layers, or loosen the tolerance if the difference is expected."
         )
     return ExportResult(run.root, tuple(results), static_layers)
+
+
+def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]) -> ExportResult:
+    """A run imported from ONNX: its FP32 model is the imported file, kept as it is; FP16 is
+    converted from it and held to the FP16 tolerance against it, as an exported FP16 is."""
+    from edge_tl._lazy import lazy_import
+    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.models import Preprocessing
+    from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
+
+    onnx = lazy_import("onnx", purpose="FP16 conversion")
+    reference = run.artifact(reference_artifact(run))
+    say(f"{reference.name} is the imported ONNX model: not re-exported")
+    if Precision.FP16 not in config.precisions:
+        return ExportResult(run.root, (), 0)
+    prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
+    samples = list(split_from_run(run).val)
+    labelled = bool(samples)
+    if not labelled:
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
+    if config.parity_images is not None:
+        samples = samples[: config.parity_images]
+    fp32_path = run.artifact_path(reference.name, check_hash=True)
+    fp16 = convert_to_fp16(onnx.load(str(fp32_path)), keep_io_types=not config.fp16_io)
+    out_dir = run.path("export")
+    tol = config.tolerance(Precision.FP16)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+        path = save_model(fp16, Path(tmp) / FILE_NAMES[Precision.FP16])
+        agreement, accuracy = AgreementAccumulator(atol=tol.atol or 0.0, rtol=tol.rtol), AccuracyAccumulator()
+        cpu = RunnerOptions(device=Device.CPU)
+        say(f"FP16 parity on {len(samples)} validation images")
+        with OnnxRuntimeRunner(fp32_path, name=reference.name, options=cpu, optimization=GraphOptimization.BASIC) as ref, \
+                OnnxRuntimeRunner(path, name=ONNX_FP16, options=cpu, optimization=GraphOptimization.BASIC) as half:
+            for images, labels in iter_batches(samples, prep, config.parity_batch_size):
+                ref_logits, logits = ref.run(images), half.run(images)
+                agreement.update(ref_logits, logits)
+                if labelled:
+                    accuracy.update(logits, labels)
+        parity = agreement.result()
+        failures = _check(parity, tol)
+        exported = ExportedModel(ONNX_FP16, Precision.FP16, None if failures else out_dir / FILE_NAMES[Precision.FP16],
+                                 parity, accuracy.result(), tol, failures)
+        if failures:
+            raise ToleranceError(f"export refused {ONNX_FP16} (nothing written for it): {', '.join(failures)} on "
+                                 f"{parity.num_images} images against the imported {reference.name}")
+        os.replace(path, exported.path)
+    signature = io_signature(fp16)
+    details = {**reference.details, "input_dtype": signature["inputs"][0]["dtype"],
+               "output_dtype": signature["outputs"][0]["dtype"], "source": reference.name, "ops": graph_op_types(fp16),
+               "tool_versions": tool_versions("onnx", "onnxruntime")}
+    run.add_artifact(ONNX_FP16, kind=ArtifactKind.ONNX.value, path=exported.path, stage=STAGE, precision="fp16",
+                     details=details, metrics={**exported.metrics(), "parity_runtime":
+                                               "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32"})
+    return ExportResult(run.root, (exported,), 0)

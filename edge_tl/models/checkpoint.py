@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl._lazy import lazy_import
+from edge_tl.artifacts import CHECKPOINT_BEST, CHECKPOINT_LAST
 from edge_tl.errors import RunError
 from edge_tl.runs import Run, atomic_write_bytes
 
 CHECKPOINT_FORMAT = "edge-tl-checkpoint"
 CHECKPOINT_VERSION = 1
-BEST = "checkpoint-best"
-LAST = "checkpoint-last"
+BEST = CHECKPOINT_BEST
+LAST = CHECKPOINT_LAST
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:

@@ -177,16 +177,19 @@ def build_model(
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     spec = get_backbone(name)
     imagenet = weights.source is WeightsSource.IMAGENET
-    builder: Callable[..., Any] = {"torchvision": _build_torchvision, "timm": _build_timm, "bundled": _build_bundled}[
-        spec.source
-    ]
-    model = builder(spec, imagenet=imagenet)
+    model = _BUILDERS[spec.source](spec, imagenet=imagenet)
     replace_head(model, num_classes)
     if weights.source is WeightsSource.FILE and weights.path is not None:
         # After the head swap, so a file with the user's class count restores its head too;
         # a file with another head (e.g. ImageNet's) restores everything but the head.
         load_weights_file(model, weights.path)
     return model
+
+
+def build_pretrained(name: str) -> Any:
+    """Backbone ``name`` with its pretrained weights and its own pretrained head, as published."""
+    spec = get_backbone(name)
+    return _BUILDERS[spec.source](spec, imagenet=True)
 
 
 def _build_torchvision(spec: BackboneSpec, *, imagenet: bool) -> Any:
@@ -238,6 +241,9 @@ def _build_bundled(spec: BackboneSpec, *, imagenet: bool) -> Any:
         source = torch.load(bundled_lite0_weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(map_by_position(source, model.state_dict()))
     return model
+
+
+_BUILDERS: dict[str, Callable[..., Any]] = {"torchvision": _build_torchvision, "timm": _build_timm, "bundled": _build_bundled}
 
 
 def map_by_position(source: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_tl._lazy import lazy_import
+from edge_tl.artifacts import ONNX_FP16, ONNX_FP32, ArtifactKind, calib_cache, calib_table, onnx_int8, reference_artifact
 from edge_tl.errors import ConfigError, DataError, RunError, ToleranceError
 from edge_tl.quantize import calibrate, graph, qdq_onnxruntime, qdq_tensorrt, trt_cache
 from edge_tl.quantize.observers import TensorRange
@@ -41,7 +42,7 @@ from edge_tl.runs import (
 )
 
 STAGE = "quantize"
-SOURCE_ARTIFACT = "onnx-fp32"
+SOURCE_ARTIFACT = ONNX_FP32
 DEFAULT_RECIPE = "onnxruntime-cpu-int8"
 MODEL_FILE = "model.int8.onnx"
 TABLE_FILE = "calibration_table.json"
@@ -152,9 +153,15 @@ def _top1(session: Any, samples: Sequence[Any], prep: Any, batch_size: int) -> f
 
 
 def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int, threads: int | None) -> float:
-    """Top-1 of the original fine-tuned PyTorch model: the reference every artifact is judged by."""
+    """Top-1 of the original model: the reference every artifact is judged by (the fine-tuned or
+    imported PyTorch model, or for an ONNX import the imported ONNX FP32 model)."""
     from edge_tl.data import iter_batches
     from edge_tl.models import load_run_model
+
+    reference = run.artifact(reference_artifact(run))
+    if reference.kind == ArtifactKind.ONNX:
+        onnx = lazy_import("onnx", purpose="measuring the original model's accuracy")
+        return _top1(_session(onnx.load(str(run.artifact_path(reference.name, check_hash=True))), threads), samples, prep, batch_size)
 
     torch = lazy_import("torch", purpose="measuring the original model's accuracy")
     model = load_run_model(run)
@@ -256,7 +263,7 @@ def quantize_run(
         "num_bins": recipe.calibration.num_bins,
         "num_samples": len(samples),
         "requested_samples": num_samples,
-        "data": str(config.calib_data) if config.calib_data is not None else "run training split",
+        "data": str(config.calib_data or (run.get("data") or {}).get("calib_source") or "run training split"),
         "seed": config.seed,
     }
     table_path = atomic_write_json(
@@ -265,7 +272,7 @@ def quantize_run(
          "model": source.path, "model_sha256": source.sha256, "calibration": calib_info,
          "tensors": {name: r.to_dict() for name, r in ranges.items()}},
     )
-    table_name, artifacts = f"calib-table-{recipe.name}", [f"calib-table-{recipe.name}"]
+    table_name, artifacts = calib_table(recipe.name), [calib_table(recipe.name)]
     run.add_artifact(table_name, kind="calibration-table", path=table_path, stage=STAGE,
                      details={"recipe": recipe.name, "source": SOURCE_ARTIFACT, "calibration": calib_info, "num_tensors": len(ranges)})
 
@@ -274,7 +281,8 @@ def quantize_run(
 
     val = list(split_from_run(run).val)
     if not val:
-        raise DataError(f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them")
+        raise DataError(f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them "
+                        "(for an imported run: import again with --val-data DIR)")
 
     def build(float_layers: Sequence[str]) -> Any:
         if recipe.output is OutputFormat.QDQ_TENSORRT:
@@ -320,7 +328,7 @@ def quantize_run(
 
     model_path = atomic_write_bytes(out_dir / MODEL_FILE, final.SerializeToString())
     status = {True: "passing", False: "failing", None: "no-budget"}[met]
-    name = f"onnx-int8-{recipe.name}"
+    name = onnx_int8(recipe.name)
     details = dict(source.details)
     details.update({
         "source": SOURCE_ARTIFACT,
@@ -386,7 +394,7 @@ def _write_cache(run: Run, recipe: Recipe, model: Any, ranges: dict[str, TensorR
     if unknown:
         raise RunError(f"calibration produced names that are not tensors of the FP32 ONNX: {unknown[:5]}")
     path = trt_cache.write_cache(out_dir / CACHE_FILE, cache)
-    name = f"calib-cache-{recipe.name}"
+    name = calib_cache(recipe.name)
     run.add_artifact(name, kind="calibration-cache", path=path, stage=STAGE, precision="int8", details={
         "recipe": recipe.to_dict(), "source": SOURCE_ARTIFACT, "calibration": calib_info,
         "header": f"TRT-{version}-{recipe.cache.algorithm}", "num_tensors": len(cache.scales),
@@ -420,12 +428,12 @@ def _fp16(run: Run, say: Callable[[str], None]) -> QuantizeResult:
     """FP16 comes from export (same conversion, same parity check); made here only if missing."""
     from edge_tl.export import ExportConfig, Precision, export_run
 
-    if run.has_artifact("onnx-fp16"):
+    if run.has_artifact(ONNX_FP16):
         say("onnx-fp16 already exists (made by export); nothing to do")
-        art = run.artifact("onnx-fp16")
-        return QuantizeResult(run.root, "fp16", QuantPrecision.FP16, ("onnx-fp16",), model_path=run.root / art.path,
+        art = run.artifact(ONNX_FP16)
+        return QuantizeResult(run.root, "fp16", QuantPrecision.FP16, (ONNX_FP16,), model_path=run.root / art.path,
                               notes=("already produced by export",))
     say("producing onnx-fp16 with export's FP16 conversion and parity check")
     result = export_run(run.root, config=ExportConfig(precisions=(Precision.FP16,)), progress=say)
-    path = next(m.path for m in result.models if m.name == "onnx-fp16")
-    return QuantizeResult(run.root, "fp16", QuantPrecision.FP16, ("onnx-fp16",), model_path=path)
+    path = next(m.path for m in result.models if m.name == ONNX_FP16)
+    return QuantizeResult(run.root, "fp16", QuantPrecision.FP16, (ONNX_FP16,), model_path=path)

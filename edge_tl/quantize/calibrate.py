@@ -86,6 +86,8 @@ def calibration_samples(run: Run, *, calib_data: str | os.PathLike[str] | None, 
 
     if num_samples < 1:
         raise DataError(f"--calib-samples must be >= 1, got {num_samples}")
+    # An imported run has no training split; `edge-tl import --calib-data` recorded its folder instead.
+    calib_data = calib_data if calib_data is not None else (run.get("data") or {}).get("calib_source")
     if calib_data is not None:
         pool = samples_from_dir(calib_data, run.require("classes", stage="calibration"))
     else:

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edge_tl.artifacts import reference_artifact
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run
 from edge_tl.runtime.base import InputSpec, Runner, RunnerOptions
 
 # File suffix -> artifact kind, for model files given outside a run.
 _SUFFIX_KINDS = {".onnx": "onnx", ".engine": "engine", ".plan": "engine", ".trt": "engine"}
-
-DEFAULT_ARTIFACT = "checkpoint-best"
 
 
 @dataclass(frozen=True)
@@ -122,10 +121,10 @@ register_backend(
 
 
 def resolve_source(target: str | os.PathLike[str] | Run, *, artifact: str | None = None) -> ModelSource:
-    """A run directory (+ artifact name, default the best checkpoint) or a model file."""
+    """A run directory (+ artifact name, default the run's reference model) or a model file."""
     if isinstance(target, Run) or Run.exists(target):
         run = target if isinstance(target, Run) else Run.open(target)
-        record = run.artifact(artifact or DEFAULT_ARTIFACT)
+        record = run.artifact(artifact or reference_artifact(run))
         return ModelSource(kind=record.kind, name=record.name, path=run.artifact_path(record.name), run=run, artifact=record)
     path = Path(target)
     if artifact is not None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_tl.artifacts import VERIFY_REPORT, reference_artifact
 from edge_tl.bench.api import BenchConfig, Budget, benchmark
 from edge_tl.bench.env import fingerprint
-from edge_tl.errors import ConfigError, DataError, EdgeTLError, RunError, ToleranceError
+from edge_tl.errors import ConfigError, EdgeTLError, RunError, ToleranceError
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
 from edge_tl.runtime.registry import open_runner
@@ -29,12 +30,12 @@ from edge_tl.verify.report import VerifyRow, format_table, write_reports
 STAGE = "verify"
 VERIFIED_KINDS = ("onnx", "engine")
 DEPLOY_RESULT_FILE = "accuracy.json"
-REPORT_ARTIFACT = "verify-report"
+REPORT_ARTIFACT = VERIFY_REPORT
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    reference: str = "checkpoint-best"
+    reference: str | None = None  # None: the run's reference (edge_tl.artifacts.reference_artifact)
     artifacts: tuple[str, ...] | None = None  # None: every artifact of a verified kind
     batch_size: int = 32
     max_images: int | None = None  # None: the whole validation set
@@ -117,12 +118,20 @@ def verify_run(
     run = Run.open(run_dir)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     samples = list(split_from_run(run).val)
-    if not samples:
-        raise DataError(f"run {str(run.root)!r} has no validation images to verify on")
+    labelled = bool(samples)
+    if not labelled:  # a run imported without labelled images: agreement with the reference only
+        from edge_tl.importers.api import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
+        if config.max_accuracy_drop is not None:
+            raise ConfigError(f"--max-accuracy-drop needs labelled images and run {str(run.root)!r} has none; "
+                              "gate on --min-agreement, or import again with --val-data DIR")
     if config.max_images is not None:
         samples = samples[: config.max_images]
 
-    records = [a for a in run.artifacts() if a.kind in VERIFIED_KINDS]
+    reference_name = config.reference or reference_artifact(run)
+    # An imported ONNX model is itself the reference: it is not compared with itself.
+    records = [a for a in run.artifacts() if a.kind in VERIFIED_KINDS and a.name != reference_name]
     if config.artifacts is not None:
         known = {a.name for a in records}
         unknown = [n for n in config.artifacts if n not in known]
@@ -131,7 +140,7 @@ def verify_run(
         records = [a for a in records if a.name in config.artifacts]
 
     options = RunnerOptions(device=config.device, threads=config.threads)
-    reference_record = run.artifact(config.reference)
+    reference_record = run.artifact(reference_name)
     reference = _Candidate(
         reference_record.name, reference_record.kind, "fp32", run.artifact_path(reference_record.name),
         open_runner(run, artifact=reference_record.name, options=options),
@@ -190,9 +199,9 @@ def verify_run(
             backend=backends[c.name],
             origin="local",
             num_images=acc.num_images,
-            top1=acc.top1,
-            top5=acc.top5,
-            delta_top1_pts=0.0 if is_reference else (acc.top1 - ref_acc.top1) * 100,
+            top1=acc.top1 if labelled else None,
+            top5=acc.top5 if labelled else None,
+            delta_top1_pts=None if not labelled else 0.0 if is_reference else (acc.top1 - ref_acc.top1) * 100,
             top1_agreement=1.0 if is_reference else agree.top1_agreement,
             mean_kl=0.0 if is_reference else agree.mean_kl,
             max_abs_diff=0.0 if is_reference else agree.max_abs_diff,
@@ -209,7 +218,7 @@ def verify_run(
     failures = tuple(_gate(rows[1:], config))
 
     notes = [
-        f"{ref_acc.num_images} validation images, preprocessing {prep.input_size}px; reference: `{reference.name}` (PyTorch).",
+        f"{ref_acc.num_images} {'validation' if labelled else 'unlabelled calibration (no labelled data: agreement only)'} images, preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
         "Δ top-1 in points vs the reference; agreement = share of images with the reference's top-1 class; "
         "KL(reference || artifact) of the softmax outputs.",
         "Latency: p50/p99 at batch 1 on this machine (fixed-batch artifacts at their batch size); "
@@ -269,7 +278,7 @@ def _weights_bytes(path: Path) -> int:
 def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
     failures = []
     for r in rows:
-        if r.skipped or r.top1 is None:
+        if r.skipped:
             continue
         label = r.label
         if config.max_accuracy_drop is not None and r.delta_top1_pts is not None and -r.delta_top1_pts > config.max_accuracy_drop:

@@ -1,0 +1,83 @@
+"""The one interface of an import source, and the options every source shares.
+
+A source reads what the user brought (a weights file, a pretrained backbone, an ONNX
+file), checks it completely, and hands back a :class:`SourceModel`: the class count
+its head has, the preprocessing contract, the manifest sections it knows, and a
+``write`` function that stores the reference model into the run. Nothing is written
+before every check of the source, the labels and the data has passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from edge_tl.errors import ConfigError
+from edge_tl.models.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from edge_tl.runs import Artifact, Run
+
+STAGE = "import"
+
+
+@dataclass(frozen=True)
+class PreprocessingOptions:
+    """Explicit preprocessing given on the command line (``None``: not given)."""
+
+    img_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        names = {"img_size": "input_size"}
+        return {names.get(k, k): v for k, v in self.__dict__.items() if v is not None}
+
+    def over(self, contract: Preprocessing) -> Preprocessing:
+        """The backbone's contract with every explicitly given field replaced."""
+        return Preprocessing.from_dict({**contract.to_dict(), **self.given()})
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What the user asked ``edge-tl import`` for; ``kind`` names the registered source."""
+
+    kind: str
+    out: Path
+    backbone: str | None = None
+    weights: Path | None = None
+    onnx: Path | None = None
+    labels: Path | None = None
+    val_data: Path | None = None
+    calib_data: Path | None = None
+    preprocessing: PreprocessingOptions = PreprocessingOptions()
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A checked model, ready to be written into a run."""
+
+    kind: str
+    num_classes: int
+    preprocessing: Preprocessing
+    #: class names the source itself knows (the ImageNet names of a kept ImageNet head)
+    class_names: tuple[str, ...] | None
+    #: the manifest's ``backbone`` section
+    backbone: dict[str, Any]
+    #: extra fields of the manifest's ``source`` section (file, sha256, keys used...)
+    details: dict[str, Any]
+    #: stores the reference model into the run and records it; returns its record
+    write: Callable[["Run"], "Artifact"]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def require_file(path: Path | None, *, flag: str) -> Path:
+    if path is None:
+        raise ConfigError(f"{flag} is required for this source")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{flag} {str(path)!r} is not a file")
+    return path
