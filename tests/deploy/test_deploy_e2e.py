@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from edge_tl.runs import Run
 pytestmark = pytest.mark.ssh
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = dict(eval_images=64, iterations=20, warmup=2)
+# The loopback device's Python is the one under test, named explicitly: whatever `python3`
+# the login shell finds first (a pyenv shim, another venv) may lack onnxruntime.
+QUICK = dict(eval_images=64, iterations=20, warmup=2, remote_python=sys.executable)
 NASTY = "run dir; it's \"x\" $(id)"
 
 
@@ -87,6 +90,7 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
         "deploy", str(run_copy), "--host", sshd.alias, "--target", "x86-64", "--precision", "fp32",
         "--ssh-config", str(ssh_lab.client_config), "--remote-dir", str(remote), "--wheel", str(edge_tl_wheel),
         "--eval-images", "64", "--iterations", "20", "--warmup", "2", "--json", str(tmp_path / "out.json"),
+        "--remote-python", sys.executable,
     ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -122,7 +126,8 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert (remote / "current" / "bundle.json").is_file()
     assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
     # Remote writes stayed inside the remote directory.
-    assert sorted(p.name for p in remote.iterdir()) == ["current", "releases", "results", "venv"]
+    # (the marker that makes the folder edge-tl's, and the finished device jobs' status and output)
+    assert sorted(p.name for p in remote.iterdir()) == [".edge-tl-deploy", "current", "jobs", "releases", "results", "venv"]
     _assert_no_secrets(run_copy, ssh_lab)
     _assert_no_secrets(remote, ssh_lab)
 
@@ -184,7 +189,8 @@ def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_
     stopped.stop()
     try:
         inventory = tmp_path / "fleet.toml"
-        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n']
+        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n'
+                 f'remote_python = "{sys.executable}"\n']
         for i, server in enumerate((sshd, second, stopped)):
             lines.append(f'[[device]]\nname = "dev{i}"\nhost = "{server.alias}"\nremote_dir = "{tmp_path}/remote{i}"\n')
         inventory.write_text("\n".join(lines))

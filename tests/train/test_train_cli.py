@@ -115,3 +115,17 @@ def test_issue_done_when_command_reaches_095(tmp_path: Path, capsys) -> None:
     )
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["metrics"]["val_top1"] >= 0.95
+
+
+def test_finetune_refuses_to_overwrite_an_existing_run(tmp_path: Path, capsys) -> None:
+    """The CLI's safety default: an --out that holds a run is never written over (--resume must be asked for)."""
+    out = tmp_path / "r"
+    run = Run.create(out, classes=["a", "b"], training={"config": {}, "status": "complete"})
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "best.pt").write_bytes(b"hours of work")
+    before = (out / "manifest.json").read_bytes()
+    code, _, err = _cli(capsys, "finetune", "--data", "digits", "--out", str(out), "--quiet", "--epochs", "1",
+                        "--freeze-epochs", "0", "--backbone", "timm:test_efficientnet", "--no-pretrained")  # fmt: skip
+    assert code == 1 and "already holds a run; choose another --out" in err and "Traceback" not in err
+    assert (out / "manifest.json").read_bytes() == before
+    assert (out / "checkpoints" / "best.pt").read_bytes() == b"hours of work" and run.get("classes") == ["a", "b"]

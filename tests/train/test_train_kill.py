@@ -71,3 +71,31 @@ def test_kill_between_checkpoint_writes_leaves_a_consistent_run_and_resume_finis
     assert run.get("training")["status"] == "complete"
     assert load_checkpoint(last)["epoch"] == 2
     assert run.artifact("checkpoint-best").details["epoch"] == load_checkpoint(best)["epoch"] == whole.best_epoch
+
+
+def test_resume_keeps_the_best_checkpoint_state_and_the_early_stopping_count(tmp_path: Path, digit_folder) -> None:
+    """Best top-1, best epoch and the epochs-without-improvement count all survive an interruption."""
+    # A learning rate this small cannot move a random network: the best epoch is the first,
+    # and every later epoch counts towards early stopping, across the interruption.
+    settings = dict(TINY, data=str(digit_folder(per_class=10)), epochs=5, freeze_epochs=0, patience=3, lr=1e-9)
+    whole = finetune(FinetuneConfig(out=str(tmp_path / "whole"), **settings))
+    assert whole.best_epoch == 1 and whole.stopped_early and whole.epochs_run == 4  # the scenario this test needs
+
+    def interrupt_after_epoch_2(record) -> None:
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    split = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(out=str(split), **settings), callbacks=[interrupt_after_epoch_2])
+    resumed = finetune(FinetuneConfig(out=str(split), resume=True, **settings))
+    # Losing best top-1 would make epoch 3 "best"; losing the count would run epoch 5.
+    assert (resumed.best_epoch, resumed.best_val_top1, resumed.epochs_run, resumed.stopped_early) == (
+        whole.best_epoch, whole.best_val_top1, whole.epochs_run, whole.stopped_early)
+    a, b = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
+    assert (a["best_top1"], a["best_epoch"], a["bad_epochs"]) == (b["best_top1"], b["best_epoch"], b["bad_epochs"]) == (
+        whole.best_val_top1, 1, 3)
+    assert load_checkpoint(split / "checkpoints" / "best.pt")["epoch"] == 1
+    run = Run.open(split)
+    assert run.artifact("checkpoint-best").details["epoch"] == 1
+    assert run.get("training")["best_epoch"] == 1 and run.get("metrics") == Run.open(tmp_path / "whole").get("metrics")
