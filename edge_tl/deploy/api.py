@@ -52,6 +52,7 @@ log = logging.getLogger("edge_tl.deploy")
 STAGE = "deploy"
 ACCURACY_FILE = "accuracy.json"  # read by edge_tl.verify.read_deploy_results (format in docs/design.md)
 # Files a measurement brings back; each replaces the previous one only once the whole deploy succeeded.
+FAILED_DIR = "failed"  # what the last failed measurement brought back (logs), apart from the good results
 RESULT_FILES = ("build.log", "result.json", "bench.json", LOGITS, "trtexec_bench.log", "trtexec_times.json",
                 "tegrastats.log", "tegrastats.json")  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -183,9 +184,7 @@ class DeployResult:
 
     def manifest_details(self) -> dict[str, Any]:
         return {"target": self.target, "mode": self.mode, "backend": self.backend, "remote_dir": self.remote_dir,
-                "bundle_digest": self.bundle_digest, "device": self.device,
-                "sync": SyncReport(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.sync.items()}).summary()
-                if self.sync else None}  # fmt: skip
+                "bundle_digest": self.bundle_digest, "device": self.device, "sync": self.sync.get("summary")}  # fmt: skip
 
     def manifest_metrics(self) -> dict[str, Any]:
         return {"top1": self.top1, "reference_top1": self.reference_top1, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
@@ -375,7 +374,8 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=out))
     try:
         session = DeviceSession(ssh=ssh, remote_dir=remote_dir, results=results, stamp=stamp, incoming=incoming,
-                                probe=probe, config=config, bundle=bundle, target=target, wheel=wheel)  # fmt: skip
+                                failed=out / FAILED_DIR, probe=probe, config=config, bundle=bundle, target=target,
+                                wheel=wheel)  # fmt: skip
         locked = config.lock_clocks and probe.has_tool("jetson_clocks")
         if locked:
             ssh.run(sh_script(_CLOCKS, remote_dir, "lock", CLOCKS_FILE), what="jetson_clocks", check=True)
@@ -396,6 +396,11 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
         pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
         scores = _score(incoming, pack, reference)
         _settle(incoming, out)
+    except BaseException:
+        # Kept apart for diagnosis (the errors name these files); the good results stay as they were.
+        shutil.rmtree(out / FAILED_DIR, ignore_errors=True)
+        os.replace(incoming, out / FAILED_DIR)
+        raise
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     for warning in warnings:
@@ -408,7 +413,7 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
         top1=accuracy["top1"], reference_top1=original["accuracy"]["top1"] if original else None,
         local_top1=local["accuracy"]["top1"] if local else None,
         top1_agreement=original["agreement"]["top1_agreement"] if original else None,
-        result_dir=run.relpath(out), sync=report.to_dict(), artifact=measured.artifact, kind=measured.kind,
+        result_dir=run.relpath(out), sync={**report.to_dict(), "summary": report.summary()}, artifact=measured.artifact, kind=measured.kind,
         batch_size=measured.batch_size, num_images=accuracy["num_images"], top5=accuracy["top5"],
         mean_kl=original["agreement"]["mean_kl"] if original else None,
         max_abs_diff=original["agreement"]["max_abs_diff"] if original else None,

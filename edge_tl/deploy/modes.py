@@ -69,6 +69,7 @@ class DeviceSession:
     results: str  # the device's results folder of this deploy, relative to remote_dir
     stamp: str
     incoming: Path  # local folder for what is brought back
+    failed: Path  # where ``incoming`` is kept when the measurement fails (error messages point there)
     probe: DeviceProbe
     config: DeployConfig
     bundle: Bundle
@@ -108,7 +109,7 @@ def _read_json(path: Path, *, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RemoteError(f"{what} from the device is not valid JSON ({exc}); see {path}") from exc
+        raise RemoteError(f"{what} from the device is not valid JSON ({exc})") from exc
 
 
 def _number(data: dict[str, Any], key: str, *, where: str) -> float:
@@ -226,7 +227,9 @@ class TrtexecMode:
         if build.returncode != 0:
             log_path = incoming / "build.log"
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:]) if log_path.exists() else ""
-            raise RemoteError(f"{ssh.endpoint}: the engine build failed (exit {build.returncode}); log in {log_path}:\n{tail}")
+            raise RemoteError(
+                f"{ssh.endpoint}: the engine build failed (exit {build.returncode}); log in {session.failed / 'build.log'}:\n{tail}"
+            )
 
         model = bundle.model
         shape = model["input_shape"]
@@ -242,7 +245,9 @@ class TrtexecMode:
         atomic_write_bytes(incoming / "trtexec_bench.log", timed.stdout)
         parsed = parse_log(timed.text)
         if timed.returncode != 0 or not parsed.passed:
-            raise RemoteError(f"{ssh.endpoint}: trtexec timing failed (exit {timed.returncode}); log in {incoming / 'trtexec_bench.log'}")
+            raise RemoteError(
+                f"{ssh.endpoint}: trtexec timing failed (exit {timed.returncode}); log in {session.failed / 'trtexec_bench.log'}"
+            )
         records = None
         if session.fetch(["times.json"]):
             records = _read_json(incoming / "times.json", what="trtexec's --exportTimes file")

@@ -224,3 +224,84 @@ def test_tegrastats_summary_both_layouts():
     assert six["hottest_c"] == 45.5 and "RAM" not in six["power"] and "SWAP" not in six["power"]
     four = summarize(jetpack4)
     assert four["total_power_mean_mw"] == 2000 and four["max_temperature_c"]["CPU"] == 23.5
+
+
+_SLOW_AGENT = """
+import time
+with open({counter!r}, "a") as fh:
+    fh.write("run\\n")
+time.sleep(3)  # the link is cut meanwhile
+from edge_tl.deploy.remote_agent_real import main
+main()
+"""
+
+_BAD_RESULT_AGENT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+out.mkdir(parents=True, exist_ok=True)
+(out / "result.json").write_text(json.dumps({"artifact": "onnx-fp32"}))
+(out / "bench.json").write_text("{}")
+np.save(out / "logits.npy", np.zeros((64, 10), dtype=np.float32))
+"""
+
+_NO_NUMPY_AGENT = """
+import sys
+sys.modules["numpy"] = None  # as on a device whose interpreter has no numpy
+from edge_tl.deploy.remote_agent_real import main
+main()
+"""
+
+
+def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path):
+    """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing replaced."""
+    import threading
+    import time
+
+    control = tmp_path / "link"
+    control.mkdir()
+    proxied = tmp_path / "ssh_config"
+    proxied.write_text(ssh_lab.client_config.read_text().replace(
+        f"Host {sshd.alias}\n",
+        f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {REPO / 'tests' / 'deploy' / 'slow_link.py'} {sshd.port} {control}\n",
+    ))  # fmt: skip
+    remote = tmp_path / "remote"
+    options = ssh_lab.options(config_file=proxied, retries=4, backoff_s=0.4)
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=options, remote_dir=str(remote), wheel=edge_tl_wheel, **QUICK)
+    first = deploy(run_copy, sshd.alias, config)
+    agent = next(remote.glob("venv/lib/python*/site-packages/edge_tl/deploy/remote_agent.py"))
+    shutil.copy(agent, agent.with_name("remote_agent_real.py"))
+
+    counter = tmp_path / "agent-runs"
+    agent.write_text(_SLOW_AGENT.format(counter=str(counter)))
+
+    def cut_while_measuring() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not counter.exists():
+            time.sleep(0.02)
+        (control / "down").write_text("")
+        time.sleep(1.5)
+        (control / "down").unlink()
+
+    cutter = threading.Thread(target=cut_while_measuring)
+    cutter.start()
+    again = deploy(run_copy, sshd.alias, config)
+    cutter.join()
+    assert counter.read_text() == "run\n"  # measured once on the device, not once per connection
+    assert again.ok and again.top1 == first.top1 and again.num_images == 64
+
+    out = run_copy / "deploy" / sshd.alias
+    kept = {name: (out / name).read_bytes() for name in ("result.json", "bench.json", "logits.npy", "accuracy.json")}
+    agent.write_text(_BAD_RESULT_AGENT)
+    with pytest.raises(RemoteError, match="result.json from the device has no 'kind'"):
+        deploy(run_copy, sshd.alias, config)
+    agent.write_text(_NO_NUMPY_AGENT)
+    with pytest.raises(RemoteError) as info:
+        deploy(run_copy, sshd.alias, config)
+    message = str(info.value)
+    assert "'numpy' is not importable by" in message and "pip install numpy" in message
+    assert "Traceback" not in message and "\n" not in message
+    # Neither failure replaced the last good result.
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert not list(out.glob(".incoming-*"))
