@@ -29,14 +29,23 @@ def build_wheel(dest: str | os.PathLike[str]) -> Path:
         )
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    # No build isolation: the installed setuptools is used, so no index is needed here either.
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(root)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wheels = sorted(dest.glob("edge_tl-*.whl"), key=lambda p: p.stat().st_mtime)
+    # No build isolation first: the installed setuptools is used, so no index is needed. A
+    # setuptools too old to build wheels (a fresh venv's) falls back to pip's isolated build,
+    # which fetches the build requirements from the index.
+    wheels: list[Path] = []
+    for isolation in (["--no-build-isolation"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet", "-w", str(dest), str(root)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        wheels = sorted(dest.glob("edge_tl-*.whl"), key=lambda p: p.stat().st_mtime)
+        if proc.returncode == 0 and wheels:
+            break
     if proc.returncode != 0 or not wheels:
-        raise RunError(f"building the edge-tl wheel failed (pip exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        raise RunError(
+            f"building the edge-tl wheel failed (pip exit {proc.returncode}): {proc.stderr.strip()[-800:]} "
+            "Install setuptools>=70.1 here, or pass --wheel"
+        )
     return wheels[-1]
 
 

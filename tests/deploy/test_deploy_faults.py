@@ -215,8 +215,8 @@ def test_device_result_without_what_deploy_reads_is_a_remote_error(data, message
 def test_exported_logits_are_checked_against_the_class_count():
     good = json.dumps([{"name": "logits", "dimensions": "2x3", "values": list(range(6))}]).encode()
     assert exported_logits(good, output="logits", count=2, classes=3, where="x").shape == (2, 3)
-    with pytest.raises(RemoteError, match="6 values are not 3 rows of 2 class logits"):
-        exported_logits(good, output="logits", count=3, classes=2, where="x")
+    with pytest.raises(RemoteError, match="6 values are not 2 rows of 4 class logits"):
+        exported_logits(good, output="logits", count=2, classes=4, where="x")  # a model with another head
     for bad in (b"not json", b"\xff\xfe", b'{"a": 1}', b"[]"):
         with pytest.raises(RemoteError, match="is not trtexec --exportOutput JSON"):
             exported_logits(bad, output="logits", count=2, classes=3, where="x")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_tl.deploy.ssh import SshTransport
-from edge_tl.deploy.sync import check_relpath, check_remote_dir, sync_bundle
+from edge_tl.deploy.sync import MARKER, check_relpath, check_remote_dir, sync_bundle
 from edge_tl.errors import ConfigError, RemoteError
 
 pytestmark = pytest.mark.ssh
@@ -133,6 +133,7 @@ def test_damaged_partial_upload_is_caught_by_verification(sshd, ssh_lab, tmp_pat
     remote = tmp_path / "remote"
     stage = remote / "staging" / _digest(files)
     stage.mkdir(parents=True)
+    (remote / MARKER).write_text("")  # left by an earlier edge-tl copy into this folder
     # A leftover partial file whose bytes are wrong: resuming it cannot produce the right file.
     (stage / "model.onnx.part").write_bytes(b"garbage" * 100)
     with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
