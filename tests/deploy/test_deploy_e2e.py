@@ -19,7 +19,7 @@ from edge_tl.deploy import (
     deploy,
     make_bundle,
 )
-from edge_tl.errors import RemoteError
+from edge_tl.errors import RemoteError, RunError
 from edge_tl.runs import Run
 
 pytestmark = pytest.mark.ssh
@@ -79,7 +79,7 @@ def test_bundle_contents_and_tar(run_copy, capsys):
     assert run.artifact("bundle-x86-64-fp32").details["digest"] == bundle.digest
     # Tampering is detected.
     (bundle.root / "labels.txt").write_text("changed\n")
-    with pytest.raises(Exception, match="labels.txt"):
+    with pytest.raises(RunError, match="labels.txt missing or changed since it was made; rebuild it"):
         Bundle.load(bundle.root)
 
 
