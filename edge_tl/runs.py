@@ -20,12 +20,15 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +37,8 @@ from edge_tl import __version__
 from edge_tl.errors import RunError
 
 MANIFEST_NAME = "manifest.json"
+# Taken (flock) around every read-change-write of the manifest, by every process and thread.
+MANIFEST_LOCK_NAME = ".manifest.lock"
 SCHEMA_VERSION = 1
 
 
@@ -178,6 +183,37 @@ def tool_versions(*names: str) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the run
 
+# flock is advisory and per open file: a lock file opened anew by each writer excludes
+# other processes and other threads alike. Windows has no fcntl; there only threads are excluded.
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows
+    _fcntl = None  # type: ignore[assignment]
+_THREAD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing); yields False when busy and not ``blocking``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if _fcntl is None:
+            yield True
+            return
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | (0 if blocking else _fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            _fcntl.flock(fd, _fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
 
 class Run:
     """A run directory. Create with :meth:`create` (finetune) or :meth:`open` (every later stage)."""
@@ -201,12 +237,16 @@ class Run:
         }
         manifest.update(sections)
         run = cls(root, manifest)
-        run.save()
+        with run._locked():
+            run._write()
         return run
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "Run":
-        root = Path(root)
+        return cls(Path(root), cls._read(Path(root)))
+
+    @staticmethod
+    def _read(root: Path) -> dict[str, Any]:
         path = root / MANIFEST_NAME
         if not root.is_dir():
             raise RunError(
@@ -229,7 +269,7 @@ class Run:
                 f"{SCHEMA_VERSION}. Upgrade edge-tl."
             )
         manifest.setdefault("artifacts", {})
-        return cls(root, manifest)
+        return manifest
 
     @staticmethod
     def exists(root: str | os.PathLike[str]) -> bool:
@@ -255,18 +295,50 @@ class Run:
 
     def update(self, **sections: Any) -> None:
         """Set top-level sections and save atomically."""
-        for key, value in sections.items():
+        for key in sections:
             if key in ("artifacts", "schema_version"):
                 raise ValueError(f"use add_artifact to change {key!r}")
-            self._manifest[key] = copy.deepcopy(value)
-        self.save()
+
+        def change(manifest: dict[str, Any]) -> None:
+            for key, value in sections.items():
+                manifest[key] = copy.deepcopy(value)
+
+        self._change(change)
 
     def save(self) -> None:
+        """Write this object's sections and artifacts over what another process saved meanwhile (merged)."""
+        mine = copy.deepcopy(self._manifest)
+
+        def change(manifest: dict[str, Any]) -> None:
+            artifacts = {**manifest.get("artifacts", {}), **mine.get("artifacts", {})}
+            manifest.update(mine)
+            manifest["artifacts"] = artifacts
+
+        self._change(change)
+
+    def reload(self) -> None:
+        with self._locked():
+            self._manifest = Run._read(self.root)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with _THREAD_LOCK, file_lock(self.root / MANIFEST_LOCK_NAME):
+            yield
+
+    def _write(self) -> None:
         self._manifest["updated"] = now_iso()
         atomic_write_json(self.root / MANIFEST_NAME, self._manifest)
 
-    def reload(self) -> None:
-        self._manifest = Run.open(self.root)._manifest
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Reload the manifest, apply ``change`` and write it, all under the run's lock.
+
+        Two processes (two quantize recipes, two deploys) that each add a record then both
+        keep theirs: each change is applied to the manifest as the other left it.
+        """
+        with self._locked():
+            self._manifest = Run._read(self.root) if (self.root / MANIFEST_NAME).is_file() else self._manifest
+            change(self._manifest)
+            self._write()
 
     # ---- paths
 
@@ -313,17 +385,18 @@ class Run:
         record = artifact.to_dict()
         if _INVOCATION is not None:
             record["command"] = _INVOCATION
-        self._manifest["artifacts"][name] = record
-        self.save()
+        self._change(lambda manifest: manifest["artifacts"].__setitem__(name, record))
         return artifact
 
     def update_artifact_metrics(self, name: str, metrics: dict[str, Any]) -> Artifact:
-        record = self._manifest["artifacts"].get(name)
-        if record is None:
-            raise RunError(f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(self._manifest['artifacts'])}")
-        record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
-        self.save()
-        return Artifact.from_dict(record)
+        def change(manifest: dict[str, Any]) -> None:
+            record = manifest["artifacts"].get(name)
+            if record is None:
+                raise RunError(f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(manifest['artifacts'])}")
+            record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
+
+        self._change(change)
+        return Artifact.from_dict(self._manifest["artifacts"][name])
 
     def artifact(self, name: str) -> Artifact:
         record = self._manifest["artifacts"].get(name)

@@ -18,8 +18,10 @@ import click
 @click.option("--mode", type=click.Choice(["auto", "python", "trtexec"]), default="auto", show_default=True,
               help="auto: python when TensorRT's Python package imports on the device, trtexec when only trtexec "
                    "is there, else python with ONNX Runtime.")
-@click.option("--name", default=None, help="Name of the device's results folder deploy/<name>/ (default: the host).")
-@click.option("--remote-dir", default=None, help="Directory on the device (default: edge-tl/<run name> in the login directory).")
+@click.option("--name", default=None,
+              help="Device name: its results folder deploy/<name>/ and its device folder (default: the host).")
+@click.option("--remote-dir", default=None,
+              help="Directory on the device (default: edge-tl/<run name>/<name> in the login directory).")
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the device (python mode).")
 @click.option("--accept-new-host-key", is_flag=True,
               help="Add an unknown host key to known_hosts on first contact (a changed key is still refused).")
@@ -40,6 +42,8 @@ import click
 @click.option("--no-device-check", is_flag=True, help="Deploy even when the device does not match the target profile.")
 @click.option("--lock-clocks", is_flag=True, help="Jetson: `sudo -n jetson_clocks` while timing, restored afterwards.")
 @click.option("--no-tegrastats", is_flag=True, help="Do not sample power/temperature with tegrastats while measuring.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Seconds each long device command (build, timing, evaluation) may run; it is then stopped there.")
 @click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Devices deployed at once (--fleet).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--quiet", is_flag=True, help="Print only the result.")
@@ -47,7 +51,7 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
            name: str | None, remote_dir: str | None, remote_python: str, accept_new_host_key: bool,
            ssh_config: Path | None, identity_file: Path | None, known_hosts: Path | None, connect_timeout: int,
            retries: int, eval_images: int, iterations: int, warmup: int, batch_size: int, threads: int | None,
-           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool, jobs: int,
+           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool, timeout_s: float, jobs: int,
            json_path: Path | None, quiet: bool) -> None:  # fmt: skip
     """Deploy a run to a device (or a fleet) over SSH; build, time and check accuracy there."""
     from edge_tl.deploy import (
@@ -73,7 +77,7 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
     settings = dict(mode=Mode(mode), remote_dir=remote_dir, remote_python=remote_python, ssh=ssh, eval_images=eval_images,
                     iterations=iterations, warmup=warmup, batch_size=batch_size, threads=threads, tensorrt=tensorrt,
                     wheel=wheel, check_device=not no_device_check, lock_clocks=lock_clocks,
-                    tegrastats=not no_tegrastats)  # fmt: skip
+                    tegrastats=not no_tegrastats, timeout_s=timeout_s)  # fmt: skip
     if fleet is not None:
         base = {k: v for k, v in settings.items() if k != "wheel"}
         base.update({k: v for k, v in (("target", target), ("precision", precision)) if v is not None})

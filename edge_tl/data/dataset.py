@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from edge_tl._lazy import lazy_import
 from edge_tl.data.images import IMAGE_EXTENSIONS, is_image_file, open_image
 from edge_tl.data.preprocess import preprocess
 from edge_tl.errors import ConfigError, DataError
+
+log = logging.getLogger("edge_tl.data")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -163,6 +166,19 @@ def _scan_folder(root: Path, *, role: str) -> tuple[tuple[str, ...], dict[str, l
         raise DataError(f"{role} {str(root)!r} is not a directory; give a folder with one subfolder per class")
     entries = sorted((e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name)
     class_dirs = [e for e in entries if e.is_dir()]
+    # Class names become lines of labels.txt and keys everywhere: a control character (a
+    # newline shifts every later label) cannot be carried safely.
+    bad = [e.name for e in class_dirs if any(ord(c) < 32 or ord(c) == 127 for c in e.name)]
+    if bad:
+        raise DataError(
+            f"{role} directory {str(root)!r} has class folder(s) {', '.join(repr(b) for b in bad)} whose names hold "
+            "control characters (a newline, a tab...); rename them"
+        )
+    folded: dict[str, list[str]] = {}
+    for e in class_dirs:
+        folded.setdefault(e.name.casefold(), []).append(e.name)
+    for same in (names for names in folded.values() if len(names) > 1):
+        log.warning("class folders %s of %s differ only in case: they are kept as different classes", same, root)
     if not class_dirs:
         loose = sum(1 for e in entries if e.is_file() and is_image_file(e.name))
         hint = f" (it holds {loose} images directly: move them into one subfolder per class)" if loose else ""

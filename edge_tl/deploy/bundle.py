@@ -32,7 +32,7 @@ from edge_tl import __version__
 from edge_tl.artifacts import onnx_int8
 from edge_tl.deploy.evalpack import DEFAULT_CHUNK, DEFAULT_IMAGES, write_eval_pack
 from edge_tl.deploy.sync import check_relpath
-from edge_tl.errors import RunError
+from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import (
     Artifact,
     Run,
@@ -164,7 +164,8 @@ def make_bundle(
     target = load_target(target)
     precision = target.check_precision(precision)
     onnx, cache, plan = _model_for(run, target, precision, tensorrt=tensorrt)
-    final = Path(out) if out is not None else bundle_dir(run, target, precision)
+    final = (Path(out) if out is not None else bundle_dir(run, target, precision)).resolve()
+    _check_replaceable(final, run.root)
     work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -222,7 +223,7 @@ def make_bundle(
             },
             "reference_metrics": dict(run.get("metrics") or {}),
             "build_plan": plan_record,
-            "eval": {"dir": EVAL_DIR, "num_images": pack.num_images, "chunk": pack.chunks[0].count, "classes": len(classes)},
+            "eval": {"dir": EVAL_DIR, "num_images": pack.num_images, "requested": eval_images, "chunk": pack.chunks[0].count, "classes": len(classes)},
             "files": files,
         }
         atomic_write_json(work / MANIFEST, manifest)
@@ -247,6 +248,23 @@ def make_bundle(
         run.add_artifact(bundle_artifact_name(target, precision), kind="bundle", path=final, stage=STAGE,
                          precision=precision.value, details=details)  # fmt: skip
     return bundle
+
+
+def _check_replaceable(final: Path, run_root: Path) -> None:
+    """Refuse a bundle folder whose replacement would delete what edge-tl did not make."""
+    root = run_root.resolve()
+    if final == root or root.is_relative_to(final):
+        raise ConfigError(
+            f"bundle folder {str(final)!r} is the run folder {str(root)!r} or above it; writing the bundle there "
+            "would delete the run. Give --out a new folder, e.g. RUN/bundle/<name> or a folder outside the run."
+        )
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise ConfigError(f"bundle folder {str(final)!r} exists and is not a folder; give --out a new folder")
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST).is_file():
+        raise ConfigError(
+            f"bundle folder {str(final)!r} is not empty and holds no {MANIFEST}, so edge-tl did not make it and will "
+            "not replace it; give --out a new or empty folder"
+        )
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -32,6 +32,7 @@ from edge_tl.deploy.api import (
     Mode,
     Reference,
     build_wheel,
+    check_device_name,
     compute_reference,
     deploy_host,
     prepare_bundle,
@@ -67,6 +68,8 @@ def _settings(table: dict[str, Any], *, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown setting {key!r}; known: name, host, {', '.join(_SETTINGS)}")
         if not isinstance(value, _SETTINGS[key]) or (isinstance(value, bool) and _SETTINGS[key] is not bool):
             raise ConfigError(f"{where}: {key} = {value!r} should be a {_SETTINGS[key].__name__}")
+        if key == "mode" and value not in {m.value for m in Mode}:
+            raise ConfigError(f"{where}: mode = {value!r} is not one of {', '.join(m.value for m in Mode)}")
         out[key] = Mode(value) if key == "mode" else value
     return out
 
@@ -89,16 +92,21 @@ def load_inventory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[D
     unknown = set(data) - {"defaults", "device"}
     if unknown:
         raise ConfigError(f"{str(path)!r}: unknown table(s) {sorted(unknown)}; an inventory has [defaults] and [[device]]")
+    if not isinstance(data.get("defaults", {}), dict):
+        raise ConfigError(f"{str(path)!r}: defaults must be a table ([defaults])")
     defaults = _settings(data.get("defaults", {}), where=f"{path} [defaults]")
+    entries = data.get("device", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{str(path)!r}: each device is a [[device]] table (two brackets), not [device]")
     devices: list[Device] = []
-    for i, entry in enumerate(data.get("device", [])):
+    for i, entry in enumerate(entries):
         where = f"{path} [[device]] #{i + 1}"
         if not isinstance(entry.get("host"), str):
             raise ConfigError(f"{where}: needs host = \"[user@]HOST[:PORT]\"")
         SshEndpoint.parse(entry["host"])
-        name = str(entry.get("name") or SshEndpoint.parse(entry["host"]).label)
-        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ConfigError(f"{where}: name {name!r} may only hold letters, digits, '-', '_' and '.'")
+        if "name" in entry and not isinstance(entry["name"], str):
+            raise ConfigError(f"{where}: name = {entry['name']!r} should be a string")
+        name = check_device_name(entry.get("name") or SshEndpoint.parse(entry["host"]).label, where=f"{where}: name")
         if name in {d.name for d in devices}:
             raise ConfigError(f"{where}: name {name!r} is used twice; names label deploy/<name>/ and must be unique")
         devices.append(Device(name, entry["host"], _settings(entry, where=where)))

@@ -118,8 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     os.umask(0o022)
-    result = run_agent(args.bundle, args.out, runtime=args.runtime, warmup=args.warmup, iterations=args.iterations,
-                       batch_size=args.batch_size, threads=args.threads)  # fmt: skip
+    from edge_tl.errors import EdgeTLError
+
+    try:
+        result = run_agent(args.bundle, args.out, runtime=args.runtime, warmup=args.warmup, iterations=args.iterations,
+                           batch_size=args.batch_size, threads=args.threads)  # fmt: skip
+    except ModuleNotFoundError as exc:
+        # One line the workstation shows as it is: which module, which interpreter, the fix.
+        raise SystemExit(
+            f"{exc.name!r} is not importable by {sys.executable} on the device: install it for that Python "
+            f"(pip install {exc.name}), or deploy with --remote-python set to an interpreter that has it"
+        ) from None
+    except EdgeTLError as exc:
+        raise SystemExit(" ".join(str(exc).split())) from None
     print(json.dumps({"ok": True, "out": str(args.out), "backend": result["backend"]}))
 
 

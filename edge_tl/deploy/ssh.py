@@ -36,11 +36,27 @@ from edge_tl.errors import ConfigError, MissingDependency, RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
 
-# ssh exits 255 for its own errors (connection, authentication, host key); any other
-# status is the remote command's.
+# ssh exits 255 for its own errors (connection, authentication, host key), and passes on
+# the remote command's status otherwise, which may be 255 too. Every remote command ends by
+# printing its status after this tag on stderr, so a command that exits 255 is told apart
+# from a lost connection (no tag).
 SSH_ERROR = 255
+_EXIT_TAG = "@@edge-tl-exit"
+_EXIT_TRAILER = f'; s=$?; printf "\\n{_EXIT_TAG} %d\\n" "$s" >&2; exit "$s"'
+_EXIT_RE = re.compile(rf"\n?{_EXIT_TAG} (\d+)\n?$")
 
-_HOST_RE = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^@:\s/\[\]]+)(?::(?P<port>\d+))?$")
+# A Unix socket path holds at most 104 bytes (macOS; 108 on Linux), and ssh binds
+# ControlPath plus a 17-character random suffix first. ``%C`` is 40 characters.
+_SOCKET_PATH_MAX = 103
+_CONTROL_SUFFIX = 1 + 40 + 17
+
+# Only characters a host name, an ~/.ssh/config alias or a login name can hold: ssh expands
+# %h into ProxyCommand, which older OpenSSH (< 9.6) runs in a shell, so `$()`, backticks,
+# quotes and the like must never reach it. IPv6 goes in brackets.
+_HOST_RE = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>\d+))?$"
+)
 
 
 class HostKeyPolicy(str, Enum):
@@ -63,8 +79,9 @@ class SshEndpoint:
         match = _HOST_RE.match(text.strip())
         if not text.strip() or match is None or match.group("host").startswith("-"):
             raise ConfigError(
-                f"{text!r} is not a host: give [user@]HOST[:PORT], e.g. jetson, nvidia@10.0.0.5 or "
-                "nvidia@orin.local:2222 (an alias from ~/.ssh/config works too)"
+                f"{text!r} is not a host: give [user@]HOST[:PORT] with letters, digits, '.', '_' and '-' only "
+                "(IPv6 in brackets), e.g. jetson, nvidia@10.0.0.5 or nvidia@orin.local:2222 (an alias from "
+                "~/.ssh/config works too)"
             )
         port = match.group("port")
         if port is not None and not 0 < int(port) < 65536:
@@ -172,8 +189,9 @@ class SshTransport:
 
     def __enter__(self) -> SshTransport:
         if self.options.multiplex and self._control_dir is None:
-            # A private directory: the control socket grants access to the connection.
-            self._control_dir = tempfile.mkdtemp(prefix="etl-ssh-")
+            self._control_dir = _control_dir()
+            if self._control_dir is None:
+                log.info("no temporary folder short enough for ssh's control socket: one connection per command")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -204,11 +222,12 @@ class SshTransport:
             "-o", "ServerAliveCountMax=3",
         ]  # fmt: skip
         if o.known_hosts_file is not None:
-            argv += ["-o", f"UserKnownHostsFile={o.known_hosts_file}"]
+            argv += ["-o", f"UserKnownHostsFile={_ssh_quote(str(o.known_hosts_file))}"]
         if o.identity_file is not None:
             argv += ["-i", str(o.identity_file), "-o", "IdentitiesOnly=yes"]
         if self._control_dir is not None:
-            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=120"]
+            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_ssh_quote(self._control_dir)}/%C",
+                     "-o", "ControlPersist=120"]  # fmt: skip
         if self.endpoint.port is not None:
             argv += ["-p", str(self.endpoint.port)]
         if self.endpoint.user is not None:
@@ -235,7 +254,7 @@ class SshTransport:
         ``check``: a non-zero exit of the remote command raises :class:`RemoteError`.
         ``stdin`` as a file object is streamed and never retried (its position moved).
         """
-        command = remote_command(argv)
+        command = remote_command(argv) + _EXIT_TRAILER
         label = what or argv[0]
         attempts = 1 + (self.options.retries if idempotent and not hasattr(stdin, "read") else 0)
         delay = self.options.backoff_s
@@ -255,11 +274,14 @@ class SshTransport:
                     "the link stalled. Re-run the same command: finished steps are kept."
                 ) from exc
             stderr = proc.stderr.decode("utf-8", errors="replace")
-            if proc.returncode != SSH_ERROR:
-                result = RemoteResult(proc.returncode, proc.stdout, stderr)
-                if check and proc.returncode != 0:
+            tagged = _EXIT_RE.search(stderr)
+            if tagged is not None or proc.returncode != SSH_ERROR:
+                status = int(tagged.group(1)) if tagged is not None else proc.returncode
+                stderr = stderr[: tagged.start()] if tagged is not None else stderr
+                result = RemoteResult(status, proc.stdout, stderr)
+                if check and status != 0:
                     raise RemoteError(
-                        f"{self.endpoint}: {label} failed with exit status {proc.returncode}: {_tail(stderr or result.text)}"
+                        f"{self.endpoint}: {label} failed with exit status {status}: {_tail(stderr or result.text)}"
                     )
                 return result
             failure = _classify(stderr)
@@ -280,8 +302,7 @@ class SshTransport:
             return RemoteError(
                 f"{who}: the host key CHANGED (device now offers {fp.group(0) if fp else 'an unknown key'}); "
                 f"this is refused even with --accept-new-host-key. If the device was re-flashed, remove the old key "
-                f"with `ssh-keygen -R {self.resolved().get('hostname', self.endpoint.host)}`{kh} and connect again; otherwise "
-                "someone may be intercepting the connection."
+                f"with `{self.forget_key_command()}` and connect again; otherwise someone may be intercepting the connection."
             )
         if failure is _Failure.UNKNOWN_KEY:
             fps = self.offered_fingerprints()
@@ -306,6 +327,15 @@ class SshTransport:
             f"{who}: connection lost after {attempts} attempt(s) ({_tail(stderr, 1) or 'ssh exit 255'}). "
             "Re-run the same command: a copy resumes where it stopped."
         )
+
+    def forget_key_command(self) -> str:
+        """The ``ssh-keygen -R`` line that removes this host's known_hosts entry (``[host]:port`` off port 22)."""
+        conf = self.resolved()
+        host = conf.get("hostname", self.endpoint.host)
+        port = conf.get("port", str(self.endpoint.port or 22))
+        entry = host if port == "22" else f"[{host}]:{port}"
+        known = self.options.known_hosts_file
+        return f"ssh-keygen -R {shlex.quote(entry)}" + (f" -f {shlex.quote(str(known))}" if known is not None else "")
 
     def resolved(self) -> dict[str, str]:
         """The effective ssh settings for this host (``ssh -G``), resolving aliases."""
@@ -340,6 +370,26 @@ class SshTransport:
             if len(parts) >= 2:
                 found.append(f"{parts[1]} ({parts[-1].strip('()')})")
         return found
+
+
+def _ssh_quote(value: str) -> str:
+    """A value for ``ssh -o KEY=VALUE``: double-quoted (spaces), with ``%`` escaped from ssh's token expansion."""
+    if '"' in value:
+        raise ConfigError(f"ssh cannot be given a path holding a double quote: {value!r}")
+    return '"' + value.replace("%", "%%") + '"'
+
+
+def _control_dir() -> str | None:
+    """A private folder for ssh's control socket whose path fits a Unix socket, or None."""
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        if len(base) + len("/etl-xxxxxxxx") + _CONTROL_SUFFIX > _SOCKET_PATH_MAX or '"' in base:
+            continue
+        try:
+            # Private (0700): the control socket grants access to the connection.
+            return tempfile.mkdtemp(prefix="etl-", dir=base)
+        except OSError:
+            continue
+    return None
 
 
 def _tail(text: str, lines: int = 3) -> str:

@@ -41,6 +41,10 @@ from edge_tl.errors import ConfigError, RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
 
+# Marks a device folder as edge-tl's (only such a folder's releases/, staging/ and results/
+# are ever replaced or deleted); it is also the file a deploy holds its flock on.
+MARKER = ".edge-tl-deploy"
+
 # Files up to this size are sent in one batch; larger ones one by one, resumable by byte.
 BATCH_MAX_BYTES = 1 << 20
 _SAFE_NAME = re.compile(r"^[^\x00-\x1f\\]+$")
@@ -110,6 +114,29 @@ class _Probe:
     partial: dict[str, int] = field(default_factory=dict)
 
 
+# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make.
+CLAIM = r"""
+if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
+mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; }
+"""
+
+
+def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
+    return ConfigError(
+        f"{host}: {remote_dir} is not empty and edge-tl did not make it (no {MARKER} file): deploy would replace its "
+        "releases/, staging/ and results/. Give --remote-dir a new or empty folder."
+    )
+
+
+def claim_remote_dir(ssh: SshTransport, remote_dir: str) -> None:
+    """Mark ``remote_dir`` as edge-tl's, refusing a non-empty folder that holds no marker."""
+    claimed = ssh.run(sh_script(CLAIM, remote_dir, MARKER), check=False, what="claim of the remote directory")
+    if claimed.returncode == 3:
+        raise foreign_dir_error(ssh.endpoint, remote_dir)
+    if claimed.returncode != 0:
+        raise RemoteError(f"{ssh.endpoint}: cannot create {remote_dir}: {claimed.stderr.strip()}")
+
+
 _PROBE = r"""
 cd -- "$1" 2>/dev/null || exit 0
 stage="staging/$2"; shift 2
@@ -143,9 +170,11 @@ cd -- "$1" || exit 1; shift
 for f in "$@"; do s=$(sha256sum < "$f") && printf '%s\t%s\n' "${s%% *}" "$f" || printf 'missing\t%s\n' "$f"; done
 """
 
+# Safe to send again (a retry after a dropped link): a rename already done is not redone.
 _PUBLISH = r"""
-cd -- "$1" || exit 1
-mkdir -p releases && mv -T -- "staging/$2" "releases/$3" || exit 1
+cd -- "$1" && mkdir -p releases || exit 1
+if [ -d "staging/$2" ]; then mv -T -- "staging/$2" "releases/$3" || exit 1
+elif [ ! -d "releases/$3" ]; then echo "staging/$2 is missing: nothing to publish" >&2; exit 1; fi
 ln -sfn -- "releases/$3" .current.new && mv -Tf -- .current.new current || exit 1
 for d in releases/* staging/*; do [ "$d" = "releases/$3" ] || [ ! -e "$d" ] || rm -rf -- "$d"; done
 rmdir staging 2>/dev/null
@@ -255,6 +284,7 @@ def sync_bundle(
         if path.is_symlink() or not path.is_file():
             raise ConfigError(f"bundle file {str(path)!r} is missing or not a regular file; rebuild the bundle")
     stage = f"staging/{digest}"
+    claim_remote_dir(ssh, remote_dir)
 
     probe = _probe(ssh, remote_dir, digest, names)
     current_ok = probe.current.startswith(digest + "-") and all(probe.in_current.get(n) == files[n][0] for n in names)

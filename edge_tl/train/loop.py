@@ -333,15 +333,17 @@ class _Trainer:
 
     # ---- run directory
 
-    def _check_out(self) -> None:
+    def _check_out(self) -> bool:
+        """Whether this run continues an interrupted one (False: it starts from epoch 0)."""
         exists = Run.exists(self.out)
         if self.config.resume:
-            if not exists or not (self.out / LAST_PATH).is_file():
+            if not exists:
                 raise RunError(
-                    f"--resume: {str(self.out)!r} holds no interrupted run (no manifest or no {LAST_PATH}); "
+                    f"--resume: {str(self.out)!r} holds no interrupted run (no manifest); "
                     "drop --resume to start a new run there"
                 )
-            stored = FinetuneConfig.from_dict(Run.open(self.out).require("training", stage="--resume")["config"])
+            training = Run.open(self.out).require("training", stage="--resume")
+            stored = FinetuneConfig.from_dict(training["config"])
             diff = stored.differences(self.config)
             if diff:
                 listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
@@ -349,10 +351,25 @@ class _Trainer:
                     f"--resume must use the settings the run was started with; these differ ({listed}). "
                     "Repeat the original options, or start a new run with another --out."
                 )
-        elif exists:
-            raise ConfigError(
-                f"{str(self.out)!r} already holds a run; pass --resume to continue it or choose another --out"
+            if not (self.out / LAST_PATH).is_file():
+                if training.get("status") != "running":
+                    raise RunError(
+                        f"--resume: {str(self.out)!r} holds no interrupted run (no {LAST_PATH}); "
+                        "drop --resume and choose another --out"
+                    )
+                # Stopped during epoch 1, before any checkpoint: nothing to continue, and nothing
+                # but what finetune itself wrote there. Start the same run again from epoch 0.
+                self.say(f"{self.out} was stopped before its first checkpoint: starting it again")
+                return False
+            return True
+        if exists:
+            hint = (
+                "pass --resume with the same options to continue it"
+                if (Run.open(self.out).get("training") or {}).get("status") == "running"
+                else "choose another --out"
             )
+            raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
+        return False
 
     # ---- main
 
@@ -372,7 +389,7 @@ class _Trainer:
             )
         if config.sync_bn and hw.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU")
-        self._check_out()
+        resuming = self._check_out()
         spec = get_backbone(config.backbone)
         prep = spec.preprocessing.with_input_size(config.img_size or spec.preprocessing.input_size)
         weights = Weights.parse(config.weights, pretrained=config.weights != "none")
@@ -381,13 +398,13 @@ class _Trainer:
         # Data: rank 0 checks the images and writes split.json; the others read that file,
         # so every process trains on exactly the recorded split.
         split_path = self.out / "split.json"
-        if config.resume:
+        if resuming:
             split = load_split(split_path)
         else:
             if ctx.is_main:
                 split = load_dataset(config.data, val_source=config.val_data, val_split=config.val_split, seed=config.seed)
         run: Run | None = None
-        if ctx.is_main and not config.resume:
+        if ctx.is_main and not resuming:
             self.out.mkdir(parents=True, exist_ok=True)
             save_split(split, split_path)
             run = Run.create(
@@ -401,7 +418,7 @@ class _Trainer:
         elif ctx.is_main:
             run = Run.open(self.out)
         dist_util.barrier(ctx)
-        if not ctx.is_main and not config.resume:
+        if not ctx.is_main and not resuming:
             split = load_split(split_path)
 
         seed_everything(config.seed)
@@ -437,7 +454,7 @@ class _Trainer:
         start_epoch, best_top1, best_epoch, bad_epochs = 0, -1.0, 0, 0
         history: list[EpochRecord] = []
         best_summary: dict[str, Any] = {}
-        if config.resume:
+        if resuming:
             state = load_checkpoint(self.out / LAST_PATH)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -602,10 +619,11 @@ class _Trainer:
     def _save(self, run: Run, payload: dict[str, Any], *, best: bool, record: EpochRecord) -> None:
         from edge_tl.models.checkpoint import BEST, LAST, save_checkpoint
 
-        last = save_checkpoint(self.out / LAST_PATH, payload)
         details = {"epoch": record.epoch, "backbone": self.config.backbone}
         metrics = {"val_top1": record.val_top1, "val_top5": record.val_top5, "val_loss": record.val_loss}
-        run.add_artifact(LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+        # best.pt before last.pt: --resume trusts last.pt's best epoch, so a kill between the
+        # two writes must leave a best.pt at least as new as last.pt says (the epoch is then
+        # run again from the older last.pt, and writes the same best.pt).
         if best:
             # The best checkpoint holds the weights only: it is what later stages load.
             best_path = save_checkpoint(
@@ -613,6 +631,8 @@ class _Trainer:
                 {"model": payload["model"], "epoch": record.epoch, "backbone": payload["backbone"], "classes": payload["classes"]},
             )
             run.add_artifact(BEST, kind="checkpoint", path=best_path, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+        last = save_checkpoint(self.out / LAST_PATH, payload)
+        run.add_artifact(LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics)
 
 
 def _read_history(path: Path) -> list[EpochRecord]:

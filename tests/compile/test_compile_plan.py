@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,8 @@ def test_bench_command_and_version_banner() -> None:
 
 
 def _edge_tl(*args: str) -> subprocess.CompletedProcess:
-    """The real command, as a user runs it."""
-    return subprocess.run(["edge-tl", *args], capture_output=True, text=True, timeout=120)
+    """The real command, as a user runs it, from the Python under test (PATH may lack an unactivated venv's edge-tl)."""
+    return subprocess.run([sys.executable, "-m", "edge_tl", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_jetson_nano_int8_fails_clearly(plan_run: Run) -> None:

@@ -289,3 +289,20 @@ def test_iter_batches_over_digits() -> None:
 def test_bad_batch_size(image_folder) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         next(iter_batches([], PREP, 0))
+
+
+@pytest.mark.parametrize("bad", ["cat\ndog", "tab\there", "bell\x07"])
+def test_class_folder_with_control_characters_is_refused(image_folder, bad: str) -> None:
+    # A newline in a class name would shift every later line of labels.txt (line index = label).
+    root = image_folder({"a": 2, bad: 2})
+    with pytest.raises(DataError, match="control characters") as info:
+        load_dataset(root)
+    assert repr(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_class_folders_differing_only_in_case_are_kept_with_a_warning(image_folder, caplog) -> None:
+    root = image_folder({"Cat": 5, "cat": 5, "dog": 5})
+    with caplog.at_level("WARNING", logger="edge_tl.data"):
+        split = load_dataset(root)
+    assert split.classes == ("Cat", "cat", "dog")
+    assert any("differ only in case" in r.getMessage() and "'Cat'" in r.getMessage() for r in caplog.records)

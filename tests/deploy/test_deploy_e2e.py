@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ from edge_tl.deploy import (
     deploy,
     make_bundle,
 )
-from edge_tl.errors import RemoteError
+from edge_tl.errors import RemoteError, RunError
 from edge_tl.runs import Run
 
 pytestmark = pytest.mark.ssh
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = dict(eval_images=64, iterations=20, warmup=2)
+# The loopback device's Python is the one under test, named explicitly: whatever `python3`
+# the login shell finds first (a pyenv shim, another venv) may lack onnxruntime.
+QUICK = dict(eval_images=64, iterations=20, warmup=2, remote_python=sys.executable)
 NASTY = "run dir; it's \"x\" $(id)"
 
 
@@ -76,7 +79,7 @@ def test_bundle_contents_and_tar(run_copy, capsys):
     assert run.artifact("bundle-x86-64-fp32").details["digest"] == bundle.digest
     # Tampering is detected.
     (bundle.root / "labels.txt").write_text("changed\n")
-    with pytest.raises(Exception, match="labels.txt"):
+    with pytest.raises(RunError, match="labels.txt missing or changed since it was made; rebuild it"):
         Bundle.load(bundle.root)
 
 
@@ -87,6 +90,7 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
         "deploy", str(run_copy), "--host", sshd.alias, "--target", "x86-64", "--precision", "fp32",
         "--ssh-config", str(ssh_lab.client_config), "--remote-dir", str(remote), "--wheel", str(edge_tl_wheel),
         "--eval-images", "64", "--iterations", "20", "--warmup", "2", "--json", str(tmp_path / "out.json"),
+        "--remote-python", sys.executable,
     ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -122,7 +126,8 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert (remote / "current" / "bundle.json").is_file()
     assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
     # Remote writes stayed inside the remote directory.
-    assert sorted(p.name for p in remote.iterdir()) == ["current", "releases", "results", "venv"]
+    # (the marker that makes the folder edge-tl's, and the finished device jobs' status and output)
+    assert sorted(p.name for p in remote.iterdir()) == [".edge-tl-deploy", "current", "jobs", "releases", "results", "venv"]
     _assert_no_secrets(run_copy, ssh_lab)
     _assert_no_secrets(remote, ssh_lab)
 
@@ -184,7 +189,8 @@ def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_
     stopped.stop()
     try:
         inventory = tmp_path / "fleet.toml"
-        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n']
+        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n'
+                 f'remote_python = "{sys.executable}"\n']
         for i, server in enumerate((sshd, second, stopped)):
             lines.append(f'[[device]]\nname = "dev{i}"\nhost = "{server.alias}"\nremote_dir = "{tmp_path}/remote{i}"\n')
         inventory.write_text("\n".join(lines))
@@ -218,3 +224,84 @@ def test_tegrastats_summary_both_layouts():
     assert six["hottest_c"] == 45.5 and "RAM" not in six["power"] and "SWAP" not in six["power"]
     four = summarize(jetpack4)
     assert four["total_power_mean_mw"] == 2000 and four["max_temperature_c"]["CPU"] == 23.5
+
+
+_SLOW_AGENT = """
+import time
+with open({counter!r}, "a") as fh:
+    fh.write("run\\n")
+time.sleep(3)  # the link is cut meanwhile
+from edge_tl.deploy.remote_agent_real import main
+main()
+"""
+
+_BAD_RESULT_AGENT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+out.mkdir(parents=True, exist_ok=True)
+(out / "result.json").write_text(json.dumps({"artifact": "onnx-fp32"}))
+(out / "bench.json").write_text("{}")
+np.save(out / "logits.npy", np.zeros((64, 10), dtype=np.float32))
+"""
+
+_NO_NUMPY_AGENT = """
+import sys
+sys.modules["numpy"] = None  # as on a device whose interpreter has no numpy
+from edge_tl.deploy.remote_agent_real import main
+main()
+"""
+
+
+def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path):
+    """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing replaced."""
+    import threading
+    import time
+
+    control = tmp_path / "link"
+    control.mkdir()
+    proxied = tmp_path / "ssh_config"
+    proxied.write_text(ssh_lab.client_config.read_text().replace(
+        f"Host {sshd.alias}\n",
+        f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {REPO / 'tests' / 'deploy' / 'slow_link.py'} {sshd.port} {control}\n",
+    ))  # fmt: skip
+    remote = tmp_path / "remote"
+    options = ssh_lab.options(config_file=proxied, retries=4, backoff_s=0.4)
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=options, remote_dir=str(remote), wheel=edge_tl_wheel, **QUICK)
+    first = deploy(run_copy, sshd.alias, config)
+    agent = next(remote.glob("venv/lib/python*/site-packages/edge_tl/deploy/remote_agent.py"))
+    shutil.copy(agent, agent.with_name("remote_agent_real.py"))
+
+    counter = tmp_path / "agent-runs"
+    agent.write_text(_SLOW_AGENT.format(counter=str(counter)))
+
+    def cut_while_measuring() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not counter.exists():
+            time.sleep(0.02)
+        (control / "down").write_text("")
+        time.sleep(1.5)
+        (control / "down").unlink()
+
+    cutter = threading.Thread(target=cut_while_measuring)
+    cutter.start()
+    again = deploy(run_copy, sshd.alias, config)
+    cutter.join()
+    assert counter.read_text() == "run\n"  # measured once on the device, not once per connection
+    assert again.ok and again.top1 == first.top1 and again.num_images == 64
+
+    out = run_copy / "deploy" / sshd.alias
+    kept = {name: (out / name).read_bytes() for name in ("result.json", "bench.json", "logits.npy", "accuracy.json")}
+    agent.write_text(_BAD_RESULT_AGENT)
+    with pytest.raises(RemoteError, match="result.json from the device has no 'kind'"):
+        deploy(run_copy, sshd.alias, config)
+    agent.write_text(_NO_NUMPY_AGENT)
+    with pytest.raises(RemoteError) as info:
+        deploy(run_copy, sshd.alias, config)
+    message = str(info.value)
+    assert "'numpy' is not importable by" in message and "pip install numpy" in message
+    assert "Traceback" not in message and "\n" not in message
+    # Neither failure replaced the last good result.
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert not list(out.glob(".incoming-*"))

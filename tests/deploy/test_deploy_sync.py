@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_tl.deploy.ssh import SshTransport
-from edge_tl.deploy.sync import check_relpath, check_remote_dir, sync_bundle
+from edge_tl.deploy.sync import MARKER, check_relpath, check_remote_dir, sync_bundle
 from edge_tl.errors import ConfigError, RemoteError
 
 pytestmark = pytest.mark.ssh
@@ -133,6 +133,7 @@ def test_damaged_partial_upload_is_caught_by_verification(sshd, ssh_lab, tmp_pat
     remote = tmp_path / "remote"
     stage = remote / "staging" / _digest(files)
     stage.mkdir(parents=True)
+    (remote / MARKER).write_text("")  # left by an earlier edge-tl copy into this folder
     # A leftover partial file whose bytes are wrong: resuming it cannot produce the right file.
     (stage / "model.onnx.part").write_bytes(b"garbage" * 100)
     with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
@@ -163,3 +164,20 @@ def test_dropped_link_is_retried_and_resumed_in_the_same_command(sshd, ssh_lab, 
     assert not (control / "drop-once").exists()  # the link really dropped once
     assert report.sent == ("big.bin",) and report.bytes_sent == len(spec["big.bin"])  # nothing sent twice
     assert _remote_tree(remote) == spec
+
+
+def test_publish_sent_again_after_its_rename_still_succeeds(sshd, ssh_lab, tmp_path, local_bundle):
+    """A publish retried after a dropped link finds its rename done and finishes (it used to fail)."""
+    from edge_tl.deploy.ssh import sh_script
+    from edge_tl.deploy.sync import _PUBLISH
+
+    root, spec, files = local_bundle
+    remote = tmp_path / "remote"
+    (remote / "staging" / "abcd1234").mkdir(parents=True)
+    (remote / "staging" / "abcd1234" / "f").write_text("x")
+    with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+        for _ in range(2):  # the first run renamed, then "the link dropped", and it is sent again
+            ssh.run(sh_script(_PUBLISH, str(remote), "abcd1234", "abcd1234-1"))
+        with pytest.raises(RemoteError, match="nothing to publish"):
+            ssh.run(sh_script(_PUBLISH, str(remote), "ffff0000", "ffff0000-2"))
+    assert os.readlink(remote / "current") == "releases/abcd1234-1" and (remote / "current" / "f").read_text() == "x"

@@ -35,7 +35,11 @@ def test_finetune_mobilenet_v3_large_from_scratch_runs(tmp_path: Path, digit_fol
     run = Run.open(out)
     assert run.get("backbone")["name"] == "mobilenet_v3_large" and run.get("backbone")["weights"] == "none"
     assert run.get("training")["config"]["hflip"] is None
-    assert 0.0 <= run.get("metrics")["val_top1"] <= 1.0
+    # The recorded top-1 is the epoch's, the printed one is the recorded one, and it counts whole images.
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    top1, n_val = run.get("metrics")["val_top1"], run.get("data")["num_val"]
+    assert len(history) == 1 and top1 == history[0]["val_top1"] and f"best validation top-1 {top1:.4f}" in stdout
+    assert top1 * n_val == pytest.approx(round(top1 * n_val)) and 0 <= round(top1 * n_val) <= n_val
     assert run.has_artifact("checkpoint-best") and run.has_artifact("checkpoint-last")
 
 
@@ -115,3 +119,17 @@ def test_issue_done_when_command_reaches_095(tmp_path: Path, capsys) -> None:
     )
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["metrics"]["val_top1"] >= 0.95
+
+
+def test_finetune_refuses_to_overwrite_an_existing_run(tmp_path: Path, capsys) -> None:
+    """The CLI's safety default: an --out that holds a run is never written over (--resume must be asked for)."""
+    out = tmp_path / "r"
+    run = Run.create(out, classes=["a", "b"], training={"config": {}, "status": "complete"})
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "best.pt").write_bytes(b"hours of work")
+    before = (out / "manifest.json").read_bytes()
+    code, _, err = _cli(capsys, "finetune", "--data", "digits", "--out", str(out), "--quiet", "--epochs", "1",
+                        "--freeze-epochs", "0", "--backbone", "timm:test_efficientnet", "--no-pretrained")  # fmt: skip
+    assert code == 1 and "already holds a run; choose another --out" in err and "Traceback" not in err
+    assert (out / "manifest.json").read_bytes() == before
+    assert (out / "checkpoints" / "best.pt").read_bytes() == b"hours of work" and run.get("classes") == ["a", "b"]

@@ -174,3 +174,10 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrup
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert Run.open(split).get("metrics")["val_top1"] == Run.open(whole).get("metrics")["val_top1"]
+    # The best-checkpoint state crossed the kill too: best top-1, its epoch, the early-stopping count,
+    # and the best checkpoint itself (file and manifest record).
+    assert (a["best_top1"], a["best_epoch"], a["bad_epochs"]) == (b["best_top1"], b["best_epoch"], b["bad_epochs"])
+    best_a, best_b = load_checkpoint(whole / "checkpoints" / "best.pt"), load_checkpoint(split / "checkpoints" / "best.pt")
+    assert best_a["epoch"] == best_b["epoch"] == a["best_epoch"]
+    assert Run.open(split).artifact("checkpoint-best").details["epoch"] == a["best_epoch"]
+    assert Run.open(split).get("training")["best_epoch"] == Run.open(whole).get("training")["best_epoch"]

@@ -1,0 +1,309 @@
+"""Device modes: how a bundle is built, timed and evaluated on the device.
+
+One seam: a mode is given a :class:`DeviceSession` (the connection, the published
+bundle, the device's results folder and a local folder for what comes back) and
+returns a :class:`Measurement`. Everything a mode brings back lands in
+``session.incoming``; the caller moves it into the run only once the mode succeeded,
+so a failed or interrupted measurement never replaces the previous result.
+
+- *python*: the edge-tl wheel in a virtual environment on the device runs
+  :mod:`edge_tl.deploy.remote_agent` (ONNX Runtime, or TensorRT's Python package);
+- *trtexec*: the bundle's build plan builds the engine, trtexec times it and runs the
+  evaluation pack (``--loadInputs`` / ``--exportOutput``); the logits are scored here.
+
+Every long command runs as a device job (:mod:`edge_tl.deploy.jobs`): once, even when
+the link drops, and stopped on the device when it runs past the time limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_tl.deploy.bundle import Bundle
+from edge_tl.deploy.evalpack import EvalPack
+from edge_tl.deploy.jobs import job_name, run_job
+from edge_tl.deploy.probe import DeviceProbe
+from edge_tl.deploy.ssh import SshTransport, sh_script
+from edge_tl.errors import ConfigError, RemoteError
+from edge_tl.runs import atomic_write_bytes, atomic_write_json, now_iso, sha256_file
+from edge_tl.targets import Target
+
+if TYPE_CHECKING:
+    from edge_tl.deploy.api import DeployConfig
+
+WHEEL_DIR = "tools"
+LOGITS = "logits.npy"
+
+
+class Mode(str, Enum):
+    AUTO = "auto"
+    PYTHON = "python"
+    TRTEXEC = "trtexec"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a mode measured on the device. The logits are in ``incoming/logits.npy``."""
+
+    artifact: str  # the run artifact measured (the ONNX, or the engine built from it)
+    kind: str  # "onnx" or "engine"
+    backend: str
+    p50_ms: float
+    p99_ms: float
+    throughput_ips: float
+    batch_size: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceSession:
+    ssh: SshTransport
+    remote_dir: str
+    results: str  # the device's results folder of this deploy, relative to remote_dir
+    stamp: str
+    incoming: Path  # local folder for what is brought back
+    failed: Path  # where ``incoming`` is kept when the measurement fails (error messages point there)
+    probe: DeviceProbe
+    config: DeployConfig
+    bundle: Bundle
+    target: Target
+    wheel: Path | None
+
+    def job(self, name: str, argv: list[str], *, what: str) -> Any:
+        return run_job(self.ssh, self.remote_dir, job_name(self.stamp, name), argv, timeout=self.config.timeout_s, what=what)
+
+    def fetch(self, names: list[str]) -> list[str]:
+        """Bring back the files ``names`` of the results folder that exist (one tar stream) into ``incoming``.
+
+        Only the expected names are taken from the archive and written under our own
+        paths, so nothing the device sends can choose where a file lands here.
+        """
+        script = 'cd -- "$1" && shift && for f; do [ -f "$f" ] && printf "%s\\n" "$f"; done | tar -c -f - -T -'
+        data = self.ssh.run(sh_script(script, f"{self.remote_dir}/{self.results}", *names), what="fetch of the results").stdout
+        written = []
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                for member in tar.getmembers():
+                    if member.name in names and member.isfile():
+                        fh = tar.extractfile(member)
+                        if fh is not None:
+                            atomic_write_bytes(self.incoming / member.name, fh.read())
+                            written.append(member.name)
+        except tarfile.TarError as exc:
+            raise RemoteError(f"{self.ssh.endpoint}: the results sent back are not a tar stream ({exc})") from exc
+        return written
+
+
+class DeviceMode(Protocol):
+    def measure(self, session: DeviceSession) -> Measurement: ...
+
+
+def _read_json(path: Path, *, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RemoteError(f"{what} from the device is not valid JSON ({exc})") from exc
+
+
+def _number(data: dict[str, Any], key: str, *, where: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise RemoteError(f"{where} from the device has no valid {key!r} (got {value!r}); the device's edge-tl may differ from this one")
+    return float(value)
+
+
+def parse_device_result(data: Any, *, where: str) -> dict[str, Any]:
+    """Check a ``result.json`` of the device agent; one clear error when it lacks what deploy reads."""
+    if not isinstance(data, dict):
+        raise RemoteError(f"{where} from the device is not a JSON object")
+    for key in ("artifact", "kind", "backend"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise RemoteError(f"{where} from the device has no {key!r}; the device's edge-tl may differ from this one")
+    latency = data.get("latency")
+    if not isinstance(latency, dict):
+        raise RemoteError(f"{where} from the device has no 'latency' record")
+    for key in ("p50_ms", "p99_ms", "throughput_ips", "batch_size"):
+        _number(latency, key, where=f"{where} latency")
+    return data
+
+
+# --------------------------------------------------------------------------- python mode
+
+# $1 dir, $2 python, $3 wheel, $4 wheel sha. A venv interpreter is used through a link to its
+# site-packages (our venv's base is that venv's base interpreter, which cannot see them).
+_VENV = r"""
+cd -- "$1" || exit 1; py="$2"; wheel="$3"; sha="$4"
+base=$("$py" -c 'import sys; print(sys.base_prefix)' 2>/dev/null) || { echo "$py does not run on the device" >&2; exit 4; }
+if [ "$(cat venv/.edge-tl-python 2>/dev/null)" != "$py" ]; then rm -rf venv; fi
+if [ ! -x venv/bin/python ]; then
+  "$py" -m venv --system-site-packages --without-pip venv || { echo "cannot create a venv with $py: install python3-venv" >&2; exit 4; }
+  printf '%s\n' "$py" > venv/.edge-tl-python
+fi
+user_site=$("$py" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
+own_site=$(venv/bin/python -c 'import site; print(site.getsitepackages()[0])')
+if [ -n "$user_site" ]; then printf '%s\n' "$user_site" > "$own_site/edge-tl-user-venv.pth"; else rm -f "$own_site/edge-tl-user-venv.pth"; fi
+if [ "$(cat venv/.edge-tl-wheel 2>/dev/null)" != "$sha" ]; then
+  venv/bin/python -m pip install --quiet --no-deps --no-index --force-reinstall --disable-pip-version-check "$wheel" >&2 || exit 5
+  echo "$sha" > venv/.edge-tl-wheel
+fi
+venv/bin/python -c 'import edge_tl, sys; print(edge_tl.__version__, edge_tl.__file__)'
+"""
+
+
+class PythonMode:
+    def measure(self, session: DeviceSession) -> Measurement:
+        import numpy as np
+
+        ssh, config, bundle = session.ssh, session.config, session.bundle
+        if session.wheel is None:
+            raise ConfigError("python mode needs the edge-tl wheel; build one with build_wheel() or pass --wheel")
+        wheel_remote = f"current/{WHEEL_DIR}/{session.wheel.name}"
+        ssh.run(sh_script(_VENV, session.remote_dir, config.remote_python, wheel_remote, sha256_file(session.wheel)),
+                what="virtual environment set-up", timeout=600)  # fmt: skip
+        fixed = (bundle.model.get("input_shape") or ["batch"])[0]
+        argv = [
+            "venv/bin/python", "-m", "edge_tl.deploy.remote_agent", "--bundle", "current", "--out", session.results,
+            "--warmup", str(config.warmup), "--iterations", str(config.iterations),
+            "--batch-size", str(fixed if isinstance(fixed, int) else config.batch_size),
+        ]  # fmt: skip
+        if config.threads is not None:
+            argv += ["--threads", str(config.threads)]
+        ran = session.job("agent", argv, what="evaluation and benchmark on the device")
+        got = session.fetch(["build.log", "result.json", "bench.json", LOGITS])
+        if ran.returncode != 0:
+            lines = [ln for ln in ran.stderr.strip().splitlines() if ln.strip()]
+            raise RemoteError(f"{ssh.endpoint}: the device agent failed (exit {ran.returncode}): " + " | ".join(lines[-6:]))
+        missing = {"result.json", "bench.json", LOGITS} - set(got)
+        if missing:
+            raise RemoteError(f"{ssh.endpoint}: the device agent finished but wrote no {', '.join(sorted(missing))}")
+        device = parse_device_result(_read_json(session.incoming / "result.json", what="result.json"), where="result.json")
+        classes = int(bundle.manifest["eval"]["classes"])
+        try:
+            logits = np.load(session.incoming / LOGITS, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RemoteError(f"{ssh.endpoint}: {LOGITS} from the device is not a numpy array ({exc})") from exc
+        if logits.ndim != 2 or logits.shape[1] != classes:
+            raise RemoteError(f"{ssh.endpoint}: the device returned logits of shape {logits.shape}; {classes} classes expected")
+        latency = device["latency"]
+        return Measurement(
+            artifact=device["artifact"], kind=device["kind"], backend=device["backend"],
+            p50_ms=float(latency["p50_ms"]), p99_ms=float(latency["p99_ms"]),
+            throughput_ips=float(latency["throughput_ips"]), batch_size=int(latency["batch_size"]),
+            details={"edge_tl_module": (device.get("edge_tl") or {}).get("module")},
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- trtexec mode
+
+
+class TrtexecMode:
+    def measure(self, session: DeviceSession) -> Measurement:
+        import numpy as np
+
+        from edge_tl.compile.trtexec_flags import bench_command
+        from edge_tl.runtime.trtexec import parse_log, to_bench_results
+        from edge_tl.targets import TrtVersion
+
+        ssh, config, bundle, target, results = session.ssh, session.config, session.bundle, session.target, session.results
+        incoming = session.incoming
+        plan = bundle.build_plan
+        if plan is None:
+            raise ConfigError(f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python")
+        trtexec = session.probe.trtexec or "trtexec"
+        try:
+            build = session.job(
+                "build", sh_script('(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1', trtexec, plan["script"], f"{results}/build.log"),
+                what="engine build",
+            )  # fmt: skip
+        finally:  # after a failure or a timeout too: the log says why
+            session.fetch(["build.log"])
+        if build.returncode != 0:
+            log_path = incoming / "build.log"
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:]) if log_path.exists() else ""
+            raise RemoteError(
+                f"{ssh.endpoint}: the engine build failed (exit {build.returncode}); log in {session.failed / 'build.log'}:\n{tail}"
+            )
+
+        model = bundle.model
+        shape = model["input_shape"]
+        chw = (int(shape[1]), int(shape[2]), int(shape[3]))
+        dynamic = not isinstance(shape[0], int)
+        engine = f"current/{plan['engine']}"
+        version = TrtVersion.parse(plan["tensorrt"])
+        times = f"{results}/times.json"
+        argv = bench_command(engine, version, input_name=model["input_name"], chw=chw,
+                             batch=config.batch_size if dynamic else None, export_times=times,
+                             iterations=config.iterations, trtexec=trtexec)  # fmt: skip
+        timed = session.job("timing", sh_script('exec "$@" 2>&1', *argv), what="trtexec timing")
+        atomic_write_bytes(incoming / "trtexec_bench.log", timed.stdout)
+        parsed = parse_log(timed.text)
+        if timed.returncode != 0 or not parsed.passed:
+            raise RemoteError(
+                f"{ssh.endpoint}: trtexec timing failed (exit {timed.returncode}); log in {session.failed / 'trtexec_bench.log'}"
+            )
+        records = None
+        if session.fetch(["times.json"]):
+            records = _read_json(incoming / "times.json", what="trtexec's --exportTimes file")
+            (incoming / "times.json").rename(incoming / "trtexec_times.json")
+        batch = config.batch_size if dynamic else int(shape[0])
+        bench = to_bench_results(parsed, batch_size=batch, times=records)
+        atomic_write_json(incoming / "bench.json", {
+            "target": f"{engine} on {session.probe.host}",
+            "created": now_iso(),
+            "runner": {"name": f"engine-{target.name}-{bundle.precision.value}", "backend": "trtexec", "device": "cuda",
+                       "clock": "trtexec", "argv": argv},
+            "results": [bench["end_to_end"].to_dict()],
+            "gpu_compute": bench["gpu_compute"].to_dict(),
+            "source": bench["source"],
+            "trtexec": bench["trtexec"],
+            "environment": {"probe": session.probe.to_dict()},
+        })  # fmt: skip
+
+        pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
+        classes = int(bundle.manifest["eval"]["classes"])
+        logits = []
+        for chunk in pack.chunks:
+            exported = f"{results}/out-{chunk.file}.json"
+            cmd = [trtexec, f"--loadEngine={engine}"]
+            if dynamic:
+                cmd.append(f"--shapes={model['input_name']}:{chunk.count}x{chw[0]}x{chw[1]}x{chw[2]}")
+            cmd += [f"--loadInputs={model['input_name']}:current/{bundle.manifest['eval']['dir']}/{chunk.file}",
+                    f"--exportOutput={exported}", "--iterations=1", "--warmUp=0", "--duration=0", "--avgRuns=1"]  # fmt: skip
+            ran = session.job(f"eval-{chunk.file}", sh_script('exec "$@" 2>&1', *cmd), what=f"trtexec on {chunk.file}")
+            if ran.returncode != 0:
+                raise RemoteError(f"{ssh.endpoint}: trtexec failed on {chunk.file}: {ran.text.strip()[-800:]}")
+            data = ssh.run(["cat", "--", f"{session.remote_dir}/{exported}"], what=f"fetch of {exported}").stdout
+            logits.append(exported_logits(data, output=model.get("output_name"), count=chunk.count, classes=classes, where=exported))
+        np.save(incoming / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+        e2e = bench["end_to_end"]
+        return Measurement(
+            artifact=f"engine-{target.name}-{bundle.precision.value}", kind="engine", backend="tensorrt (trtexec)",
+            p50_ms=e2e.p50_ms, p99_ms=e2e.p99_ms, throughput_ips=e2e.throughput_ips, batch_size=e2e.batch_size,
+        )  # fmt: skip
+
+
+def exported_logits(data: bytes, *, output: str | None, count: int, classes: int, where: str) -> Any:
+    """Logits from a ``trtexec --exportOutput`` JSON: ``[{"name", "dimensions": "NxC", "values": [...]}]``."""
+    import numpy as np
+
+    try:
+        tensors = json.loads(data)
+        chosen = next((t for t in tensors if t.get("name") == output), tensors[0] if len(tensors) == 1 else None)
+        if chosen is None:
+            raise KeyError(output)
+        values = np.asarray(chosen["values"], dtype=np.float32)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise RemoteError(f"{where} is not trtexec --exportOutput JSON with output {output!r} ({exc})") from exc
+    if values.size != count * classes:
+        raise RemoteError(f"{where}: {values.size} values are not {count} rows of {classes} class logits")
+    return values.reshape(count, classes)
+
+
+MODES: dict[Mode, Callable[[], DeviceMode]] = {Mode.PYTHON: PythonMode, Mode.TRTEXEC: TrtexecMode}
