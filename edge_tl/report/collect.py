@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_tl.artifacts import CHECKPOINT_BEST, SOURCE_SECTION
 from edge_tl.deploy.api import ACCURACY_FILE
 from edge_tl.deploy.fleet import FLEET_FILE
 from edge_tl.runs import MANIFEST_NAME
@@ -21,7 +22,6 @@ from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_i
 
 #: Kinds of artifacts that are models, compared side by side with the original.
 MODEL_KINDS = ("checkpoint", "onnx", "engine")
-REFERENCE = "checkpoint-best"
 # Named latency definitions a device result may carry beside ``latency_ms``.
 DEVICE_LATENCIES = (
     ("latency_ms", "as measured"),
@@ -145,7 +145,7 @@ def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir
     artifacts = manifest.get("artifacts") or {}
     verified = {r.get("name"): r for r in (verify or {}).get("rows") or [] if isinstance(r, dict) and r.get("origin") == "local"}
     warnings = (verify or {}).get("latency_warnings") or {}
-    reference_name = (verify or {}).get("reference") or REFERENCE
+    reference_name = (verify or {}).get("reference") or (manifest.get(SOURCE_SECTION) or {}).get("reference") or CHECKPOINT_BEST
     names = [reference_name] if reference_name in artifacts else []
     names += [n for n, a in artifacts.items() if a.get("kind") in MODEL_KINDS and n != reference_name and a.get("kind") != "checkpoint"]
     rows = []
