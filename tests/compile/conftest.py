@@ -69,7 +69,8 @@ def make_run(root: Path, *, with_qdq: bool = True, with_cache: bool = True, opse
         cache = root / "quantize/tensorrt-int8-cache/calibration.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         scale = struct.pack(">f", 2.0 / 127).hex()
-        cache.write_text(f"TRT-8510-EntropyCalibration2\ninput: {scale}\nc: {scale}\n")
+        # 8602: TensorRT 8.6.2 (JetPack 6.0), major*1000 + minor*100 + patch (include/NvInferRuntimeBase.h, release/8.6)
+        cache.write_text(f"TRT-8602-EntropyCalibration2\ninput: {scale}\nc: {scale}\n")
         run.add_artifact("calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=cache, stage="quantize",
                          precision="int8")
     return run
