@@ -107,7 +107,9 @@ def choose_source(
             _check_cache_header(run, cache, release, how=quantize)
             return SourceChoice(onnx, SourceKind.FP32, recipe=recipe, calib_cache=cache)
         if recipe is CalibrationRecipe.TENSORRT_QDQ:
-            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}", how=quantize), SourceKind.QDQ, recipe=recipe)
+            # Strongly typed (11.x): the float part must be FP16 in the graph itself, or it runs FP32.
+            variant = "-fp16" if release.version.major >= 11 else ""
+            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}{variant}", how=quantize), SourceKind.QDQ, recipe=recipe)
         raise ConfigError(f"recipe {recipe.value!r} makes a model for ONNX Runtime, not for TensorRT")
     raise ConfigError(f"edge-tl compiles fp32, fp16 or int8 engines; {precision.value} is not supported yet")
 

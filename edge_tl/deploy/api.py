@@ -39,6 +39,7 @@ from edge_tl.deploy.evalpack import DEFAULT_IMAGES, EvalPack
 from edge_tl.deploy.probe import DeviceProbe, check_probe, probe_device
 from edge_tl.deploy.ssh import SshEndpoint, SshOptions, SshTransport, sh_script
 from edge_tl.deploy.sync import SyncReport, check_remote_dir, sync_bundle
+from edge_tl.bench.latency import named_latencies
 from edge_tl.deploy.tegrastats import summarize as summarize_tegrastats
 from edge_tl.errors import ConfigError, EdgeTLError, RemoteError, RunError
 from edge_tl.runs import (
@@ -346,6 +347,8 @@ def _python_mode(ssh: SshTransport, *, remote_dir: str, results: str, wheel: Pat
         "kind": device["kind"],
         "backend": device["backend"],
         "latency": device["latency"],
+        "gpu_compute": device.get("gpu_compute"),
+        "end_to_end": device.get("end_to_end"),
         "device_accuracy": device["accuracy"],
         "edge_tl_module": device["edge_tl"]["module"],
     }
@@ -398,8 +401,9 @@ def _trtexec_mode(ssh: SshTransport, *, remote_dir: str, results: str, probe: De
         "created": now_iso(),
         "runner": {"name": f"engine-{target.name}-{bundle.precision.value}", "backend": "trtexec", "device": "cuda",
                    "clock": "trtexec", "argv": argv},
-        "results": [bench["end_to_end"].to_dict()],
+        "results": [bench["gpu_compute"].to_dict()],
         "gpu_compute": bench["gpu_compute"].to_dict(),
+        "end_to_end": bench["end_to_end"].to_dict(),
         "source": bench["source"],
         "trtexec": bench["trtexec"],
         "environment": {"probe": probe.to_dict()},
@@ -428,6 +432,8 @@ def _trtexec_mode(ssh: SshTransport, *, remote_dir: str, results: str, probe: De
         "kind": "engine",
         "backend": "tensorrt (trtexec)",
         "latency": e2e.to_dict(),
+        "gpu_compute": bench["gpu_compute"].to_dict(),
+        "end_to_end": e2e.to_dict(),
     }
 
 
@@ -589,6 +595,7 @@ def deploy_host(
         "bundle_digest": bundle.digest,
         "power_mean_mw": power["total_power_mean_mw"] if power else None,
         "hottest_c": power["hottest_c"] if power else None,
+        **named_latencies(measured, power["total_power_mean_mw"] if power else None),
         "jetpack": probe.jetpack,
         "tensorrt": probe.tensorrt,
         "measured": now_iso(),

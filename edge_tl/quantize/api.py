@@ -346,6 +346,8 @@ def quantize_run(
     }
     run.add_artifact(name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics)
     artifacts.insert(0, name)
+    if recipe.output is OutputFormat.QDQ_TENSORRT:
+        artifacts.insert(1, _strongly_typed_variant(run, name, final, details, reference, val, prep, config, say))
     result = QuantizeResult(
         run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), model_path=model_path, table_path=table_path,
         reference_top1=reference, top1=chosen.top1, drop_points=chosen.drop_points, budget_points=budget,
@@ -361,6 +363,27 @@ def quantize_run(
             "status 'failing'. Try more calibration images, another --calib-method, a larger --max-float-layers, or FP16."
         )
     return result
+
+
+def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, Any], reference: float, val: Sequence[Any],
+                            prep: Any, config: QuantizeConfig, say: Callable[[str], None]) -> str:
+    """``<name>-fp16``: the same Q/DQ model with an FP16 float part, for strongly typed builds (TensorRT 11)."""
+    from edge_tl.quantize.fp16_float import FP16_OPSET, float_part_to_fp16
+
+    model, kept = float_part_to_fp16(final)
+    top1 = _top1(_session(model, config.threads), val, prep, config.eval_batch_size)
+    say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(reference - top1) * 100:.2f} pt)")
+    path = atomic_write_bytes(run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")),
+                              model.SerializeToString())
+    variant = f"{name}-fp16"
+    info = dict(details)
+    info.update({"source": name, "opset": FP16_OPSET, "float_part": "float16", "kept_fp32": kept,
+                 "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
+                 "ops": {op: sum(1 for n in model.graph.node if n.op_type == op) for op in sorted({n.op_type for n in model.graph.node})}})
+    run.add_artifact(variant, kind="onnx", path=path, stage=STAGE, precision="int8", details=info,
+                     metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": (reference - top1) * 100.0,
+                              "num_val_images": len(val)})
+    return variant
 
 
 def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[str], samples: Sequence[Any],

@@ -274,7 +274,7 @@ def trtexec_bench_report(
     from edge_tl.bench.api import BenchConfig, BenchReport, Budget
     from edge_tl.bench.env import fingerprint
     from edge_tl.compile.sidecar import read_sidecar
-    from edge_tl.compile.trtexec_flags import bench_command
+    from edge_tl.compile.trtexec_flags import bench_command, timing_flags
     from edge_tl.targets import TrtVersion
 
     engine = Path(engine)
@@ -282,7 +282,7 @@ def trtexec_bench_report(
     binary = trtexec or find_trtexec()
     workdir = engine.parent / "trtexec-bench"
     workdir.mkdir(exist_ok=True)
-    gpu_results, end_to_end, reports = [], [], []
+    gpu_results, end_to_end, e2e_stats, reports = [], [], [], []
     for batch in batch_sizes:
         if meta.batch is not None and not meta.batch["min"] <= batch <= meta.batch["max"]:
             raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
@@ -295,6 +295,7 @@ def trtexec_bench_report(
         out = run_trtexec(argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s)
         gpu_results.append(out["gpu_compute"])
         end_to_end.append(out["end_to_end"].to_dict())
+        e2e_stats.append(out["end_to_end"])
         reports.append(out["trtexec"])
     runner = {
         "name": engine.name,
@@ -306,8 +307,10 @@ def trtexec_bench_report(
         "precision": meta.precision,
         "end_to_end": end_to_end,
         "trtexec": reports,
+        "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
     }
     config = BenchConfig(
         batch_sizes=tuple(batch_sizes), warmup=Budget(seconds=0.5), measure=Budget(seconds=float(duration_s), min_iterations=iterations)
     )
-    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint())
+    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint(),
+                       gpu_compute=tuple(gpu_results), end_to_end=tuple(e2e_stats))

@@ -111,7 +111,7 @@ def test_dla_recipe_rules_per_release(plan_run: Run, tmp_path: Path) -> None:
     # 11.4.1 builds DLA strongly typed (TensorRT 11.4.1 "Strongly Typed Networks for DLA"): Q/DQ ONNX, no flags
     assert orin.calibration_recipe_for("int8", dla=True, tensorrt="11.4.1") is CalibrationRecipe.TENSORRT_QDQ
     plan = make_plan(plan_run, orin, CompileRequest(precision=Precision.INT8, dla=True, tensorrt="11.4.1"))
-    assert plan.source.onnx.name == "onnx-int8-tensorrt-int8-qdq" and plan.source.calib_cache is None
+    assert plan.source.onnx.name == "onnx-int8-tensorrt-int8-qdq-fp16" and plan.source.calib_cache is None
     assert "--stronglyTyped" in plan.argv and not {"--int8", "--fp16"} & set(plan.argv)
     # 11.4.0 has no JetPack support, so no DLA ("DLA is not supported for ... NVIDIA JetPack ... in TensorRT 11.4.0",
     # docs.nvidia.com/deeplearning/tensorrt/11.4.0/inference-library/dla-strongly-typed-networks.html)
