@@ -132,7 +132,8 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
                     "(recipe tensorrt-int8-qdq)"
                 )
             if calib is None:
-                # --int8 without --calib uses dummy scales: speed only, never accuracy (REFERENCE.md 5).
+                # --int8 without --calib uses dummy scales: speed only, never accuracy ("in INT8 mode, random
+                # weights are used", NVIDIA/TensorRT release/10.3 samples/trtexec/README.md).
                 raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
             return ["--int8", "--fp16", f"--calib={calib}"]
         raise ConfigError("INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache")

@@ -29,7 +29,7 @@ BINDINGS = {
     ApiPath.TRT11: ("tensorrt-cu13-bindings", "11.4.0.106"),
 }
 # The release the `tensorrt` extra's torch-tensorrt pin names (report to pyproject).
-TORCH_TRT = ("torch-tensorrt", "2.9.0")
+TORCH_TRT = ("torch-tensorrt", "2.14.0")
 
 CODE_USING_TRT = ("edge_tl/compile/trt_builder.py", "edge_tl/runtime/tensorrt_runner.py", "edge_tl/compile/torch_trt.py")
 
@@ -71,10 +71,29 @@ def _module_bytes(path: ApiPath) -> bytes:
         return wheel.read(so[0]) + wheel.read("tensorrt_bindings/__init__.py")
 
 
+def _tokens(blob: bytes) -> frozenset[bytes]:
+    return frozenset(blob.split(b"\0"))
+
+
+_TOKENS: dict[int, frozenset[bytes]] = {}
+
+
 def _defined(blob: bytes, name: str) -> bool:
-    return name.encode() + b"\0" in blob
+    """``name`` is one whole NUL-terminated string of the module: a tail does not count (``INT8`` is
+    not defined because ``UINT8`` is)."""
+    tokens = _TOKENS.get(id(blob))
+    if tokens is None:
+        tokens = _TOKENS[id(blob)] = _tokens(blob)
+    return name.encode() in tokens
 
 
+def test_only_whole_names_count() -> None:
+    blob = b"\x7fELF\0UINT8\0kFP16\0int8_calibrator\0"
+    assert not _defined(blob, "INT8") and not _defined(blob, "FP16") and not _defined(blob, "calibrator")
+    assert _defined(blob, "UINT8") and _defined(blob, "int8_calibrator")
+
+
+@pytest.mark.network
 @pytest.mark.parametrize("path", list(ApiPath), ids=lambda p: p.value)
 def test_every_name_of_the_code_path_exists_in_that_release(path: ApiPath) -> None:
     blob = _module_bytes(path)
@@ -84,6 +103,7 @@ def test_every_name_of_the_code_path_exists_in_that_release(path: ApiPath) -> No
     assert not present, f"{BINDINGS[path]} still has {present}: TRT_ABSENT is wrong"
 
 
+@pytest.mark.network
 def test_the_check_can_fail() -> None:
     # int8_calibrator is in 10.3 and gone in 11.4 (calibrators removed): the byte check sees the difference.
     assert _defined(_module_bytes(ApiPath.TRT10), "int8_calibrator")
@@ -126,6 +146,24 @@ def test_trtapi_refuses_undeclared_names_and_old_versions() -> None:
         api_path(TrtVersion(8, 2))
 
 
+def test_torch_tensorrt_extra_follows_the_installed_torch() -> None:
+    torch = pytest.importorskip("torch")
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    pin = re.search(r'^torch-tensorrt = \["torch-tensorrt==(\d+)\.(\d+)\.\*"\]', (root / "pyproject.toml").read_text(), re.M)
+    assert pin, "the torch-tensorrt extra must pin one torch-tensorrt series (2.N.*), the one of torch 2.N"
+    series = tuple(int(v) for v in pin.groups())
+    assert series == tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    assert tuple(int(v) for v in TORCH_TRT[1].split(".")[:2]) == series  # the sources checked below are that series'
+    from edge_tl.compile.torch_trt import check_torch_tensorrt_matches
+
+    check_torch_tensorrt_matches("2.14.1", "2.14.0")
+    with pytest.raises(ConfigError, match=r"torch-tensorrt 2.9.0 is built for torch 2.9 but torch is 2.14.1.*torch-tensorrt==2.14.\*"):
+        check_torch_tensorrt_matches("2.14.1+cu128", "2.9.0")
+
+
+@pytest.mark.network
 def test_torch_tensorrt_functions_exist_in_the_pinned_release() -> None:
     package, version = TORCH_TRT
     with zipfile.ZipFile(_wheel(package, version)) as wheel:
