@@ -33,6 +33,10 @@ class VerifyRow:
     size_bytes: int | None = None
     speedup: float | None = None
     skipped: str | None = None  # why this artifact could not be run here
+    # The named latencies of edge_tl.bench.latency (latency-statistics dicts), where the backend knows them.
+    gpu_compute: dict[str, Any] | None = None
+    end_to_end: dict[str, Any] | None = None
+    energy_mj_per_image: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

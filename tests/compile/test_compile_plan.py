@@ -213,7 +213,8 @@ def test_cpu_target_and_torch_tensorrt_on_jetson_are_refused(plan_run: Run) -> N
         compile_run(plan_run, target="jetson-agx-thor", request=CompileRequest(precision=Precision.FP16), via=Via.TORCH_TENSORRT)
     with pytest.raises(ConfigError, match="cannot build the engine here"):
         compile_run(plan_run, target="t4", request=CompileRequest(precision=Precision.FP16), mode=BuildMode.BUILD)
-    assert CliRunner().invoke(cli, ["compile", "--help"]).exit_code == 0
+    shown = CliRunner().invoke(cli, ["compile", "--help"])
+    assert shown.exit_code == 0 and all(opt in shown.output for opt in ("--target", "--precision", "--dla", "--batch", "--tensorrt"))
 
 
 # --------------------------------------------------------------------------- build_engine.sh, run for real

@@ -142,7 +142,8 @@ def test_cli_list_and_show() -> None:
     as_json = json.loads(runner.invoke(cli, ["targets", "show", "t4", "--json"]).output)
     assert as_json["gpu"]["compute_capability"] == "7.5"
     for args in (["targets", "--help"], ["targets", "list", "--help"], ["targets", "show", "--help"]):
-        assert runner.invoke(cli, args).exit_code == 0
+        shown = runner.invoke(cli, args)
+        assert shown.exit_code == 0 and f"Usage: cli {' '.join(args[:-1])}" in shown.output
 
 
 def test_recipes_named_by_targets_are_the_shipped_calibration_recipes() -> None:

@@ -121,6 +121,8 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     rows = read_deploy_results(run, reference_top1=entry["reference_top1"])
     assert [(r.name, r.origin) for r in rows] == [("onnx-fp32", f"deploy:{sshd.alias}")]
     assert rows[0].delta_top1_pts == pytest.approx((entry["top1"] - entry["reference_top1"]) * 100)
+    # verify shows the same named latencies as the deploy record
+    assert rows[0].end_to_end == entry["end_to_end"] and rows[0].gpu_compute is None
     # Quoting: the odd paths arrived as literal names, nothing was executed from them.
     assert (remote / "current" / "bundle.json").is_file()
     assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
