@@ -4,6 +4,7 @@
     python tools/mutation.py verify-metrics  # mutate one module, run only its tests
     python tools/mutation.py all             # every module in turn (long)
     python tools/mutation.py verify-metrics --survivors   # print each survivor's diff
+    python tools/mutation.py quantize-api --tests tests/quantize   # another test selection
 
 The tool is mutmut (https://github.com/boxed/mutmut, a dev dependency). mutmut reads
 its settings from the ``pyproject.toml`` of the directory it runs in and copies the
@@ -39,20 +40,17 @@ WORK = ROOT / "build" / "mutation"
 #: files that exercise the module: mutmut runs them all twice (clean run, coverage)
 #: before it tests any mutant, then only the tests that reached each mutated function.
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "quantize-api": (
-        "edge_tl/quantize/api.py",
-        ["tests/quantize/test_quantize_budget.py", "tests/quantize/test_quantize_cli.py"],
-    ),
+    "quantize-api": ("edge_tl/quantize/api.py", ["tests/quantize/test_quantize_search.py"]),
     "quantize-trt-cache": ("edge_tl/quantize/trt_cache.py", ["tests/quantize/test_quantize_trt_cache.py"]),
     "quantize-qdq-tensorrt": ("edge_tl/quantize/qdq_tensorrt.py", ["tests/quantize/test_quantize_tensorrt_qdq.py"]),
-    "export-api": ("edge_tl/export/api.py", ["tests/export/test_export_run.py"]),
+    "export-api": ("edge_tl/export/api.py", ["tests/export/test_export_parity.py"]),
     "verify-metrics": ("edge_tl/verify/metrics.py", ["tests/verify/test_verify_metrics.py"]),
     "runtime-trtexec": ("edge_tl/runtime/trtexec.py", ["tests/compile/test_trtexec_parse.py"]),
     "compile-plan": ("edge_tl/compile/plan.py", ["tests/compile/test_compile_plan.py"]),
     "compile-trtexec-flags": ("edge_tl/compile/trtexec_flags.py", ["tests/compile/test_compile_plan.py"]),
     "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_deploy_ssh.py", "tests/deploy/test_deploy_sync.py"]),
     "train-loop": ("edge_tl/train/loop.py", ["tests/train/test_train_loop.py"]),
-    "cli": ("edge_tl/cli/*.py", ["tests/cli"]),
+    "cli": ("edge_tl/cli/*.py", ["tests/verify/test_verify_run.py", "tests/quantize/test_quantize_budget.py"]),
 }
 
 #: Linked into each work directory; mutmut copies what it needs into ``mutants/``.
@@ -82,8 +80,8 @@ def _pyproject(source: str, tests: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare(key: str, fresh: bool) -> Path:
-    source, tests = MODULES[key]
+def _prepare(key: str, fresh: bool, tests: list[str]) -> Path:
+    source = MODULES[key][0]
     work = WORK / key
     if fresh and work.exists():
         shutil.rmtree(work)
@@ -109,8 +107,9 @@ def _results(work: Path) -> dict[str, list[str]]:
     return by_status
 
 
-def run(key: str, *, fresh: bool, children: int, survivors: bool) -> dict[str, list[str]]:
-    work = _prepare(key, fresh)
+def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[str] | None = None) -> dict[str, list[str]]:
+    tests = tests or MODULES[key][1]
+    work = _prepare(key, fresh, tests)
     # Exists before Python starts: a PYTHONPATH entry missing at startup is cached as
     # "nothing here" and the mutated copy would never be imported.
     (work / "mutants").mkdir(exist_ok=True)
@@ -122,7 +121,7 @@ def run(key: str, *, fresh: bool, children: int, survivors: bool) -> dict[str, l
     env.setdefault("MKL_NUM_THREADS", "1")
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
     log = work / "mutmut.log"
-    print(f"{key}: mutating {MODULES[key][0]} with {' '.join(MODULES[key][1])} (log: {log})", flush=True)
+    print(f"{key}: mutating {MODULES[key][0]} with {' '.join(tests)} (log: {log})", flush=True)
     with log.open("w") as out:
         done = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env, check=False,
                               stdout=out, stderr=subprocess.STDOUT)
@@ -150,6 +149,8 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="discard earlier results of this module")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print the diff of each survivor")
+    parser.add_argument("--tests", nargs="+", metavar="PATH",
+                        help="run these tests instead of the module's list (e.g. add the slow end-to-end ones)")
     args = parser.parse_args()
     if args.module is None:
         for key, (source, tests) in MODULES.items():
@@ -160,7 +161,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown module {unknown[0]!r}; run without arguments to list them")
     for key in keys:
-        run(key, fresh=args.fresh, children=args.children, survivors=args.survivors)
+        run(key, fresh=args.fresh, children=args.children, survivors=args.survivors, tests=args.tests)
     return 0
 
 
