@@ -289,25 +289,18 @@ def quantize_run(
     say(f"measuring the original model and INT8 on {len(val)} validation images")
     reference = _reference_top1(run, val, prep, config.eval_batch_size, config.threads)
     best_model = build(())
-    top1 = _top1(_session(best_model, config.threads), val, prep, config.eval_batch_size)
-    attempts = [Attempt((), top1, (reference - top1) * 100.0)]
-    sensitivity: list[tuple[str, float]] = []
     budget = config.max_accuracy_drop
 
-    if budget is not None and attempts[0].drop_points > budget and config.max_float_layers > 0:
-        say(f"drop {attempts[0].drop_points:.2f} pt > budget {budget:.2f} pt: ranking {len(quantized_layers)} layers by sensitivity")
-        sensitivity = _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
-        for k in range(1, min(config.max_float_layers, len(sensitivity)) + 1):
-            floats = tuple(name for name, _ in sensitivity[:k])
-            candidate = build(floats)
-            top1 = _top1(_session(candidate, config.threads), val, prep, config.eval_batch_size)
-            attempts.append(Attempt(floats, top1, (reference - top1) * 100.0))
-            say(f"  {k} float layer(s) ({floats[-1]}): drop {attempts[-1].drop_points:.2f} pt")
-            if attempts[-1].drop_points <= budget:
-                break
+    def measure(float_layers: tuple[str, ...]) -> float:
+        candidate = best_model if not float_layers else build(float_layers)
+        return _top1(_session(candidate, config.threads), val, prep, config.eval_batch_size)
 
-    met = None if budget is None else any(a.drop_points <= budget for a in attempts)
-    chosen = next(a for a in attempts if a.drop_points <= budget) if met else min(attempts, key=lambda a: a.drop_points)
+    def rank() -> list[tuple[str, float]]:
+        say(f"ranking {len(quantized_layers)} layers by sensitivity")
+        return _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
+
+    attempts, sensitivity, chosen, met = search_float_layers(
+        reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say)
     final = best_model if not chosen.float_layers else build(chosen.float_layers)
 
     shape = _input_chw(model)
@@ -384,6 +377,43 @@ def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, 
                      metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": (reference - top1) * 100.0,
                               "num_val_images": len(val)})
     return variant
+
+
+def search_float_layers(
+    reference: float,
+    *,
+    budget: float | None,
+    max_float_layers: int,
+    rank: Callable[[], Sequence[tuple[str, float]]],
+    measure: Callable[[tuple[str, ...]], float],
+    say: Callable[[str], None] = lambda _msg: None,
+) -> tuple[list[Attempt], list[tuple[str, float]], Attempt, bool | None]:
+    """The accuracy-budget search: which layers stay in float.
+
+    ``measure(float_layers)`` is the top-1 with those layers in float (``()``: all INT8);
+    ``rank()`` the layers with their sensitivity, least KL (most helped by float) first,
+    asked for only when the all-INT8 model is over budget. Layers go back to float one at
+    a time in that order, at most ``max_float_layers``, stopping at the first attempt
+    within budget. Returns (attempts, sensitivity, chosen, met): ``chosen`` is the first
+    attempt within budget, else the one with the smallest drop; ``met`` is None without
+    a budget.
+    """
+    top1 = measure(())
+    attempts = [Attempt((), top1, (reference - top1) * 100.0)]
+    sensitivity: list[tuple[str, float]] = []
+    if budget is not None and attempts[0].drop_points > budget and max_float_layers > 0:
+        say(f"drop {attempts[0].drop_points:.2f} pt > budget {budget:.2f} pt")
+        sensitivity = list(rank())
+        for k in range(1, min(max_float_layers, len(sensitivity)) + 1):
+            floats = tuple(name for name, _ in sensitivity[:k])
+            top1 = measure(floats)
+            attempts.append(Attempt(floats, top1, (reference - top1) * 100.0))
+            say(f"  {k} float layer(s) ({floats[-1]}): drop {attempts[-1].drop_points:.2f} pt")
+            if attempts[-1].drop_points <= budget:
+                break
+    met = None if budget is None else any(a.drop_points <= budget for a in attempts)
+    chosen = next(a for a in attempts if a.drop_points <= budget) if met else min(attempts, key=lambda a: a.drop_points)
+    return attempts, sensitivity, chosen, met
 
 
 def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[str], samples: Sequence[Any],
