@@ -114,3 +114,25 @@ def test_target_names_the_cache_for_its_tensorrt_and_compile_accepts_it(run_copy
     with pytest.raises(ConfigError, match=r"TensorRT 11.4.1, which cannot read a calibration cache.*tensorrt-int8-qdq"):
         quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1,
                                                      target="jetson-agx-thor"))
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", ""])
+def test_writer_refuses_names_that_break_the_one_line_per_tensor_format(name: str, tmp_path: Path) -> None:
+    cache = cache_from_amax({"ok": 1.0, name: 2.0}, version=8502)
+    with pytest.raises(ConfigError, match="cannot be written to a TensorRT cache"):
+        cache.to_text()
+    with pytest.raises(ConfigError, match="cannot be written"):
+        write_cache(tmp_path / "c.cache", cache)
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_reader_keeps_the_header_version_and_splits_at_the_last_colon() -> None:
+    cache = parse_cache("TRT-100300-EntropyCalibration2\r\nonnx::Conv_1: 3c810204\n\n")
+    assert (cache.version, cache.algorithm) == (100300, "EntropyCalibration2")
+    assert list(cache.scales) == ["onnx::Conv_1"] and cache.amax("onnx::Conv_1") == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ConfigError, match=r"line 2: 'x: 3c81020g'"):
+        parse_cache("TRT-8502-EntropyCalibration2\nx: 3c81020g\n")
+    with pytest.raises(ConfigError, match="is not a TensorRT cache header"):
+        parse_cache("8502-EntropyCalibration2\nx: 3c810204\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_cache("/nonexistent/c.cache")
