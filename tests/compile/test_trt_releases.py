@@ -255,3 +255,18 @@ def test_runner_refuses_a_shape_outside_the_profile(tmp_path: Path) -> None:
     assert runner.prepare(np.zeros((2, 3, 8, 8), np.float32)) == 2
     with pytest.raises(ConfigError, match=r"input shape \(1, 3, 8, 8\) is outside engine .* profile \(batch 2..4"):
         runner.prepare(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_engine_checks_compare_the_patch_release() -> None:
+    # "version numbers must match (in major, minor, patch, and build)" for a serialized engine
+    # (TensorRT release notes, "Release Properties"): 8.6.1 (desktop) is not 8.6.2 (JetPack 6.0).
+    from edge_tl.compile.sidecar import EngineMetadata
+    from edge_tl.runtime.cuda import GpuInfo
+    from edge_tl.runtime.tensorrt_runner import check_engine_compatible
+
+    meta = EngineMetadata(tensorrt_version="8.6.2", gpu_name="Orin", compute_capability="8.7", precision="int8",
+                          input_name="input", output_name="logits", chw=(3, 8, 8), batch=None, source={},
+                          builder="trtexec", target="jetson-agx-orin-32gb")
+    check_engine_compatible(meta, tensorrt_version="8.6.2.3", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
+    with pytest.raises(RunError, match="built with TensorRT 8.6.2 but this machine has TensorRT 8.6.1"):
+        check_engine_compatible(meta, tensorrt_version="8.6.1", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
