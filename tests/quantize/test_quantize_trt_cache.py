@@ -136,3 +136,17 @@ def test_reader_keeps_the_header_version_and_splits_at_the_last_colon() -> None:
         parse_cache("8502-EntropyCalibration2\nx: 3c810204\n")
     with pytest.raises(ConfigError, match="does not exist"):
         read_cache("/nonexistent/c.cache")
+
+
+def test_reader_errors_name_the_file_and_accept_uppercase_hex(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^cache is empty; a TensorRT cache starts with 'TRT-<version>-<algorithm>'$"):
+        parse_cache("\n \n")
+    with pytest.raises(ConfigError, match=r"line 2: ': 3c810204'"):
+        parse_cache("TRT-8502-EntropyCalibration2\n: 3c810204\n")  # a scale without a tensor name
+    assert parse_cache("TRT-8502-EntropyCalibration2\nx: 3C810204\n").amax("x") == pytest.approx(2.0, rel=1e-6)
+    bad = tmp_path / "bad.cache"
+    bad.write_text("TRT-8502-EntropyCalibration2\nx 3c810204\n")
+    with pytest.raises(ConfigError, match=f"^{str(bad)} line 2"):
+        read_cache(bad)
+    with pytest.raises(ConfigError, match=f"calibration cache '{tmp_path / 'none.cache'}' does not exist"):
+        read_cache(tmp_path / "none.cache")
