@@ -345,7 +345,7 @@ def render_script(plan: BuildPlan) -> str:
         f'JetPack/TensorRT or re-plan with: edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
         f"  rm -f {q([engine])}; exit 3",
         "fi",
-        "# Where the layers run (trtexec --verbose lists them on DLA builds).",
+        "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",
         f"dla_layers=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
         f"gpu_layers=$(grep -c '\\[GpuLayer\\]' {q([log])} || true)",
         f"gpu=$(sed -n 's/.*Selected Device: //p' {q([log])} | head -n 1)",

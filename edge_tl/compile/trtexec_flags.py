@@ -87,7 +87,6 @@ class BuildSpec:
     calib_cache: str | None = None
     timing_cache: str | None = None
     export_times: str | None = None
-    verbose_layers: bool = True  # DLA builds: log where each layer runs
 
 
 def check_version(version: TrtVersion) -> None:
@@ -166,9 +165,6 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
                 f"{spec.batch.max}; give one batch size (e.g. --batch {spec.batch.opt})"
             )
         cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
-        if spec.verbose_layers:
-            # The "Layers Running on DLA/GPU" lists the build script counts are printed at this level.
-            cmd.append("--verbose")
     if spec.timing_cache is not None:
         cmd.append(f"--timingCacheFile={spec.timing_cache}")
     if spec.export_times is not None:

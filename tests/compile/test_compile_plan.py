@@ -61,7 +61,7 @@ GOLDEN = [
     (V86, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache", dla_core=1, timing_cache="t.cache",
                 batch=BatchRange(1, 1, 1)),
      [*HEAD[:3], *STATIC, "--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache", "--useDLACore=1",
-      "--allowGPUFallback", "--verbose", "--timingCacheFile=t.cache"]),
+      "--allowGPUFallback", "--timingCacheFile=t.cache"]),
     # TensorRT 10.x: memory pools; a Q/DQ ONNX weakly typed with --int8 --fp16 so float layers may run FP16
     (V103, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--memPoolSize=workspace:1024", "--fp16"]),
     (V103, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx", export_times="times.json"),

@@ -151,7 +151,8 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     fake.write_text(FAKE)
     fake.chmod(0o755)
     log = tmp_path / "build.log"
-    # Layer placement as TensorRT prints it with --verbose on a DLA build
+    # Layer placement as TensorRT's builder logs it on a DLA build (info level, "---------- Layers Running on
+    # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs)
     log.write_text("[I] [TRT] ---------- Layers Running on DLA ----------\n[I] [TRT] [DlaLayer] {ForeignNode[conv]}\n"
                    "[I] [TRT] ---------- Layers Running on GPU ----------\n[I] [TRT] [GpuLayer] SHUFFLE: flatten\n"
                    "[I] [TRT] [GpuLayer] COPY: reformat\n")
