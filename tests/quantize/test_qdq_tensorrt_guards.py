@@ -98,3 +98,33 @@ def test_checker_names_each_broken_rule(break_it, problem: str) -> None:
     break_it(out)
     problems = qdq_tensorrt.check_tensorrt_qdq(out)
     assert any(problem in p for p in problems), problems
+
+
+def test_weight_axis_per_op_and_float_layers_recorded() -> None:
+    """Gemm transB=0 and MatMul keep their output channels on axis 1; transB=1 on axis 0 (ONNX Gemm/MatMul layouts)."""
+    rng = np.random.default_rng(1)
+    wm = numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "wm")  # MatMul: [K, N]
+    wg = numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "wg")  # Gemm transB=0: [K, N]
+    nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="matmul"),
+             helper.make_node("Gemm", ["m", "wg"], ["y"], name="gemm")]
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], initializer=[wm, wg])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ranges = {t: TensorRange(amax=1.0, low=-1.0, high=1.0, method=CalibMethod.MINMAX) for t in ("x", "m")}
+    recipe = load_recipe("tensorrt-int8-qdq")
+    placement = qdq_tensorrt.plan(model, recipe)
+    assert placement.weight_inputs == (("matmul", 1, 1), ("gemm", 1, 1))
+    out = qdq_tensorrt.write(model, ranges, placement)
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    assert inits["wm_scale"].shape == (6,) and inits["wg_scale"].shape == (3,)
+    assert inits["wm_scale"].dtype == np.float32 and inits["x_qdq_scale"].dtype == np.float32
+    assert qdq_tensorrt.check_tensorrt_qdq(out) == []
+    names = {n.name for n in out.graph.node}
+    assert {"x_QuantizeLinear", "x_DequantizeLinear", "wm_DequantizeLinear", "m_QuantizeLinear"} <= names
+    floated = qdq_tensorrt.plan(model, recipe, float_layers=["matmul"])
+    assert floated.float_layers == ("matmul",) and floated.quantized_layers == ("gemm",)
+    assert floated.activation_tensors == ("m",) and floated.weight_inputs == (("gemm", 1, 1),)
+    # a residual Add kept in float: its skip input gets no Q/DQ of its own
+    res = qdq_tensorrt.plan(_residual_model(), recipe, float_layers=["add"])
+    assert ("add", 1) not in res.activation_inputs and "add" not in res.quantized_layers
+    assert ("add", 1) in qdq_tensorrt.plan(_residual_model(), recipe).activation_inputs
