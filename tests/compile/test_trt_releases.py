@@ -198,6 +198,7 @@ def test_pre_8_5_times_drop_their_warmup_records() -> None:
     assert [r["startComputeMs"] for r in drop_warmup(records, tensorrt="8.2.1", warmup_ms=200)] == [200.0, 300.0]
     assert [r["startComputeMs"] for r in drop_warmup(records, tensorrt="8.4.0", warmup_ms=200)] == [200.0, 300.0]
     assert drop_warmup(records, tensorrt="8.5.2", warmup_ms=200) == records
+    assert drop_warmup(records, tensorrt="8.5.0", warmup_ms=200) == records  # from 8.5.0 on, not only later patches
     log = parse_log("&&&& PASSED TensorRT.trtexec [TensorRT v8201] # trtexec\n")
     bench = to_bench_results(log, batch_size=1, times=records, warmup_ms=200)
     assert bench["gpu_compute"].iterations == 2 and bench["gpu_compute"].max_ms == 1.0
