@@ -272,3 +272,18 @@ def test_engine_checks_compare_the_patch_release() -> None:
     check_engine_compatible(meta, tensorrt_version="8.6.2.3", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
     with pytest.raises(RunError, match="built with TensorRT 8.6.2 but this machine has TensorRT 8.6.1"):
         check_engine_compatible(meta, tensorrt_version="8.6.1", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
+
+
+def test_timing_flags_state_one_latency_definition_per_release() -> None:
+    # Up to 10.x transfers are included by default and graphs/spin-wait are opt-in; 11.0 flips all three and
+    # makes --useCudaGraph/--noDataTransfers/--useSpinWait no-ops (release/11.0 samples/common/sampleOptions.cpp).
+    from edge_tl.compile.trtexec_flags import timing_flags
+
+    meaning = {"data_transfers": True, "spin_wait": True, "cuda_graph": True}
+    assert timing_flags(TrtVersion(8, 2, 1), cuda_graph=True) == (["--useSpinWait", "--useCudaGraph"], meaning)
+    assert timing_flags(TrtVersion(10, 3, 0), cuda_graph=False) == (["--useSpinWait"], {**meaning, "cuda_graph": False})
+    assert timing_flags(TrtVersion(11, 4, 1), cuda_graph=True) == (["--includeDataTransfers"], meaning)
+    assert timing_flags(TrtVersion(11, 4, 1), cuda_graph=False) == (["--includeDataTransfers", "--noCudaGraph"],
+                                                                     {**meaning, "cuda_graph": False})
+    with pytest.raises(ConfigError, match="TensorRT 9.2.0 is not supported"):
+        timing_flags(TrtVersion(9, 2, 0), cuda_graph=True)
