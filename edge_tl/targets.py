@@ -57,28 +57,63 @@ class CalibrationRecipe(str, Enum):
 
 @dataclass(frozen=True, order=True)
 class TrtVersion:
-    """A TensorRT version as ``major.minor`` (patch levels do not change flags or APIs we use)."""
+    """A TensorRT release as ``major.minor.patch``.
+
+    The patch matters: a calibration cache's header and an engine name the exact
+    release that wrote them (``TRT-8502-...`` is 8.5.2), and TensorRT refuses both
+    from another one.
+    """
 
     major: int
     minor: int
+    patch: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "TrtVersion":
+        """``"8.5.2"`` (or ``"8.5"``, patch 0; a fourth build field as in ``trt.__version__`` is ignored)."""
         parts = str(text).strip().split(".")
-        if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
-            raise ConfigError(f"{text!r} is not a TensorRT version: write MAJOR.MINOR, e.g. 10.3")
-        return cls(int(parts[0]), int(parts[1]))
+        if len(parts) < 2 or not all(p.isdigit() for p in parts[:3]):
+            raise ConfigError(f"{text!r} is not a TensorRT version: write MAJOR.MINOR.PATCH, e.g. 10.3.0")
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0)
 
     def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @property
+    def short(self) -> str:
         return f"{self.major}.{self.minor}"
 
     @property
     def library_version(self) -> int:
-        """TensorRT's ``getInferLibVersion()`` for ``major.minor.0``: 8.5 -> 8500, 10.3 -> 100300.
+        """TensorRT's ``getInferLibVersion()`` (also the ``[TensorRT vN]`` banner of trtexec).
 
-        It names the TensorRT that wrote a calibration cache (``TRT-8500-EntropyCalibration2``).
+        major*1000 + minor*100 + patch up to 9.x (8.5.2 -> 8502), major*10000 + minor*100 + patch
+        from 10.0 (10.3.0 -> 100300): ``kNV_TENSORRT_VERSION_IMPL`` in ``include/NvInferRuntimeBase.h``
+        of NVIDIA/TensorRT ``release/8.6`` and ``release/10.3``.
         """
-        return self.major * 1000 + self.minor * 100 if self.major < 10 else self.major * 10000 + self.minor * 100
+        scale = 1000 if self.major < 10 else 10000
+        return self.major * scale + self.minor * 100 + self.patch
+
+    @classmethod
+    def from_library_version(cls, code: int) -> "TrtVersion":
+        """The inverse of :attr:`library_version`: 8502 -> 8.5.2, 100300 -> 10.3.0."""
+        if code >= 100000:
+            return cls(code // 10000, code // 100 % 100, code % 100)
+        return cls(code // 1000, code // 100 % 10, code % 100)
+
+    @property
+    def max_opset(self) -> int:
+        """The highest ONNX opset this release's parser reads.
+
+        onnx/onnx-tensorrt ``docs/operators.md``: "TensorRT 8.2 supports operators up to Opset 13"
+        (branch 8.2-GA; 8.0-GA the same), "up to Opset 17" (8.4-GA, 8.5-GA, 8.6-GA), "opset 9 to
+        opset 20" (10.0-GA through main, which 11.x parses as well).
+        """
+        if self.major < 8 or (self.major == 8 and self.minor < 4):
+            return 13
+        if self.major < 10:
+            return 17
+        return 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,10 @@ class TrtRelease:
     def describe(self) -> str:
         where = f"JetPack {self.jetpack}, " if self.jetpack else ""
         return f"TensorRT {self.version} ({where}CUDA {self.cuda})"
+
+    @property
+    def max_opset(self) -> int:
+        return self.version.max_opset
 
 
 @dataclass(frozen=True)
@@ -126,6 +165,7 @@ class Target:
     releases: tuple[TrtRelease, ...] = ()
     default_tensorrt: TrtVersion | None = None
     cpu_arch: str | None = None
+    opset_cap: int | None = None  # a device-specific cap below what its TensorRT parses (rare)
 
     # ---- capability checks
 
@@ -149,6 +189,15 @@ class Target:
                 f"Drop --dla; targets with DLA: {with_dla}"
             )
 
+    def check_dla_release(self, release: TrtRelease) -> None:
+        """Refuse DLA on a TensorRT release that has none, naming the one that has."""
+        if release.version.major >= 11 and release.version < TrtVersion(11, 4, 1):
+            with_dla = [str(r.version) for r in self.releases if r.version.major < 11 or r.version >= TrtVersion(11, 4, 1)]
+            raise ConfigError(
+                f"TensorRT {release.version} has no DLA on Jetson (JetPack support, DLA included, arrives in 11.4.1 "
+                f"with JetPack 7.2.2): use --tensorrt {with_dla[0] if with_dla else '11.4.1'} or drop --dla"
+            )
+
     @property
     def uses_tensorrt(self) -> bool:
         return self.default_runtime is Runtime.TENSORRT
@@ -160,25 +209,41 @@ class Target:
                 f"target {self.name!r} runs {self.default_runtime.value}, not TensorRT: there is no engine to build. "
                 "Use its ONNX artifact with `edge-tl bench`/`verify` instead."
             )
-        wanted = self.default_tensorrt if version is None else (
-            version if isinstance(version, TrtVersion) else TrtVersion.parse(version)
-        )
+        if version is None:
+            wanted = self.default_tensorrt
+        elif isinstance(version, TrtVersion):
+            wanted = version
+        else:
+            wanted = TrtVersion.parse(version)
+            if str(version).strip().count(".") == 1:
+                # "10.3" names the one 10.3.x release the profile lists.
+                matches = {r.version for r in self.releases if (r.version.major, r.version.minor) == (wanted.major, wanted.minor)}
+                if len(matches) == 1:
+                    wanted = matches.pop()
         for release in self.releases:
             if release.version == wanted:
                 return release
         listed = ", ".join(r.describe() for r in self.releases)
         raise ConfigError(f"target {self.name!r} does not list TensorRT {wanted}; it lists {listed}")
 
+    def max_opset_for(self, tensorrt: str | TrtVersion | None = None) -> int:
+        """The highest opset the target's TensorRT release (default: its default one) parses."""
+        if not self.releases:
+            return self.max_opset
+        limit = self.release(tensorrt).max_opset
+        return min(limit, self.opset_cap) if self.opset_cap is not None else limit
+
     # ---- decisions for the other stages
 
-    def export_opset(self, requested: int | None = None) -> int:
+    def export_opset(self, requested: int | None = None, *, tensorrt: str | TrtVersion | None = None) -> int:
         """The ONNX opset to export for this target (its maximum unless a lower one is asked)."""
+        limit = self.max_opset_for(tensorrt)
         if requested is None:
-            return self.max_opset
-        if requested > self.max_opset:
+            return limit
+        if requested > limit:
             raise ConfigError(
-                f"opset {requested} is above what target {self.name!r} parses (max_opset = {self.max_opset}); "
-                f"export with --opset {self.max_opset} or lower"
+                f"opset {requested} is above what target {self.name!r} parses (max opset {limit}); "
+                f"export with --opset {limit} or lower"
             )
         return requested
 
@@ -187,23 +252,29 @@ class Target:
     ) -> CalibrationRecipe | None:
         """The recipe an INT8 build on this target needs (``None`` for float precisions).
 
-        DLA runs INT8 from implicit-quantization scales (a calibration cache), so a DLA
-        build uses the cache recipe, which only TensorRT before 11 can read.
+        DLA rules, per release:
+
+        * 8.x and 10.x: DLA INT8 is implicit quantization from a calibration cache (the TensorRT
+          8.x developer guide, "Working with DLA": DLA does not support explicit quantization);
+          edge-tl keeps 10.x on the same path (its Q/DQ-on-DLA support is not verified here);
+        * 11.0 to 11.4.0 have no JetPack support, so no DLA; 11.4.1 (JetPack 7.2.2+) builds DLA
+          strongly typed from the Q/DQ ONNX (TensorRT 11.4.1 "Strongly Typed Networks for DLA",
+          docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
         """
         precision = self.check_precision(precision)
         if precision is not Precision.INT8:
+            if dla and self.releases:
+                self.check_dla(dla)
+                self.check_dla_release(self.release(tensorrt))
             return None
         if not self.uses_tensorrt:
             return self.calibration_recipe
         release = self.release(tensorrt)
         if dla:
             self.check_dla(dla)
+            self.check_dla_release(release)
             if release.version.major >= 11:
-                raise ConfigError(
-                    f"INT8 on DLA needs a calibration cache, which TensorRT {release.version} cannot read "
-                    "(calibrators were removed in TensorRT 11). Use --no-dla, or a TensorRT 10 release "
-                    f"of {self.name!r} (--tensorrt)."
-                )
+                return CalibrationRecipe.TENSORRT_QDQ
             return CalibrationRecipe.TENSORRT_CACHE
         recipe = self.calibration_recipe
         if recipe is CalibrationRecipe.TENSORRT_CACHE and release.version.major >= 11:
@@ -335,8 +406,9 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     memory = top.get("memory_gb", (int, float))
     if memory <= 0:
         raise top.fail("memory_gb", f"must be > 0, got {memory}")
-    max_opset = top.get("max_opset", int)
-    if not 7 <= max_opset <= 30:
+    # A GPU target's opset follows its TensorRT release; the field only caps it further.
+    max_opset = top.get("max_opset", int, required=kind is TargetKind.CPU)
+    if max_opset is not None and not 7 <= max_opset <= 30:
         raise top.fail("max_opset", f"must be an ONNX opset between 7 and 30, got {max_opset}")
     recipe = top.enum("calibration_recipe", CalibrationRecipe)
     raw_precisions = top.get("fast_precisions", list)
@@ -381,10 +453,14 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
             if not isinstance(item, dict):
                 raise trt.fail("releases", f"item {i} must be a table ([[tensorrt.releases]]), got {item!r}")
             rel = _Fields(item, source=source, known=_RELEASE_FIELDS, prefix=f"tensorrt.releases[{i}].")
+            text = rel.get("version", str)
             try:
-                version = TrtVersion.parse(rel.get("version", str))
+                version = TrtVersion.parse(text)
             except ConfigError as exc:
                 raise rel.fail("version", str(exc)) from None
+            if text.count(".") != 2:
+                # The patch release decides the cache header and whether an engine loads.
+                raise rel.fail("version", f"must be the full release MAJOR.MINOR.PATCH (e.g. \"8.5.2\"), got {text!r}")
             jetpack = rel.get("jetpack", str, required=kind is TargetKind.JETSON)
             releases.append(TrtRelease(version=version, cuda=rel.get("cuda", str), jetpack=jetpack))
         try:
@@ -392,7 +468,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         except ConfigError as exc:
             raise trt.fail("default", str(exc)) from None
         if default_trt not in {r.version for r in releases}:
-            raise trt.fail("default", f"is {str(default_trt)!r}, which is not among the releases listed")
+            raise trt.fail("default", f"is {str(default_trt)!r}, which is not among the releases listed (write MAJOR.MINOR.PATCH)")
         if recipe is CalibrationRecipe.ONNXRUNTIME_CPU:
             raise top.fail("calibration_recipe", "of a GPU target must be a TensorRT recipe (tensorrt-int8-qdq or tensorrt-int8-cache)")
         if recipe is CalibrationRecipe.TENSORRT_CACHE and default_trt.major >= 11:
@@ -400,6 +476,10 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
                 "calibration_recipe",
                 f"is 'tensorrt-int8-cache' but the default TensorRT {default_trt} has no calibrators; use 'tensorrt-int8-qdq'",
             )
+    opset_cap = None
+    if default_trt is not None:
+        opset_cap = max_opset
+        max_opset = min(default_trt.max_opset, max_opset) if max_opset is not None else default_trt.max_opset
     return Target(
         name=name,
         description=description,
@@ -407,6 +487,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         memory_gb=float(memory),
         default_runtime=runtime,
         max_opset=max_opset,
+        opset_cap=opset_cap,
         calibration_recipe=recipe,
         fast_precisions=tuple(precisions),
         power_notes=power_notes,
@@ -498,7 +579,7 @@ def format_target(target: Target) -> str:
     if target.releases:
         lines.append(f"  workspace: {target.workspace_mib} MiB")
         lines.append(f"  TensorRT (default {target.default_tensorrt}):")
-        lines += [f"    - {r.describe()}" for r in target.releases]
+        lines += [f"    - {r.describe()}, ONNX opset <= {min(r.max_opset, target.opset_cap or 99)}" for r in target.releases]
     lines.append(f"  power: {target.power_notes}")
     if target.notes:
         lines.append(f"  notes: {target.notes}")

@@ -1,6 +1,6 @@
 """Shared test configuration.
 
-Tests marked ``gpu``, ``tensorrt`` or ``jetson`` are skipped with a reason where
+Tests marked ``gpu``, ``tensorrt`` or ``ssh`` are skipped with a reason where
 the thing they need is missing, so the same suite runs here and on a device.
 """
 
@@ -25,14 +25,9 @@ def _has_tensorrt() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def _is_jetson() -> bool:
-    return os.path.exists("/etc/nv_tegra_release")
-
-
 _REQUIREMENTS = {
     "gpu": (_has_cuda, "needs a CUDA GPU"),
     "tensorrt": (_has_tensorrt, "needs TensorRT's Python package (import tensorrt)"),
-    "jetson": (_is_jetson, "needs a Jetson device (/etc/nv_tegra_release)"),
     "ssh": (lambda: shutil.which("sshd") is not None or os.path.exists("/usr/sbin/sshd"), "needs OpenSSH's sshd (apt install openssh-server)"),
 }
 

@@ -119,6 +119,9 @@ class BenchReport:
     results: tuple[LatencyStats, ...]
     environment: dict[str, Any]
     created: str = field(default_factory=now_iso)
+    # The named latencies of edge_tl.bench.latency, one per batch size (None where the backend has none).
+    gpu_compute: tuple[LatencyStats | None, ...] | None = None
+    end_to_end: tuple[LatencyStats | None, ...] | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -136,6 +139,8 @@ class BenchReport:
                 "seed": self.config.seed,
             },
             "results": [r.to_dict() for r in self.results],
+            "gpu_compute": [r.to_dict() if r else None for r in self.gpu_compute] if self.gpu_compute else None,
+            "end_to_end": [r.to_dict() if r else None for r in self.end_to_end] if self.end_to_end else None,
             "warnings": self.warnings,
             "environment": self.environment,
         }

@@ -124,6 +124,11 @@ def compile_run(
     plan = make_plan(run, profile, request)
     plan_record = write_plan(run, plan)
     say(f"build plan: {run.root / plan_record.path} (TensorRT {plan.release.version}, source {plan.source.onnx.name})")
+    if plan.dla_gpu_fallback:
+        ops = ", ".join(f"{op} x{n}" for op, n in plan.dla_gpu_fallback.items())
+        say(f"DLA cannot take these operators; they will run on the GPU: {ops}")
+    elif plan.dla_gpu_fallback is not None:
+        say("DLA takes every operator type of this model (parameter restrictions are checked by the build)")
     builder, why = (None, "--plan-only was asked") if mode is BuildMode.PLAN else _local_builder(profile)
     if builder is None:
         if mode is BuildMode.BUILD:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_tl import __version__, artifacts
+from edge_tl.compile.dla import DLA_LAYERS_SOURCE
 from edge_tl.compile.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
@@ -27,11 +28,12 @@ from edge_tl.compile.trtexec_flags import (
     build_command,
     check_version,
     shell_join,
-    version_code_prefix,
+    banner_code,
+    timing_flags,
 )
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
-from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, target_names
+from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, TrtVersion, target_names
 
 STAGE = "compile"
 ENGINE_NAME = "model.engine"
@@ -105,14 +107,16 @@ def choose_source(
             _check_cache_header(run, cache, release, how=quantize)
             return SourceChoice(onnx, SourceKind.FP32, recipe=recipe, calib_cache=cache)
         if recipe is CalibrationRecipe.TENSORRT_QDQ:
-            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}", how=quantize), SourceKind.QDQ, recipe=recipe)
+            # Strongly typed (11.x): the float part must be FP16 in the graph itself, or it runs FP32.
+            variant = "-fp16" if release.version.major >= 11 else ""
+            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}{variant}", how=quantize), SourceKind.QDQ, recipe=recipe)
         raise ConfigError(f"recipe {recipe.value!r} makes a model for ONNX Runtime, not for TensorRT")
     raise ConfigError(f"edge-tl compiles fp32, fp16 or int8 engines; {precision.value} is not supported yet")
 
 
 def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: str) -> None:
-    """A calibration cache names the TensorRT that wrote it (``TRT-8510-EntropyCalibration2``);
-    TensorRT refuses one of another major version, so the plan does too, before the device does."""
+    """A calibration cache names the exact TensorRT release that wrote it (``TRT-8502-EntropyCalibration2``
+    is 8.5.2: ``getInferLibVersion()``); the plan accepts only its own release's header."""
     path = run.artifact_path(cache.name)
     with path.open("r", encoding="utf-8", errors="replace") as fh:
         header = fh.readline().strip()
@@ -120,10 +124,10 @@ def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: 
     if match is None:
         raise RunError(f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); re-run: {how}")
     code = int(match.group(1))
-    major = code // 10000 if code >= 100000 else code // 1000
-    if major != release.version.major:
+    if code != release.version.library_version:
+        written = TrtVersion.from_library_version(code)
         raise RunError(
-            f"{cache.name!r} was written for TensorRT {major}.x ({header}) but the plan is for TensorRT "
+            f"{cache.name!r} was written for TensorRT {written} ({header}) but the plan is for TensorRT "
             f"{release.version} (header TRT-{release.version.library_version}-...): re-run {how}"
         )
 
@@ -155,10 +159,16 @@ class BuildPlan:
     spec: BuildSpec
     directory: str  # run-relative
     output_name: str
+    dla_gpu_fallback: dict[str, int] | None = None  # DLA builds: operator types DLA cannot take
 
     @property
     def argv(self) -> list[str]:
         return build_command(self.spec, self.release.version)
+
+    @property
+    def timing(self) -> tuple[list[str], dict[str, bool]]:
+        """The trtexec flags deploy and bench time this engine with, and what its latencies then mean."""
+        return timing_flags(self.release.version, cuda_graph=True)
 
     def flags(self) -> list[str]:
         return self.argv[1:]
@@ -191,6 +201,11 @@ class BuildPlan:
             "dla_core": self.spec.dla_core,
             "timing_cache": self.spec.timing_cache,
             "trtexec_argv": self.argv,
+            "timing": {"flags": self.timing[0], **self.timing[1]},
+            "dla": None if self.spec.dla_core is None else {
+                "core": self.spec.dla_core, "gpu_fallback_ops": self.dla_gpu_fallback,
+                "rules": "static shape (min = opt = max); FP16/INT8 only", "source": DLA_LAYERS_SOURCE,
+            },
             "working_directory": "the run directory",
         }
 
@@ -220,16 +235,29 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
             f"--dla-core {request.dla_core} does not exist on {target.name!r}: it has "
             f"{target.gpu.dla_cores if target.gpu else 0} DLA core(s), numbered from 0"
         )
+    if request.dla:
+        target.check_dla_release(release)
     source = choose_source(run, target, precision, release, dla=request.dla)
     opset = source.onnx.details.get("opset")
-    if isinstance(opset, int) and opset > target.max_opset:
+    max_opset = target.max_opset_for(release.version)
+    if isinstance(opset, int) and opset > max_opset:
         raise RunError(
             f"{source.onnx.name!r} is opset {opset} but {target.name!r} (TensorRT {release.version}) parses up to "
-            f"opset {target.max_opset}; re-export with `edge-tl export {run.root} --opset {target.max_opset}`"
+            f"opset {max_opset}; re-export with `edge-tl export {run.root} --opset {max_opset}`"
             + (" and quantize again" if source.kind is SourceKind.QDQ else "")
         )
     input_name, output_name, chw, dynamic = _onnx_io(source.onnx)
-    if dynamic:
+    if dynamic and request.dla:
+        # DLA has no dynamic shapes and runs only the build shape (TensorRT developer guide,
+        # "DLA Supported Layers and Restrictions"): a range would silently put every layer on the GPU.
+        wanted = request.batch or BatchRange(1, 1, 1)
+        if not wanted.static:
+            raise ConfigError(
+                f"DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape); "
+                f"--batch {wanted.min},{wanted.opt},{wanted.max} is a range: give one batch size, e.g. --batch {wanted.opt}"
+            )
+        batch = wanted
+    elif dynamic:
         batch = request.batch or DEFAULT_BATCH
     else:
         fixed = source.onnx.details["input_shape"][0]
@@ -254,7 +282,12 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         timing_cache=timing_cache_path(target, release),
         export_times=f"{directory}/{TIMES_NAME}",
     )
-    plan = BuildPlan(target, release, precision, source, spec, directory, output_name)
+    fallback = None
+    if request.dla:
+        from edge_tl.compile.dla import gpu_fallback_ops
+
+        fallback = gpu_fallback_ops(run.path(source.onnx.path))
+    plan = BuildPlan(target, release, precision, source, spec, directory, output_name, dla_gpu_fallback=fallback)
     plan.argv  # noqa: B018 - builds the command now so that an impossible flag combination fails before writing
     return plan
 
@@ -283,7 +316,7 @@ def render_script(plan: BuildPlan) -> str:
     argv = plan.argv
     log = f"{plan.directory}/{LOG_NAME}"
     engine = plan.spec.engine
-    expected = version_code_prefix(plan.release.version)
+    expected = banner_code(plan.release.version)
     checks = [f"{plan.source.onnx.sha256}  {plan.source.onnx.path}"]
     if plan.source.calib_cache is not None:
         checks.append(f"{plan.source.calib_cache.sha256}  {plan.source.calib_cache.path}")
@@ -303,15 +336,18 @@ def render_script(plan: BuildPlan) -> str:
         "# The ONNX (and cache) must be the ones this plan was made for.",
         *(f"echo {q([c])} | sha256sum -c --quiet -" for c in checks),
         f"mkdir -p {q([plan.directory])}",
+        *_cache_check_lines(plan),
         f'"$TRTEXEC" {q(argv[1:])} 2>&1 | tee {q([log])}',
         "# An engine only runs on the TensorRT that built it: refuse a different one.",
         f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
-        'case "$built" in',
-        f"  {expected}*) ;;",
-        f'  *) echo "this plan is for TensorRT {plan.release.version} but trtexec is v$built: use the matching '
+        f'if [ "$built" != {q([expected])} ]; then',
+        f'  echo "this plan is for TensorRT {plan.release.version} (v{expected}) but trtexec is v$built: use the matching '
         f'JetPack/TensorRT or re-plan with: edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
-        f"     rm -f {q([engine])}; exit 3 ;;",
-        "esac",
+        f"  rm -f {q([engine])}; exit 3",
+        "fi",
+        "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",
+        f"dla_layers=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
+        f"gpu_layers=$(grep -c '\\[GpuLayer\\]' {q([log])} || true)",
         f"gpu=$(sed -n 's/.*Selected Device: //p' {q([log])} | head -n 1)",
         f"cc=$(sed -n 's/.*Compute Capability: //p' {q([log])} | head -n 1)",
         f"trt=$(sed -n 's/.*TensorRT version: //p' {q([log])} | head -n 1)",
@@ -320,13 +356,35 @@ def render_script(plan: BuildPlan) -> str:
         f"fixed={q([fixed])}",
         "# Sidecar: the fixed fields plus what only the device knows.",
         'printf \'{"tensorrt_version": "%s", "gpu_name": "%s", "compute_capability": "%s", '
-        '"engine_sha256": "%s", "created": "%s", %s\\n\' "$trt" "$gpu" "$cc" "$sha" '
-        '"$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${fixed#\\{}" > '
+        '"engine_sha256": "%s", "created": "%s", "layers": {"dla": %s, "gpu": %s}, %s\\n\' "$trt" "$gpu" "$cc" "$sha" '
+        '"$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${dla_layers:-0}" "${gpu_layers:-0}" "${fixed#\\{}" > '
         f"{q([str(sidecar_path(engine).as_posix())])}",
         f'echo "engine: {engine} (TensorRT $trt, $gpu, sm $cc)"',
         "",
     ]
     return "\n".join(lines)
+
+
+def _cache_check_lines(plan: BuildPlan) -> list[str]:
+    """Before ``--calib``: the cache's header must name the device's exact TensorRT, which
+    trtexec prints as ``[TensorRT vN]`` before anything else, even for ``--help``
+    (``samples/trtexec/trtexec.cpp``: reportTestStart precedes parseHelp, every release)."""
+    cache = plan.source.calib_cache
+    if cache is None:
+        return []
+    q = shell_join
+    fix = (f"edge-tl quantize RUN --recipe {CalibrationRecipe.TENSORRT_CACHE.value} --target {plan.target.name} "
+           f"--tensorrt X.Y.Z (X.Y.Z: this device's TensorRT)")
+    return [
+        "# A calibration cache is read only by the exact TensorRT release named in its header.",
+        "device=$(\"$TRTEXEC\" --help 2>&1 | sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' | head -n 1)",
+        f"header=$(head -n 1 {q([cache.path])} | sed -n 's/^TRT-\\([0-9]*\\)-.*/\\1/p')",
+        'if [ "$header" != "$device" ]; then',
+        f'  echo "the calibration cache {cache.path} is for TensorRT v$header but this trtexec is v$device; '
+        f'write the right one with: {fix}" >&2',
+        "  exit 4",
+        "fi",
+    ]
 
 
 def write_plan(run: Run, plan: BuildPlan) -> Artifact:

@@ -44,11 +44,7 @@ class EngineMetadata:
     dla_core: int | None = None
     engine_sha256: str = ""
     created: str = field(default_factory=now_iso)
-
-    @property
-    def tensorrt_major_minor(self) -> tuple[int, int]:
-        parts = self.tensorrt_version.split(".")
-        return int(parts[0]), int(parts[1])
+    layers: dict[str, int] | None = None  # {"dla": n, "gpu": m} from a DLA build's log
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +65,7 @@ class EngineMetadata:
             "dla_core": self.dla_core,
             "engine_sha256": self.engine_sha256,
             "created": self.created,
+            "layers": dict(self.layers) if self.layers is not None else None,
         }
 
     @classmethod
@@ -92,6 +89,7 @@ class EngineMetadata:
                 dla_core=data.get("dla_core"),
                 engine_sha256=str(data.get("engine_sha256", "")),
                 created=str(data.get("created", "")),
+                layers={str(k): int(v) for k, v in data["layers"].items()} if data.get("layers") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where} lacks or mangles field {exc}; rebuild the engine with `edge-tl compile`") from exc

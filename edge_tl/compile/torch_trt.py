@@ -27,6 +27,21 @@ TORCH_TRT_CALLS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def check_torch_tensorrt_matches(torch_version: str, torch_tensorrt_version: str) -> None:
+    """torch-tensorrt 2.N is built against torch 2.N only (its wheels pin ``torch>=2.N,<2.N+1``)."""
+    def series(version: str) -> tuple[int, int]:
+        major, minor = version.split("+")[0].split(".")[:2]
+        return int(major), int(minor)
+
+    if series(torch_version) != series(torch_tensorrt_version):
+        want = "{}.{}".format(*series(torch_version))
+        raise ConfigError(
+            f"torch-tensorrt {torch_tensorrt_version} is built for torch {'{}.{}'.format(*series(torch_tensorrt_version))} "
+            f"but torch is {torch_version}: install the matching one, pip install \"torch-tensorrt=={want}.*\" "
+            "(on a Jetson, from NVIDIA's Jetson index; --via torch-tensorrt builds on a workstation GPU anyway)"
+        )
+
+
 def build_with_torch_tensorrt(
     run: Run, *, precision: Precision, chw: tuple[int, int, int], batch: BatchRange, engine: Path
 ) -> BuildOutcome:
@@ -37,6 +52,7 @@ def build_with_torch_tensorrt(
     torch = lazy_import("torch", purpose="--via torch-tensorrt")
     torch_tensorrt = lazy_import("torch_tensorrt", purpose="--via torch-tensorrt")
     trt = lazy_import("tensorrt", purpose="--via torch-tensorrt")
+    check_torch_tensorrt_matches(str(torch.__version__), str(torch_tensorrt.__version__))
     from edge_tl.models import load_run_model
 
     model = load_run_model(run).cuda().eval()

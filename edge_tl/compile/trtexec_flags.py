@@ -1,20 +1,25 @@
-"""trtexec command lines, per TensorRT major version.
+"""trtexec command lines, per TensorRT release.
 
-The flags that differ (TensorRT ``samples/trtexec/README.md`` of each release;
-REFERENCE.md section 5):
+Each flag below is in that release's option list (NVIDIA/TensorRT ``release/X.Y``
+``samples/common/sampleOptions.cpp``; the lists are test data in
+``tests/compile/trtexec_options/``):
 
-========================  ===========================  ===========================  ==========================
-what                      8.x (JetPack 4.6/5, 6.0)     10.x (JetPack 6.1/6.2)       11.x (JetPack 7.2, Thor)
-========================  ===========================  ===========================  ==========================
-workspace                 ``--workspace=N`` (MiB)      ``--memPoolSize=workspace:N``  same as 10.x
-FP16                      ``--fp16`` on the FP32 ONNX  ``--fp16`` on the FP32 ONNX  FP16 ONNX + ``--stronglyTyped``
-INT8, Q/DQ ONNX           ``--int8 --fp16``            ``--stronglyTyped``          ``--stronglyTyped``
-INT8, calibration cache   ``--int8 --fp16 --calib=F``  ``--int8 --fp16 --calib=F``  (removed: no calibrators)
-========================  ===========================  ===========================  ==========================
+========================  ===========================  ==============================  ==========================
+what                      8.0/8.2 (JetPack 4.6.x)      8.4-10.x (JetPack 5, 6, 7.0)    11.x (JetPack 7.2.2+)
+========================  ===========================  ==============================  ==========================
+workspace                 ``--workspace=N`` (MiB)      ``--memPoolSize=workspace:N``   same as 10.x
+FP16                      ``--fp16`` on the FP32 ONNX  ``--fp16`` on the FP32 ONNX     FP16 ONNX + ``--stronglyTyped``
+INT8, Q/DQ ONNX           ``--int8 --fp16``            ``--int8 --fp16``               Q/DQ ONNX with an FP16 float
+                                                                                       part + ``--stronglyTyped``
+INT8, calibration cache   ``--int8 --fp16 --calib=F``  ``--int8 --fp16 --calib=F``     (removed: no calibrators)
+========================  ===========================  ==============================  ==========================
 
-``--workspace`` is kept for all of 8.x because 8.2 (the last TensorRT of Nano and
-TX2) has no ``--memPoolSize``. INT8 builds also allow FP16 on 8.x/10.x so that the
-layers left in float (and the classifier) do not fall back to FP32.
+``--memPoolSize`` appears in 8.4 (``--workspace`` deprecated there, gone from 10.0's
+list); ``--stronglyTyped`` appears in 9.1; 11.0 drops ``--fp16``, ``--int8``, ``--best``
+and ``--calib`` (trtexec then fails with "Unknown option"). On 10.x a Q/DQ ONNX is
+built weakly typed with ``--int8 --fp16`` so that the layers outside Q/DQ pairs may
+run in FP16 (docs/quantization.md says why); 11.x has only strong typing, so the ONNX
+itself carries FP16 there.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class BatchRange:
 
     def to_dict(self) -> dict[str, int]:
         return {"min": self.min, "opt": self.opt, "max": self.max}
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
         if source is SourceKind.QDQ:
             if calib is not None:
                 raise ConfigError("a Q/DQ ONNX carries its own scales: do not pass a calibration cache with it")
-            return ["--int8", "--fp16"] if version.major == 8 else ["--stronglyTyped"]
+            return ["--int8", "--fp16"] if version.major < 11 else ["--stronglyTyped"]
         if source is SourceKind.FP32:
             if version.major >= 11:
                 raise ConfigError(
@@ -122,7 +131,8 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
                     "(recipe tensorrt-int8-qdq)"
                 )
             if calib is None:
-                # --int8 without --calib uses dummy scales: speed only, never accuracy (REFERENCE.md 5).
+                # --int8 without --calib uses dummy scales: speed only, never accuracy ("in INT8 mode, random
+                # weights are used", NVIDIA/TensorRT release/10.3 samples/trtexec/README.md).
                 raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
             return ["--int8", "--fp16", f"--calib={calib}"]
         raise ConfigError("INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache")
@@ -139,7 +149,7 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
             f"--optShapes={_shape(spec.input_name, spec.batch.opt, spec.chw)}",
             f"--maxShapes={_shape(spec.input_name, spec.batch.max, spec.chw)}",
         ]
-    if version.major == 8:
+    if (version.major, version.minor) < (8, 4):
         cmd.append(f"--workspace={spec.workspace_mib}")
     else:
         cmd.append(f"--memPoolSize=workspace:{spec.workspace_mib}")
@@ -147,12 +157,36 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
     if spec.dla_core is not None:
         if spec.precision is Precision.FP32:
             raise ConfigError("DLA runs FP16 and INT8 only: choose --precision fp16 or int8, or --no-dla")
+        if spec.batch is not None and not spec.batch.static:
+            # "DLA does not support dynamic dimensions ... min, max, and opt values must be equal"
+            # (TensorRT developer guide, DLA Supported Layers and Restrictions).
+            raise ConfigError(
+                f"DLA has no dynamic shapes: min = opt = max is required, got --batch {spec.batch.min},{spec.batch.opt},"
+                f"{spec.batch.max}; give one batch size (e.g. --batch {spec.batch.opt})"
+            )
         cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
     if spec.timing_cache is not None:
         cmd.append(f"--timingCacheFile={spec.timing_cache}")
     if spec.export_times is not None:
         cmd.append(f"--exportTimes={spec.export_times}")
     return cmd
+
+
+def timing_flags(version: TrtVersion, *, cuda_graph: bool) -> tuple[list[str], dict[str, bool]]:
+    """The flags that fix what trtexec's latencies mean, stated for every release, and that meaning.
+
+    Up to 10.x trtexec includes host-device copies by default and CUDA graphs and spin-wait
+    are off; 11.0 flips all three (copies excluded, graphs and spin-wait on) and makes
+    ``--useCudaGraph``/``--noDataTransfers``/``--useSpinWait`` no-ops (``release/11.0``
+    ``samples/common/sampleOptions.cpp``, InferenceOptions::parse). edge-tl always times with
+    the copies included (so end-to-end is H2D + compute + D2H) and spin-wait on; CUDA graphs as asked.
+    """
+    check_version(version)
+    if version.major >= 11:
+        flags = ["--includeDataTransfers"] + ([] if cuda_graph else ["--noCudaGraph"])
+    else:
+        flags = ["--useSpinWait"] + (["--useCudaGraph"] if cuda_graph else [])
+    return flags, {"data_transfers": True, "spin_wait": True, "cuda_graph": cuda_graph}
 
 
 def bench_command(
@@ -175,18 +209,21 @@ def bench_command(
     cmd = [trtexec, f"--loadEngine={engine}"]
     if batch is not None:
         cmd.append(f"--shapes={_shape(input_name, batch, chw)}")
-    cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}", f"--iterations={iterations}", "--useSpinWait"]
-    if cuda_graph:
-        cmd.append("--useCudaGraph")
+    cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}", f"--iterations={iterations}"]
+    cmd += timing_flags(version, cuda_graph=cuda_graph)[0]
     if dla_core is not None:
         cmd.append(f"--useDLACore={dla_core}")
     cmd.append(f"--exportTimes={export_times}")
     return cmd
 
 
-def version_code_prefix(version: TrtVersion) -> str:
-    """How trtexec's banner starts for ``version``: ``[TensorRT v8502]`` is 8.5.2, ``v100300`` is 10.3.0."""
-    return str(version.library_version // 100)
+def banner_code(version: TrtVersion) -> str:
+    """trtexec's banner number for ``version``: ``[TensorRT v8502]`` is 8.5.2, ``v100300`` is 10.3.0.
+
+    The banner prints ``NV_TENSORRT_VERSION`` (``samples/common/logging.h``), the same number as
+    ``getInferLibVersion()`` and a calibration cache's header.
+    """
+    return str(version.library_version)
 
 
 def shell_join(argv: list[str]) -> str:

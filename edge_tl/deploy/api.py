@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_tl.bench.latency import named_latencies
 from edge_tl.deploy.bundle import Bundle, bundle_artifact_name, bundle_dir, make_bundle
 from edge_tl.deploy.device_lock import hold_device_folder
 from edge_tl.deploy.evalpack import DEFAULT_IMAGES, EvalPack
@@ -148,6 +149,10 @@ class DeployResult:
     power_mean_mw: float | None = None
     hottest_c: float | None = None
     clocks_locked: bool | None = None
+    # The named latencies (edge_tl.bench.latency): the same fields bench and verify write.
+    gpu_compute: dict[str, Any] | None = None
+    end_to_end: dict[str, Any] | None = None
+    energy_mj_per_image: float | None = None
     remote_dir: str | None = None
     device: str | None = None  # the probe's one-line summary
     measured: str | None = None
@@ -180,6 +185,7 @@ class DeployResult:
             "latency_ms": {"p50": self.p50_ms, "p99": self.p99_ms, "batch_size": self.batch_size},
             "throughput_ips": self.throughput_ips, "size_bytes": self.size_bytes, "bundle_digest": self.bundle_digest,
             "power_mean_mw": self.power_mean_mw, "hottest_c": self.hottest_c, "clocks_locked": self.clocks_locked,
+            "gpu_compute": self.gpu_compute, "end_to_end": self.end_to_end, "energy_mj_per_image": self.energy_mj_per_image,
             "jetpack": self.jetpack,
             "tensorrt": self.tensorrt, "measured": self.measured,
         }  # fmt: skip
@@ -408,6 +414,8 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
     for warning in warnings:
         log.warning("%s: %s", label, warning)
     accuracy, original, local = scores["accuracy"], scores.get("original"), scores.get("local")
+    latencies = named_latencies({"gpu_compute": measured.gpu_compute, "end_to_end": measured.end_to_end},
+                                power["total_power_mean_mw"] if power else None)  # fmt: skip
     return DeployResult(
         host=str(endpoint), label=label, target=target.name, precision=bundle.precision.value, status="ok",
         mode=mode.value, backend=measured.backend, jetpack=probe.jetpack, tensorrt=probe.tensorrt,
@@ -422,7 +430,8 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
         local_agreement=local["agreement"]["top1_agreement"] if local else None,
         size_bytes=bundle.files[bundle.model["path"]][1], bundle_digest=bundle.digest,
         power_mean_mw=power["total_power_mean_mw"] if power else None, hottest_c=power["hottest_c"] if power else None,
-        clocks_locked=locked, remote_dir=remote_dir, device=probe.summary(), measured=now_iso(), warnings=tuple(warnings),
+        clocks_locked=locked, gpu_compute=latencies["gpu_compute"], end_to_end=latencies["end_to_end"],
+        energy_mj_per_image=latencies["energy_mj_per_image"], remote_dir=remote_dir, device=probe.summary(), measured=now_iso(), warnings=tuple(warnings),
     )  # fmt: skip
 
 

@@ -59,6 +59,9 @@ class Measurement:
     p99_ms: float
     throughput_ips: float
     batch_size: int
+    # The named latencies of edge_tl.bench.latency (latency-statistics dicts); None where the backend does not know one.
+    gpu_compute: dict[str, Any] | None = None
+    end_to_end: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -196,6 +199,7 @@ class PythonMode:
             artifact=device["artifact"], kind=device["kind"], backend=device["backend"],
             p50_ms=float(latency["p50_ms"]), p99_ms=float(latency["p99_ms"]),
             throughput_ips=float(latency["throughput_ips"]), batch_size=int(latency["batch_size"]),
+            gpu_compute=device.get("gpu_compute"), end_to_end=device.get("end_to_end"),
             details={"edge_tl_module": (device.get("edge_tl") or {}).get("module")},
         )  # fmt: skip
 
@@ -259,8 +263,9 @@ class TrtexecMode:
             "created": now_iso(),
             "runner": {"name": f"engine-{target.name}-{bundle.precision.value}", "backend": "trtexec", "device": "cuda",
                        "clock": "trtexec", "argv": argv},
-            "results": [bench["end_to_end"].to_dict()],
+            "results": [bench["gpu_compute"].to_dict()],
             "gpu_compute": bench["gpu_compute"].to_dict(),
+            "end_to_end": bench["end_to_end"].to_dict(),
             "source": bench["source"],
             "trtexec": bench["trtexec"],
             "environment": {"probe": session.probe.to_dict()},
@@ -286,6 +291,7 @@ class TrtexecMode:
         return Measurement(
             artifact=f"engine-{target.name}-{bundle.precision.value}", kind="engine", backend="tensorrt (trtexec)",
             p50_ms=e2e.p50_ms, p99_ms=e2e.p99_ms, throughput_ips=e2e.throughput_ips, batch_size=e2e.batch_size,
+            gpu_compute=bench["gpu_compute"].to_dict(), end_to_end=e2e.to_dict(),
         )  # fmt: skip
 
 

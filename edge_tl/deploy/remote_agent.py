@@ -56,6 +56,7 @@ def run_agent(bundle_dir: Path, out: Path, *, runtime: str, warmup: int, iterati
     import edge_tl
     from edge_tl.bench import BenchConfig, Budget, benchmark, fingerprint
     from edge_tl.bench.api import BenchReport
+    from edge_tl.bench.latency import latency_fields, time_end_to_end
     from edge_tl.deploy.bundle import Bundle
     from edge_tl.deploy.evalpack import EvalPack
     from edge_tl.runtime.base import RunnerOptions
@@ -86,11 +87,15 @@ def run_agent(bundle_dir: Path, out: Path, *, runtime: str, warmup: int, iterati
             accuracy.update(batch_logits, labels)
             logits.append(batch_logits)
         stats = benchmark(runner, config)
+        e2e = time_end_to_end(runner, images[:batch_size] if len(images) >= batch_size else images,
+                              warmup=min(warmup, 5), iterations=iterations)
         described = runner.describe()
         described["input"] = runner.input_spec.to_dict()
     np.save(out / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+    on_gpu = chosen == "tensorrt"  # the TensorRT runner times enqueue + sync: the GPU's work, no copies
     report = BenchReport(target=f"{artifact} on the device", runner=described, config=config, results=tuple(stats),
-                         environment=fingerprint(threads=threads))  # fmt: skip
+                         environment=fingerprint(threads=threads), gpu_compute=tuple(stats) if on_gpu else None,
+                         end_to_end=(e2e,))  # fmt: skip
     report.write_json(out / BENCH)
     result = {
         "artifact": artifact,
@@ -100,6 +105,7 @@ def run_agent(bundle_dir: Path, out: Path, *, runtime: str, warmup: int, iterati
         "bundle_digest": bundle.digest,
         "accuracy": accuracy.result().to_dict(),
         "latency": stats[0].to_dict(),
+        **latency_fields(gpu_compute=stats[0] if on_gpu else None, end_to_end=e2e),
         "edge_tl": {"version": edge_tl.__version__, "module": str(Path(edge_tl.__file__).parent)},
         "python": sys.executable,
     }

@@ -297,25 +297,18 @@ def quantize_run(
     say(f"measuring the original model and INT8 on {len(val)} validation images")
     reference = _reference_top1(run, val, prep, config.eval_batch_size, config.threads)
     best_model = build(())
-    top1 = _top1(_session(best_model, config.threads), val, prep, config.eval_batch_size)
-    attempts = [Attempt((), top1, (reference - top1) * 100.0)]
-    sensitivity: list[tuple[str, float]] = []
     budget = config.max_accuracy_drop
 
-    if budget is not None and attempts[0].drop_points > budget and config.max_float_layers > 0:
-        say(f"drop {attempts[0].drop_points:.2f} pt > budget {budget:.2f} pt: ranking {len(quantized_layers)} layers by sensitivity")
-        sensitivity = _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
-        for k in range(1, min(config.max_float_layers, len(sensitivity)) + 1):
-            floats = tuple(name for name, _ in sensitivity[:k])
-            candidate = build(floats)
-            top1 = _top1(_session(candidate, config.threads), val, prep, config.eval_batch_size)
-            attempts.append(Attempt(floats, top1, (reference - top1) * 100.0))
-            say(f"  {k} float layer(s) ({floats[-1]}): drop {attempts[-1].drop_points:.2f} pt")
-            if attempts[-1].drop_points <= budget:
-                break
+    def measure(float_layers: tuple[str, ...]) -> float:
+        candidate = best_model if not float_layers else build(float_layers)
+        return _top1(_session(candidate, config.threads), val, prep, config.eval_batch_size)
 
-    met = None if budget is None else any(a.drop_points <= budget for a in attempts)
-    chosen = next(a for a in attempts if a.drop_points <= budget) if met else min(attempts, key=lambda a: a.drop_points)
+    def rank() -> list[tuple[str, float]]:
+        say(f"ranking {len(quantized_layers)} layers by sensitivity")
+        return _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
+
+    attempts, sensitivity, chosen, met = search_float_layers(
+        reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say)
     final = best_model if not chosen.float_layers else build(chosen.float_layers)
 
     shape = _input_chw(model)
@@ -354,6 +347,8 @@ def quantize_run(
     }
     run.add_artifact(name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics)
     artifacts.insert(0, name)
+    if recipe.output is OutputFormat.QDQ_TENSORRT:
+        artifacts.insert(1, _strongly_typed_variant(run, name, final, details, reference, val, prep, config, say))
     result = QuantizeResult(
         run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), model_path=model_path, table_path=table_path,
         reference_top1=reference, top1=chosen.top1, drop_points=chosen.drop_points, budget_points=budget,
@@ -369,6 +364,64 @@ def quantize_run(
             "status 'failing'. Try more calibration images, another --calib-method, a larger --max-float-layers, or FP16."
         )
     return result
+
+
+def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, Any], reference: float, val: Sequence[Any],
+                            prep: Any, config: QuantizeConfig, say: Callable[[str], None]) -> str:
+    """``<name>-fp16``: the same Q/DQ model with an FP16 float part, for strongly typed builds (TensorRT 11)."""
+    from edge_tl.quantize.fp16_float import FP16_OPSET, float_part_to_fp16
+
+    model, kept = float_part_to_fp16(final)
+    top1 = _top1(_session(model, config.threads), val, prep, config.eval_batch_size)
+    say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(reference - top1) * 100:.2f} pt)")
+    path = atomic_write_bytes(run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")),
+                              model.SerializeToString())
+    variant = f"{name}-fp16"
+    info = dict(details)
+    info.update({"source": name, "opset": FP16_OPSET, "float_part": "float16", "kept_fp32": kept,
+                 "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
+                 "ops": {op: sum(1 for n in model.graph.node if n.op_type == op) for op in sorted({n.op_type for n in model.graph.node})}})
+    run.add_artifact(variant, kind="onnx", path=path, stage=STAGE, precision="int8", details=info,
+                     metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": (reference - top1) * 100.0,
+                              "num_val_images": len(val)})
+    return variant
+
+
+def search_float_layers(
+    reference: float,
+    *,
+    budget: float | None,
+    max_float_layers: int,
+    rank: Callable[[], Sequence[tuple[str, float]]],
+    measure: Callable[[tuple[str, ...]], float],
+    say: Callable[[str], None] = lambda _msg: None,
+) -> tuple[list[Attempt], list[tuple[str, float]], Attempt, bool | None]:
+    """The accuracy-budget search: which layers stay in float.
+
+    ``measure(float_layers)`` is the top-1 with those layers in float (``()``: all INT8);
+    ``rank()`` the layers with their sensitivity, least KL (most helped by float) first,
+    asked for only when the all-INT8 model is over budget. Layers go back to float one at
+    a time in that order, at most ``max_float_layers``, stopping at the first attempt
+    within budget. Returns (attempts, sensitivity, chosen, met): ``chosen`` is the first
+    attempt within budget, else the one with the smallest drop; ``met`` is None without
+    a budget.
+    """
+    top1 = measure(())
+    attempts = [Attempt((), top1, (reference - top1) * 100.0)]
+    sensitivity: list[tuple[str, float]] = []
+    if budget is not None and attempts[0].drop_points > budget and max_float_layers > 0:
+        say(f"drop {attempts[0].drop_points:.2f} pt > budget {budget:.2f} pt")
+        sensitivity = list(rank())
+        for k in range(1, min(max_float_layers, len(sensitivity)) + 1):
+            floats = tuple(name for name, _ in sensitivity[:k])
+            top1 = measure(floats)
+            attempts.append(Attempt(floats, top1, (reference - top1) * 100.0))
+            say(f"  {k} float layer(s) ({floats[-1]}): drop {attempts[-1].drop_points:.2f} pt")
+            if attempts[-1].drop_points <= budget:
+                break
+    met = None if budget is None else any(a.drop_points <= budget for a in attempts)
+    chosen = next(a for a in attempts if a.drop_points <= budget) if met else min(attempts, key=lambda a: a.drop_points)
+    return attempts, sensitivity, chosen, met
 
 
 def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[str], samples: Sequence[Any],

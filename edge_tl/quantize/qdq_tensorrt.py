@@ -2,8 +2,10 @@
 
 Why not onnxruntime.quantization here: its QDQ writer places Q/DQ on the outputs
 of Conv/Gemm too (so that its CPU kernels can fuse QLinearConv) and quantizes bias
-to INT32 behind a DequantizeLinear; TensorRT's rules (REFERENCE.md section 2) are
-the opposite: inputs of weighted ops only, outputs and bias left in float.
+to INT32 behind a DequantizeLinear; TensorRT's rules are the opposite: inputs of
+weighted ops only, outputs and bias left in float (TensorRT developer guide, "Explicit
+Quantization", Q/DQ layer-placement recommendations; onnx/onnx-tensorrt ``docs/operators.md``:
+DequantizeLinear takes INT8/FP8/INT4 input, never INT32, and ``x_zero_point`` must be zero).
 
 The rules this writer follows, and ``check_tensorrt_qdq`` verifies:
 

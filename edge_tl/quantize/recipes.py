@@ -70,7 +70,7 @@ class PlacementSpec:
 @dataclass(frozen=True)
 class CacheSpec:
     algorithm: str = "EntropyCalibration2"
-    cache_version: int = 8510
+    cache_version: int = 8502  # TensorRT 8.5.2 (JetPack 5.1): major*1000 + minor*100 + patch
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """TensorRT's calibration cache text format: writer and reader.
 
-First line ``TRT-<version>-<algorithm>`` (e.g. ``TRT-8510-EntropyCalibration2``), then
+First line ``TRT-<version>-<algorithm>`` (e.g. ``TRT-8502-EntropyCalibration2`` from TensorRT 8.5.2;
+``getInferLibVersion()``, so the patch release is part of it), then
 one line per tensor ``<onnx tensor name>: <8 hex digits>``: the IEEE-754 float32 bit
 pattern of the scale ``amax / 127``, most significant byte first. This is what
 ``trtexec --calib=FILE`` and a calibrator's ``read_calibration_cache`` consume; the

@@ -25,7 +25,11 @@ from edge_tl.targets import TrtVersion
 
 
 def check_engine_compatible(meta: EngineMetadata, *, tensorrt_version: str, gpu: GpuInfo | None, engine: str) -> None:
-    """Refuse an engine built by another TensorRT (major.minor) or for another compute capability."""
+    """Refuse an engine built by another TensorRT release (major.minor.patch) or for another compute capability.
+
+    A plan deserializes only on the TensorRT release that built it ("version numbers must match",
+    TensorRT developer guide, engine compatibility), so the patch counts: 8.6.1 is not 8.6.2.
+    """
     rebuild = (
         f"rebuild it here with `edge-tl compile RUN --target {meta.target} --precision {meta.precision}` "
         f"or on the device with the run's compile/{meta.target}-{meta.precision}/build_engine.sh"
@@ -100,6 +104,9 @@ class TensorRTRunner(Runner):
         check_engine_compatible(self.meta, tensorrt_version=str(trt.__version__), gpu=self._gpu, engine=str(self.path))
         logger, self._log = make_logger(api)
         runtime = api.mod("Runtime")(logger)
+        if self.meta.dla_core is not None:
+            # A DLA engine runs on the core the runtime names (IRuntime::setDLACore), default 0.
+            runtime.DLA_core = int(self.meta.dla_core)
         engine = api.get(runtime, "deserialize_cuda_engine")(self.path.read_bytes())
         if engine is None:
             raise RunError(f"TensorRT {trt.__version__} refused to load {str(self.path)!r}; rebuild it on this machine")
@@ -142,7 +149,14 @@ class TensorRTRunner(Runner):
             raise ConfigError(f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; rebuild with a larger --batch")
         ptr, dtype = self._inputs[self.meta.input_name]
         self._buffers.to_device(ptr, np.ascontiguousarray(batch, dtype=dtype))
-        self._api.get(self._context, "set_input_shape")(self.meta.input_name, tuple(batch.shape))
+        if not self._api.get(self._context, "set_input_shape")(self.meta.input_name, tuple(batch.shape)):
+            # TensorRT returns false for a shape outside the optimization profile and keeps the
+            # previous one: running anyway would return stale output.
+            profile = self.meta.batch or {"min": self._max_batch, "max": self._max_batch}
+            raise ConfigError(
+                f"input shape {tuple(batch.shape)} is outside engine {str(self.path)!r}'s profile (batch "
+                f"{profile['min']}..{profile['max']}, {self.meta.chw}); rebuild with a matching --batch"
+            )
         return int(batch.shape[0])
 
     def infer(self, prepared: Any) -> Any:

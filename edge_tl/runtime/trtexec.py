@@ -34,8 +34,14 @@ _DEVICE = re.compile(r"Selected Device:\s*(.+?)\s*$", re.M)
 _CC = re.compile(r"Compute Capability:\s*([\d.]+)")
 _THROUGHPUT = re.compile(r"Throughput:\s*([\d.eE+-]+)\s*qps")
 _QUERIES = re.compile(r"Timing trace has (\d+) queries over ([\d.]+) s")
-# "GPU Compute Time: min = 0.37 ms, max = 0.40 ms, mean = ..., median = ..., percentile(99%) = 0.39 ms"
-_METRIC = re.compile(r"(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$", re.M)
+# "GPU Compute Time: min = 0.37 ms, max = 0.40 ms, mean = ..., median = ..., percentile(99%) = 0.39 ms".
+# The label must start the message (after any "[time] [I] " prefix): TensorRT 8.0/8.2 also print
+# "End-to-End Host Latency: ..." (release/8.2 samples/common/sampleReporting.cpp, printEpilog), which
+# a bare "Latency:" would match and let overwrite the real Latency line.
+_METRIC = re.compile(
+    r"^(?:\[[^\]\n]*\]\s*)*(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$",
+    re.M,
+)
 _FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")
 _CV = re.compile(r"coefficient of variance\s*=\s*([\d.]+)%")
 
@@ -80,11 +86,9 @@ class TrtexecResult:
 
 
 def _version_from_banner(code: str) -> str:
-    # v8400 -> 8.4.0 (8.x: MAJOR*1000 + MINOR*100 + PATCH); v100300 -> 10.3.0 (10+: MAJOR*10000 + ...)
-    value = int(code)
-    if value >= 100000:
-        return f"{value // 10000}.{value // 100 % 100}.{value % 100}"
-    return f"{value // 1000}.{value // 100 % 10}.{value % 100}"
+    from edge_tl.targets import TrtVersion
+
+    return str(TrtVersion.from_library_version(int(code)))
 
 
 def parse_log(text: str) -> TrtexecResult:
@@ -143,11 +147,30 @@ def stats_from_summary(summary: Summary, *, batch_size: int, iterations: int) ->
     )
 
 
+def drop_warmup(records: list[dict[str, Any]], *, tensorrt: str | None, warmup_ms: float) -> list[dict[str, Any]]:
+    """The timed records of an ``--exportTimes`` file.
+
+    Before TensorRT 8.5 the file also holds the warm-up queries: 8.2/8.4's ``exportJSONTrace``
+    writes the whole trace, while the summary skips queries whose compute started before
+    ``--warmUp`` ms (``isNotWarmup``: ``computeStart >= warmupMs``, release/8.2 and release/8.4
+    ``samples/common/sampleReporting.cpp``). From 8.5 the file starts after the warm-ups
+    (``exportJSONTrace(trace, fileName, nbWarmups)``, release/8.5). Same rule here.
+    """
+    from edge_tl.targets import TrtVersion
+
+    if tensorrt is None or TrtVersion.parse(tensorrt) >= TrtVersion(8, 5, 0):
+        return records
+    try:
+        return [r for r in records if float(r["startComputeMs"]) >= warmup_ms]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"--exportTimes records of TensorRT {tensorrt} lack {exc}: not a trtexec timing file") from exc
+
+
 def parse_times(records: list[dict[str, Any]], *, batch_size: int) -> dict[str, LatencyStats]:
     """Per-query ``--exportTimes`` records -> GPU compute and end-to-end statistics.
 
-    Key names changed in TensorRT 10 (``inMs``/``outMs`` became ``h2dMs``/``d2hMs``);
-    ``computeMs`` and ``latencyMs`` are the same in both.
+    ``computeMs`` is the GPU compute time and ``latencyMs`` is H2D + compute + D2H in every
+    release from 8.2 to 11 (``exportJSONTrace`` in ``samples/common/sampleReporting.cpp``).
     """
     if not records:
         raise RunError("the --exportTimes file has no records: trtexec timed nothing")
@@ -162,14 +185,16 @@ def parse_times(records: list[dict[str, Any]], *, batch_size: int) -> dict[str, 
     }
 
 
-def to_bench_results(result: TrtexecResult, *, batch_size: int, times: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def to_bench_results(
+    result: TrtexecResult, *, batch_size: int, times: list[dict[str, Any]] | None = None, warmup_ms: float = 0.0
+) -> dict[str, Any]:
     """The one place trtexec output meets the bench schema.
 
     Returns ``{"gpu_compute": LatencyStats, "end_to_end": LatencyStats, "source": ..., "trtexec": {...}}``;
     exact statistics from ``times`` when given, else from the text summary.
     """
     if times is not None:
-        stats = parse_times(times, batch_size=batch_size)
+        stats = parse_times(drop_warmup(times, tensorrt=result.tensorrt_version, warmup_ms=warmup_ms), batch_size=batch_size)
         source = "exportTimes"
     else:
         missing = [k for k in ("gpu_compute", "latency") if k not in result.metrics]
@@ -206,7 +231,11 @@ def find_trtexec() -> str:
 
 def run_trtexec(argv: list[str], *, log_path: str | os.PathLike[str], times_path: str | os.PathLike[str] | None,
                 batch_size: int, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run a trtexec command, keep its log, and return :func:`to_bench_results` of its output."""
+    """Run a trtexec command, keep its log, and return :func:`to_bench_results` of its output.
+
+    Success is exit 0 *and* trtexec's ``&&&& PASSED`` line (``sample::gLogger.reportPass``); a
+    run that prints ``&&&& FAILED`` or stops early is refused whatever its exit status.
+    """
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
@@ -222,7 +251,8 @@ def run_trtexec(argv: list[str], *, log_path: str | os.PathLike[str], times_path
     times = None
     if times_path is not None and Path(times_path).is_file():
         times = json.loads(Path(times_path).read_text(encoding="utf-8"))
-    return to_bench_results(result, batch_size=batch_size, times=times)
+    warmup = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), 200.0)  # trtexec's default
+    return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup)
 
 
 def trtexec_bench_report(
@@ -244,7 +274,7 @@ def trtexec_bench_report(
     from edge_tl.bench.api import BenchConfig, BenchReport, Budget
     from edge_tl.bench.env import fingerprint
     from edge_tl.compile.sidecar import read_sidecar
-    from edge_tl.compile.trtexec_flags import bench_command
+    from edge_tl.compile.trtexec_flags import bench_command, timing_flags
     from edge_tl.targets import TrtVersion
 
     engine = Path(engine)
@@ -252,7 +282,7 @@ def trtexec_bench_report(
     binary = trtexec or find_trtexec()
     workdir = engine.parent / "trtexec-bench"
     workdir.mkdir(exist_ok=True)
-    gpu_results, end_to_end, reports = [], [], []
+    gpu_results, end_to_end, e2e_stats, reports = [], [], [], []
     for batch in batch_sizes:
         if meta.batch is not None and not meta.batch["min"] <= batch <= meta.batch["max"]:
             raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
@@ -265,6 +295,7 @@ def trtexec_bench_report(
         out = run_trtexec(argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s)
         gpu_results.append(out["gpu_compute"])
         end_to_end.append(out["end_to_end"].to_dict())
+        e2e_stats.append(out["end_to_end"])
         reports.append(out["trtexec"])
     runner = {
         "name": engine.name,
@@ -276,8 +307,10 @@ def trtexec_bench_report(
         "precision": meta.precision,
         "end_to_end": end_to_end,
         "trtexec": reports,
+        "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
     }
     config = BenchConfig(
         batch_sizes=tuple(batch_sizes), warmup=Budget(seconds=0.5), measure=Budget(seconds=float(duration_s), min_iterations=iterations)
     )
-    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint())
+    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint(),
+                       gpu_compute=tuple(gpu_results), end_to_end=tuple(e2e_stats))

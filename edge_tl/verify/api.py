@@ -211,6 +211,9 @@ def verify_run(
             size_bytes=_weights_bytes(c.path) if c.kind == "checkpoint" else _size(c.path),
             speedup=(ref_p50 / stats.p50_ms) if stats and ref_p50 and stats.batch_size == 1 else None,
             change=change.to_dict() if change else None,
+            # the TensorRT runner times enqueue + sync (GPU work, no copies); a CPU backend's one timing is end to end
+            gpu_compute=stats.to_dict() if stats and backends[c.name] == "tensorrt" else None,
+            end_to_end=stats.to_dict() if stats and c.runner.device == "cpu" else None,  # type: ignore[union-attr]
         )
 
     rows = [row(reference, True), *(row(c, False) for c in candidates)]
@@ -335,6 +338,9 @@ def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, lev
         latency_batch=latency.get("batch_size"),
         latency_p50_ms=latency.get("p50"),
         latency_p99_ms=latency.get("p99"),
+        gpu_compute=entry.get("gpu_compute"),
+        end_to_end=entry.get("end_to_end"),
+        energy_mj_per_image=entry.get("energy_mj_per_image"),
         size_bytes=entry.get("size_bytes"),
         change=change.to_dict() if change else None,
     )

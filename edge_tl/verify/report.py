@@ -34,6 +34,10 @@ class VerifyRow:
     speedup: float | None = None
     skipped: str | None = None  # why this artifact could not be run here
     change: dict[str, Any] | None = None  # edge_tl.significance.PairedComparison.to_dict() against the original
+    # The named latencies of edge_tl.bench.latency (latency-statistics dicts), where the backend knows them.
+    gpu_compute: dict[str, Any] | None = None
+    end_to_end: dict[str, Any] | None = None
+    energy_mj_per_image: float | None = None
 
     @property
     def label(self) -> str:

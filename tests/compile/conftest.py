@@ -65,11 +65,20 @@ def make_run(root: Path, *, with_qdq: bool = True, with_cache: bool = True, opse
         _tiny_onnx(root / "quantize/tensorrt-int8-qdq/model.int8.onnx", qdq=True, opset=opset, dynamic=dynamic)
         run.add_artifact("onnx-int8-tensorrt-int8-qdq", kind="onnx", path="quantize/tensorrt-int8-qdq/model.int8.onnx",
                          stage="quantize", precision="int8", details=_details(opset, dynamic))
+        import onnx
+
+        from edge_tl.quantize.fp16_float import float_part_to_fp16
+
+        half, _ = float_part_to_fp16(onnx.load(str(root / "quantize/tensorrt-int8-qdq/model.int8.onnx")))
+        onnx.save(half, root / "quantize/tensorrt-int8-qdq/model.int8.fp16.onnx")
+        run.add_artifact("onnx-int8-tensorrt-int8-qdq-fp16", kind="onnx", path="quantize/tensorrt-int8-qdq/model.int8.fp16.onnx",
+                         stage="quantize", precision="int8", details={**_details(max(opset, 19), dynamic), "opset": max(opset, 19)})
     if with_cache:
         cache = root / "quantize/tensorrt-int8-cache/calibration.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         scale = struct.pack(">f", 2.0 / 127).hex()
-        cache.write_text(f"TRT-8510-EntropyCalibration2\ninput: {scale}\nc: {scale}\n")
+        # 8602: TensorRT 8.6.2 (JetPack 6.0), major*1000 + minor*100 + patch (include/NvInferRuntimeBase.h, release/8.6)
+        cache.write_text(f"TRT-8602-EntropyCalibration2\ninput: {scale}\nc: {scale}\n")
         run.add_artifact("calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=cache, stage="quantize",
                          precision="int8")
     return run

@@ -26,12 +26,14 @@ from edge_tl.compile import (
     make_plan,
 )
 from edge_tl.compile.sidecar import read_sidecar
-from edge_tl.compile.trtexec_flags import bench_command, version_code_prefix
+from edge_tl.compile.trtexec_flags import banner_code, bench_command
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
 from edge_tl.targets import Precision, TrtVersion, load_target
 
-V85, V86, V103, V114 = TrtVersion(8, 5), TrtVersion(8, 6), TrtVersion(10, 3), TrtVersion(11, 4)
+# The releases JetPack 4.6.1+, 5.1, 6.0, 6.1/6.2 and 7.2.2 ship (NVIDIA JetPack release notes); 8.2 is the
+# last with --workspace only (release/8.2 samples/common/sampleOptions.cpp has no --memPoolSize).
+V82, V85, V86, V103, V114 = TrtVersion(8, 2, 1), TrtVersion(8, 5, 2), TrtVersion(8, 6, 2), TrtVersion(10, 3, 0), TrtVersion(11, 4, 1)
 
 
 def _spec(precision: Precision, kind: SourceKind, **kw) -> BuildSpec:
@@ -46,19 +48,24 @@ def _spec(precision: Precision, kind: SourceKind, **kw) -> BuildSpec:
 SHAPES = ["--minShapes=input:1x3x224x224", "--optShapes=input:1x3x224x224", "--maxShapes=input:8x3x224x224"]
 HEAD = ["trtexec", "--onnx=export/model.fp32.onnx", "--saveEngine=compile/t-p/model.engine", *SHAPES]
 
+STATIC = ["--minShapes=input:1x3x224x224", "--optShapes=input:1x3x224x224", "--maxShapes=input:1x3x224x224"]
+
 GOLDEN = [
-    # TensorRT 8.x: --workspace, precision flags, calibration cache
-    (V85, _spec(Precision.FP32, SourceKind.FP32), HEAD + ["--workspace=1024"]),
-    (V85, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--workspace=1024", "--fp16"]),
+    # TensorRT 8.2 (JetPack 4.6.1+): --workspace, precision flags
+    (V82, _spec(Precision.FP32, SourceKind.FP32), HEAD + ["--workspace=1024"]),
+    (V82, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--workspace=1024", "--fp16"]),
+    # TensorRT 8.5/8.6: --memPoolSize (8.4 deprecated --workspace), weakly typed INT8, calibration cache
+    (V85, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--memPoolSize=workspace:1024", "--fp16"]),
     (V85, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx"),
-     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--workspace=1024", "--int8", "--fp16"]),
-    (V86, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache", dla_core=1, timing_cache="t.cache"),
-     HEAD + ["--workspace=1024", "--int8", "--fp16", "--calib=c.cache", "--useDLACore=1", "--allowGPUFallback",
-             "--timingCacheFile=t.cache"]),
-    # TensorRT 10.x: memory pools, Q/DQ built strongly typed
+     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--int8", "--fp16"]),
+    (V86, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache", dla_core=1, timing_cache="t.cache",
+                batch=BatchRange(1, 1, 1)),
+     [*HEAD[:3], *STATIC, "--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache", "--useDLACore=1",
+      "--allowGPUFallback", "--timingCacheFile=t.cache"]),
+    # TensorRT 10.x: memory pools; a Q/DQ ONNX weakly typed with --int8 --fp16 so float layers may run FP16
     (V103, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--memPoolSize=workspace:1024", "--fp16"]),
     (V103, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx", export_times="times.json"),
-     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--stronglyTyped", "--exportTimes=times.json"]),
+     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--int8", "--fp16", "--exportTimes=times.json"]),
     (V103, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache"),
      HEAD + ["--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache"]),
     # TensorRT 11.x: no precision flags at all, strongly typed from the ONNX
@@ -83,7 +90,8 @@ def test_golden_trtexec_commands(version: TrtVersion, spec: BuildSpec, expected:
         (V103, _spec(Precision.INT8, SourceKind.FP32), "needs a calibration cache"),
         (V103, _spec(Precision.INT8, SourceKind.QDQ, calib_cache="c"), "carries its own scales"),
         (V103, _spec(Precision.FP32, SourceKind.FP32, dla_core=0), "DLA runs FP16 and INT8 only"),
-        (TrtVersion(9, 2), _spec(Precision.FP32, SourceKind.FP32), "TensorRT 9.2 is not supported"),
+        (TrtVersion(9, 2), _spec(Precision.FP32, SourceKind.FP32), "TensorRT 9.2.0 is not supported"),
+        (V103, _spec(Precision.FP16, SourceKind.FP32, dla_core=0), "DLA has no dynamic shapes: min = opt = max"),
     ],
 )
 def test_impossible_flag_combinations_are_refused(version: TrtVersion, spec: BuildSpec, message: str) -> None:
@@ -95,7 +103,9 @@ def test_bench_command_and_version_banner() -> None:
     argv = bench_command("m.engine", V103, input_name="input", chw=(3, 8, 8), batch=4, export_times="t.json")
     assert argv == ["trtexec", "--loadEngine=m.engine", "--shapes=input:4x3x8x8", "--warmUp=500", "--duration=10",
                     "--iterations=100", "--useSpinWait", "--useCudaGraph", "--exportTimes=t.json"]
-    assert version_code_prefix(V85) == "85" and version_code_prefix(V103) == "1003" and version_code_prefix(V114) == "1104"
+    # trtexec's banner prints NV_TENSORRT_VERSION: x1000 up to 9.x, x10000 from 10.0
+    # (kNV_TENSORRT_VERSION_IMPL, include/NvInferRuntimeBase.h, NVIDIA/TensorRT release/8.6 and release/10.3)
+    assert banner_code(V85) == "8502" and banner_code(V103) == "100300" and banner_code(V114) == "110401"
     assert BatchRange.parse("1,4,16") == BatchRange(1, 4, 16) and BatchRange.parse("2") == BatchRange(2, 2, 2)
     with pytest.raises(ConfigError, match="min <= opt <= max"):
         BatchRange.parse("4,2,8")
@@ -119,10 +129,10 @@ def test_jetson_nano_int8_fails_clearly(plan_run: Run) -> None:
 def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> None:
     result = _edge_tl("compile", str(plan_run.root), "--target", "jetson-orin-nano-8gb", "--precision", "int8", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert "--stronglyTyped" in result.stdout
+    assert "--int8 --fp16" in result.stdout
     run = Run.open(plan_run.root)
     record = run.artifact("build-plan-jetson-orin-nano-8gb-int8")
-    assert record.kind == "build-plan" and record.details["tensorrt"] == "10.3" and record.details["jetpack"] == "6.2"
+    assert record.kind == "build-plan" and record.details["tensorrt"] == "10.3.0" and record.details["jetpack"] == "6.2"
     assert record.details["source"] == "onnx-int8-tensorrt-int8-qdq"
     plan = json.loads(run.path(record.details["plan"]).read_text())
     argv = plan["trtexec_argv"]
@@ -130,11 +140,14 @@ def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> No
         "trtexec", "--onnx=quantize/tensorrt-int8-qdq/model.int8.onnx",
         "--saveEngine=compile/jetson-orin-nano-8gb-int8/model.engine",
         "--minShapes=input:1x3x8x8", "--optShapes=input:1x3x8x8", "--maxShapes=input:8x3x8x8",
-        "--memPoolSize=workspace:1024", "--stronglyTyped",
-        "--timingCacheFile=compile/timing-jetson-orin-nano-8gb-trt10.3.cache",
+        "--memPoolSize=workspace:1024", "--int8", "--fp16",
+        "--timingCacheFile=compile/timing-jetson-orin-nano-8gb-trt10.3.0.cache",
         "--exportTimes=compile/jetson-orin-nano-8gb-int8/build_times.json",
     ]
-    assert "--int8" not in argv and "--workspace=1024" not in argv
+    assert "--stronglyTyped" not in argv and "--workspace=1024" not in argv
+    # every plan states how its engine is timed, so a latency means the same on every release
+    assert plan["timing"] == {"flags": ["--useSpinWait", "--useCudaGraph"], "data_transfers": True, "spin_wait": True,
+                              "cuda_graph": True}
     script = run.path(record.path).read_text()
     assert shlex.join(argv[1:]) in script
     assert not run.has_artifact("engine-jetson-orin-nano-8gb-int8")  # no TensorRT here: plan only
@@ -144,23 +157,31 @@ def test_jetpack5_profile_uses_trt85_flags_and_opset_17(plan_run: Run) -> None:
     result = compile_run(plan_run, target="jetson-xavier-nx", request=CompileRequest(precision=Precision.INT8))
     plan = result.plan
     assert plan.release.version == V85 and plan.release.jetpack == "5.1"
-    assert plan.target.export_opset() <= 17
-    assert "--workspace=1024" in plan.argv and "--int8" in plan.argv and "--fp16" in plan.argv
-    assert not any(a.startswith(("--memPoolSize", "--stronglyTyped")) for a in plan.argv)
+    # onnx/onnx-tensorrt 8.5-GA docs/operators.md: "TensorRT 8.5 supports operators up to Opset 17"
+    assert plan.target.export_opset() == 17
+    assert "--memPoolSize=workspace:1024" in plan.argv and "--int8" in plan.argv and "--fp16" in plan.argv
+    assert not any(a.startswith(("--workspace", "--stronglyTyped")) for a in plan.argv)
     assert not result.built and result.why_not_built  # no GPU/TensorRT here: the reason is kept
 
 
 def test_orin_release_override_and_dla_cache_path(plan_run: Run) -> None:
     agx = load_target("jetson-agx-orin-64gb")
     plan = make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, dla_core=1, tensorrt="8.6"))
+    assert plan.release.version == V86 and plan.release.jetpack == "6.0"
     assert plan.source.onnx.name == "onnx-fp32" and plan.source.calib_cache.name == "calib-cache-tensorrt-int8-cache"
     assert "--calib=quantize/tensorrt-int8-cache/calibration.cache" in plan.argv
-    assert "--useDLACore=1" in plan.argv and "--allowGPUFallback" in plan.argv and "--workspace=4096" in plan.argv
-    # the run's cache says TRT-8510: TensorRT 10.3 (the default release) would refuse it, so the plan does
-    with pytest.raises(RunError, match=r"written for TensorRT 8.x \(TRT-8510-EntropyCalibration2\) but the plan is for TensorRT 10.3") as err:
+    assert "--useDLACore=1" in plan.argv and "--allowGPUFallback" in plan.argv and "--memPoolSize=workspace:4096" in plan.argv
+    # DLA: static shape (min = opt = max), never the default 1,1,8 range
+    assert plan.spec.batch == BatchRange(1, 1, 1) and "--maxShapes=input:1x3x8x8" in plan.argv
+    # the run's cache says TRT-8602 (8.6.2): TensorRT 10.3.0 (the default release) would refuse it, so the plan does
+    with pytest.raises(RunError, match=r"written for TensorRT 8.6.2 \(TRT-8602-EntropyCalibration2\) but the plan is for TensorRT 10.3.0") as err:
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True))
     assert "TRT-100300-" in str(err.value)
-    assert "--recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3" in str(err.value)
+    assert "--recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3.0" in str(err.value)
+    # another patch release of the same minor is refused too (JetPack 5.1 ships 8.5.2, not 8.5.1)
+    plan_run.path("quantize/tensorrt-int8-cache/calibration.cache").write_text("TRT-8501-EntropyCalibration2\ninput: 3c810204\n")
+    with pytest.raises(RunError, match=r"written for TensorRT 8.5.1 \(TRT-8501-EntropyCalibration2\) but the plan is for TensorRT 8.5.2"):
+        make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, tensorrt="8.5.2"))
     with pytest.raises(ConfigError, match="--dla-core 2 does not exist"):
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, dla_core=2, tensorrt="8.6"))
     # TensorRT 11 on AGX Orin: FP16 comes from the FP16 ONNX, strongly typed
@@ -192,7 +213,8 @@ def test_cpu_target_and_torch_tensorrt_on_jetson_are_refused(plan_run: Run) -> N
         compile_run(plan_run, target="jetson-agx-thor", request=CompileRequest(precision=Precision.FP16), via=Via.TORCH_TENSORRT)
     with pytest.raises(ConfigError, match="cannot build the engine here"):
         compile_run(plan_run, target="t4", request=CompileRequest(precision=Precision.FP16), mode=BuildMode.BUILD)
-    assert CliRunner().invoke(cli, ["compile", "--help"]).exit_code == 0
+    shown = CliRunner().invoke(cli, ["compile", "--help"])
+    assert shown.exit_code == 0 and all(opt in shown.output for opt in ("--target", "--precision", "--dla", "--batch", "--tensorrt"))
 
 
 # --------------------------------------------------------------------------- build_engine.sh, run for real
@@ -253,7 +275,7 @@ def test_build_engine_script_refuses_another_tensorrt_and_a_changed_onnx(plan_ru
     trtexec = _fake_trtexec(tmp_path)
     env = {**os.environ, "TRTEXEC": str(trtexec), "FAKE_LOG": str(_log_for(tmp_path, fixtures_dir, "v100800"))}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3 and "this plan is for TensorRT 10.3 but trtexec is v100800" in proc.stderr
+    assert proc.returncode == 3 and "this plan is for TensorRT 10.3.0 (v100300) but trtexec is v100800" in proc.stderr
     assert not plan_run.path("compile/ada-fp16/model.engine").exists()
     with plan_run.path("export/model.fp32.onnx").open("ab") as fh:
         fh.write(b"changed")
@@ -273,7 +295,7 @@ def test_run_build_script_records_the_engine_for_bench_and_verify(
     result = compile_run(plan_run, target="ada", request=CompileRequest(precision=Precision.INT8))
     monkeypatch.setenv("TRTEXEC", str(_fake_trtexec(tmp_path)))
     monkeypatch.setenv("FAKE_LOG", str(_log_for(tmp_path, fixtures_dir, "v100800")))
-    with pytest.raises(RunError, match=r"(?s)failed \(exit 3\).*this plan is for TensorRT 10.3"):
+    with pytest.raises(RunError, match=r"(?s)failed \(exit 3\).*this plan is for TensorRT 10.3.0"):
         run_build_script(plan_run, result.plan)
     monkeypatch.setenv("FAKE_LOG", str(_log_for(tmp_path, fixtures_dir, "v100300")))
     record = run_build_script(plan_run, result.plan)

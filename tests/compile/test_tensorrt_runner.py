@@ -69,14 +69,14 @@ def _local_profile(tmp_path: Path) -> Path:
 
     gpu = local_gpu()
     assert gpu is not None
-    major, minor = tensorrt.__version__.split(".")[:2]
+    version = ".".join(tensorrt.__version__.split(".")[:3])
     path = tmp_path / "local-gpu.toml"
     path.write_text(
         f'name = "local-gpu"\ndescription = "{gpu.name}"\nkind = "dgpu"\nmemory_gb = 8\ndefault_runtime = "tensorrt"\n'
         'max_opset = 17\ncalibration_recipe = "tensorrt-int8-qdq"\nworkspace_mib = 1024\n'
         'fast_precisions = ["fp32", "fp16", "int8"]\npower_notes = "test machine"\n\n'
         f'[gpu]\narch = "local"\ncompute_capability = "{gpu.compute_capability}"\ndla_cores = 0\n\n'
-        f'[tensorrt]\ndefault = "{major}.{minor}"\n\n[[tensorrt.releases]]\nversion = "{major}.{minor}"\ncuda = "local"\n'
+        f'[tensorrt]\ndefault = "{version}"\n\n[[tensorrt.releases]]\nversion = "{version}"\ncuda = "local"\n'
     )
     return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -29,7 +30,7 @@ BINDINGS = {
     ApiPath.TRT11: ("tensorrt-cu13-bindings", "11.4.0.106"),
 }
 # The release the `tensorrt` extra's torch-tensorrt pin names (report to pyproject).
-TORCH_TRT = ("torch-tensorrt", "2.9.0")
+TORCH_TRT = ("torch-tensorrt", "2.14.0")
 
 CODE_USING_TRT = ("edge_tl/compile/trt_builder.py", "edge_tl/runtime/tensorrt_runner.py", "edge_tl/compile/torch_trt.py")
 
@@ -71,23 +72,55 @@ def _module_bytes(path: ApiPath) -> bytes:
         return wheel.read(so[0]) + wheel.read("tensorrt_bindings/__init__.py")
 
 
+def _token(blob: bytes, name: str) -> bool:
+    """``name`` is one whole NUL-terminated C string of the module (pybind11's attribute names)."""
+    return b"\0" + name.encode() + b"\0" in blob
+
+
+def _word(blob: bytes, name: str) -> bool:
+    """``name`` as a whole identifier anywhere in the module's text (its docstrings and signatures)."""
+    return re.search(rb"(?<![A-Za-z0-9_])" + re.escape(name.encode()) + rb"(?![A-Za-z0-9_])", blob) is not None
+
+
+# The linker stores a string that ends another one only once ("INT8" is the tail of "UINT8\0"), so
+# some names exist in the bytes only as a tail. Those are accepted from NVIDIA's Python API reference
+# (docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Engine.html#tensorrt.TensorIOMode),
+# and still must be a tail of some string here.
+TAIL_ONLY = {"INPUT"}
+
+
 def _defined(blob: bytes, name: str) -> bool:
-    return name.encode() + b"\0" in blob
+    """Whole names only: ``INT8`` does not count because ``UINT8`` exists; a docstring or signature
+    that names it as a whole word (``DataType.INT8``) does."""
+    if _token(blob, name) or _word(blob, name):
+        return True
+    return name in TAIL_ONLY and name.encode() + b"\0" in blob
 
 
+def test_only_whole_names_count() -> None:
+    blob = b"\x7fELF\0UINT8\0kFP16\0int8_calibrator\0CONDITIONAL_INPUT\0"
+    assert not _defined(blob, "INT8") and not _defined(blob, "FP16") and not _defined(blob, "calibrator")
+    assert _defined(blob, "UINT8") and _defined(blob, "int8_calibrator") and _defined(blob, "INPUT")
+    assert _defined(blob + b"Scale for `DataType.INT8` data\0", "INT8")
+    assert not _token(blob, "INT8") and not _token(blob + b"a FP16 layer\0", "FP16")
+
+
+@pytest.mark.network
 @pytest.mark.parametrize("path", list(ApiPath), ids=lambda p: p.value)
 def test_every_name_of_the_code_path_exists_in_that_release(path: ApiPath) -> None:
     blob = _module_bytes(path)
     missing = sorted(n for n in TRT_NAMES[path] if not _defined(blob, n))
     assert not missing, f"{BINDINGS[path]} lacks {missing}: fix the {path.value} code path"
-    present = sorted(n for n in TRT_ABSENT[path] if _defined(blob, n))
+    present = sorted(n for n in TRT_ABSENT[path] if _token(blob, n))
     assert not present, f"{BINDINGS[path]} still has {present}: TRT_ABSENT is wrong"
 
 
+@pytest.mark.network
 def test_the_check_can_fail() -> None:
     # int8_calibrator is in 10.3 and gone in 11.4 (calibrators removed): the byte check sees the difference.
-    assert _defined(_module_bytes(ApiPath.TRT10), "int8_calibrator")
+    assert _token(_module_bytes(ApiPath.TRT10), "int8_calibrator")
     assert not _defined(_module_bytes(ApiPath.TRT11), "int8_calibrator")
+    assert _token(_module_bytes(ApiPath.TRT10), "FP16") and not _token(_module_bytes(ApiPath.TRT11), "FP16")
     assert not _defined(_module_bytes(ApiPath.TRT10), "no_such_tensorrt_attribute")
 
 
@@ -126,6 +159,23 @@ def test_trtapi_refuses_undeclared_names_and_old_versions() -> None:
         api_path(TrtVersion(8, 2))
 
 
+def test_torch_tensorrt_extra_follows_the_installed_torch() -> None:
+    torch = pytest.importorskip("torch")
+
+    root = Path(__file__).resolve().parents[2]
+    pin = re.search(r'^torch-tensorrt = \["torch-tensorrt==(\d+)\.(\d+)\.\*"\]', (root / "pyproject.toml").read_text(), re.M)
+    assert pin, "the torch-tensorrt extra must pin one torch-tensorrt series (2.N.*), the one of torch 2.N"
+    series = tuple(int(v) for v in pin.groups())
+    assert series == tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    assert tuple(int(v) for v in TORCH_TRT[1].split(".")[:2]) == series  # the sources checked below are that series'
+    from edge_tl.compile.torch_trt import check_torch_tensorrt_matches
+
+    check_torch_tensorrt_matches("2.14.1", "2.14.0")
+    with pytest.raises(ConfigError, match=r"torch-tensorrt 2.9.0 is built for torch 2.9 but torch is 2.14.1.*torch-tensorrt==2.14.\*"):
+        check_torch_tensorrt_matches("2.14.1+cu128", "2.9.0")
+
+
+@pytest.mark.network
 def test_torch_tensorrt_functions_exist_in_the_pinned_release() -> None:
     package, version = TORCH_TRT
     with zipfile.ZipFile(_wheel(package, version)) as wheel:

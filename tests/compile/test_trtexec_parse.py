@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_tl.compile.sidecar import EngineMetadata, write_sidecar
-from edge_tl.errors import RunError
+from edge_tl.errors import ConfigError, RunError
 from edge_tl.runtime.trtexec import (
     parse_log,
     parse_times,
@@ -120,7 +120,7 @@ def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, 
     assert data["runner"]["trtexec"][0]["gpu_name"] == "NVIDIA RTX 6000 Ada Generation"
     log = (tmp_path / "trtexec-bench" / "bench-b4.log").read_text()
     assert "--shapes=input:4x3x8x8" in log and "--useCudaGraph" in log
-    with pytest.raises(Exception, match="outside the engine's profile"):
+    with pytest.raises(ConfigError, match="outside the engine's profile"):
         trtexec_bench_report(engine, batch_sizes=(16,), trtexec=str(trtexec))
     monkeypatch.setenv("FAKE_RC", "1")
     with pytest.raises(RunError, match=r"trtexec failed \(exit 1\)"):
@@ -142,6 +142,10 @@ def test_bench_cli_with_trtexec_backend_times_an_engine(tmp_path: Path, fixtures
     data = json.loads(out.read_text())
     assert data["runner"]["backend"] == "trtexec" and [r["batch_size"] for r in data["results"]] == [1, 2]
     assert data["results"][0]["p50_ms"] == pytest.approx(0.5)
+    # the named latencies: GPU compute (computeMs) and end to end (latencyMs = compute + 0.03 ms of copies)
+    assert [g["p50_ms"] for g in data["gpu_compute"]] == pytest.approx([0.5, 0.5])
+    assert [e["mean_ms"] for e in data["end_to_end"]] == pytest.approx([0.53, 0.53])
+    assert data["runner"]["timing"] == {"data_transfers": True, "spin_wait": True, "cuda_graph": True}
     log = (tmp_path / "trtexec-bench" / "bench-b2.log").read_text()
     assert "--iterations=7" in log and "--useCudaGraph" in log and "--shapes=input:2x3x8x8" in log
 

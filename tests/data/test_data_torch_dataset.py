@@ -78,14 +78,31 @@ def test_random_resized_crop_changes_scale_even_on_8x8_digits(digits) -> None:
     outs = {np.asarray(augment_image(image, PREP, config, sample_rng(0, e, 0))).tobytes() for e in range(10)}
     assert len(outs) == 10  # sub-pixel crop boxes: every draw differs
     assert augment_image(image, PREP, config, sample_rng(0, 0, 0)).size == (16, 16)
+    # Half the area is a real zoom: each draw is far from the plain resize (mean |diff| about
+    # 50-65 of 255 here); the full area with a square ratio is the plain resize exactly.
+    plain = np.asarray(image.resize((16, 16), Image.BILINEAR)).astype(float)
+
+    def distance(config: AugmentConfig, epoch: int) -> float:
+        return float(np.abs(np.asarray(augment_image(image, PREP, config, sample_rng(0, epoch, 0))) - plain).mean())
+
+    assert min(distance(config, e) for e in range(10)) > 30
+    full = AugmentConfig(hflip=False, color_jitter=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert all(distance(full, e) == 0.0 for e in range(3))
 
 
 def test_colour_jitter_stays_small() -> None:
     image = Image.new("RGB", (16, 16), (120, 80, 40))
     config = AugmentConfig(hflip=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), color_jitter=0.2)
-    for e in range(10):
-        out = np.asarray(augment_image(image, PREP, config, sample_rng(0, e, 0))).astype(int)
-        assert np.abs(out - [120, 80, 40]).max() <= 60
+    def deviation(config: AugmentConfig, epoch: int) -> int:
+        out = np.asarray(augment_image(image, PREP, config, sample_rng(0, epoch, 0))).astype(int)
+        return int(np.abs(out - [120, 80, 40]).max())
+
+    deviations = [deviation(config, e) for e in range(10)]
+    # bounded by 0.2 of each channel, and really applied: every draw moves a channel by
+    # several levels and some by 20+ (12-25 here)
+    assert max(deviations) <= 60 and min(deviations) >= 5 and max(deviations) >= 20
+    off = AugmentConfig(hflip=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), color_jitter=0.0)
+    assert [deviation(off, e) for e in range(3)] == [0, 0, 0]
 
 
 def test_dataloader_batches(digits) -> None:

@@ -221,6 +221,7 @@ def edge_tl_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def install_standin_trtexec(server: SshServer, replay_log: Path) -> Path:
     """Put the STAND-IN trtexec (tests/deploy/standin_trtexec.py) first on ``server``'s remote PATH."""
     text = (HERE / "standin_trtexec.py").read_text().replace("@REPLAY_LOG@", str(replay_log))
+    text = text.replace("@OPTIONS_DIR@", str(HERE.parent / "compile" / "trtexec_options"))
     path = server.extra_path / "trtexec"
     path.write_text(f"#!{sys.executable}\n{text}")
     path.chmod(0o755)

@@ -1,11 +1,19 @@
-"""STAND-IN for NVIDIA's trtexec, for the deploy tests on a machine without TensorRT.
+"""STAND-IN for NVIDIA's trtexec, for the deploy and compile tests on a machine without TensorRT.
 
-It is installed as ``trtexec`` on a loopback test device's PATH. It is not TensorRT:
+It is installed as ``trtexec`` on a loopback test device's PATH. It is not TensorRT, but it
+refuses what the TensorRT release it claims to be refuses:
 
-* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints trtexec's
-  RUNNING/PASSED framing lines with the banner version of the replayed log;
-* ``--loadEngine=Y --loadInputs=name:file --exportOutput=out.json``: runs Y (the copied
-  ONNX) with ONNX Runtime on the raw float32 input and writes trtexec's exportOutput JSON;
+* its release is the banner of the replayed log (``[TensorRT v8400]`` is 8.4); every flag must
+  be in that release's option list (tests/compile/trtexec_options/, extracted from NVIDIA/TensorRT
+  ``release/X.Y`` ``samples/common/sampleOptions.cpp``), and the values of the flags edge-tl uses
+  must parse as trtexec parses them. Otherwise it prints trtexec's ``Unknown option`` error and
+  ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp`` does (reportFail);
+* ``--help``: the banner only (trtexec prints it before parsing anything, then the help, exit 0);
+* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log;
+* ``--loadEngine=Y --loadInputs=name:file --exportOutput=out.json``: runs Y (the copied ONNX) with
+  ONNX Runtime on the raw float32 input and writes ``--exportOutput`` in trtexec's format
+  (``exportJSONOutput`` in ``samples/common/sampleReporting.cpp``: ``name``, ``dimensions`` as
+  ``"2x10"``, ``values`` printed by an ``std::ostream`` at its default 6 significant digits);
 * ``--loadEngine=Y`` otherwise (timing): replays a real trtexec log (REPLAY_LOG below,
   from tests/compile/fixtures/) so the parsing of real output is exercised.
 """
@@ -17,20 +25,107 @@ import shutil
 import sys
 
 REPLAY_LOG = os.environ.get("STANDIN_TRTEXEC_LOG", "@REPLAY_LOG@")
+OPTIONS_DIR = os.environ.get("STANDIN_TRTEXEC_OPTIONS", "@OPTIONS_DIR@")
+
+# Flags that take no value (trtexec's getAndDelOption on a bool: "--flag" alone).
+_BOOLEAN = {
+    "--fp16", "--int8", "--best", "--bf16", "--fp8", "--int4", "--stronglyTyped", "--allowGPUFallback", "--verbose",
+    "--useSpinWait", "--useCudaGraph", "--noDataTransfers", "--includeDataTransfers", "--noCudaGraph", "--noSpinWait",
+    "--skipInference", "--separateProfileRun", "--dumpOutput", "--dumpProfile", "--dumpLayerInfo", "--help",
+}
+_INTEGER = {"--warmUp", "--duration", "--iterations", "--avgRuns", "--useDLACore", "--workspace", "--streams"}
+_POOLS = {"workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem"}  # MemoryPoolType names
+_SHAPE = re.compile(r"^[^:]+:\d+(x\d+)*$")
+_FILES_READ = {"--onnx", "--loadEngine", "--calib"}
+
+
+def release_of(banner_code: int) -> tuple:
+    """(major, minor) from trtexec's banner number (x1000 up to 9.x, x10000 from 10.0)."""
+    if banner_code >= 100000:
+        return banner_code // 10000, banner_code // 100 % 100
+    return banner_code // 1000, banner_code // 100 % 10
+
+
+def options_file(release: tuple, options_dir: str) -> str:
+    """The option list of ``release``: its own, or the newest earlier one of the same major."""
+    available = []
+    for name in os.listdir(options_dir):
+        match = re.fullmatch(r"trtexec-(\d+)\.(\d+)\.txt", name)
+        if match:
+            available.append((int(match.group(1)), int(match.group(2))))
+    same_major = sorted(v for v in available if v[0] == release[0] and v <= release)
+    if not same_major:
+        raise SystemExit(f"stand-in trtexec: no option list for TensorRT {release[0]}.{release[1]} in {options_dir}")
+    major, minor = same_major[-1]
+    return os.path.join(options_dir, f"trtexec-{major}.{minor}.txt")
+
+
+def known_options(release: tuple, options_dir: str) -> set:
+    with open(options_file(release, options_dir), encoding="utf-8") as fh:
+        return {line.strip() for line in fh if line.strip() and not line.startswith("#")}
+
+
+def refusal(argv: list, release: tuple, options_dir: str) -> str:
+    """trtexec's error for ``argv`` on ``release`` ('' when it parses)."""
+    known = known_options(release, options_dir)
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name not in known:
+            return f"Unknown option: {name} {value}"
+        if name in _BOOLEAN and eq:
+            return f"Unknown option: {name} {value}"  # a bool flag takes no value: trtexec leaves it unparsed
+        if name in _INTEGER and not re.fullmatch(r"-?\d+", value):
+            return f"Invalid value for {name}: {value!r} is not an integer"
+        if name == "--memPoolSize":
+            for pool in value.split(","):
+                pool_name, _, size = pool.partition(":")
+                if pool_name not in _POOLS:
+                    return f"Unknown memory pool: {pool_name}"
+                if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", size):
+                    return f"Invalid size for memory pool {pool_name}: {size!r}"
+        if name in ("--minShapes", "--optShapes", "--maxShapes", "--shapes") and not all(
+            _SHAPE.match(s) for s in value.split(",")
+        ):
+            return f"Invalid shape for {name}: {value!r} (want name:NxCxHxW)"
+        if name in _FILES_READ and not os.path.isfile(value):
+            return f"Cannot open {name} file {value!r}"
+    return ""
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def export_output(path: str, name: str, array) -> None:
+    """``--exportOutput`` as trtexec writes it (release/10.3 samples/common/sampleReporting.cpp)."""
+    dims = "x".join(str(d) for d in array.shape)
+    values = ", ".join(_fmt(float(v)) for v in array.ravel())
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f'[\n  {{ "name" : "{name}"\n  , "dimensions" : "{dims}"\n  , "values" : [ {values} ]\n  }}\n]\n')
 
 
 def main(argv):
+    with open(REPLAY_LOG, encoding="utf-8") as fh:
+        replay = [line for line in fh.read().splitlines() if not line.startswith("#")]
+    code = int(re.search(r"\[TensorRT v(\d+)\]", "\n".join(replay)).group(1))
+    banner = f"[TensorRT v{code}]"
+    command = f"trtexec {' '.join(argv)}"
+    print(f"&&&& RUNNING TensorRT.trtexec {banner} # {command}")
+    if argv == ["--help"] or argv == ["-h"]:
+        return 0
+    problem = refusal(argv, release_of(code), OPTIONS_DIR)
+    if problem:
+        print(f"[E] {problem}")
+        print(f"&&&& FAILED TensorRT.trtexec {banner} # {command}")
+        return 1
     opts = {}
     for arg in argv:
         key, _, value = arg.partition("=")
         opts[key.lstrip("-")] = value
-    with open(REPLAY_LOG, encoding="utf-8") as fh:
-        replay = [line for line in fh.read().splitlines() if not line.startswith("#")]
-    banner = re.search(r"\[TensorRT v\d+\]", "\n".join(replay)).group(0)
-    print(f"&&&& RUNNING TensorRT.trtexec {banner} # trtexec {' '.join(argv)}")
     if "onnx" in opts:
         os.makedirs(os.path.dirname(opts["saveEngine"]) or ".", exist_ok=True)
         shutil.copyfile(opts["onnx"], opts["saveEngine"])
+        print("\n".join(line for line in replay if "&&&&" not in line))
     elif "loadInputs" in opts:
         import numpy as np
         import onnxruntime as ort
@@ -38,7 +133,10 @@ def main(argv):
         session = ort.InferenceSession(opts["loadEngine"], providers=["CPUExecutionProvider"])
         inp = session.get_inputs()[0]
         name, _, path = opts["loadInputs"].partition(":")
-        assert name == inp.name, f"input {name!r} is not the model's {inp.name!r}"
+        if name != inp.name:
+            print(f"[E] Cannot find input tensor with name \"{name}\" in the engine bindings!")
+            print(f"&&&& FAILED TensorRT.trtexec {banner} # {command}")
+            return 1
         data = np.fromfile(path, dtype="<f4")
         chw = [int(d) for d in inp.shape[1:]]
         if "shapes" in opts:
@@ -46,14 +144,12 @@ def main(argv):
         else:
             batch = int(inp.shape[0])
         out = session.run(None, {inp.name: data.reshape(batch, *chw)})[0]
-        tensors = [{"name": session.get_outputs()[0].name, "dimensions": "x".join(map(str, out.shape)),
-                    "values": [float(v) for v in out.ravel()]}]
-        with open(opts["exportOutput"], "w", encoding="utf-8") as fh:
-            json.dump(tensors, fh)
+        export_output(opts["exportOutput"], session.get_outputs()[0].name, out)
     else:
         print("\n".join(line for line in replay if "&&&&" not in line))
-    print(f"&&&& PASSED TensorRT.trtexec {banner} # trtexec {' '.join(argv)}")
+    print(f"&&&& PASSED TensorRT.trtexec {banner} # {command}")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -108,6 +108,9 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert device["edge_tl"]["module"].startswith(str(remote / "venv"))
     entry = json.loads((out / "accuracy.json").read_text())["results"][0]
     assert entry["num_images"] == 64
+    # python mode on a CPU: no GPU compute time, one end-to-end timing under the shared name
+    assert entry["gpu_compute"] is None and entry["end_to_end"]["iterations"] == 20
+    assert entry["end_to_end"]["batch_size"] == bench["results"][0]["batch_size"]
     assert entry["top1"] == entry["local_onnxruntime_top1"]
     assert entry["local_onnxruntime_agreement"] == 1.0
     assert entry["reference_top1"] is not None and entry["top1_agreement"] >= 0.95
@@ -122,6 +125,8 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     rows = read_deploy_results(run, reference_top1=entry["reference_top1"])
     assert [(r.name, r.origin) for r in rows] == [("onnx-fp32", f"deploy:{sshd.alias}")]
     assert rows[0].delta_top1_pts == pytest.approx((entry["top1"] - entry["reference_top1"]) * 100)
+    # verify shows the same named latencies as the deploy record
+    assert rows[0].end_to_end == entry["end_to_end"] and rows[0].gpu_compute is None
     # Quoting: the odd paths arrived as literal names, nothing was executed from them.
     assert (remote / "current" / "bundle.json").is_file()
     assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
@@ -141,8 +146,8 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
 def _standin_target(tmp_path: Path) -> Path:
     """A Xavier profile that lists TensorRT 8.4, the version of the replayed trtexec log."""
     text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5"', 'default = "8.4"')
-    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4"\ncuda = "11.4"\n'
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
     path = tmp_path / "standin-xavier-trt84.toml"
     path.write_text(text)
     return path
@@ -166,9 +171,11 @@ def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, s
     assert result.mode == "trtexec"
     out = run_copy / "deploy" / server.alias
     bench = json.loads((out / "bench.json").read_text())
-    # Numbers of the replayed Xavier log, parsed into the bench schema (end-to-end latency).
-    assert bench["results"][0]["p50_ms"] == pytest.approx(0.401947)
-    assert bench["results"][0]["p99_ms"] == pytest.approx(0.420288)
+    # Numbers of the replayed Xavier log: results are GPU compute time, as in `bench --backend trtexec`;
+    # end-to-end (Latency: H2D + compute + D2H) is the other named field.
+    assert bench["results"][0]["p50_ms"] == pytest.approx(0.388443)
+    assert bench["end_to_end"]["p50_ms"] == pytest.approx(0.401947)
+    assert bench["end_to_end"]["p99_ms"] == pytest.approx(0.420288)
     assert bench["gpu_compute"]["p50_ms"] == pytest.approx(0.388443)
     assert bench["trtexec"]["tensorrt_version"] == "8.4.0"
     assert "PASSED" in (out / "build.log").read_text()
@@ -179,6 +186,9 @@ def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, s
     power = json.loads((out / "tegrastats.json").read_text())
     assert power["samples"] >= 1 and 5000 <= power["total_power_mean_mw"] <= 7000
     assert entry["hottest_c"] == 47.5 and entry["power_mean_mw"] == power["total_power_mean_mw"]
+    assert entry["gpu_compute"]["p50_ms"] == pytest.approx(0.388443) and entry["end_to_end"]["mean_ms"] == pytest.approx(0.402238)
+    # energy per image: mean power (mW) x end-to-end mean (ms) / batch = uJ; / 1000 = mJ
+    assert entry["energy_mj_per_image"] == pytest.approx(power["total_power_mean_mw"] * 0.402238 / 1 / 1000)
     # The engine and its sidecar were written by the build plan inside the remote release.
     assert (remote / "current" / "compile" / "standin-xavier-trt84-fp32" / "model.engine.json").is_file()
 

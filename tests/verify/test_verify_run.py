@@ -61,14 +61,22 @@ def test_metrics_accumulators_on_known_logits() -> None:
 def test_verify_lists_original_and_both_onnx_with_every_column(run_dir: Path) -> None:
     report = verify_run(run_dir, config=VerifyConfig(max_images=IMAGES, latency=QUICK, device="cpu", threads=1))
     assert [r.name for r in report.rows] == ["checkpoint-best", "onnx-fp32", "onnx-fp16"]
+    ref = report.row("checkpoint-best")
+    # the shared digits model reaches about 0.98; 40 images of 10 classes
+    assert ref.top1 >= 0.9
     for r in report.rows:
-        assert r.num_images == IMAGES and r.skipped is None
-        for column in ("top1", "top5", "delta_top1_pts", "top1_agreement", "mean_kl", "max_abs_diff",
-                       "latency_p50_ms", "latency_p99_ms", "size_bytes", "speedup"):
-            assert getattr(r, column) is not None, (r.name, column)
-    fp32 = report.row("onnx-fp32")
+        assert r.num_images == IMAGES and r.skipped is None and r.latency_batch == 1
+        assert r.top1 == pytest.approx(ref.top1 + r.delta_top1_pts / 100) and r.top1 <= r.top5 <= 1.0
+        assert 0 < r.latency_p50_ms <= r.latency_p99_ms
+        assert r.speedup == pytest.approx(ref.latency_p50_ms / r.latency_p50_ms)
+        assert r.size_bytes > 100_000  # efficientnet_lite0's weights, in FP16 or FP32
+    assert (ref.delta_top1_pts, ref.top1_agreement, ref.mean_kl, ref.max_abs_diff, ref.speedup) == (0.0, 1.0, 0.0, 0.0, 1.0)
+    fp32, fp16 = report.row("onnx-fp32"), report.row("onnx-fp16")
     assert fp32.max_abs_diff <= 1e-4 and fp32.top1_agreement == 1.0 and fp32.delta_top1_pts == 0.0
-    assert report.row("checkpoint-best").speedup == 1.0
+    assert 0 <= fp32.mean_kl < 1e-8  # the same model up to float rounding
+    assert fp16.top1_agreement >= 0.95 and 0 < fp16.max_abs_diff < 0.5 and 0 <= fp16.mean_kl < 1e-3
+    assert fp16.size_bytes < 0.6 * fp32.size_bytes  # half-precision weights
+    assert fp32.size_bytes == (run_dir / Run.open(run_dir).artifact("onnx-fp32").path).stat().st_size
     for name in ("report.md", "report.json", "report.png"):
         assert (run_dir / "verify" / name).stat().st_size > 0
     assert (run_dir / "verify" / "report.png").read_bytes()[:4] == b"\x89PNG"
@@ -154,6 +162,32 @@ def test_cli_verify_exit_codes(run_dir: Path, capsys) -> None:
     assert info.value.code == 0
     rows = json.loads((run_dir / "verify" / "report.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["checkpoint-best", "onnx-fp32"]
+
+
+def test_cli_max_accuracy_drop_exit_codes(run_dir: Path, capsys) -> None:
+    """A device row 75 points below the original: a budget of 75 holds (the drop must exceed it), 74.9 fails."""
+    host = run_dir / "deploy" / "jetson-1"
+    host.mkdir(parents=True)
+    (host / "accuracy.json").write_text(json.dumps({"host": "jetson-1", "results": [{
+        "artifact": "engine-orin-fp16", "kind": "engine", "precision": "fp16", "backend": "tensorrt",
+        "num_images": 8, "top1": 0.0, "top5": 0.5, "top1_agreement": 1.0, "reference_top1": 0.75,
+        "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
+    }]}))
+    args = ["verify", str(run_dir), "--max-images", "8", "--no-latency", "--artifact", "onnx-fp32", "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        main(args + ["--max-accuracy-drop", "75"])
+    assert info.value.code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(args + ["--max-accuracy-drop", "74.9"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "engine-orin-fp16 @ jetson-1: top-1 drop 75.00 pts > --max-accuracy-drop 74.9" in err
+    assert "onnx-fp32" not in err.split("engine-orin-fp16", 1)[0]  # the gate names only the failing row
+    assert json.loads((run_dir / "verify" / "report.json").read_text())["passed"] is False
+    with pytest.raises(SystemExit) as info:
+        main(args + ["--max-accuracy-drop", "-1"])
+    assert info.value.code == 1 and "--max-accuracy-drop is in points and >= 0, got -1" in capsys.readouterr().err
 
 
 def test_cli_bench_on_a_run_artifact(run_dir: Path, capsys) -> None:

@@ -1,0 +1,130 @@
+"""The float part of a Q/DQ model in FP16, for strongly typed TensorRT builds.
+
+A strongly typed network takes every layer's precision from its tensor types (TensorRT 10
+with ``--stronglyTyped``, and all of TensorRT 11, where the FP16/INT8 builder flags are gone:
+"Strongly Typed Networks", TensorRT 11 developer guide). In an FP32 Q/DQ model everything not
+between a DequantizeLinear and the next QuantizeLinear (residual Adds, pooling, activations,
+the layers a budget returned to float) would then run in FP32. This pass makes the graph
+itself carry FP16 there, as NVIDIA ModelOpt's ONNX quantizer does with its
+``high_precision_dtype`` (default fp16): every float initializer (weights left in float,
+biases, the Q/DQ scales) becomes float16, and the graph keeps float32 I/O through two Casts.
+
+QuantizeLinear/DequantizeLinear take float16 input and scales from opset 19 (onnx
+``docs/Operators.md``, QuantizeLinear-19 / DequantizeLinear-19), so the model is moved to
+opset 19, which TensorRT 10 and 11 parse (onnx/onnx-tensorrt ``docs/operators.md``: opset 9
+to 20). ONNX Runtime runs it on a CPU (it casts around kernels it lacks in float16), so
+``verify`` measures its accuracy like any other artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from edge_tl._lazy import lazy_import
+
+FP16_OPSET = 19
+
+# Inputs that must stay float32 whatever the compute type (index per op type).
+_FLOAT32_ONLY_INPUTS = {"Resize": (1, 2)}  # roi and scales are tensor(float) in every Resize version
+
+
+def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[Any, dict[str, str]]:
+    """A copy of ``model`` with FP16 compute outside Q/DQ pairs, and what stays FP32 with why.
+
+    ``keep_fp32`` names initializers to leave in float32 (none is needed for the CNNs edge-tl
+    quantizes; the option is for a layer that overflows float16).
+    """
+    onnx = lazy_import("onnx", purpose="the FP16 float part of a Q/DQ model")
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < FP16_OPSET:
+        out = onnx.version_converter.convert_version(out, FP16_OPSET)
+    graph = out.graph
+    kept: dict[str, str] = {}
+    keep = set(keep_fp32)
+    for node in graph.node:
+        for index in _FLOAT32_ONLY_INPUTS.get(node.op_type, ()):
+            if index < len(node.input) and node.input[index]:
+                keep.add(node.input[index])
+                kept[node.input[index]] = f"{node.op_type} input {index} is float32 in every opset"
+    for name in set(keep_fp32):
+        kept[name] = "kept float32 on request"
+
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in keep:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for node in graph.node:
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+
+    # float32 I/O through Casts: the graph input is cast to float16 first, the output cast back last.
+    casts_in, casts_out = [], []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half = f"{value.name}_fp16"
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == value.name:
+                    node.input[i] = half
+        casts_in.append(helper.make_node("Cast", [value.name], [half], name=f"{value.name}_to_fp16", to=TensorProto.FLOAT16))
+        kept[value.name] = "graph input stays float32 (a Cast to float16 follows it)"
+    for value in graph.output:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half = f"{value.name}_fp16"
+        for node in graph.node:
+            for i, name in enumerate(node.output):
+                if name == value.name:
+                    node.output[i] = half
+            for i, name in enumerate(node.input):
+                if name == value.name:
+                    node.input[i] = half
+        casts_out.append(helper.make_node("Cast", [half], [value.name], name=f"{value.name}_to_fp32", to=TensorProto.FLOAT))
+        kept[value.name] = "graph output stays float32 (cast back from float16)"
+    nodes = [*casts_in, *graph.node, *casts_out]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    onnx.checker.check_model(out, full_check=True)
+    return out, kept
+
+
+def fp32_compute(model: Any, *, allowed: Iterable[str] = ()) -> list[str]:
+    """Every node input computed in float32 outside the Casts that carry the graph's I/O.
+
+    An empty list means all float compute is FP16 (Q/DQ pairs run INT8 between them);
+    ``allowed`` names tensors recorded as kept in float32.
+    """
+    onnx = lazy_import("onnx", purpose="walking an ONNX graph's types")
+    from onnx import TensorProto
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    ok = set(allowed)
+    found = []
+    for node in graph.node:
+        if node.op_type == "Cast":
+            continue
+        for name in node.input:
+            if name and name not in ok and types.get(name) == TensorProto.FLOAT:
+                found.append(f"{node.op_type} {node.name} reads float32 {name!r}")
+        for name in node.output:
+            if name and types.get(name) == TensorProto.FLOAT:
+                found.append(f"{node.op_type} {node.name} writes float32 {name!r}")
+    return found

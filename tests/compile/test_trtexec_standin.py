@@ -1,0 +1,136 @@
+"""The stand-in trtexec refuses what each TensorRT release refuses, and every plan edge-tl writes passes it.
+
+The option lists in tests/compile/trtexec_options/ are extracted from NVIDIA/TensorRT ``release/X.Y``
+``samples/common/sampleOptions.cpp`` (each file names its branch and commit); trtexec fails with
+"Unknown option" on anything else (``samples/trtexec/trtexec.cpp``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_tl.compile import CompileRequest, make_plan
+from edge_tl.compile.trtexec_flags import bench_command
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.runs import Run
+from edge_tl.targets import Precision, list_targets
+
+HERE = Path(__file__).parent
+OPTIONS = HERE / "trtexec_options"
+STANDIN = HERE.parent / "deploy" / "standin_trtexec.py"
+_spec = importlib.util.spec_from_file_location("standin_trtexec", STANDIN)
+standin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(standin)
+
+
+def _release(version) -> tuple[int, int]:
+    return version.major, version.minor
+
+
+def _run_standin(tmp_path: Path, banner: str, *args: str) -> subprocess.CompletedProcess:
+    log = tmp_path / f"{banner}.log"
+    log.write_text(f"[I] === Performance summary ===\n&&&& PASSED TensorRT.trtexec [TensorRT {banner}] # trtexec\n")
+    env = {**os.environ, "STANDIN_TRTEXEC_LOG": str(log), "STANDIN_TRTEXEC_OPTIONS": str(OPTIONS)}
+    return subprocess.run([sys.executable, str(STANDIN), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_option_lists_name_their_source_and_differ_where_tensorrt_changed() -> None:
+    for path in OPTIONS.glob("trtexec-*.txt"):
+        head = path.read_text().splitlines()[1]
+        assert "NVIDIA/TensorRT branch release/" in head and "samples/common/sampleOptions.cpp, commit " in head
+    known = {v: standin.known_options(v, str(OPTIONS)) for v in [(8, 2), (8, 4), (10, 3), (11, 0)]}
+    assert "--workspace" in known[(8, 2)] and "--memPoolSize" not in known[(8, 2)]  # memPoolSize arrives in 8.4
+    assert {"--workspace", "--memPoolSize"} <= known[(8, 4)]  # --workspace deprecated but still parsed
+    assert "--workspace" not in known[(10, 3)] and "--stronglyTyped" in known[(10, 3)]
+    assert not {"--fp16", "--int8", "--best", "--calib"} & known[(11, 0)]
+    assert {"--includeDataTransfers", "--noCudaGraph", "--stronglyTyped"} <= known[(11, 0)]
+    assert standin.options_file((11, 4), str(OPTIONS)).endswith("trtexec-11.1.txt")  # newest published 11.x list
+
+
+@pytest.mark.parametrize(
+    "banner, args, error",
+    [
+        ("v100300", ["--onnx=m.onnx", "--workspace=1024"], "Unknown option: --workspace 1024"),
+        ("v110401", ["--onnx=m.onnx", "--fp16"], "Unknown option: --fp16"),
+        ("v110401", ["--onnx=m.onnx", "--int8"], "Unknown option: --int8"),
+        ("v110401", ["--onnx=m.onnx", "--calib=c.cache"], "Unknown option: --calib c.cache"),
+        ("v8201", ["--onnx=m.onnx", "--memPoolSize=workspace:1024"], "Unknown option: --memPoolSize workspace:1024"),
+        ("v100300", ["--onnx=m.onnx", "--memPoolSize=workspac:1024"], "Unknown memory pool: workspac"),
+        ("v100300", ["--onnx=m.onnx", "--fp16=1"], "Unknown option: --fp16 1"),
+        ("v100300", ["--onnx=m.onnx", "--minShapes=input:1x3x8"], None),
+        ("v100300", ["--loadEngine=missing.engine"], "Cannot open --loadEngine file"),
+    ],
+)
+def test_standin_refuses_what_the_release_refuses(
+    tmp_path: Path, monkeypatch, banner: str, args: list[str], error: str | None
+) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    (tmp_path / "c.cache").write_text("TRT-100300-EntropyCalibration2\n")
+    monkeypatch.chdir(tmp_path)
+    proc = _run_standin(tmp_path, banner, *args, "--saveEngine=e.engine")
+    if error is None:
+        assert proc.returncode == 0 and "&&&& PASSED" in proc.stdout
+        return
+    assert proc.returncode == 1, proc.stdout
+    assert f"[E] {error}" in proc.stdout and f"&&&& FAILED TensorRT.trtexec [TensorRT {banner}]" in proc.stdout
+    assert not (tmp_path / "e.engine").exists()
+
+
+def test_help_prints_the_banner_first(tmp_path: Path) -> None:
+    proc = _run_standin(tmp_path, "v8502", "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("&&&& RUNNING TensorRT.trtexec [TensorRT v8502]")
+
+
+def _every_plan(run: Run):
+    """Every plan edge-tl can write for the shipped targets: each release, precision and DLA choice."""
+    cache = "quantize/tensorrt-int8-cache/calibration.cache"
+    for target in list_targets():
+        for release in target.releases:
+            # the calibration cache quantize --target/--tensorrt would write for this release
+            run.path(cache).write_text(f"TRT-{release.version.library_version}-EntropyCalibration2\n")
+            for precision in target.fast_precisions:
+                for dla in (False, True) if target.gpu and target.gpu.dla_cores else (False,):
+                    try:
+                        yield make_plan(run, target, CompileRequest(precision=precision, dla=dla, tensorrt=release.version))
+                    except (ConfigError, RunError):
+                        continue  # a combination the release cannot build is refused by the plan itself
+
+
+def test_every_generated_plan_passes_the_standin_of_its_release(tmp_path: Path, run_factory, monkeypatch) -> None:
+    run = run_factory(tmp_path / "run", opset=13)  # opset 13: within what every release parses, 8.2 included
+    checked = set()
+    monkeypatch.chdir(run.root)
+    for plan in _every_plan(run):
+        version = plan.release.version
+        problem = standin.refusal(plan.argv[1:], _release(version), str(OPTIONS))
+        assert problem == "", f"{plan.target.name} {version} {plan.precision.value}: {problem}: {plan.argv}"
+        bench = bench_command("x.onnx", version, input_name="input", chw=(3, 8, 8), batch=1, export_times="t.json")
+        Path("x.onnx").write_bytes(b"e")
+        assert standin.refusal(bench[1:], _release(version), str(OPTIONS)) == ""
+        if version.major >= 11:
+            assert not {"--fp16", "--int8", "--best"} & set(plan.argv) and not any(a.startswith("--calib") for a in plan.argv)
+        checked.add((plan.target.name, str(version), plan.precision.value, plan.spec.dla_core is not None))
+    majors = {v.split(".")[0] for _, v, _, _ in checked}
+    assert majors == {"8", "10", "11"} and len(checked) >= 60
+    assert ("jetson-agx-orin-64gb", "11.4.1", "int8", True) in checked and ("jetson-nano", "8.2.1", "fp16", False) in checked
+
+
+def test_export_output_has_trtexecs_format_and_deploy_reads_it(tmp_path: Path) -> None:
+    from edge_tl.deploy.api import _exported_logits
+
+    logits = np.array([[1.23456789, -2.5e-7, 3.0], [0.1, 0.2, 123456.789]], dtype=np.float32)
+    out = tmp_path / "out.json"
+    standin.export_output(str(out), "logits", logits)
+    text = out.read_text()
+    assert text.startswith('[\n  { "name" : "logits"\n  , "dimensions" : "2x3"\n  , "values" : [ 1.23457, -2.5e-07, 3, ')
+    assert json.loads(text)[0]["dimensions"] == "2x3"
+    back = _exported_logits(text.encode(), output="logits", count=2, where="out.json")
+    np.testing.assert_allclose(back, logits, rtol=5e-6)
