@@ -34,3 +34,12 @@ def test_quickstart_trains_exports_quantizes_within_budget_and_verifies(tmp_path
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["onnx-int8-onnxruntime-cpu-int8"]["top1"] == pytest.approx(int8.metrics["val_top1"])
     assert rows["onnx-fp32"]["top1_agreement"] >= 0.99
+
+
+def test_quickstart_holds_int8_to_the_advertised_budget() -> None:
+    from edge_tl.quickstart import QUICKSTART_INT8_BUDGET_POINTS
+
+    # README: "quantizes to INT8 for the CPU held to a 0.5-point top-1 budget"
+    assert QUICKSTART_INT8_BUDGET_POINTS == 0.5
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "held to a\n0.5-point top-1 budget" in readme
