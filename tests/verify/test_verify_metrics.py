@@ -93,6 +93,9 @@ def test_mean_kl_is_kl_of_reference_to_candidate_averaged_over_images() -> None:
     q = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
     expected = float((p * np.log(p / q)).sum()) / 2  # the second image agrees exactly: KL 0
     assert agree.result().mean_kl == pytest.approx(expected, rel=1e-12)
+    together = AgreementAccumulator()  # softmax per row, also when rows share a batch
+    together.update(reference, candidate)
+    assert together.result().mean_kl == pytest.approx(expected, rel=1e-12)
     # KL(P||Q) is not symmetric: the other direction is a different number.
     reverse = float((q * np.log(q / p)).sum()) / 2
     assert abs(expected - reverse) > 1e-3
