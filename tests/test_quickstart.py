@@ -57,3 +57,12 @@ def _check_report_in_chromium(index: Path, verified: list[str]) -> None:
     seen, rows = browser.check_in_chromium(index, table="artifact-table")
     browser.assert_renders_cleanly(seen, min_images=3)
     assert rows == ["checkpoint-best", *verified]
+
+
+def test_quickstart_holds_int8_to_the_advertised_budget() -> None:
+    from edge_tl.quickstart import QUICKSTART_INT8_BUDGET_POINTS
+
+    # README: "quantizes to INT8 for the CPU held to a 0.5-point top-1 budget"
+    assert QUICKSTART_INT8_BUDGET_POINTS == 0.5
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "held to a\n0.5-point top-1 budget" in readme

@@ -135,7 +135,13 @@ def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[st
     print(f"\n{key}: {MODULES[key][0]}: {killed}/{total} killed ({score})")
     for status, names in sorted(by_status.items()):
         print(f"  {status}: {len(names)}")
-    for status in ("survived", "no tests", "suspicious", "not checked"):
+    untested: dict[str, int] = {}
+    for name in by_status.get("no tests", []):
+        function = name.rsplit("__mutmut_", 1)[0]
+        untested[function] = untested.get(function, 0) + 1
+    for function, count in sorted(untested.items(), key=lambda item: -item[1]):
+        print(f"    no tests reach {function}: {count} mutants")
+    for status in ("survived", "suspicious", "not checked"):
         for name in by_status.get(status, []):
             print(f"    {status}: {name}")
             if survivors:

@@ -37,22 +37,23 @@ def test_constant_samples_are_quiet_and_single_sample_has_zero_std() -> None:
     one = LatencyStats.from_samples([3.0], batch_size=1)
     assert one.std_ms == 0.0
     assert any("only 1 iterations" in w for w in one.warnings())
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no timed iterations"):
         LatencyStats.from_samples([], batch_size=1)
 
 
 def test_budget_parsing_and_stopping() -> None:
     assert Budget.parse("25") == Budget(iterations=25)
     assert Budget.parse("1.5s", min_iterations=3) == Budget(seconds=1.5, min_iterations=3)
-    for bad in ("abc", "2.5", "-1", "3ms"):
-        with pytest.raises(ConfigError):
+    for bad, why in (("abc", "is not a budget"), ("2.5", "iterations are a whole number"), ("-1", "is not a budget"),
+                     ("3ms", "is not a budget")):
+        with pytest.raises(ConfigError, match=f"^'{bad}'.*{why}"):
             Budget.parse(bad)
     timed = Budget(seconds=1.0, min_iterations=5)
     assert not timed.done(4, 10.0)  # the minimum comes first
     assert timed.done(5, 1.0) and not timed.done(5, 0.5)
     both = Budget(iterations=10, seconds=1.0)
     assert both.done(10, 0.0) and both.done(1, 1.0) and not both.done(9, 0.9)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs iterations or seconds"):
         Budget()
 
 

@@ -70,3 +70,23 @@ def test_budget_never_met_keeps_the_best_attempt_labelled_failing(run_copy: Path
     assert record.details["status"] == "failing" and record.metrics["accuracy_budget_met"] is False
     assert record.metrics["accuracy_drop_points"] > 0.5
     assert (run_copy / record.path).is_file()
+
+
+def test_cli_exit_codes_follow_the_budget(run_copy: Path, harsh_recipe: Path, capsys) -> None:
+    from edge_tl.cli.main import main
+
+    args = ["quantize", str(run_copy), "--recipe", str(harsh_recipe), "--calib-samples", "32", "--max-float-layers", "0",
+            "--threads", "1", "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--max-accuracy-drop", "0.5"])
+    assert info.value.code == 1
+    assert "could not meet --max-accuracy-drop 0.5 pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--max-accuracy-drop", "100"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "recorded onnx-int8-harsh" in out and "(budget 100 pt)" in out
+    assert Run.open(run_copy).artifact("onnx-int8-harsh").details["status"] == "passing"
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--max-accuracy-drop", "-1"])
+    assert info.value.code == 2 and "--max-accuracy-drop" in capsys.readouterr().err  # a usage error, before any work

@@ -7,6 +7,8 @@ runs in test_quantize_budget.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from edge_tl.errors import ConfigError
@@ -67,6 +69,14 @@ def test_floats_the_most_sensitive_layers_one_at_a_time_and_stops_at_the_first_w
     assert chosen.top1 == 0.893
 
 
+def test_progress_names_each_attempt() -> None:
+    model = Model([0.80, 0.85, 0.893])
+    said: list[str] = []
+    search_float_layers(REFERENCE, budget=1.0, max_float_layers=16, rank=model.rank, measure=model.measure, say=said.append)
+    assert said == ["drop 10.00 pt > budget 1.00 pt", "  1 float layer(s) (conv_a): drop 5.00 pt",
+                    "  2 float layer(s) (conv_b): drop 0.70 pt"]
+
+
 def test_budget_not_met_keeps_the_best_attempt_not_the_last_or_the_worst() -> None:
     # floating helps, then hurts: the best is in the middle, the worst is the last
     model = Model([0.85, 0.87, 0.88, 0.86, 0.84, 0.83])
@@ -118,10 +128,10 @@ def test_config_defaults_and_limits() -> None:
         ({"max_accuracy_drop": float("nan")}, "--max-accuracy-drop"),
         ({"calib_samples": 0}, "--calib-samples must be >= 1, got 0"),
         ({"threads": 0}, "--threads must be >= 1, got 0"),
-        ({"max_float_layers": -1}, "max_float_layers must be >= 0"),
-        ({"sensitivity_images": 0}, "sensitivity_images and eval_batch_size >= 1"),
-        ({"eval_batch_size": 0}, "sensitivity_images and eval_batch_size >= 1"),
+        ({"max_float_layers": -1}, "max_float_layers must be >= 0, sensitivity_images and eval_batch_size >= 1"),
+        ({"sensitivity_images": 0}, "max_float_layers must be >= 0, sensitivity_images and eval_batch_size >= 1"),
+        ({"eval_batch_size": 0}, "max_float_layers must be >= 0, sensitivity_images and eval_batch_size >= 1"),
     ):
-        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        with pytest.raises(ConfigError, match="^" + re.escape(message)):
             QuantizeConfig(**bad)
     assert QuantizeConfig(calib_samples=1, threads=1, sensitivity_images=1, eval_batch_size=1).threads == 1

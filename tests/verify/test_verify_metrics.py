@@ -29,6 +29,9 @@ def test_top1_and_top5_count_exactly_over_batches() -> None:
     result = acc.result()
     assert result == Accuracy(num_images=3, top1=1 / 3, top5=2 / 3)
     assert result.to_dict() == {"num_images": 3, "top1": 1 / 3, "top5": 2 / 3}
+    rowwise = AccuracyAccumulator()  # argmax per row, not over the whole batch
+    rowwise.update(LOGITS[1:], np.array([5, 1]))
+    assert rowwise.result().top1 == 1.0
 
 
 def test_top5_counts_the_fifth_but_not_the_sixth_rank() -> None:
@@ -63,6 +66,7 @@ def test_rows_and_labels_must_match() -> None:
 
 def test_agreement_sums_known_differences() -> None:
     candidate = LOGITS.copy()
+    candidate[0, 1] += 0.25
     candidate[1, 0] += 10.0  # row 1's argmax moves from class 5 to class 0
     candidate[2, 2] -= 0.5
     agree = AgreementAccumulator(atol=0.5, rtol=0.0)
@@ -72,7 +76,7 @@ def test_agreement_sums_known_differences() -> None:
     assert result.num_images == 3
     assert result.top1_agreement == pytest.approx(2 / 3)
     assert result.max_abs_diff == 10.0
-    assert result.mean_abs_diff == pytest.approx(10.5 / 18)
+    assert result.mean_abs_diff == pytest.approx(10.75 / 18)  # summed over both batches
     # 0.5 is within atol (<=, not <); 10 is not
     assert result.num_outside_tolerance == 1
     assert set(result.to_dict()) == {"num_images", "top1_agreement", "max_abs_diff", "mean_abs_diff", "mean_kl",
@@ -83,20 +87,26 @@ def test_mean_kl_is_kl_of_reference_to_candidate_averaged_over_images() -> None:
     reference = np.array([[0.0, 0.0], [1.0, 0.0]])
     candidate = np.array([[2.0, 0.0], [1.0, 0.0]])
     agree = AgreementAccumulator()
-    agree.update(reference, candidate)
+    agree.update(reference[:1], candidate[:1])
+    agree.update(reference[1:], candidate[1:])  # summed over batches, not replaced
     p = np.array([0.5, 0.5])
     q = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
     expected = float((p * np.log(p / q)).sum()) / 2  # the second image agrees exactly: KL 0
     assert agree.result().mean_kl == pytest.approx(expected, rel=1e-12)
+    together = AgreementAccumulator()  # softmax per row, also when rows share a batch
+    together.update(reference, candidate)
+    assert together.result().mean_kl == pytest.approx(expected, rel=1e-12)
     # KL(P||Q) is not symmetric: the other direction is a different number.
     reverse = float((q * np.log(q / p)).sum()) / 2
     assert abs(expected - reverse) > 1e-3
 
 
 def test_kl_is_stable_for_large_logits() -> None:
-    big = np.array([[1000.0, 0.0, -1000.0]])
+    # Each row is shifted by its own maximum: a row of large logits next to a row of
+    # small ones must not underflow the small one.
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 1.0, 2.0]])
     agree = AgreementAccumulator()
-    agree.update(big, big + np.array([[0.0, 1.0, 0.0]]))
+    agree.update(logits, logits + np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
     assert agree.result().mean_kl == pytest.approx(0.0, abs=1e-12) and math.isfinite(agree.result().mean_kl)
 
 
