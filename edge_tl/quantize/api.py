@@ -120,7 +120,11 @@ class QuantizeResult:
 def _session(model: Any, threads: int | None = None) -> Any:
     ort = lazy_import("onnxruntime", purpose="running quantized models")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from edge_tl.runtime.onnxruntime_runner import has_fp16_qdq
+
+    # A Q/DQ graph with float16 scales is run as written (see has_fp16_qdq).
+    level = "ORT_DISABLE_ALL" if has_fp16_qdq(model) else "ORT_ENABLE_ALL"
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -369,9 +373,12 @@ def quantize_run(
 def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, Any], reference: float, val: Sequence[Any],
                             prep: Any, config: QuantizeConfig, say: Callable[[str], None]) -> str:
     """``<name>-fp16``: the same Q/DQ model with an FP16 float part, for strongly typed builds (TensorRT 11)."""
-    from edge_tl.quantize.fp16_float import FP16_OPSET, float_part_to_fp16
+    from edge_tl.quantize.fp16_float import FP16_OPSET, float_part_to_fp16, raise_small_scales
 
-    model, kept = float_part_to_fp16(final)
+    raised_model = type(final)()
+    raised_model.CopyFrom(final)
+    raised = raise_small_scales(raised_model)
+    model, kept = float_part_to_fp16(raised_model)
     top1 = _top1(_session(model, config.threads), val, prep, config.eval_batch_size)
     say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(reference - top1) * 100:.2f} pt)")
     path = atomic_write_bytes(run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")),
@@ -379,6 +386,9 @@ def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, 
     variant = f"{name}-fp16"
     info = dict(details)
     info.update({"source": name, "opset": FP16_OPSET, "float_part": "float16", "kept_fp32": kept,
+                 # channels whose scale was under float16's smallest normal: raised to it (weights requantized)
+                 "scales_raised_to_fp16_min": raised,
+                 "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
                  "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
                  "ops": {op: sum(1 for n in model.graph.node if n.op_type == op) for op in sorted({n.op_type for n in model.graph.node})}})
     run.add_artifact(variant, kind="onnx", path=path, stage=STAGE, precision="int8", details=info,

@@ -27,8 +27,52 @@ from edge_tl._lazy import lazy_import
 
 FP16_OPSET = 19
 
+# float16's smallest normal number. A scale below it becomes a subnormal of a few bits or 0 in
+# float16, and a zero scale is invalid: TensorRT requires every Q/DQ scale to be positive
+# (onnx/onnx-tensorrt ``docs/operators.md``, QuantizeLinear/DequantizeLinear). Near-zero channels
+# (BatchNorm folded with a gamma near 0) have amax/127 down to 1e-10, so the scale is raised to this
+# and the channel's INT8 weights requantized, which keeps their dequantized values as close as
+# the coarser step allows (they stay within one step of 0 either way).
+FP16_MIN_SCALE = np.float32(2.0**-14)
+
 # Inputs that must stay float32 whatever the compute type (index per op type).
 _FLOAT32_ONLY_INPUTS = {"Resize": (1, 2)}  # roi and scales are tensor(float) in every Resize version
+
+
+def raise_small_scales(model: Any) -> dict[str, int]:
+    """Raise Q/DQ scales below :data:`FP16_MIN_SCALE` in ``model`` (in place): scale name -> entries raised.
+
+    A weight's DequantizeLinear (INT8 initializer + scale) gets its INT8 values requantized for
+    the new scale; an activation's scale (shared by its Q and DQ) is raised as it is.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    raised: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 2:
+            continue
+        scale_init = inits.get(node.input[1])
+        if scale_init is None or scale_init.data_type != TensorProto.FLOAT or node.input[1] in raised:
+            continue
+        scale = numpy_helper.to_array(scale_init).astype(np.float32)
+        small = scale < FP16_MIN_SCALE
+        if not small.any():
+            continue
+        new = np.where(small, FP16_MIN_SCALE, scale).astype(np.float32)
+        values = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if values is not None:
+            q = numpy_helper.to_array(values)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(q.ndim, 1)
+            shape = [1] * q.ndim
+            if scale.ndim:
+                shape[axis] = -1
+            info = np.iinfo(q.dtype)
+            requant = np.round(q.astype(np.float32) * scale.reshape(shape) / new.reshape(shape))
+            values.CopyFrom(numpy_helper.from_array(np.clip(requant, info.min, info.max).astype(q.dtype), values.name))
+        scale_init.CopyFrom(numpy_helper.from_array(new.reshape(scale.shape), scale_init.name))
+        raised[node.input[1]] = int(small.sum())
+    return raised
 
 
 def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[Any, dict[str, str]]:
@@ -45,6 +89,7 @@ def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[An
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < FP16_OPSET:
         out = onnx.version_converter.convert_version(out, FP16_OPSET)
+    raise_small_scales(out)
     graph = out.graph
     kept: dict[str, str] = {}
     keep = set(keep_fp32)

@@ -48,3 +48,82 @@ def test_strongly_typed_plans_build_from_an_fp16_float_part_that_verify_measures
     assert row.backend == "onnxruntime" and row.num_images > 0 and row.top1 is not None
     assert abs(row.delta_top1_pts) <= 0.5, f"FP16 float part moved top-1 by {row.delta_top1_pts:.2f} pt"
     assert record.metrics["val_top1"] == pytest.approx(row.top1)
+
+
+def _tiny_qdq_conv(weight_scale: "list[float]"):
+    """input -> Q/DQ -> Conv (INT8 weights, per-channel scales) -> output, FP32, opset 17."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = len(weight_scale)
+    q = np.array([[[[100]], [[-50]]]] * channels, dtype=np.int8).reshape(channels, 2, 1, 1)
+    inits = [
+        numpy_helper.from_array(np.float32(0.02), "x_scale"),
+        numpy_helper.from_array(np.int8(0), "x_zp"),
+        numpy_helper.from_array(q, "w_int8"),
+        numpy_helper.from_array(np.array(weight_scale, dtype=np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(channels, dtype=np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zp"], ["xq"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"], name="dq_in"),
+        helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zp"], ["w"], name="dq_w", axis=0),
+        helper.make_node("Conv", ["xdq", "w"], ["logits"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels, 1, 1])], initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_float_part_keeps_every_scale_positive_and_weights_where_they_were() -> None:
+    """A scale under float16's smallest normal would round to 0 (TensorRT refuses a scale that is not
+    positive: onnx/onnx-tensorrt docs/operators.md); it is raised and the INT8 weights requantized."""
+    import numpy as np
+
+    pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from edge_tl.quantize.fp16_float import FP16_MIN_SCALE, float_part_to_fp16, raise_small_scales
+
+    scales = [1e-10, 2.0**-14, 0.01]
+    model = _tiny_qdq_conv(scales)
+    before = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w_int8")).astype(np.float64)
+    dequantized = before * np.array(scales).reshape(-1, 1, 1, 1)
+
+    raised = raise_small_scales(model)
+    assert raised == {"w_scale": 1}  # only the channel strictly below the smallest normal
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert inits["w_scale"].tolist() == pytest.approx([float(FP16_MIN_SCALE), 2.0**-14, 0.01])
+    assert inits["w_int8"][0].ravel().tolist() == [0, 0]  # 1e-8 and -5e-9 are 0 steps of 2^-14
+    assert inits["w_int8"][1:].tolist() == before[1:].astype(np.int8).tolist()  # other channels untouched
+    requantized = inits["w_int8"].astype(np.float64) * inits["w_scale"].reshape(-1, 1, 1, 1)
+    assert np.abs(requantized - dequantized).max() <= float(FP16_MIN_SCALE) / 2
+
+    half, _ = float_part_to_fp16(_tiny_qdq_conv(scales))
+    fp16_scales = {i.name: numpy_helper.to_array(i) for i in half.graph.initializer}["w_scale"]
+    assert fp16_scales.dtype == np.float16 and (fp16_scales > 0).all()
+
+
+def test_onnxruntime_runs_an_fp16_qdq_graph_as_written(tmp_path: Path) -> None:
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from edge_tl.quantize.fp16_float import float_part_to_fp16
+    from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner, has_fp16_qdq
+
+    fp32 = _tiny_qdq_conv([0.01, 0.02])
+    half, _ = float_part_to_fp16(fp32)
+    assert not has_fp16_qdq(fp32) and has_fp16_qdq(half)
+    paths = {}
+    for name, model in (("fp32", fp32), ("fp16", half)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(paths[name]))
+    assert OnnxRuntimeRunner(paths["fp32"]).optimization is GraphOptimization.ALL
+    runner = OnnxRuntimeRunner(paths["fp16"])
+    assert runner.optimization is GraphOptimization.DISABLED
+    x = np.array([[[[0.5]], [[-0.3]]]], dtype=np.float32)
+    with OnnxRuntimeRunner(paths["fp32"]) as ref, runner:
+        np.testing.assert_allclose(runner.run(x), ref.run(x), rtol=2e-3, atol=1e-3)
