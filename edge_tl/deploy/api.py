@@ -395,8 +395,12 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
                 sampling = False
         try:
             measured: Measurement = MODES[mode]().measure(session)
-        finally:
-            warnings += _end_sampling(ssh, remote_dir, sampling=sampling, locked=locked)
+        except BaseException:
+            # The deploy fails, and what it leaves on the device (a sampler, locked clocks) is said with it.
+            for warning in _end_sampling(ssh, remote_dir, sampling=sampling, locked=locked):
+                log.warning("%s: %s", label, warning)
+            raise
+        warnings += _end_sampling(ssh, remote_dir, sampling=sampling, locked=locked)
         power = None
         if sampling and session.fetch(["tegrastats.log"]):
             power = summarize_tegrastats((incoming / "tegrastats.log").read_text(encoding="utf-8", errors="replace"))
@@ -441,7 +445,8 @@ def _end_sampling(ssh: SshTransport, remote_dir: str, *, sampling: bool, locked:
     if sampling:
         try:
             stopped = ssh.run(["tegrastats", "--stop"], check=False, what="tegrastats stop")
-            failed = stopped.returncode != 0 and stopped.stderr.strip()
+            said = " ".join(f"{stopped.stderr} {stopped.text}".split())  # tegrastats may say it on either stream
+            failed = f"exit {stopped.returncode}: {said}" if stopped.returncode != 0 else ""
         except RemoteError as exc:
             failed = str(exc)
         if failed:

@@ -221,18 +221,28 @@ class TrtexecMode:
         if plan is None:
             raise ConfigError(f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python")
         trtexec = session.probe.trtexec or "trtexec"
+        log_here = session.failed / "build.log"
         try:
             build = session.job(
                 "build", sh_script('(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1', trtexec, plan["script"], f"{results}/build.log"),
                 what="engine build",
             )  # fmt: skip
-        finally:  # after a failure or a timeout too: the log says why
-            session.fetch(["build.log"])
+        except RemoteError as exc:
+            # A build stopped at the time limit: its log so far says how far it got. A fetch that
+            # fails too (the link is down) must not hide why the build ended.
+            try:
+                kept = session.fetch(["build.log"])
+            except RemoteError:
+                kept = []
+            if kept:
+                raise RemoteError(f"{exc} The build's log so far is in {log_here}") from exc
+            raise
+        session.fetch(["build.log"])
         if build.returncode != 0:
             log_path = incoming / "build.log"
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:]) if log_path.exists() else ""
             raise RemoteError(
-                f"{ssh.endpoint}: the engine build failed (exit {build.returncode}); log in {session.failed / 'build.log'}:\n{tail}"
+                f"{ssh.endpoint}: the engine build failed (exit {build.returncode}); log in {log_here}:\n{tail}"
             )
 
         model = bundle.model

@@ -269,3 +269,196 @@ def test_deploy_refuses_an_unknown_host_key_unless_asked(run_copy, ssh_lab, tmp_
         assert (foreign / "data.txt").read_text() == "theirs" and sorted(p.name for p in foreign.iterdir()) == ["data.txt"]
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- what a failed device step leaves behind
+
+REPO = Path(__file__).resolve().parents[2]
+
+# In front of the stand-in trtexec on a test device: a fault on demand, chosen by a file
+# beside it (a build that fails, one that never ends, a timing run the test can cut).
+_FAULTY_TRTEXEC = r"""#!/bin/sh
+here=$(dirname -- "$0")
+case " $* " in
+  *" --onnx="*)
+    if [ -f "$here/build-fails" ]; then
+      echo "[E] [TRT] 4: [network.cpp::validate::3005] Error Code 4: Internal Error (layer 12 has no implementation)"
+      echo "&&&& FAILED TensorRT.trtexec"; exit 1
+    fi
+    if [ -f "$here/build-hangs" ]; then echo "[I] [TRT] building layer 3 of 41"; sleep 300; fi ;;
+  *" --loadInputs="*) ;;
+  *" --loadEngine="*) if [ -f "$here/timing-slow" ]; then touch "$here/timing-started"; sleep 3; fi ;;
+esac
+exec "$here/trtexec-standin" "$@"
+"""
+
+# A Jetson's clocks as a state file: `jetson_clocks` locks them, --store saves them, --restore
+# puts saved ones back (and fails while a file restore-fails lies beside it).
+_JETSON_CLOCKS = r"""#!/bin/sh
+here=$(dirname -- "$0")
+case "$1" in
+  --store) cat "$here/clocks-state" > "$2" ;;
+  --restore)
+    if [ -f "$here/restore-fails" ]; then echo "jetson_clocks: cannot write /sys/devices/gpu.0/devfreq" >&2; exit 1; fi
+    cat "$2" > "$here/clocks-state" ;;
+  "") echo locked > "$here/clocks-state" ;;
+esac
+"""
+
+_SUDO = '#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n'
+
+# tegrastats --stop that reports a failure on stdout only (the sampler is stopped all the same,
+# so that nothing of the test keeps running).
+_FAILING_STOP_TEGRASTATS = r"""#!/bin/sh
+here=$(dirname -- "$0")
+if [ "$1" = --stop ] && [ -f "$here/stop-fails" ]; then
+  "$here/tegrastats-standin" --stop; echo "tegrastats: could not stop the running instance"; exit 1
+fi
+exec "$here/tegrastats-standin" "$@"
+"""
+
+
+def _script(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats):
+    """A loopback 'Jetson': stand-in trtexec and tegrastats behind fault switches, jetson_clocks, sudo."""
+    server = ssh_lab.start()
+    bin_dir = server.extra_path
+    standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log").rename(
+        bin_dir / "trtexec-standin")
+    standin_tegrastats(server).rename(bin_dir / "tegrastats-standin")
+    _script(bin_dir / "trtexec", _FAULTY_TRTEXEC)
+    _script(bin_dir / "tegrastats", _FAILING_STOP_TEGRASTATS)
+    _script(bin_dir / "jetson_clocks", _JETSON_CLOCKS)
+    _script(bin_dir / "sudo", _SUDO)
+    (bin_dir / "clocks-state").write_text("normal\n")
+    return server
+
+
+def _standin_config(tmp_path: Path, ssh_lab, remote: Path, **overrides):
+    """trtexec mode on a Xavier profile that lists TensorRT 8.4, the release of the replayed trtexec log."""
+    from edge_tl.deploy import DeployConfig
+
+    text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    target = tmp_path / "standin-xavier-trt84.toml"
+    target.write_text(text + '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n')
+    settings = dict(target=str(target), precision="fp32", mode="trtexec", ssh=ssh_lab.options(), remote_dir=str(remote),
+                    eval_images=8, iterations=5, warmup=0, check_device=False, timeout_s=60)  # fmt: skip
+    return DeployConfig(**{**settings, **overrides})
+
+
+def test_a_failed_or_stopped_engine_build_brings_its_log_back_and_replaces_nothing(
+    run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path
+):
+    from dataclasses import replace
+
+    from edge_tl.deploy import deploy
+
+    server = _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats)
+    remote = tmp_path / "remote"
+    config = _standin_config(tmp_path, ssh_lab, remote, tegrastats=False)
+    out = run_copy / "deploy" / server.alias
+    try:
+        assert deploy(run_copy, server.alias, config).ok
+        good = {name: (out / name).read_bytes() for name in ("build.log", "accuracy.json", "bench.json", "logits.npy")}
+        (server.extra_path / "build-fails").write_text("")
+        with pytest.raises(RemoteError, match="the engine build failed \\(exit 1\\)") as info:
+            deploy(run_copy, server.alias, config)
+        assert f"log in {out / 'failed' / 'build.log'}" in str(info.value) and "Error Code 4" in str(info.value)
+        assert "Error Code 4: Internal Error (layer 12" in (out / "failed" / "build.log").read_text()
+        # The failed build's log did not take the place of the good one, nor anything else.
+        assert {name: (out / name).read_bytes() for name in good} == good
+        (server.extra_path / "build-fails").unlink()
+        (server.extra_path / "build-hangs").write_text("")
+        with pytest.raises(RemoteError, match="engine build did not finish within 3 s") as info:
+            deploy(run_copy, server.alias, replace(config, timeout_s=3))
+        assert str(out / "failed" / "build.log") in str(info.value)
+        assert "building layer 3 of 41" in (out / "failed" / "build.log").read_text()
+        assert {name: (out / name).read_bytes() for name in good} == good
+    finally:
+        server.stop()
+
+
+def test_tegrastats_stop_and_clock_restore_failures_are_said(run_copy, ssh_lab, standin_trtexec, standin_tegrastats,
+                                                               tmp_path, caplog):  # fmt: skip
+    from edge_tl.deploy import deploy
+
+    server = _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats)
+    remote = tmp_path / "remote"
+    for switch in ("stop-fails", "restore-fails"):
+        (server.extra_path / switch).write_text("")
+    try:
+        with caplog.at_level("WARNING", logger="edge_tl.deploy"):
+            result = deploy(run_copy, server.alias, _standin_config(tmp_path, ssh_lab, remote, lock_clocks=True))
+    finally:
+        server.stop()
+    assert result.ok and result.clocks_locked
+    said = "\n".join(result.warnings)
+    assert len(result.warnings) == 2 and all(w in caplog.text for w in result.warnings)  # logged as well as recorded
+    assert "tegrastats may still run on the device (exit 1: tegrastats: could not stop" in said
+    assert "clocks were NOT restored" in said and "cannot write /sys/devices/gpu.0/devfreq" in said
+    assert f"sudo jetson_clocks --restore {remote}/clocks.conf" in said
+    assert (remote / "clocks.conf").read_text() == "normal\n"  # the settings to restore are still there
+    assert (server.extra_path / "clocks-state").read_text() == "locked\n"
+
+
+def test_clocks_left_locked_by_a_cut_link_are_said_kept_and_restored_by_the_next_lock(
+    run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, caplog
+):
+    import threading
+    import time
+    from dataclasses import replace
+
+    from edge_tl.deploy import deploy
+
+    server = _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats)
+    control = tmp_path / "link"
+    control.mkdir()
+    proxied = tmp_path / "ssh_config"
+    proxied.write_text(ssh_lab.client_config.read_text().replace(
+        f"Host {server.alias}\n",
+        f"Host {server.alias}\n  ProxyCommand {sys.executable} {Path(__file__).with_name('slow_link.py')} {server.port} {control}\n",
+    ))  # fmt: skip
+    remote = tmp_path / "remote"
+    config = _standin_config(tmp_path, ssh_lab, remote, lock_clocks=True,
+                             ssh=ssh_lab.options(config_file=proxied, retries=1, backoff_s=0.2))  # fmt: skip
+    state = server.extra_path / "clocks-state"
+    (server.extra_path / "timing-slow").write_text("")
+
+    def cut_while_timing() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (server.extra_path / "timing-started").exists():
+            time.sleep(0.02)
+        (control / "down").write_text("")  # and it stays down until the deploy gave up
+
+    cutter = threading.Thread(target=cut_while_timing)
+    cutter.start()
+    try:
+        with caplog.at_level("WARNING", logger="edge_tl.deploy"), pytest.raises(RemoteError, match="connection lost"):
+            deploy(run_copy, server.alias, config)
+        cutter.join()
+        said = "\n".join(r.getMessage() for r in caplog.records)
+        # The deploy failed on the lost link, and still said what it left behind on the device.
+        assert "tegrastats may still run on the device" in said and "tegrastats --stop" in said
+        assert "clocks were NOT restored" in said and f"sudo jetson_clocks --restore {remote}/clocks.conf" in said
+        assert state.read_text() == "locked\n" and (remote / "clocks.conf").read_text() == "normal\n"
+        (control / "down").unlink()
+        (server.extra_path / "timing-slow").unlink()
+        for _ in range(300):  # the timing job goes on without us; the device folder is busy until it ends
+            if list(remote.glob("jobs/*-timing/rc")):
+                break
+            time.sleep(0.1)
+        subprocess.run([server.extra_path / "tegrastats", "--stop"], check=True)  # as the warning advised
+        # A deploy that does not lock the clocks clears the old results, not the saved settings ...
+        assert deploy(run_copy, server.alias, replace(config, lock_clocks=False)).ok
+        assert (remote / "clocks.conf").read_text() == "normal\n"
+        # ... and the next one that locks them keeps those settings (the clocks are locked now:
+        # saving them again would make the locked clocks the ones to restore) and restores them.
+        assert deploy(run_copy, server.alias, config).clocks_locked
+    finally:
+        server.stop()
+    assert state.read_text() == "normal\n" and not (remote / "clocks.conf").exists()
