@@ -435,7 +435,7 @@ def test_clocks_left_locked_by_a_cut_link_are_said_kept_and_restored_by_the_next
             time.sleep(0.02)
         (control / "down").write_text("")  # and it stays down until the deploy gave up
 
-    cutter = threading.Thread(target=cut_while_timing)
+    cutter = threading.Thread(target=cut_while_timing, daemon=True)
     cutter.start()
     try:
         with caplog.at_level("WARNING", logger="edge_tl.deploy"), pytest.raises(RemoteError, match="connection lost"):
@@ -460,5 +460,7 @@ def test_clocks_left_locked_by_a_cut_link_are_said_kept_and_restored_by_the_next
         # saving them again would make the locked clocks the ones to restore) and restores them.
         assert deploy(run_copy, server.alias, config).clocks_locked
     finally:
+        (control / "down").unlink(missing_ok=True)
+        subprocess.run([server.extra_path / "tegrastats", "--stop"], check=False)  # no sampler outlives a failed test
         server.stop()
     assert state.read_text() == "normal\n" and not (remote / "clocks.conf").exists()
