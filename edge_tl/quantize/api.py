@@ -351,7 +351,7 @@ def quantize_run(
     }
     run.add_artifact(name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics)
     artifacts.insert(0, name)
-    if recipe.output is OutputFormat.QDQ_TENSORRT:
+    if recipe.output is OutputFormat.QDQ_TENSORRT and _builds_strongly_typed(config):
         artifacts.insert(1, _strongly_typed_variant(run, name, final, details, reference, val, prep, config, say))
     result = QuantizeResult(
         run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), model_path=model_path, table_path=table_path,
@@ -370,6 +370,17 @@ def quantize_run(
     return result
 
 
+def _builds_strongly_typed(config: QuantizeConfig) -> bool:
+    """Whether the FP16-float-part variant is wanted: for TensorRT 11 (always strongly typed), or when no
+    target says which TensorRT will build. TensorRT 8.x/10.x plans build the FP32 Q/DQ model weakly
+    typed with --int8 --fp16 (edge_tl.compile.plan), so for such a target the variant is not made."""
+    if config.target is None:
+        return True
+    from edge_tl.targets import load_target
+
+    return load_target(config.target).release(config.tensorrt).version.major >= 11
+
+
 def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, Any], reference: float, val: Sequence[Any],
                             prep: Any, config: QuantizeConfig, say: Callable[[str], None]) -> str:
     """``<name>-fp16``: the same Q/DQ model with an FP16 float part, for strongly typed builds (TensorRT 11)."""
@@ -380,7 +391,12 @@ def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, 
     raised = raise_small_scales(raised_model)
     model, kept = float_part_to_fp16(raised_model)
     top1 = _top1(_session(model, config.threads), val, prep, config.eval_batch_size)
-    say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(reference - top1) * 100:.2f} pt)")
+    drop = (reference - top1) * 100
+    say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {drop:.2f} pt)")
+    over = config.max_accuracy_drop is not None and drop > config.max_accuracy_drop
+    if over:
+        say(f"WARNING: the FP16 float part drops {drop:.2f} pt, over the {config.max_accuracy_drop} pt budget: "
+            "a strongly typed (TensorRT 11) engine built from it would not meet the budget; `edge-tl verify` gates it")
     path = atomic_write_bytes(run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")),
                               model.SerializeToString())
     variant = f"{name}-fp16"
@@ -392,8 +408,9 @@ def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, 
                  "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
                  "ops": {op: sum(1 for n in model.graph.node if n.op_type == op) for op in sorted({n.op_type for n in model.graph.node})}})
     run.add_artifact(variant, kind="onnx", path=path, stage=STAGE, precision="int8", details=info,
-                     metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": (reference - top1) * 100.0,
-                              "num_val_images": len(val)})
+                     metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": drop,
+                              "num_val_images": len(val),
+                              "accuracy_budget_met": None if config.max_accuracy_drop is None else not over})
     return variant
 
 

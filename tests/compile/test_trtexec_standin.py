@@ -124,7 +124,7 @@ def test_every_generated_plan_passes_the_standin_of_its_release(tmp_path: Path, 
 
 
 def test_export_output_has_trtexecs_format_and_deploy_reads_it(tmp_path: Path) -> None:
-    from edge_tl.deploy.api import _exported_logits
+    from edge_tl.deploy.modes import exported_logits
 
     logits = np.array([[1.23456789, -2.5e-7, 3.0], [0.1, 0.2, 123456.789]], dtype=np.float32)
     out = tmp_path / "out.json"
@@ -132,5 +132,5 @@ def test_export_output_has_trtexecs_format_and_deploy_reads_it(tmp_path: Path) -
     text = out.read_text()
     assert text.startswith('[\n  { "name" : "logits"\n  , "dimensions" : "2x3"\n  , "values" : [ 1.23457, -2.5e-07, 3, ')
     assert json.loads(text)[0]["dimensions"] == "2x3"
-    back = _exported_logits(text.encode(), output="logits", count=2, where="out.json")
+    back = exported_logits(text.encode(), output="logits", count=2, classes=3, where="out.json")
     np.testing.assert_allclose(back, logits, rtol=5e-6)

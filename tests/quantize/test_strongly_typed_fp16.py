@@ -127,3 +127,14 @@ def test_onnxruntime_runs_an_fp16_qdq_graph_as_written(tmp_path: Path) -> None:
     x = np.array([[[[0.5]], [[-0.3]]]], dtype=np.float32)
     with OnnxRuntimeRunner(paths["fp32"]) as ref, runner:
         np.testing.assert_allclose(runner.run(x), ref.run(x), rtol=2e-3, atol=1e-3)
+
+
+def test_the_fp16_float_part_is_made_only_where_a_strongly_typed_build_reads_it() -> None:
+    """TensorRT 8.x/10.x plans build the FP32 Q/DQ model weakly typed (--int8 --fp16); only TensorRT 11,
+    or an unknown TensorRT (no --target), needs the variant."""
+    from edge_tl.quantize.api import QuantizeConfig, _builds_strongly_typed
+
+    assert _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq"))
+    assert not _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-orin-nano-8gb"))
+    assert not _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="10.3.0"))
+    assert _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="11.4.1"))

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 def standin_target(tmp_path: Path) -> Path:
     """A Xavier profile that lists TensorRT 8.4, the version of the replayed trtexec log."""
     text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5"', 'default = "8.4"')
-    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4"\ncuda = "11.4"\n'
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
     path = tmp_path / "standin-xavier-trt84.toml"
     path.write_text(text)
     return path
