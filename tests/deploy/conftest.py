@@ -228,6 +228,32 @@ def install_standin_trtexec(server: SshServer, replay_log: Path) -> Path:
     return path
 
 
+def standin_xavier_profile(folder: Path) -> Path:
+    """A Xavier profile that lists TensorRT 8.4.0, the version of the replayed trtexec log
+    (tests/compile/fixtures/trtexec-8.4-jetson-agx-xavier.log)."""
+    text = (HERE.parents[1] / "targets" / "jetson-agx-xavier.toml").read_text()
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
+    path = folder / "standin-xavier-trt84.toml"
+    path.write_text(text)
+    return path
+
+
+def cut_link_config(ssh_lab: SshLab, server: SshServer, folder: Path) -> tuple[Path, Path]:
+    """An ssh config that reaches ``server`` through tests/deploy/slow_link.py, and the folder
+    whose control files cut or slow that link: ``(control, config)``."""
+    control = folder / "link"
+    control.mkdir()
+    config = folder / "ssh_config"
+    config.write_text(
+        ssh_lab.client_config.read_text().replace(
+            f"Host {server.alias}\n",
+            f"Host {server.alias}\n  ProxyCommand {sys.executable} {HERE / 'slow_link.py'} {server.port} {control}\n",
+        )
+    )
+    return control, config
+
+
 def install_standin_tegrastats(server: SshServer) -> Path:
     """Put the STAND-IN tegrastats (tests/deploy/standin_tegrastats.py) on ``server``'s remote PATH."""
     path = server.extra_path / "tegrastats"
@@ -246,3 +272,14 @@ def standin_tegrastats():
 def standin_trtexec():
     """``install(server, replay_log)``: puts the STAND-IN trtexec on a test device's PATH."""
     return install_standin_trtexec
+
+
+@pytest.fixture
+def xavier_profile(tmp_path: Path) -> Path:
+    return standin_xavier_profile(tmp_path)
+
+
+@pytest.fixture
+def cut_link(ssh_lab: SshLab, tmp_path: Path):
+    """``cut_link(server) -> (control, config)``: see :func:`cut_link_config`."""
+    return lambda server: cut_link_config(ssh_lab, server, tmp_path)

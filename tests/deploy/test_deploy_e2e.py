@@ -143,23 +143,14 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert again.sync["up_to_date"] and again.top1 == entry["top1"]
 
 
-def _standin_target(tmp_path: Path) -> Path:
-    """A Xavier profile that lists TensorRT 8.4, the version of the replayed trtexec log."""
-    text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
-    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
-    path = tmp_path / "standin-xavier-trt84.toml"
-    path.write_text(text)
-    return path
 
-
-def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path):
+def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, xavier_profile):
     """trtexec mode orchestration against a STAND-IN trtexec that replays a real trtexec log."""
     server = ssh_lab.start()
     try:
         standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log")
         standin_tegrastats(server)
-        target = _standin_target(tmp_path)
+        target = xavier_profile
         remote = tmp_path / "remote"
         config = DeployConfig(target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK)
         # The profile is a Jetson; this device is not: refused with the reasons, unless overridden.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,28 +13,15 @@ from edge_tl.deploy.ssh import SshTransport
 from edge_tl.errors import RemoteError
 
 pytestmark = pytest.mark.ssh
-HERE = Path(__file__).parent
 
-
-def _proxied(ssh_lab, sshd, tmp_path: Path) -> tuple[Path, Path]:
-    control = tmp_path / "link"
-    control.mkdir()
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        ssh_lab.client_config.read_text().replace(
-            f"Host {sshd.alias}\n",
-            f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {HERE / 'slow_link.py'} {sshd.port} {control}\n",
-        )
-    )
-    return control, config
 
 
 # Counts its starts, then works for a while: a second start would show as a second line.
 _LONG = 'echo started >> ran; sleep "$1"; echo "finished after $1 s"; echo note >&2; exit 7'
 
 
-def test_dropped_link_during_a_long_command_reattaches_and_it_runs_once(sshd, ssh_lab, tmp_path):
-    control, config = _proxied(ssh_lab, sshd, tmp_path)
+def test_dropped_link_during_a_long_command_reattaches_and_it_runs_once(sshd, ssh_lab, tmp_path, cut_link):
+    control, config = cut_link(sshd)
     remote = tmp_path / "remote"
     remote.mkdir()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ from edge_tl.deploy.sync import MARKER, check_relpath, check_remote_dir, sync_bu
 from edge_tl.errors import ConfigError, RemoteError
 
 pytestmark = pytest.mark.ssh
-HERE = Path(__file__).parent
 
 
 def _make_files(root: Path, spec: dict[str, bytes]) -> dict[str, tuple[str, int]]:
@@ -87,17 +85,9 @@ def test_paths_stay_inside_the_remote_directory(sshd, ssh_lab, tmp_path):
     assert not remote.exists()
 
 
-def test_connection_cut_mid_copy_then_rerun_resumes(sshd, ssh_lab, tmp_path):
-    control = tmp_path / "link"
-    control.mkdir()
+def test_connection_cut_mid_copy_then_rerun_resumes(sshd, ssh_lab, tmp_path, cut_link):
+    control, config = cut_link(sshd)
     (control / "rate").write_text("2000000")  # 2 MB/s: a 3 MB file takes 1.5 s
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        ssh_lab.client_config.read_text().replace(
-            f"Host {sshd.alias}\n",
-            f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {HERE / 'slow_link.py'} {sshd.port} {control}\n",
-        )
-    )
     spec = {"big.bin": os.urandom(3_000_000), "small.txt": b"x"}
     root = tmp_path / "bundle"
     files = _make_files(root, spec)
@@ -143,16 +133,8 @@ def test_damaged_partial_upload_is_caught_by_verification(sshd, ssh_lab, tmp_pat
     assert _remote_tree(remote) == spec
 
 
-def test_dropped_link_is_retried_and_resumed_in_the_same_command(sshd, ssh_lab, tmp_path):
-    control = tmp_path / "link"
-    control.mkdir()
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        ssh_lab.client_config.read_text().replace(
-            f"Host {sshd.alias}\n",
-            f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {HERE / 'slow_link.py'} {sshd.port} {control}\n",
-        )
-    )
+def test_dropped_link_is_retried_and_resumed_in_the_same_command(sshd, ssh_lab, tmp_path, cut_link):
+    control, config = cut_link(sshd)
     spec = {"big.bin": os.urandom(3_000_000)}
     root = tmp_path / "bundle"
     files = _make_files(root, spec)

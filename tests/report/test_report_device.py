@@ -20,15 +20,6 @@ pytestmark = pytest.mark.ssh
 REPO = Path(__file__).resolve().parents[2]
 
 
-def standin_target(tmp_path: Path) -> Path:
-    """A Xavier profile that lists TensorRT 8.4, the version of the replayed trtexec log."""
-    text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
-    text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
-    path = tmp_path / "standin-xavier-trt84.toml"
-    path.write_text(text)
-    return path
-
 
 def test_fleet_deploy_gives_a_device_section_and_a_fleet_page(run_copy: Path, ssh_lab, tmp_path: Path) -> None:
     from edge_tl.cli.main import main
@@ -41,7 +32,7 @@ def test_fleet_deploy_gives_a_device_section_and_a_fleet_page(run_copy: Path, ss
         deploy_fixtures.install_standin_tegrastats(device)
         inventory = tmp_path / "fleet.toml"
         inventory.write_text(
-            f'[defaults]\ntarget = "{standin_target(tmp_path)}"\nprecision = "fp32"\nmode = "trtexec"\ncheck_device = false\n'
+            f'[defaults]\ntarget = "{deploy_fixtures.standin_xavier_profile(tmp_path)}"\nprecision = "fp32"\nmode = "trtexec"\ncheck_device = false\n'
             'eval_images = 64\niterations = 20\nwarmup = 2\n\n'
             f'[[device]]\nname = "xavier-1"\nhost = "{device.alias}"\nremote_dir = "{tmp_path}/remote1"\n\n'
             f'[[device]]\nname = "down-1"\nhost = "{down.alias}"\nremote_dir = "{tmp_path}/remote2"\n'
