@@ -255,18 +255,12 @@ main()
 """
 
 
-def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path):
+def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, cut_link):
     """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing replaced."""
     import threading
     import time
 
-    control = tmp_path / "link"
-    control.mkdir()
-    proxied = tmp_path / "ssh_config"
-    proxied.write_text(ssh_lab.client_config.read_text().replace(
-        f"Host {sshd.alias}\n",
-        f"Host {sshd.alias}\n  ProxyCommand {sys.executable} {REPO / 'tests' / 'deploy' / 'slow_link.py'} {sshd.port} {control}\n",
-    ))  # fmt: skip
+    control, proxied = cut_link(sshd)
     remote = tmp_path / "remote"
     options = ssh_lab.options(config_file=proxied, retries=4, backoff_s=0.4)
     config = DeployConfig(target="x86-64", precision="fp32", ssh=options, remote_dir=str(remote), wheel=edge_tl_wheel, **QUICK)

@@ -407,7 +407,7 @@ def test_tegrastats_stop_and_clock_restore_failures_are_said(run_copy, ssh_lab, 
 
 
 def test_clocks_left_locked_by_a_cut_link_are_said_kept_and_restored_by_the_next_lock(
-    run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, caplog
+    run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, caplog, cut_link
 ):
     import threading
     import time
@@ -416,13 +416,7 @@ def test_clocks_left_locked_by_a_cut_link_are_said_kept_and_restored_by_the_next
     from edge_tl.deploy import deploy
 
     server = _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats)
-    control = tmp_path / "link"
-    control.mkdir()
-    proxied = tmp_path / "ssh_config"
-    proxied.write_text(ssh_lab.client_config.read_text().replace(
-        f"Host {server.alias}\n",
-        f"Host {server.alias}\n  ProxyCommand {sys.executable} {Path(__file__).with_name('slow_link.py')} {server.port} {control}\n",
-    ))  # fmt: skip
+    control, proxied = cut_link(server)
     remote = tmp_path / "remote"
     config = _standin_config(tmp_path, ssh_lab, remote, lock_clocks=True,
                              ssh=ssh_lab.options(config_file=proxied, retries=1, backoff_s=0.2))  # fmt: skip
