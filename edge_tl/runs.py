@@ -340,6 +340,16 @@ class Run:
             change(self._manifest)
             self._write()
 
+    # ---- stage records (what `edge-tl ship` ran, from which inputs)
+
+    def stage_record(self, name: str) -> dict[str, Any] | None:
+        """The record ``edge-tl ship`` keeps of stage ``name`` in the manifest's ``stages`` section."""
+        return copy.deepcopy((self._manifest.get("stages") or {}).get(name))
+
+    def set_stage_record(self, name: str, record: dict[str, Any]) -> None:
+        """Replace stage ``name``'s record (saved atomically under the run's lock, with the other sections)."""
+        self._change(lambda manifest: manifest.setdefault("stages", {}).__setitem__(name, copy.deepcopy(record)))
+
     # ---- paths
 
     def path(self, *parts: str) -> Path:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bundle": ("edge_tl.cli.bundle", "bundle", "Pack a run for a device: model, build plan, evaluation pack."),
     "deploy": ("edge_tl.cli.deploy", "deploy", "Deploy to a device (or a fleet) over SSH and measure it there."),
     "report": ("edge_tl.cli.report", "report", "Write one self-contained HTML report of a run (and its fleet)."),
+    "ship": ("edge_tl.cli.ship", "ship", "Your images to a verified model on the device: every stage, skipping what is done."),
 }
 
 

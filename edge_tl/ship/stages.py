@@ -1,0 +1,189 @@
+"""The stages of `edge-tl ship` and when each must run again, like make.
+
+Each stage that finishes records in the run's manifest (``stages.<name>``) the inputs it was
+made from: its options, the sha256 of the artifacts the stages before it made (which it
+reads), a fingerprint of the images it read, and the token of the stage before it. The next
+``ship`` runs a stage again only when those inputs differ, when ``--force`` names it, or when
+it never finished: a stage marks itself ``running`` first and ``done`` last, in one atomic
+manifest write each, so a stage that was interrupted is never taken for finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edge_tl.errors import ConfigError, ToleranceError
+from edge_tl.runs import Run, _json_default, now_iso, sha256_file
+
+#: Every stage, in flow order (``import`` and ``finetune`` exclude each other).
+STAGE_ORDER = ("import", "finetune", "export", "quantize", "compile", "bundle", "deploy", "verify", "report")
+#: Options that change what is printed, not what is made.
+NOT_INPUTS = frozenset({"quiet"})
+#: Where a replaced run's files go (inside the run, never deleted).
+SUPERSEDED_DIR = "superseded"
+
+
+class Outcome(str, Enum):
+    RAN = "ran"
+    UP_TO_DATE = "up to date"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a ship run: ``action()`` does it; ``options`` and ``files`` are what it is made from."""
+
+    name: str
+    action: Callable[[], None]
+    options: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # input files/folders outside the run -> fingerprint
+    creates_run: bool = False  # the stage makes the run directory (finetune, import)
+    continues: Callable[[Run], bool] | None = None  # whether it can continue the unfinished run it finds
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    outcome: Outcome
+    seconds: float
+    gate: str | None  # why a gate failed (quantize's budget, verify's), else None
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def folder_fingerprint(path: str | os.PathLike[str], *, ignore: frozenset[str] = frozenset()) -> str:
+    """sha256 over every file's relative path, size and modification time (as make decides)."""
+    root = Path(path).resolve()
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if rel in ignore:
+                continue
+            stat = full.stat()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    path = Path(path)
+    return folder_fingerprint(path) if path.is_dir() else sha256_file(path)
+
+
+def artifact_hashes(run: Run, stages: set[str]) -> dict[str, str]:
+    """name -> sha256 of the artifacts the given stages made, read from disk now.
+
+    A folder artifact (a bundle) stands by the digest of its files recorded when it was made.
+    """
+    out: dict[str, str] = {}
+    for artifact in run.artifacts():
+        if artifact.stage not in stages:
+            continue
+        full = run.root / artifact.path
+        if full.is_file():
+            out[artifact.name] = sha256_file(full)
+        elif full.is_dir():
+            out[artifact.name] = str(artifact.details.get("digest", ""))
+        else:
+            out[artifact.name] = "missing"
+    return out
+
+
+class Pipeline:
+    """Runs the stages in order on the run directory ``out``; skips those that are up to date."""
+
+    def __init__(self, out: Path, *, force: frozenset[str], say: Callable[[str], None]):
+        self.out = out
+        self.force = force
+        self.say = say
+        self.results: list[StageResult] = []
+
+    def inputs(self, run: Run | None, stage: Stage, before: list[str]) -> dict[str, Any]:
+        previous = before[-1] if before else None
+        record = run.stage_record(previous) if run is not None and previous else None
+        return {
+            "options": jsonable({k: v for k, v in stage.options.items() if k not in NOT_INPUTS}),
+            "files": dict(stage.files),
+            "artifacts": artifact_hashes(run, set(before)) if run is not None else {},
+            "after": {previous: record.get("token") if record else None} if previous else {},
+        }
+
+    def run(self, stages: list[Stage]) -> list[StageResult]:
+        before: list[str] = []
+        for stage in stages:
+            self.results.append(self._one(stage, before))
+            before.append(stage.name)
+        return self.results
+
+    def _one(self, stage: Stage, before: list[str]) -> StageResult:
+        run = Run.open(self.out) if Run.exists(self.out) else None
+        inputs = self.inputs(run, stage, before)
+        record = run.stage_record(stage.name) if run is not None else None
+        if record is not None and record.get("status") == "done" and record.get("inputs") == inputs and stage.name not in self.force:
+            return StageResult(stage.name, Outcome.UP_TO_DATE, 0.0, record.get("gate"))
+        self.say(f"== {stage.name}")
+        if run is not None:
+            finished = record is not None and record.get("status") == "done"
+            resumable = stage.continues is not None and stage.continues(run)
+            if stage.creates_run and (finished or stage.name in self.force or not resumable):
+                self._supersede(run)
+                run = None
+            else:
+                run.set_stage_record(stage.name, {"status": "running", "started": now_iso()})
+        started = time.perf_counter()
+        gate = None
+        try:
+            stage.action()
+        except ToleranceError as exc:
+            if stage.name not in ("quantize", "verify"):
+                raise
+            # The gate's verdict is the stage's result: later stages still run, so the user
+            # sees the device and the comparison, and ship exits non-zero at the end.
+            gate = str(exc)
+            self.say(f"gate failed: {gate}")
+        seconds = time.perf_counter() - started
+        run = Run.open(self.out)
+        # Inputs again, now that the stage made the run (finetune, import) or changed it.
+        inputs = self.inputs(run, stage, before)
+        run.set_stage_record(stage.name, {
+            "status": "done", "inputs": inputs, "token": uuid.uuid4().hex, "created": now_iso(),
+            "seconds": round(seconds, 3), "gate": gate,
+        })  # fmt: skip
+        return StageResult(stage.name, Outcome.RAN, seconds, gate)
+
+    def _supersede(self, run: Run) -> None:
+        """Move a finished (or changed) run's files aside before its first stage runs again: nothing is lost."""
+        from edge_tl.ship.config import RUN_CONFIG_NAME
+
+        keep = {RUN_CONFIG_NAME, SUPERSEDED_DIR}
+        target = run.root / SUPERSEDED_DIR / now_iso().replace(":", "")
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+        target.mkdir(parents=True)
+        for entry in sorted(run.root.iterdir(), key=lambda p: p.name == "manifest.json"):  # the manifest last
+            if entry.name not in keep:
+                shutil.move(str(entry), str(target / entry.name))
+        self.say(f"the run's earlier files are kept in {target}")
+
+
+def resume_hint(exc: ConfigError, out: Path) -> ConfigError:
+    """finetune's --resume refusal, said as ship's user would fix it."""
+    return ConfigError(
+        f"{out} holds an interrupted fine-tune made with other settings ({str(exc).split('(', 1)[-1].split(')')[0]}); "
+        "repeat its settings to continue it, or add --force finetune to start it again"
+    )
