@@ -72,10 +72,14 @@ def _refresh_reports(args: list[str]) -> None:
     """
     if not args or args[0] == "report" or args[0] not in COMMANDS:
         return
+    paths = {arg: Path(arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg) for arg in args[1:]}
+    # Only runs that have a report: a command that failed early (a refusal) stays quick.
+    paths = {arg: path for arg, path in paths.items() if (path / "report" / "index.html").is_file()}
+    if not paths:
+        return
     from edge_tl.report import refresh_report
 
-    for arg in args[1:]:
-        path = Path(arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg)
+    for arg, path in paths.items():
         try:
             refresh_report(path)
         except Exception as exc:  # noqa: BLE001 - the stage's own outcome (and its error) must come through untouched

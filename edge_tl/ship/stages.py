@@ -27,8 +27,9 @@ from edge_tl.runs import Run, _json_default, now_iso, sha256_file
 
 #: Every stage, in flow order (``import`` and ``finetune`` exclude each other).
 STAGE_ORDER = ("import", "finetune", "export", "quantize", "compile", "bundle", "deploy", "verify", "report")
-#: Options that change what is printed, not what is made.
-NOT_INPUTS = frozenset({"quiet"})
+#: Options that are not what a stage is made from: what it prints, and where the run lies
+#: (a run directory moved or copied elsewhere is still up to date).
+NOT_INPUTS = frozenset({"quiet", "run_dir", "out", "resume"})
 #: Where a replaced run's files go (inside the run, never deleted).
 SUPERSEDED_DIR = "superseded"
 

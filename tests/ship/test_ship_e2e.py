@@ -1,0 +1,137 @@
+"""`edge-tl ship` end to end: the whole loop to a loopback device, then make-like re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from shiplab import manifest, run_ship, stage_records
+
+from edge_tl.runs import sha256_file
+
+pytestmark = pytest.mark.ssh
+
+LOCAL_STAGES = ("finetune", "export", "quantize", "bundle", "deploy", "verify", "report")
+#: The model artifacts an interrupted and an uninterrupted run must give byte for byte.
+MODELS = ("checkpoint-best", "onnx-fp32", "onnx-fp16", "onnx-int8-onnxruntime-cpu-int8", "calib-table-onnxruntime-cpu-int8")
+
+
+def tokens(run: Path) -> dict[str, str]:
+    return {name: record["token"] for name, record in stage_records(run).items()}
+
+
+def test_one_command_runs_the_whole_loop(shipped, sshd):
+    records = stage_records(shipped.run)
+    assert list(records) == list(LOCAL_STAGES)  # x86-64 runs ONNX Runtime: no TensorRT compile stage
+    assert all(r["status"] == "done" and r["gate"] is None for r in records.values())
+    artifacts = manifest(shipped.run)["artifacts"]
+    for name in (*MODELS, "bundle-x86-64-int8", f"deploy-{sshd.alias}"):
+        assert name in artifacts, f"{name} missing; the run has {sorted(artifacts)}"
+        assert (shipped.run / artifacts[name]["path"]).exists()
+    # The device measured the INT8 model and its accuracy there.
+    device = artifacts[f"deploy-{sshd.alias}"]
+    assert device["precision"] == "int8" and device["metrics"]["p50_ms"] > 0 and 0 <= device["metrics"]["top1"] <= 1
+    accuracy = json.loads((shipped.run / "deploy" / sshd.alias / "accuracy.json").read_text())
+    assert accuracy["results"][0]["num_images"] == 24
+    assert (shipped.run / "verify" / "report.md").is_file() and (shipped.run / "report" / "index.html").is_file()
+    # The stage options passed through: 32 px, three epochs, 48 calibration images.
+    assert manifest(shipped.run)["preprocessing"]["input_size"] == 32
+    assert len([ln for ln in (shipped.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]) == 3
+    assert records["quantize"]["inputs"]["options"]["calib_samples"] == 48
+    assert records["quantize"]["inputs"]["options"]["recipe"] is None  # the CLI then takes x86-64's recipe
+    assert artifacts["onnx-int8-onnxruntime-cpu-int8"]["details"]["recipe"] == "onnxruntime-cpu-int8"
+    # One summary table, every stage in it, then the report's path.
+    lines = shipped.stdout.splitlines()
+    assert lines[0].split() == ["stage", "status", "seconds", "result"]
+    assert [ln.split()[0] for ln in lines[1:8]] == list(LOCAL_STAGES) and all(" ran " in ln for ln in lines[1:8])
+    assert f"report: {shipped.run / 'report' / 'index.html'}" in shipped.stdout
+    assert (shipped.run / "ship.toml").is_file()
+    print(f"full ship run: {shipped.seconds:.1f} s")
+
+
+def test_the_same_command_again_runs_no_stage(shipped, run_copy):
+    before = stage_records(run_copy)
+    started = time.perf_counter()
+    done = run_ship(*shipped.args, "--out", run_copy)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert stage_records(run_copy) == before  # no record, created time or token changed
+    assert all("up to date" in ln for ln in done.stdout.splitlines()[1:8])
+    print(f"no-op re-run: {seconds:.1f} s")
+
+
+def test_a_new_budget_reruns_quantize_and_what_follows(shipped, run_copy):
+    before = stage_records(run_copy)
+    done = run_ship(*shipped.args_with(max_accuracy_drop="2"), "--out", run_copy)
+    assert done.returncode == 0, done.stderr
+    after = stage_records(run_copy)
+    for stage in ("finetune", "export"):
+        assert after[stage] == before[stage], stage
+    for stage in ("quantize", "bundle", "deploy", "verify", "report"):
+        assert after[stage]["token"] != before[stage]["token"] and after[stage]["created"] >= before[stage]["created"], stage
+    int8 = manifest(run_copy)["artifacts"]["onnx-int8-onnxruntime-cpu-int8"]
+    assert int8["metrics"]["max_accuracy_drop_points"] == 2.0
+
+
+def test_force_reruns_the_stage_and_the_ones_after_it(shipped, run_copy):
+    before = tokens(run_copy)
+    done = run_ship(*shipped.args, "--out", run_copy, "--force", "verify")
+    assert done.returncode == 0, done.stderr
+    after = tokens(run_copy)
+    assert {s for s in after if after[s] != before[s]} == {"verify", "report"}
+    # A stage this run does not have is refused by name.
+    done = run_ship(*shipped.args, "--out", run_copy, "--force", "compile")
+    assert done.returncode == 1 and "--force compile: this run has no such stage" in done.stderr
+    assert tokens(run_copy) == after
+
+
+def _wait_for_running(run: Path, stage: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"ship ended ({proc.returncode}) before {stage} started"
+        try:
+            if stage_records(run).get(stage, {}).get("status") == "running":
+                return
+        except (OSError, json.JSONDecodeError):
+            pass  # between two writes
+        time.sleep(0.02)
+    raise AssertionError(f"{stage} did not start within {timeout} s")
+
+
+def test_killed_during_quantize_then_continued_gives_the_same_artifacts(shipped, run_copy):
+    # --force quantize: the copy's quantize runs again, and is killed while it runs.
+    proc = subprocess.Popen([sys.executable, "-m", "edge_tl", "ship", *shipped.args, "--out", str(run_copy),
+                             "--force", "quantize"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_for_running(run_copy, "quantize", proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert stage_records(run_copy)["quantize"]["status"] == "running"  # killed before it finished
+    done = run_ship(*shipped.args, "--out", run_copy)  # no --force: it continues because quantize never finished
+    assert done.returncode == 0, done.stderr
+    records = stage_records(run_copy)
+    assert all(r["status"] == "done" for r in records.values())
+    assert "quantize  ran" in done.stdout and "finetune  up to date" in done.stdout
+    for name in MODELS:
+        path = manifest(run_copy)["artifacts"][name]["path"]
+        assert sha256_file(run_copy / path) == sha256_file(shipped.run / path), name
+    bundle = manifest(run_copy)["artifacts"]["bundle-x86-64-int8"]["details"]["digest"]
+    assert bundle == manifest(shipped.run)["artifacts"]["bundle-x86-64-int8"]["details"]["digest"]
+
+
+def test_ship_toml_repeats_the_run(shipped, run_copy):
+    """RUN/ship.toml given back (and only --out changed) makes the same stages: nothing runs again."""
+    before = tokens(run_copy)
+    done = run_ship("--config", run_copy / "ship.toml", "--out", run_copy)
+    assert done.returncode == 0, done.stderr
+    assert tokens(run_copy) == before
+    # What ship.toml holds is what the command line gave.
+    text = (run_copy / "ship.toml").read_text()
+    assert "max-accuracy-drop = 1.0" in text and "epochs = 3" in text and "calib-samples = 48" in text
