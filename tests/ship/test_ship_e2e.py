@@ -45,7 +45,7 @@ def test_one_command_runs_the_whole_loop(shipped, sshd):
     assert len([ln for ln in (shipped.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]) == 3
     assert records["quantize"]["inputs"]["options"]["calib_samples"] == 48
     assert records["quantize"]["inputs"]["options"]["recipe"] is None  # the CLI then takes x86-64's recipe
-    assert artifacts["onnx-int8-onnxruntime-cpu-int8"]["details"]["recipe"] == "onnxruntime-cpu-int8"
+    assert artifacts["onnx-int8-onnxruntime-cpu-int8"]["details"]["recipe"]["name"] == "onnxruntime-cpu-int8"
     # One summary table, every stage in it, then the report's path.
     lines = shipped.stdout.splitlines()
     assert lines[0].split() == ["stage", "status", "seconds", "result"]
@@ -135,3 +135,34 @@ def test_ship_toml_repeats_the_run(shipped, run_copy):
     # What ship.toml holds is what the command line gave.
     text = (run_copy / "ship.toml").read_text()
     assert "max-accuracy-drop = 1.0" in text and "epochs = 3" in text and "calib-samples = 48" in text
+
+
+def test_killed_during_finetune_then_continued_resumes_it(shipped, tmp_path):
+    """The next `ship` resumes an interrupted fine-tune from its last checkpoint, as `finetune --resume` does."""
+    torch = pytest.importorskip("torch")
+    run = tmp_path / "run"
+    # No --host: the fine-tune is what is compared (it does not depend on the device).
+    local = [a for a in shipped.args]
+    host = local.index("--host")
+    del local[host : host + 2]
+    proc = subprocess.Popen([sys.executable, "-m", "edge_tl", "ship", *local, "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoints" / "last.pt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert manifest(run)["training"]["status"] == "running" and "finetune" not in stage_records(run)
+    done = run_ship(*local, "--out", run)
+    assert done.returncode == 0, done.stderr
+    assert "finetune  ran" in done.stdout and not (run / "superseded").exists()  # continued, not started anew
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    assert epochs == sorted(set(epochs)) and len(epochs) == 3  # no epoch trained twice, none missing
+    mine = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    theirs = torch.load(shipped.run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key  # the same weights as the uninterrupted run
