@@ -84,6 +84,18 @@ def _recorded(params: list[click.Parameter], values: dict[str, Any]) -> dict[str
     return out
 
 
+def _image_fingerprints(values: dict[str, Any]) -> dict[str, str]:
+    from edge_tl.ship.config import DATA_CONFIG_NAME
+    from edge_tl.ship.stages import folder_fingerprint
+
+    if not Path(values["data"]).is_dir():
+        return {"data": ""}  # never recorded: the full check runs and names the problem
+    out = {"data": folder_fingerprint(values["data"], ignore=frozenset({DATA_CONFIG_NAME}))}
+    if values["val_data"] is not None:
+        out["val_data"] = folder_fingerprint(values["val_data"])
+    return out
+
+
 def _preflight(values: dict[str, Any], *, import_kind: bool, say: Any) -> tuple[Any, Any]:
     """Each check fails with one line, before RUN is touched or anything is trained."""
     from edge_tl.ship import preflight
@@ -96,6 +108,8 @@ def _preflight(values: dict[str, Any], *, import_kind: bool, say: Any) -> tuple[
     if import_kind:
         preflight.check_labelled(str(data))
         data_bytes = 0
+    elif preflight.checked_before(values["out"], _image_fingerprints(values)):
+        data_bytes = 0  # the run's fine-tune read these very files: checked then, and its cache is made
     else:
         summary = preflight.check_data(str(data), val_data=values["val_data"] and str(values["val_data"]),
                                        val_split=values["val_split"], seed=values["seed"])  # fmt: skip
@@ -104,7 +118,7 @@ def _preflight(values: dict[str, Any], *, import_kind: bool, say: Any) -> tuple[
             say(f"warning: {len(summary.skipped)} file(s) do not decode and are left out (first: {summary.skipped[0]})")
     hosts = [values["host"]] if values["host"] is not None else []
     if values["fleet"] is not None:
-        hosts = preflight.fleet_hosts(values["fleet"])
+        hosts = preflight.fleet_hosts(values["fleet"], target=values["target"], precision=precision)
     for host in hosts:
         preflight.check_host(
             host, ssh_config=values["ssh_config"], identity_file=values["identity_file"],

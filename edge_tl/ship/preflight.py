@@ -54,6 +54,17 @@ def check_data(data: str, *, val_data: str | None, val_split: float, seed: int) 
     )  # fmt: skip
 
 
+def checked_before(out: Path, fingerprints: dict[str, str]) -> bool:
+    """Whether the run's finished fine-tune read exactly these folders (unchanged since: no need to decode them again)."""
+    from edge_tl.runs import Run
+
+    if not Run.exists(out):
+        return False
+    record = Run.open(out).stage_record("finetune") or {}
+    files = (record.get("inputs") or {}).get("files") or {}
+    return record.get("status") == "done" and all(files.get(k) == v for k, v in fingerprints.items())
+
+
 def check_labelled(data: str) -> None:
     """A folder given with an imported model: its layout and classes (images are read by import)."""
     from edge_tl.data.dataset import _scan_folder
@@ -74,10 +85,17 @@ def check_host(host: str, *, ssh_config: Path | None, identity_file: Path | None
     SshTransport(host, options).run(["true"], timeout=15, what="the pre-flight check")
 
 
-def fleet_hosts(fleet: Path) -> list[str]:
+def fleet_hosts(fleet: Path, *, target: str, precision: Precision) -> list[str]:
+    """The inventory's hosts, once each device's own target (or ``target``) is known to run its precision."""
     from edge_tl.deploy.fleet import load_inventory
 
-    _, devices = load_inventory(fleet)
+    defaults, devices = load_inventory(fleet)
+    for device in devices:
+        settings = {**defaults, **device.settings}
+        try:
+            load_target(settings.get("target", target)).check_precision(settings.get("precision", precision))
+        except ConfigError as exc:
+            raise ConfigError(f"{fleet} device {device.name!r}: {exc}") from exc
     return [d.host for d in devices]
 
 

@@ -166,3 +166,22 @@ def test_killed_during_finetune_then_continued_resumes_it(shipped, tmp_path):
     assert mine.keys() == theirs.keys()
     for key in mine:
         assert torch.equal(mine[key], theirs[key]), key  # the same weights as the uninterrupted run
+
+
+def test_images_the_run_was_trained_on_are_not_checked_again(shipped, tmp_path):
+    """The pre-flight decodes the images only when they changed since the run's fine-tune read them."""
+    import shutil
+
+    from edge_tl.cli.ship import _image_fingerprints
+    from edge_tl.ship.preflight import checked_before
+
+    data = Path(shutil.copytree(shipped.data, tmp_path / "images"))  # the same names, sizes and times
+    values = {"data": data, "val_data": None}
+    assert checked_before(shipped.run, _image_fingerprints(values))
+    (data / "digit1" / "extra.png").write_bytes((data / "digit1").joinpath(sorted(p.name for p in (data / "digit1").iterdir())[0]).read_bytes())
+    assert not checked_before(shipped.run, _image_fingerprints(values))
+    (data / "digit1" / "extra.png").unlink()
+    (data / "edge-tl.toml").write_text("epochs = 3\n")  # options are not images
+    assert checked_before(shipped.run, _image_fingerprints(values))
+    assert not checked_before(shipped.run, _image_fingerprints({"data": data, "val_data": data}))
+    assert not checked_before(tmp_path / "no-run", _image_fingerprints(values))

@@ -99,3 +99,10 @@ def test_unknown_config_keys_are_refused_by_name(images, tmp_path):
     line, seconds = _refused("--config", config, "--data", images, "--out", tmp_path / "run")
     assert "unknown option(s) 'epoch'" in line and str(config) in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fleet_device_that_cannot_run_its_precision_is_refused(images, tmp_path):
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[device]]\nname = "nano"\nhost = "user@nano.local"\ntarget = "jetson-nano"\nprecision = "int8"\n')
+    line, _ = _refused("--data", images, "--target", "x86-64", "--fleet", fleet, "--out", tmp_path / "run")
+    assert "device 'nano'" in line and "no fast INT8" in line and not (tmp_path / "run").exists()
