@@ -191,3 +191,15 @@ def test_images_the_run_was_trained_on_are_not_checked_again(shipped, tmp_path):
     assert checked_before(shipped.run, _image_fingerprints(values))
     assert not checked_before(shipped.run, _image_fingerprints({"data": data, "val_data": data}))
     assert not checked_before(tmp_path / "no-run", _image_fingerprints(values))
+
+
+def test_an_interrupted_fine_tune_with_other_settings_is_refused_by_name(shipped, run_copy):
+    """A fine-tune stopped mid-way (its state as a kill leaves it) is continued only with its own settings."""
+    state = manifest(run_copy)
+    state["training"]["status"] = "running"
+    del state["stages"]["finetune"]
+    (run_copy / "manifest.json").write_text(json.dumps(state))
+    done = run_ship(*shipped.args_with(lr="0.02"), "--out", run_copy)
+    assert done.returncode == 1
+    assert "holds an interrupted fine-tune made with other settings (lr: 0.01 -> 0.02)" in done.stderr
+    assert "--force finetune" in done.stderr and not (run_copy / "superseded").exists()

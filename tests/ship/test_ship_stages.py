@@ -128,3 +128,36 @@ def test_a_failed_gate_is_the_stages_result_and_later_stages_still_run(run_dir):
     # Only quantize's budget and verify's gate are gates: elsewhere the error stops ship.
     with pytest.raises(ToleranceError):
         Pipeline(run_dir, force=frozenset(), say=lambda _m: None).run([Stage("export", over_budget, {})])
+
+
+def test_a_new_first_stage_moves_the_finished_run_aside(tmp_path):
+    """Fine-tuning again over a finished run keeps the old run's files under superseded/: nothing is deleted."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "ship.toml").write_text("epochs = 1\n")
+
+    def make(text: str):
+        def action() -> None:
+            run = Run.create(run_dir)
+            (run_dir / "model.txt").write_text(text)
+            run.add_artifact("model", kind="checkpoint", path=run_dir / "model.txt", stage="finetune")
+
+        return action
+
+    def first(text: str) -> Stage:
+        return Stage("finetune", make(text), {"epochs": text}, creates_run=True, continues=lambda run: False)
+
+    say = lambda _m: None  # noqa: E731
+    Pipeline(run_dir, force=frozenset(), say=say).run([first("1")])
+    assert outcomes(Pipeline(run_dir, force=frozenset(), say=say).run([first("1")])) == ["up to date"]
+    Pipeline(run_dir, force=frozenset(), say=say).run([first("2")])
+    assert (run_dir / "model.txt").read_text() == "2" and (run_dir / "ship.toml").is_file()
+    kept = list((run_dir / "superseded").iterdir())
+    assert len(kept) == 1 and (kept[0] / "model.txt").read_text() == "1" and (kept[0] / "manifest.json").is_file()
+    assert Run.open(run_dir).stage_record("finetune")["inputs"]["options"] == {"epochs": "2"}
+    # An unfinished first stage that can continue its run is continued, not moved aside.
+    Run.open(run_dir).set_stage_record("finetune", {"status": "running"})
+    Pipeline(run_dir, force=frozenset(), say=say).run(
+        [Stage("finetune", lambda: None, {"epochs": "2"}, creates_run=True, continues=lambda run: True)]
+    )
+    assert len(list((run_dir / "superseded").iterdir())) == 1
