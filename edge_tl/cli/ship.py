@@ -148,6 +148,8 @@ def _ship(ctx: click.Context, **values: Any) -> None:
     started = time.perf_counter()
     say = (lambda _m: None) if values["quiet"] else (lambda m: click.echo(m, err=True))
     values = {k: _absolute(v) for k, v in values.items()}
+    if Path(values["target"]).is_file():  # a profile TOML: ship.toml must find it from anywhere
+        values["target"] = str(Path(values["target"]).resolve())
     params = ctx.command.params
     explicit = frozenset(
         name for name in values if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)

@@ -84,18 +84,24 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return folder_fingerprint(path) if path.is_dir() else sha256_file(path)
 
 
-def artifact_hashes(run: Run, stages: set[str]) -> dict[str, str]:
+def artifact_hashes(run: Run, stages: set[str], seen: dict[tuple[str, int, int], str] | None = None) -> dict[str, str]:
     """name -> sha256 of the artifacts the given stages made, read from disk now.
 
     A folder artifact (a bundle) stands by the digest of its files recorded when it was made.
+    ``seen``: hashes already read in this process, by path, size and modification time.
     """
+    seen = {} if seen is None else seen
     out: dict[str, str] = {}
     for artifact in run.artifacts():
         if artifact.stage not in stages:
             continue
         full = run.root / artifact.path
         if full.is_file():
-            out[artifact.name] = sha256_file(full)
+            stat = full.stat()
+            key = (str(full), stat.st_size, stat.st_mtime_ns)
+            if key not in seen:
+                seen[key] = sha256_file(full)
+            out[artifact.name] = seen[key]
         elif full.is_dir():
             out[artifact.name] = str(artifact.details.get("digest", ""))
         else:
@@ -111,6 +117,7 @@ class Pipeline:
         self.force = force
         self.say = say
         self.results: list[StageResult] = []
+        self._seen: dict[tuple[str, int, int], str] = {}  # every stage reads the earlier ones' artifacts: hash each once
 
     def inputs(self, run: Run | None, stage: Stage, before: list[str]) -> dict[str, Any]:
         previous = before[-1] if before else None
@@ -118,7 +125,7 @@ class Pipeline:
         return {
             "options": jsonable({k: v for k, v in stage.options.items() if k not in NOT_INPUTS}),
             "files": dict(stage.files),
-            "artifacts": artifact_hashes(run, set(before)) if run is not None else {},
+            "artifacts": artifact_hashes(run, set(before), self._seen) if run is not None else {},
             "after": {previous: record.get("token") if record else None} if previous else {},
         }
 
