@@ -47,6 +47,15 @@ def test_typed_binding_never_read():
     with pytest.raises(ConfigError) as info:
         f()
 
+def test_exit_code_never_read():
+    with pytest.raises(SystemExit):
+        main(["report"])
+
+def test_ctrl_c_has_nothing_more_to_read():
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    assert saved() == 3
+
 def test_not_none():
     assert f() is not None
 
@@ -91,6 +100,7 @@ def test_each_pattern_is_found_and_pinned_tests_are_not(tmp_path: Path) -> None:
         ("test_broad_in_tuple", "broad-raises"),
         ("test_typed_without_match", "raises-no-match"),
         ("test_typed_binding_never_read", "raises-no-match"),
+        ("test_exit_code_never_read", "raises-no-match"),
         ("test_not_none", "only-not-none"),
         ("test_unit_range", "only-unit-range"),
         ("test_exists", "only-exists"),
