@@ -114,8 +114,14 @@ def _is_const(node: ast.AST, *values: float) -> bool:
     return isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value in values
 
 
+def _assert_kinds(test: ast.expr) -> set[str]:
+    """What one assert's condition looks like: weak kinds, or ``{"real"}`` for any part that checks a value."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return set().union(*(_assert_kinds(part) for part in test.values))
+    return {_assert_kind(test)}
+
+
 def _assert_kind(test: ast.expr) -> str:
-    """What one assert's condition looks like: a weak kind, or ``"real"``."""
     if isinstance(test, ast.Compare):
         ops, comps = test.ops, [test.left, *test.comparators]
         if len(ops) == 1 and isinstance(ops[0], ast.IsNot) and isinstance(comps[1], ast.Constant) and comps[1].value is None:
@@ -186,7 +192,7 @@ def check_file(path: Path, tree: ast.AST, source: str, helpers: set[str]) -> lis
             hit("no-check")
             continue
         if asserts and not other_checks:
-            kinds = {_assert_kind(a.test) for a in asserts}
+            kinds = set().union(*(_assert_kinds(a.test) for a in asserts))
             if "real" not in kinds:
                 hit(" + ".join(sorted(kinds)))
     return hits

@@ -70,6 +70,12 @@ def test_exit_0_and_truthy():
     assert done.returncode == 0
     assert done
 
+def test_weak_parts_joined():
+    assert f() is not None and (tmp / "x").exists()
+
+def test_one_part_pinned():
+    assert f() is not None and f().size == 3
+
 def test_value_pinned():
     assert f() == 3
 
@@ -105,6 +111,7 @@ def test_each_pattern_is_found_and_pinned_tests_are_not(tmp_path: Path) -> None:
         ("test_unit_range", "only-unit-range"),
         ("test_exists", "only-exists"),
         ("test_exit_0_and_truthy", "only-exit-0 + only-truthy"),
+        ("test_weak_parts_joined", "only-exists + only-not-none"),
     }
 
 
