@@ -87,22 +87,25 @@ def _direct_check(func: ast.AST) -> bool:
     return False
 
 
-def _checking_helpers(trees: list[ast.AST]) -> set[str]:
-    """Names of non-test functions in these modules that check, directly or through another."""
+def _helper_bodies(trees: list[ast.AST]) -> dict[str, list[ast.AST]]:
     bodies: dict[str, list[ast.AST]] = {}
     for tree in trees:
         for func in _functions(tree):
             if not func.name.startswith("test_"):
                 bodies.setdefault(func.name, []).append(func)
-    checking = {name for name, funcs in bodies.items() if any(_direct_check(f) for f in funcs)}
+    return bodies
+
+
+def _checking_helpers(bodies: dict[str, list[ast.AST]], known: frozenset[str] = frozenset()) -> set[str]:
+    """Names of the functions in ``bodies`` that check, directly or through another (or one of ``known``)."""
+    checking = set(known) | {name for name, funcs in bodies.items() if any(_direct_check(f) for f in funcs)}
+    calls = {name: {_name(n.func) for f in funcs for n in ast.walk(f) if isinstance(n, ast.Call)}
+             for name, funcs in bodies.items()}
     changed = True
     while changed:
         changed = False
-        for name, funcs in bodies.items():
-            if name in checking:
-                continue
-            calls = {_name(n.func) for f in funcs for n in ast.walk(f) if isinstance(n, ast.Call)}
-            if calls & checking:
+        for name in bodies:
+            if name not in checking and calls[name] & checking:
                 checking.add(name)
                 changed = True
     return checking
@@ -200,22 +203,18 @@ def check_file(path: Path, tree: ast.AST, source: str, helpers: set[str]) -> lis
 
 def scan(paths: list[Path]) -> list[Hit]:
     """Every hit in the test files under ``paths``."""
-    all_py = sorted((ROOT / "tests").rglob("*.py"))
-    parsed = {p: (ast.parse(p.read_text("utf-8"), filename=str(p)), p.read_text("utf-8")) for p in all_py}
     files: list[Path] = []
     for given in paths:
         files += sorted(given.rglob("test_*.py")) if given.is_dir() else [given]
-    for extra in files:
-        if extra not in parsed:
-            text = extra.read_text("utf-8")
-            parsed[extra] = (ast.parse(text, filename=str(extra)), text)
+    sources = {p: p.read_text("utf-8") for p in {*sorted((ROOT / "tests").rglob("*.py")), *files}}
+    parsed = {p: ast.parse(text, filename=str(p)) for p, text in sources.items()}
     # A test reaches the helpers of its own file and of the shared modules (conftest.py,
     # stand-ins): a same-named helper in another test file is not the one it calls.
-    shared = [tree for p, (tree, _) in parsed.items() if not p.name.startswith("test_")]
+    shared = frozenset(_checking_helpers(_helper_bodies([t for p, t in parsed.items() if not p.name.startswith("test_")])))
     hits: list[Hit] = []
     for path in files:
-        tree, source = parsed[path]
-        hits += check_file(path, tree, source, _checking_helpers([tree, *shared]))
+        helpers = _checking_helpers(_helper_bodies([parsed[path]]), shared)
+        hits += check_file(path, parsed[path], sources[path], helpers)
     return hits
 
 
