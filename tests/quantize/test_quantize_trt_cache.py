@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -38,12 +39,14 @@ def test_round_trip_through_the_reader(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["", "TRT-x-EntropyCalibration2\n", "TRT-8510-EntropyCalibration2\ninput 3c810204\n",
-     "TRT-8510-EntropyCalibration2\ninput: 3c8102\n"],
+    "text,message",
+    [("", "cache is empty"),
+     ("TRT-x-EntropyCalibration2\n", "first line 'TRT-x-EntropyCalibration2' is not a TensorRT cache header"),
+     ("TRT-8510-EntropyCalibration2\ninput 3c810204\n", "line 2: 'input 3c810204' is not '<tensor>: <8 hex digits>'"),
+     ("TRT-8510-EntropyCalibration2\ninput: 3c8102\n", "line 2: 'input: 3c8102' is not '<tensor>: <8 hex digits>'")],
 )
-def test_malformed_caches_are_refused(text: str) -> None:
-    with pytest.raises(ConfigError):
+def test_malformed_caches_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_cache(text)
 
 

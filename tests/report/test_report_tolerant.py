@@ -67,7 +67,8 @@ def test_refresh_only_when_a_report_exists_and_is_out_of_date(tmp_path: Path) ->
     assert refresh_report(root) is None  # nothing recorded since
     stamp = index.stat().st_mtime_ns
     os.utime(root / "manifest.json", ns=(stamp + 10**9, stamp + 10**9))
-    assert refresh_report(root) is not None
+    refreshed = refresh_report(root)
+    assert refreshed is not None and refreshed.index == index and index.stat().st_mtime_ns > stamp
     assert refresh_report(tmp_path / "not-a-run") is None
 
 
@@ -79,8 +80,9 @@ def test_command_line_is_recorded_only_while_the_command_runs(tmp_path: Path) ->
     (root / "weights.bin").write_bytes(b"x")
     record_invocation("edge-tl export run")
     Run.open(root).add_artifact("during", kind="checkpoint", path=root / "weights.bin", stage="test")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         main(["report", str(root)])
+    assert done.value.code == 0
     Run.open(root).add_artifact("after", kind="checkpoint", path=root / "weights.bin", stage="test")
     records = json.loads((root / "manifest.json").read_text())["artifacts"]
     assert records["during"]["command"] == "edge-tl export run"

@@ -197,7 +197,7 @@ def test_cli_bench_on_a_run_artifact(run_dir: Path, capsys) -> None:
               "--iterations", "5", "--threads", "1", "--json", str(out)])
     assert info.value.code == 0
     data = json.loads(out.read_text())
-    assert [r["batch_size"] for r in data["results"]] == [1, 2]
+    assert [(r["batch_size"], r["iterations"]) for r in data["results"]] == [(1, 5), (2, 5)]
     assert data["runner"]["backend"] == "onnxruntime" and data["runner"]["threads"] == 1
     assert data["environment"]["threads_requested"] == 1
     assert "p99" in capsys.readouterr().out
