@@ -79,7 +79,7 @@ def test_a_changed_artifact_runs_the_stages_that_read_it(run_dir):
 def test_a_stage_that_did_not_finish_runs_again(run_dir):
     calls: list[str] = []
     say = lambda _m: None  # noqa: E731
-    with pytest.raises(Boom):
+    with pytest.raises(Boom, match="^second$"):
         Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls, fail="second"))
     run = Run.open(run_dir)
     assert run.stage_record("first")["status"] == "done" and run.stage_record("second")["status"] == "running"
@@ -87,7 +87,7 @@ def test_a_stage_that_did_not_finish_runs_again(run_dir):
     results = Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls))
     assert outcomes(results) == ["up to date", "ran", "ran"]
     # A finished stage that fails when run again is not left marked done with its old inputs.
-    with pytest.raises(Boom):
+    with pytest.raises(Boom, match="^third$"):
         Pipeline(run_dir, force=frozenset({"third"}), say=say).run(chain(run_dir, calls, fail="third"))
     assert Run.open(run_dir).stage_record("third")["status"] == "running"
     assert outcomes(Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls)))[2] == Outcome.RAN.value
@@ -126,7 +126,7 @@ def test_a_failed_gate_is_the_stages_result_and_later_stages_still_run(run_dir):
     results = Pipeline(run_dir, force=frozenset(), say=lambda _m: None).run(stages())
     assert outcomes(results) == ["up to date", "up to date"] and results[0].gate and calls == ["quantize", "third"]
     # Only quantize's budget and verify's gate are gates: elsewhere the error stops ship.
-    with pytest.raises(ToleranceError):
+    with pytest.raises(ToleranceError, match="over the 1 pt budget"):
         Pipeline(run_dir, force=frozenset(), say=lambda _m: None).run([Stage("export", over_budget, {})])
 
 
