@@ -7,6 +7,7 @@ fails; the larger model's export is in test_export_run.py.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -156,3 +157,101 @@ def test_both_refused_writes_nothing_and_says_nothing_was_recorded(run_dir: Path
     assert "Recorded" not in message and message.endswith("loosen the tolerance if the difference is expected.")
     assert _onnx_records(run_dir) == {}
     assert list((run_dir / "export").iterdir()) == []
+
+
+def test_a_refused_run_or_checkpoint_names_the_stage_and_the_missing_part(run_dir: Path) -> None:
+    from edge_tl.errors import EdgeTLError
+
+    with pytest.raises(EdgeTLError, match="checkpoint-missing"):
+        export_run(run_dir, config=ExportConfig(checkpoint="checkpoint-missing", parity_images=4))
+    run = Run.open(run_dir)
+    for key in ("classes", "preprocessing"):
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        saved = manifest.pop(key)
+        (run_dir / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(EdgeTLError) as info:
+            export_run(run_dir, config=ExportConfig(parity_images=4))
+        assert key in str(info.value) and "export" in str(info.value)
+        manifest[key] = saved
+        (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert _onnx_records(run_dir) == {} and run.get("classes")
+
+
+def _digit_folder(root: Path, per_class: int) -> Path:
+    """``root/<digit>/<k>.png``: scikit-learn digits as 8x8 grey images, ``per_class`` of each."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(10):
+        (root / str(label)).mkdir(parents=True)
+        for k, index in enumerate(np.flatnonzero(digits.target == label)[-per_class:]):
+            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_run: Path, tmp_path: Path, labelled: bool) -> None:
+    from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
+
+    source = Path(shutil.copytree(tiny_digits_run, tmp_path / "source"))
+    export_run(source, config=ExportConfig(precisions=(Precision.FP32,), parity_images=4))
+    prep = Run.open(source).get("preprocessing")
+    images = _digit_folder(tmp_path / "images", per_class=3)
+    request = ImportRequest(kind="onnx", out=tmp_path / "run", onnx=source / "export" / "model.fp32.onnx",
+                            labels=None, **({"val_data": images} if labelled else {"calib_data": images}),
+                            preprocessing=PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"])))
+    if not labelled:
+        (tmp_path / "labels.txt").write_text("\n".join(str(d) for d in range(10)) + "\n")
+        request = ImportRequest(**{**request.__dict__, "labels": tmp_path / "labels.txt"})
+    import_model(request)
+    run_dir = tmp_path / "run"
+    reference = Run.open(run_dir).artifact("onnx-fp32")
+
+    said: list[str] = []
+    assert export_run(run_dir, config=ExportConfig(precisions=(Precision.FP32,)), progress=said.append).models == ()
+    assert said == ["onnx-fp32 is the imported ONNX model: not re-exported"]
+    assert set(_onnx_records(run_dir)) == {"onnx-fp32"}
+
+    said.clear()
+    result = export_run(run_dir, config=ExportConfig(parity_images=20, parity_batch_size=8), progress=said.append)
+    assert said == ["onnx-fp32 is the imported ONNX model: not re-exported", "FP16 parity on 20 validation images"]
+    (model,) = result.models
+    path = run_dir / "export" / "model.fp16.onnx"
+    assert (model.name, model.precision, model.path, model.failures, result.static_padding_layers) == (
+        "onnx-fp16", Precision.FP16, path, (), 0)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.fp16.onnx", Path(reference.path).name]
+    run = Run.open(run_dir)
+    assert run.artifact("onnx-fp32").sha256 == reference.sha256  # kept as it is
+    art = run.artifact("onnx-fp16")
+    assert (art.kind, art.stage, art.precision, art.path) == ("onnx", "export", "fp16", "export/model.fp16.onnx")
+    assert art.sha256 == sha256_file(path)
+    details = dict(art.details)
+    assert set(details.pop("tool_versions")) == {"edge-tl", "onnx", "onnxruntime"}
+    expected = {k: v for k, v in reference.details.items() if k != "tool_versions"}
+    assert details == {**expected, "input_dtype": "float32", "output_dtype": "float32", "source": "onnx-fp32",
+                       "ops": graph_op_types(onnx.load(str(path)))}
+    from edge_tl.data import iter_batches
+    from edge_tl.importers.api import unlabelled_samples
+    from edge_tl.models import Preprocessing
+
+    from edge_tl.data import split_from_run
+
+    samples = (list(split_from_run(run).val) if labelled else unlabelled_samples(run, stage="export"))[:20]
+    ((batch, labels),) = list(iter_batches(samples, Preprocessing.from_dict(run.get("preprocessing")), 100))
+    fp32_logits, fp16_logits = _ort_logits(run_dir / reference.path, batch), _ort_logits(path, batch)
+    metrics = art.metrics
+    assert metrics["parity_num_images"] == 20 and metrics["parity_top1_agreement"] == 1.0
+    assert metrics["parity_max_abs_diff"] == pytest.approx(np.abs(fp16_logits - fp32_logits).max(), rel=0.5)  # batch-dependent
+    assert metrics["parity_tolerance"] == {"atol": None, "rtol": 0.0, "min_agreement": 0.98}
+    assert metrics["parity_runtime"] == "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32"
+    assert metrics["parity_val_top1"] == (float((fp16_logits.argmax(axis=1) == labels).mean()) if labelled else None)
+
+    # held to the FP16 tolerance against the imported model: refused, nothing written
+    (run_dir / "export" / "model.fp16.onnx").unlink()
+    strict = ParityTolerance(atol=0.0, rtol=0.0, min_agreement=0.5)
+    with pytest.raises(ToleranceError) as info:
+        export_run(run_dir, config=ExportConfig(parity_images=6, fp16_tolerance=strict))
+    assert re.fullmatch(r"export refused onnx-fp16 \(nothing written for it\): [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
+                        r"\(max abs diff [0-9.e+-]+\) on 6 images against the imported onnx-fp32", str(info.value)), str(info.value)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == [Path(reference.path).name]

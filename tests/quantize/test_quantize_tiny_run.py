@@ -9,6 +9,7 @@ model's budget in test_quantize_budget.py.
 from __future__ import annotations
 
 import json
+from importlib import resources
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from edge_tl.quantize.qdq_tensorrt import check_tensorrt_qdq  # noqa: E402
 from edge_tl.quantize.trt_cache import read_cache  # noqa: E402
 from edge_tl.runs import Run, sha256_file  # noqa: E402
 
-SHIPPED = Path(__file__).resolve().parents[2] / "calibration"
+# The shipped recipes as installed (the package data edge_tl.recipes), wherever the tests run from.
+SHIPPED = resources.files("edge_tl.recipes")
 # Entropy calibration of every tensor (the cache recipe's) takes long; the cache is written the same way.
 MINMAX = CalibMethod.MINMAX
 FAST = {"calib_samples": 32, "latency_iterations": 2, "threads": 1, "eval_batch_size": 128}
