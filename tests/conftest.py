@@ -112,3 +112,19 @@ def tiny_digits_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("tiny-digits-run") / "run"
     finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **TINY_DIGITS_RUN_SETTINGS))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_folder(tmp_path_factory: pytest.TempPathFactory):
+    """``<digit>/<k>.png``: three scikit-learn digits of each class as 8x8 grey images (read-only)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("tiny-digits-folder")
+    digits = load_digits()
+    for label in range(10):
+        (root / str(label)).mkdir()
+        for k, index in enumerate(np.flatnonzero(digits.target == label)[-3:]):
+            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
+    return root

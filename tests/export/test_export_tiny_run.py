@@ -177,27 +177,15 @@ def test_a_refused_run_or_checkpoint_names_the_stage_and_the_missing_part(run_di
     assert _onnx_records(run_dir) == {} and run.get("classes")
 
 
-def _digit_folder(root: Path, per_class: int) -> Path:
-    """``root/<digit>/<k>.png``: scikit-learn digits as 8x8 grey images, ``per_class`` of each."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in range(10):
-        (root / str(label)).mkdir(parents=True)
-        for k, index in enumerate(np.flatnonzero(digits.target == label)[-per_class:]):
-            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
-    return root
-
-
 @pytest.mark.parametrize("labelled", [True, False])
-def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_run: Path, tmp_path: Path, labelled: bool) -> None:
+def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_run: Path, tiny_digits_folder: Path, tmp_path: Path,
+                                                                   labelled: bool) -> None:
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
     source = Path(shutil.copytree(tiny_digits_run, tmp_path / "source"))
     export_run(source, config=ExportConfig(precisions=(Precision.FP32,), parity_images=4))
     prep = Run.open(source).get("preprocessing")
-    images = _digit_folder(tmp_path / "images", per_class=3)
+    images = tiny_digits_folder
     request = ImportRequest(kind="onnx", out=tmp_path / "run", onnx=source / "export" / "model.fp32.onnx",
                             labels=None, **({"val_data": images} if labelled else {"calib_data": images}),
                             preprocessing=PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"])))

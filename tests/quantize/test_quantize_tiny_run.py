@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from edge_tl.errors import ConfigError, ToleranceError  # noqa: E402
+from edge_tl.errors import ConfigError, DataError, ToleranceError  # noqa: E402
 from edge_tl.quantize import QuantizeConfig, quantize_run  # noqa: E402
 from edge_tl.quantize import api  # noqa: E402
 from edge_tl.quantize.api import Attempt, QuantPrecision  # noqa: E402
@@ -199,8 +199,15 @@ def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, hars
                                "accuracy_drop_points": pytest.approx((result.reference_top1 - top1) * 100),
                                "num_val_images": _val(run_dir)[0].shape[0],
                                "accuracy_budget_met": (result.reference_top1 - top1) * 100 <= budget}
-    assert variant.details["source"] == "onnx-int8-harsh" and variant.details["float_part"] == "float16"
-    assert variant.details["ops"] == _ops(onnx.load(str(variant_path)))
+    from edge_tl.quantize.fp16_float import FP16_OPSET
+
+    details = dict(variant.details)
+    kept, raised = details.pop("kept_fp32"), details.pop("scales_raised_to_fp16_min")
+    assert set(kept) >= {"input", "logits"} and isinstance(raised, dict)  # float32 graph I/O kept
+    assert details == {**record.details, "source": "onnx-int8-harsh", "opset": FP16_OPSET, "float_part": "float16",
+                       "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
+                       "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
+                       "ops": _ops(onnx.load(str(variant_path)))}
     assert said[-1] == f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(result.reference_top1 - top1) * 100:.2f} pt)"
 
 
@@ -291,7 +298,9 @@ def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
     path = run_dir.resolve() / "export" / "model.fp16.onnx"
     assert (result.recipe, result.precision, result.artifacts, result.model_path, result.notes) == (
         "fp16", QuantPrecision.FP16, ("onnx-fp16",), path, ())
-    assert said[0] == "producing onnx-fp16 with export's FP16 conversion and parity check"
+    n_val = _val(run_dir)[0].shape[0]  # export's default parity set (up to 1000 images): all of them
+    assert said == ["producing onnx-fp16 with export's FP16 conversion and parity check",
+                    "exporting timm:test_efficientnet at 16px (opset 17)", f"parity on {n_val} validation images"]
     record = Run.open(run_dir).artifact("onnx-fp16")
     assert record.stage == "export" and record.metrics["parity_top1_agreement"] >= 0.98
     sha = record.sha256
@@ -301,6 +310,36 @@ def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
     assert (again.recipe, again.precision, again.artifacts, again.model_path, again.notes) == (
         "fp16", QuantPrecision.FP16, ("onnx-fp16",), path, ("already produced by export",))
     assert Run.open(run_dir).artifact("onnx-fp16").sha256 == sha
+
+
+def test_an_imported_onnx_run_is_judged_against_its_onnx_model(tiny_exported: Path, tiny_digits_folder: Path, tmp_path: Path) -> None:
+    from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
+
+    prep = Run.open(tiny_exported).get("preprocessing")
+    options = PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    import_model(ImportRequest(kind="onnx", out=tmp_path / "run", onnx=tiny_exported / "export" / "model.fp32.onnx",
+                               val_data=tiny_digits_folder, calib_data=tiny_digits_folder, preprocessing=options))
+    run_dir = tmp_path / "run"
+    result = quantize_run(run_dir, config=QuantizeConfig(**FAST))
+    # the reference is the imported ONNX model on the imported validation images
+    assert result.reference_top1 == _onnx_top1(run_dir / Run.open(run_dir).artifact("onnx-fp32").path, run_dir)
+    assert result.top1 == _onnx_top1(result.model_path, run_dir)
+    assert Run.open(run_dir).artifact("onnx-int8-onnxruntime-cpu-int8").metrics["num_val_images"] == 30
+
+    # imported without labelled images: INT8 accuracy cannot be measured, and is not made up
+    import_model(ImportRequest(kind="onnx", out=tmp_path / "unlabelled", onnx=tiny_exported / "export" / "model.fp32.onnx",
+                               calib_data=tiny_digits_folder, labels=_labels(tmp_path), preprocessing=options))
+    with pytest.raises(DataError) as info:
+        quantize_run(tmp_path / "unlabelled", config=QuantizeConfig(**FAST))
+    assert str(info.value) == (f"run {str((tmp_path / 'unlabelled').resolve())!r} has no validation images; INT8 accuracy is "
+                               "measured on them (for an imported run: import again with --val-data DIR)")
+    assert not Run.open(tmp_path / "unlabelled").has_artifact("onnx-int8-onnxruntime-cpu-int8")
+
+
+def _labels(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.txt"
+    path.write_text("".join(f"{d}\n" for d in range(10)))
+    return path
 
 
 # --------------------------------------------------------------------------- the helpers, on small graphs
@@ -345,8 +384,8 @@ def test_kl_is_from_the_reference_to_the_candidate_per_image_averaged() -> None:
     assert api._kl(reference, candidate) == pytest.approx(kl_first / 2, rel=1e-12)
     assert api._kl(reference + 7.0, candidate - 3.0) == pytest.approx(kl_first / 2, rel=1e-12)  # logits, not probabilities
     assert api._kl(candidate, reference) != pytest.approx(api._kl(reference, candidate))
-    big = np.array([[1000.0, 0.0]], dtype=np.float32)
-    assert api._kl(big, big) == 0.0  # no overflow on large logits
+    big = np.array([[1000.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    assert api._kl(big, big) == 0.0  # no overflow on large logits, each image shifted by its own maximum
 
 
 def test_attempt_record() -> None:
