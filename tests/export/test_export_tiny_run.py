@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from edge_tl.errors import ToleranceError  # noqa: E402
+from edge_tl.errors import RunError, ToleranceError  # noqa: E402
 from edge_tl.export import ExportConfig, ParityTolerance, Precision, export_run  # noqa: E402
 from edge_tl.export.onnx_export import graph_op_types  # noqa: E402
 from edge_tl.runs import Run, sha256_file  # noqa: E402
@@ -243,3 +243,10 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_r
     assert re.fullmatch(r"export refused onnx-fp16 \(nothing written for it\): [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
                         r"\(max abs diff [0-9.e+-]+\) on 6 images against the imported onnx-fp32", str(info.value)), str(info.value)
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [Path(reference.path).name]
+
+    # the imported model changed after import: refused, not converted
+    changed = onnx.load(str(run_dir / reference.path))
+    changed.doc_string = "edited by hand"
+    onnx.save(changed, str(run_dir / reference.path))
+    with pytest.raises(RunError, match="^" + re.escape(f"artifact 'onnx-fp32' at {str(run_dir / reference.path)!r} does not match the sha256")):
+        export_run(run_dir, config=ExportConfig(parity_images=6))

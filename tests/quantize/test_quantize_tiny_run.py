@@ -276,6 +276,10 @@ def test_a_cache_recipe_writes_the_cache_for_the_targets_tensorrt(run_dir: Path)
     record = Run.open(run_dir).artifact("calib-cache-tensorrt-int8-cache")
     assert (record.details["header"], record.details["cache_version_from"]) == ("TRT-8502-EntropyCalibration2", "recipe")
     assert read_cache(Run.open(run_dir).artifact_path(record.name)).version == 8502
+    # --seed picks other calibration images (32 of the training split): other ranges
+    seeded = quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_method=MINMAX, seed=1, **FAST))
+    assert json.loads(seeded.table_path.read_text())["calibration"]["seed"] == 1
+    assert read_cache(seeded.cache_path).scales != cache.scales
 
 
 def test_a_tensorrt_11_target_is_refused_a_cache_before_any_work(run_dir: Path) -> None:
