@@ -329,6 +329,9 @@ def test_an_imported_onnx_run_is_judged_against_its_onnx_model(tiny_exported: Pa
     assert result.reference_top1 == _onnx_top1(run_dir / Run.open(run_dir).artifact("onnx-fp32").path, run_dir)
     assert result.top1 == _onnx_top1(result.model_path, run_dir)
     assert Run.open(run_dir).artifact("onnx-int8-onnxruntime-cpu-int8").metrics["num_val_images"] == 30
+    # calibrated on the folder given at import, and recorded so
+    assert json.loads(result.table_path.read_text())["calibration"]["data"] == Run.open(run_dir).get("data")["calib_source"]
+    assert Path(Run.open(run_dir).get("data")["calib_source"]).resolve() == tiny_digits_folder.resolve()
 
     # imported without labelled images: INT8 accuracy cannot be measured, and is not made up
     import_model(ImportRequest(kind="onnx", out=tmp_path / "unlabelled", onnx=tiny_exported / "export" / "model.fp32.onnx",
