@@ -397,3 +397,11 @@ def test_kl_is_from_the_reference_to_the_candidate_per_image_averaged() -> None:
 
 def test_attempt_record() -> None:
     assert Attempt(("a", "b"), 0.5, 1.25).to_dict() == {"float_layers": ["a", "b"], "top1": 0.5, "drop_points": 1.25}
+
+
+def test_the_fp16_float_part_variant_is_made_for_strongly_typed_tensorrt_only() -> None:
+    # TensorRT 11 builds strongly typed only; 8.x/10.x build the FP32 Q/DQ model with --int8 --fp16
+    assert api._builds_strongly_typed(QuantizeConfig()) is True  # no target: TensorRT 11 may build it
+    assert api._builds_strongly_typed(QuantizeConfig(target="jetson-agx-thor")) is True  # default 11.4.1
+    assert api._builds_strongly_typed(QuantizeConfig(target="jetson-agx-thor", tensorrt="10.13.3")) is False
+    assert api._builds_strongly_typed(QuantizeConfig(target="jetson-orin-nano-8gb")) is False  # 10.3.0
