@@ -83,3 +83,48 @@ def _decode_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory
         os.environ.pop("EDGE_TL_CACHE_DIR", None)
     else:
         os.environ["EDGE_TL_CACHE_DIR"] = saved
+
+
+#: Settings of the tiny digits run: timm's 0.1M-parameter test_efficientnet from scratch at
+#: 16 px, two epochs on scikit-learn digits (about 2 s once torch is imported); validation
+#: top-1 about 0.98. For tests that run the export and quantize stages many times over
+#: (mutation testing runs them once per mutant).
+TINY_DIGITS_RUN_SETTINGS = {
+    "backbone": "timm:test_efficientnet",
+    "weights": "none",
+    "img_size": 16,
+    "epochs": 2,
+    "batch_size": 64,
+    "lr": 0.05,
+    "augment": False,
+    "workers": 0,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny fine-tuned digits run directory (read-only: copy it before writing into it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edge_tl.train import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("tiny-digits-run") / "run"
+    finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **TINY_DIGITS_RUN_SETTINGS))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_folder(tmp_path_factory: pytest.TempPathFactory):
+    """``<digit>/<k>.png``: three scikit-learn digits of each class as 8x8 grey images (read-only)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("tiny-digits-folder")
+    digits = load_digits()
+    for label in range(10):
+        (root / str(label)).mkdir()
+        for k, index in enumerate(np.flatnonzero(digits.target == label)[-3:]):
+            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
+    return root

@@ -40,10 +40,10 @@ WORK = ROOT / "build" / "mutation"
 #: files that exercise the module: mutmut runs them all twice (clean run, coverage)
 #: before it tests any mutant, then only the tests that reached each mutated function.
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "quantize-api": ("edge_tl/quantize/api.py", ["tests/quantize/test_quantize_search.py"]),
+    "quantize-api": ("edge_tl/quantize/api.py", ["tests/quantize/test_quantize_search.py", "tests/quantize/test_quantize_tiny_run.py"]),
     "quantize-trt-cache": ("edge_tl/quantize/trt_cache.py", ["tests/quantize/test_quantize_trt_cache.py"]),
     "quantize-qdq-tensorrt": ("edge_tl/quantize/qdq_tensorrt.py", ["tests/quantize/test_quantize_tensorrt_qdq.py"]),
-    "export-api": ("edge_tl/export/api.py", ["tests/export/test_export_parity.py"]),
+    "export-api": ("edge_tl/export/api.py", ["tests/export/test_export_parity.py", "tests/export/test_export_tiny_run.py"]),
     "verify-metrics": ("edge_tl/verify/metrics.py", ["tests/verify/test_verify_metrics.py"]),
     "runtime-trtexec": ("edge_tl/runtime/trtexec.py", ["tests/compile/test_trtexec_parse.py"]),
     "compile-plan": ("edge_tl/compile/plan.py", ["tests/compile/test_compile_plan.py"]),
