@@ -186,3 +186,85 @@ def test_onnx_details_are_checked(tmp_path: Path, run_factory) -> None:
     no_output = {k: v for k, v in record.details.items() if k != "output_name"}
     run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32", details=no_output)
     assert make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16)).output_name == "logits"
+
+
+def test_missing_float_onnx_names_the_export_command(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "empty", classes=["a", "b"])
+    root = str(run.root)
+    cases = [
+        ("ada", CompileRequest(precision=Precision.FP32), "onnx-fp32", "--precision fp32"),
+        ("ada", CompileRequest(precision=Precision.FP16), "onnx-fp32", "--precision fp32"),  # 10.x: --fp16 on FP32
+        ("jetson-agx-thor", CompileRequest(precision=Precision.FP16), "onnx-fp16", "--precision fp16"),  # 11.x
+        ("jetson-agx-orin-64gb", CompileRequest(precision=Precision.INT8, dla=True), "onnx-fp32", "--precision fp32"),
+    ]
+    for target, request, name, how in cases:
+        with pytest.raises(RunError) as err:
+            make_plan(run, load_target(target), request)
+        assert str(err.value) == (f"run {root!r} has no {name!r} artifact (ONNX artifacts it has: none). "
+                                  f"First run: edge-tl export {root} {how}")
+
+
+def test_only_onnx_artifacts_are_listed_as_what_the_run_has(tmp_path: Path, run_factory) -> None:
+    run = run_factory(tmp_path / "run", with_qdq=False)  # has a calibration cache, which is no ONNX
+    with pytest.raises(RunError, match=r"\(ONNX artifacts it has: onnx-fp32, onnx-fp16\)\."):
+        make_plan(run, load_target("jetson-orin-nano-8gb"), CompileRequest(precision=Precision.INT8))
+
+
+def test_source_choice_defaults_to_the_gpu_and_refuses_other_precisions(plan_run: Run) -> None:
+    from edge_tl.compile.plan import choose_source
+
+    orin = load_target("jetson-agx-orin-64gb")
+    gpu = choose_source(plan_run, orin, Precision.INT8, orin.release(None))  # no dla= : the GPU's Q/DQ path
+    assert gpu.onnx.name == "onnx-int8-tensorrt-int8-qdq" and gpu.recipe.value == "tensorrt-int8-qdq"
+    qdq = make_plan(plan_run, orin, CompileRequest(precision=Precision.INT8))
+    assert qdq.to_dict()["source"]["recipe"] == "tensorrt-int8-qdq" and qdq.to_dict()["source"]["kind"] == "qdq"
+    assert qdq.dla_gpu_fallback is None
+    with pytest.raises(ConfigError) as err:
+        make_plan(plan_run, load_target("ada"), CompileRequest(precision=Precision.FP8))
+    assert str(err.value) == "edge-tl compiles fp32, fp16 or int8 engines; fp8 is not supported yet"
+    with pytest.raises(ConfigError, match="^--dla was asked but target 'ada' has no DLA cores"):
+        make_plan(plan_run, load_target("ada"), CompileRequest(precision=Precision.FP16, dla=True))
+
+
+def test_a_binary_cache_is_refused_as_no_header(plan_run: Run) -> None:
+    cache = plan_run.path("quantize/tensorrt-int8-cache/calibration.cache")
+    cache.write_bytes(b"\xff\xfeTRT\n")
+    with pytest.raises(RunError, match=r"does not start with a TensorRT calibration-cache header \(got '\ufffd\ufffdTRT'\)"):
+        _orin_dla_plan(plan_run)
+
+
+def test_fixed_batch_plans_record_no_batch(tmp_path: Path, run_factory) -> None:
+    run = run_factory(tmp_path / "static", dynamic=False)
+    plan = make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
+    assert plan.spec.batch is None and plan.to_dict()["batch"] is None
+    assert '"batch": null' in render_script(plan)  # the sidecar written on the device says so too
+
+
+def test_onnx_details_give_names_and_layout(tmp_path: Path, run_factory) -> None:
+    run = run_factory(tmp_path / "run", with_qdq=False, with_cache=False)
+    record = run.artifact("onnx-fp32")
+    run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32",
+                     details={**record.details, "output_name": "probs", "input_shape": ["batch", 3, 8, 16]})
+    plan = make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
+    assert plan.output_name == "probs" and plan.spec.chw == (3, 8, 16)
+    assert "--maxShapes=input:8x3x8x16" in plan.argv
+    run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32",
+                     details={**record.details, "input_shape": ["batch", "channels", 8, 8]})
+    with pytest.raises(RunError, match="has input shape"):
+        make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
+
+
+def test_release_override_sets_the_opset_limit(tmp_path: Path, run_factory) -> None:
+    # onnx/onnx-tensorrt release/8.6-GA docs/operators.md: opset 17 at most; 10.3 parses opset 20
+    run = run_factory(tmp_path / "run", opset=18, with_qdq=False, with_cache=False)
+    orin = load_target("jetson-agx-orin-64gb")
+    assert make_plan(run, orin, CompileRequest(precision=Precision.FP16)).release.version.major == 10
+    with pytest.raises(RunError, match="is opset 18 but 'jetson-agx-orin-64gb' \\(TensorRT 8.6.2\\) parses up to opset 17"):
+        make_plan(run, orin, CompileRequest(precision=Precision.FP16, tensorrt="8.6"))
+
+
+def test_plans_can_be_rewritten(plan_run: Run) -> None:
+    plan = make_plan(plan_run, load_target("ada"), CompileRequest(precision=Precision.FP16))
+    write_plan(plan_run, plan)
+    again = write_plan(plan_run, plan)  # re-planning into the same folder replaces the plan
+    assert plan_run.path(again.path).read_text() == render_script(plan)
