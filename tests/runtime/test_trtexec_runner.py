@@ -122,8 +122,8 @@ def test_find_trtexec_looks_on_path_then_where_jetpack_installs_it(tmp_path: Pat
     assert find_trtexec() == str(standin)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     real_access = os.access
-    # JetPack installs trtexec under /usr/src/tensorrt/bin, off PATH (NVIDIA TensorRT developer guide,
-    # "trtexec": "the binary named trtexec will be created in the <TensorRT root directory>/bin directory")
+    # JetPack's trtexec lives in /usr/src/tensorrt/bin, off PATH: the public Jetson Nano log in
+    # tests/compile/fixtures/trtexec-8.2-jetson-nano.log was run as /usr/src/tensorrt/bin/trtexec
     for present in ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec"):
         monkeypatch.setattr(trtexec_module.os, "access", lambda p, mode, present=present: p == present and mode == os.X_OK)
         assert find_trtexec() == present
@@ -138,8 +138,8 @@ def test_find_trtexec_looks_on_path_then_where_jetpack_installs_it(tmp_path: Pat
 
 
 def test_the_version_line_alone_names_the_release() -> None:
-    # a log cut before the banner still says "TensorRT version: X.Y.Z" in its device section (release/10.x
-    # samples/common/sampleDevice.cpp printing getInferLibVersion as major.minor.patch)
+    # a log whose banner line was lost (only its tail kept) still names the release: trtexec's main prints
+    # "TensorRT version: " NV_TENSORRT_MAJOR.MINOR.PATCH (NVIDIA/TensorRT samples/trtexec/trtexec.cpp)
     assert parse_log("[06/01/2026-10:00:00] [I] TensorRT version: 10.3.0\n").tensorrt_version == "10.3.0"
     # the version line wins over the banner when both are there
     both = parse_log("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec\n[I] TensorRT version: 8.5.2\n")
