@@ -255,7 +255,7 @@ def test_onnx_details_give_names_and_layout(tmp_path: Path, run_factory) -> None
 
 
 def test_release_override_sets_the_opset_limit(tmp_path: Path, run_factory) -> None:
-    # onnx/onnx-tensorrt release/8.6-GA docs/operators.md: opset 17 at most; 10.3 parses opset 20
+    # onnx/onnx-tensorrt docs/operators.md: "up to Opset 17" on branch 8.6-GA, "opset 9 to opset 20" from 10.0-GA
     run = run_factory(tmp_path / "run", opset=18, with_qdq=False, with_cache=False)
     orin = load_target("jetson-agx-orin-64gb")
     assert make_plan(run, orin, CompileRequest(precision=Precision.FP16)).release.version.major == 10
