@@ -48,9 +48,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "runtime-trtexec": ("edge_tl/runtime/trtexec.py", ["tests/compile/test_trtexec_parse.py"]),
     "compile-plan": ("edge_tl/compile/plan.py", ["tests/compile/test_compile_plan.py"]),
     "compile-trtexec-flags": ("edge_tl/compile/trtexec_flags.py", ["tests/compile/test_compile_plan.py"]),
-    "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_deploy_ssh.py", "tests/deploy/test_deploy_sync.py"]),
+    "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_ssh_transport.py", "tests/deploy/test_deploy_ssh.py"]),
     "train-loop": ("edge_tl/train/loop.py", ["tests/train/test_train_resume.py"]),
-    "cli": ("edge_tl/cli/*.py", ["tests/verify/test_verify_run.py", "tests/quantize/test_quantize_budget.py"]),
+    "cli": ("edge_tl/cli/*.py", ["tests/deploy/test_deploy_cli_host_keys.py", "tests/cli/test_cli_safety.py"]),
 }
 
 #: module key -> the functions whose mutants are run and scored, where only part of a file
@@ -66,6 +66,11 @@ FUNCTIONS: dict[str, list[str]] = {
         "edge_tl.train.loop.xǁ_Trainerǁ_payload*",
         "edge_tl.train.loop.xǁ_Trainerǁ_save*",
         "edge_tl.train.loop.x__read_history*",
+    ],
+    "cli": [
+        "edge_tl.cli.deploy.x_ssh_options*",
+        "edge_tl.cli.verify.x_verify_config*",
+        "edge_tl.cli.quantize.x_quantize_config*",
     ],
 }
 

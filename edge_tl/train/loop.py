@@ -413,6 +413,18 @@ class _Trainer:
                 else "choose another --out"
             )
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
+        # A new run writes split.json, manifest.json, checkpoints/ there: never over the user's files.
+        # The launcher's own .launch-config files are written there before the workers start.
+        if self.out.exists():
+            foreign = [] if not self.out.is_dir() else sorted(
+                p.name for p in self.out.iterdir() if not p.name.startswith(".launch-config.")
+            )
+            if not self.out.is_dir() or foreign:
+                listed = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
+                raise ConfigError(
+                    f"--out {str(self.out)!r} exists and is not an empty directory{listed}; give a new one "
+                    "(nothing there is touched)"
+                )
         return False
 
     # ---- main
