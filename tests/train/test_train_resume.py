@@ -211,3 +211,25 @@ def test_resume_refuses_a_finished_run_without_last_checkpoint_and_keeps_it(tmp_
     with pytest.raises(RunError, match=r"holds no interrupted run \(no checkpoints/last.pt\); drop --resume and choose another --out"):
         finetune(FinetuneConfig(data=tiny_digits, out=str(out), resume=True, **settings))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_new_run_is_never_written_over_someone_elses_files(tmp_path: Path, tiny_digits: str) -> None:
+    settings = dict(PLATEAU, epochs=1, patience=0)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for name in ("split.json", "notes.txt", "a", "b"):
+        (theirs / name).write_text(name)
+    with pytest.raises(ConfigError) as info:
+        finetune(FinetuneConfig(data=tiny_digits, out=str(theirs), **settings))
+    assert str(info.value) == (f"--out {str(theirs)!r} exists and is not an empty directory (it holds a, b, notes.txt, ...); "
+                               "give a new one (nothing there is touched)")  # fmt: skip
+    assert {p.name: p.read_text() for p in theirs.iterdir()} == {n: n for n in ("split.json", "notes.txt", "a", "b")}
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match=r"^--out '.*file' exists and is not an empty directory; give a new one"):
+        finetune(FinetuneConfig(data=tiny_digits, out=str(a_file), **settings))
+    # An empty folder, or one holding only the launcher's config files, is a new run's place.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".launch-config.node0.json").write_text("{}")
+    assert finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings)).epochs_run == 1
