@@ -34,7 +34,7 @@ for a; do last=$a; done
 for a; do
   case "$a" in
     -G) exec "$REAL_SSH" "$@" ;;
-    -O) exit 0 ;;
+    -O) echo "Exit request sent." >&2; exit 0 ;;
   esac
 done
 calls=$(grep -c -- --end-- "$STANDIN_LOG")
@@ -358,6 +358,7 @@ def test_bytes_stdin_is_resent_on_a_retry(standin: Standin) -> None:
         ("ssh: connect to host h port 22: Network is unreachable", "UNREACHABLE"),
         ("kex_exchange_identification: read: Connection reset by peer", "UNREACHABLE"),
         ("banner\nConnection closed by 10.0.0.5 port 22", "UNREACHABLE"),
+        ("Connection closed by 10.0.0.5 port 22\nlost connection", "UNREACHABLE"),
         ("Connection closed by 10.0.0.5 port 22 during the copy", "DROPPED"),
         ("client_loop: send disconnect: Broken pipe", "DROPPED"),
         ("", "DROPPED"),
@@ -449,3 +450,96 @@ def test_ssh_quote_escapes_percent_and_keeps_spaces() -> None:
 def test_endpoint_strings_reach_ssh_only_after_the_option_end_marker(standin: Standin) -> None:
     argv = SshTransport("h", _options()).ssh_argv("cmd")
     assert argv.index("--") == len(argv) - 3 and argv[-2:] == ["h", "cmd"]
+
+
+def test_socket_folder_skips_temp_dirs_that_do_not_fit_or_cannot_be_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40 characters: with the 13 of "/etl-xxxxxxxx" and the 58 of the socket name, 111 > 103.
+    long = Path("/tmp") / ("z" * 35)
+    long.mkdir(exist_ok=True)
+    quoted = Path(tempfile.mkdtemp(prefix='q"', dir="/tmp"))
+    try:
+        for base in (long, quoted, Path("/tmp/etl-no-such-folder")):
+            monkeypatch.setattr(tempfile, "tempdir", str(base))
+            folder = ssh_module._control_dir()
+            assert folder is not None and Path(folder).parent == Path("/tmp"), base
+            os.rmdir(folder)
+    finally:
+        os.rmdir(long)
+        os.rmdir(quoted)
+
+
+def test_closing_says_nothing_on_the_terminal(standin: Standin, capfd: pytest.CaptureFixture[str]) -> None:
+    with SshTransport("h", SshOptions()) as transport:
+        transport.run(["true"])
+    assert standin.calls()[-1][-4:] == ["-O", "exit", "--", "h"]
+    assert capfd.readouterr() == ("", "")  # ssh's "Exit request sent." is not shown
+
+
+def test_connection_errors_quote_only_the_last_line_of_ssh(standin: Standin) -> None:
+    standin.fail("debug: trying\\nssh: connect to host h port 22: Connection refused\n")
+    with pytest.raises(RemoteError, match=r"attempt\(s\) \(ssh: connect to host h port 22: Connection refused\)\. Check"):
+        SshTransport("h", _options(retries=0)).run(["true"])
+    standin.fail("Warning: something\\nclient_loop: send disconnect: Broken pipe\n")
+    with pytest.raises(RemoteError, match=r"attempt\(s\) \(client_loop: send disconnect: Broken pipe\)\. Re-run"):
+        SshTransport("h", _options(retries=0)).run(["true"])
+
+
+def test_unknown_key_message_without_a_known_hosts_option_names_no_file(standin: Standin) -> None:
+    standin.fail("Host key verification failed.\n")
+    with pytest.raises(RemoteError) as info:
+        SshTransport("127.0.0.1:1", _options(connect_timeout_s=1)).run(["true"])
+    assert str(info.value).startswith("127.0.0.1:1: host key is not in known_hosts: the device offers ")
+
+
+def test_forget_command_falls_back_to_the_endpoint_when_ssh_cannot_read_the_config(standin: Standin, tmp_path: Path) -> None:
+    broken = tmp_path / "cfg"
+    broken.write_text("Bogus nonsense\n")  # ssh -G refuses this file: nothing resolved
+    assert SshTransport("u@h:2200", _options(config_file=broken)).resolved() == {}
+    assert SshTransport("u@h:2200", _options(config_file=broken)).forget_key_command() == "ssh-keygen -R '[h]:2200'"
+    assert SshTransport("h", _options(config_file=broken)).forget_key_command() == "ssh-keygen -R h"
+    assert SshTransport("h:22", _options(config_file=broken)).forget_key_command() == "ssh-keygen -R h"
+
+
+def test_resolved_values_keep_their_spaces(standin: Standin, tmp_path: Path) -> None:
+    config = tmp_path / "cfg"
+    config.write_text("Host dev\n  HostName 10.1.2.3\n  ProxyCommand nc %h %p\n")
+    assert SshTransport("dev", _options(config_file=config)).resolved()["proxycommand"] == "nc %h %p"
+
+
+_KEYSCAN = r"""#!/bin/sh
+printf '%s\n' "$@" > "$KEYSCAN_LOG"
+cat "$KEYSCAN_KEYS"
+"""
+
+
+def test_offered_fingerprints_are_asked_of_the_resolved_address_and_read_with_ssh_keygen(
+    standin: Standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    keys, fingerprints = [], []
+    for name in ("k1", "k2"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+        keys.append("10.1.2.3 " + " ".join((tmp_path / f"{name}.pub").read_text().split()[:2]))
+        out = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / f"{name}.pub")], capture_output=True, text=True, check=True)
+        fingerprints.append(out.stdout.split()[1])
+    (tmp_path / "keys").write_text("# 10.1.2.3:2222 SSH-2.0-OpenSSH\n" + "\n".join(keys) + "\n")
+    keyscan = standin.bin / "ssh-keyscan"
+    keyscan.write_text(_KEYSCAN)
+    keyscan.chmod(0o755)
+    monkeypatch.setenv("KEYSCAN_LOG", str(tmp_path / "keyscan-args"))
+    monkeypatch.setenv("KEYSCAN_KEYS", str(tmp_path / "keys"))
+    config = tmp_path / "cfg"
+    config.write_text("Host dev\n  HostName 10.1.2.3\n  Port 2222\n")
+    transport = SshTransport("dev", _options(config_file=config, connect_timeout_s=3))
+    offered = [f"{fingerprints[0]} (ED25519)", f"{fingerprints[1]} (ED25519)"]
+    assert transport.offered_fingerprints() == offered
+    assert (tmp_path / "keyscan-args").read_text().split("\n")[:-1] == ["-T", "3", "-p", "2222", "10.1.2.3"]
+    standin.fail("Host key verification failed.\n")
+    with pytest.raises(RemoteError) as info:
+        transport.run(["true"])
+    assert f"the device offers {offered[0]}, {offered[1]}. Compare it" in str(info.value)
+    # Without ssh-keyscan, or without ssh-keygen, there is nothing to show (and no crash).
+    monkeypatch.setenv("PATH", str(standin.bin))
+    keyscan.unlink()
+    assert transport.offered_fingerprints() == []
