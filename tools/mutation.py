@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "runtime-trtexec": ("edge_tl/runtime/trtexec.py", ["tests/compile/test_trtexec_parse.py"]),
     "compile-plan": ("edge_tl/compile/plan.py", ["tests/compile/test_compile_plan.py"]),
     "compile-trtexec-flags": ("edge_tl/compile/trtexec_flags.py", ["tests/compile/test_compile_plan.py"]),
-    "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_ssh_transport.py", "tests/deploy/test_deploy_ssh.py"]),
+    "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_ssh_transport.py"]),
     "train-loop": ("edge_tl/train/loop.py", ["tests/train/test_train_resume.py"]),
     "cli": ("edge_tl/cli/*.py", ["tests/deploy/test_deploy_cli_host_keys.py", "tests/cli/test_cli_safety.py"]),
 }

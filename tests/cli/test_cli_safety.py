@@ -90,7 +90,9 @@ def test_verify_exit_code_follows_min_agreement_and_the_significance_gate(run_co
 @pytest.fixture
 def harsh_recipe(tmp_path: Path) -> Path:
     """TensorRT placement with activations clipped at the 99th percentile: measurably lossy."""
-    text = (Path(__file__).resolve().parents[2] / "calibration" / "tensorrt-int8-qdq.toml").read_text()
+    from importlib.resources import files
+
+    text = (files("edge_tl.recipes") / "tensorrt-int8-qdq.toml").read_text()  # the shipped recipe
     assert 'name = "tensorrt-int8-qdq"' in text and "percentile = 99.99" in text
     path = tmp_path / "harsh.toml"
     path.write_text(text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 99.0"))
