@@ -134,7 +134,7 @@ def _plateau_whole(tmp_path: Path, data: str):
     return whole, result
 
 
-def test_resume_keeps_the_best_and_the_early_stopping_count(tmp_path: Path, tiny_digits: str) -> None:
+def test_resume_keeps_the_best_and_the_early_stopping_count(tmp_path: Path, tiny_digits: str, capsys) -> None:
     whole, whole_result = _plateau_whole(tmp_path, tiny_digits)
     split = tmp_path / "split"
     with pytest.raises(KeyboardInterrupt):
@@ -142,9 +142,12 @@ def test_resume_keeps_the_best_and_the_early_stopping_count(tmp_path: Path, tiny
     stopped = load_checkpoint(split / "checkpoints" / "last.pt")
     assert (stopped["epoch"], stopped["best_epoch"], stopped["bad_epochs"]) == (2, 1, 1)
     assert Run.open(split).get("training")["status"] == "running"
-    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **PLATEAU))
+    capsys.readouterr()
+    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **{**PLATEAU, "quiet": False}))
     _same_outcome(whole, split, whole_result, resumed)
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert f"resuming {split} after epoch 2\n" in err and "epoch 3/6 [full]" in err and "epoch 2/6" not in err
 
 
 def test_resume_after_a_kill_between_the_metrics_and_the_checkpoint_runs_that_epoch_once(tmp_path: Path, tiny_digits: str) -> None:
