@@ -543,3 +543,26 @@ def test_offered_fingerprints_are_asked_of_the_resolved_address_and_read_with_ss
     monkeypatch.setenv("PATH", str(standin.bin))
     keyscan.unlink()
     assert transport.offered_fingerprints() == []
+
+
+def test_no_fingerprints_without_a_resolved_host_or_with_a_tool_missing(standin: Standin, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    keyscan = standin.bin / "ssh-keyscan"
+    keyscan.write_text(_KEYSCAN)
+    keyscan.chmod(0o755)
+    (tmp_path / "keys").write_text("")
+    monkeypatch.setenv("KEYSCAN_LOG", str(tmp_path / "keyscan-args"))
+    monkeypatch.setenv("KEYSCAN_KEYS", str(tmp_path / "keys"))
+    broken = tmp_path / "cfg"
+    broken.write_text("Bogus nonsense\n")  # ssh -G fails: no address to scan
+    assert SshTransport("h", _options(config_file=broken)).offered_fingerprints() == []
+    assert not (tmp_path / "keyscan-args").exists()  # nothing was scanned
+    # ssh-keyscan there, ssh-keygen not: nothing to read the keys with.
+    monkeypatch.setenv("PATH", str(standin.bin))
+    for tool in ("sh", "cat", "printf"):
+        if shutil.which(tool, path=os.environ["PATH"]) is None:
+            (standin.bin / tool).symlink_to(shutil.which(tool, path=os.defpath) or f"/bin/{tool}")
+    monkeypatch.setenv("REAL_SSH", REAL_SSH)
+    transport = SshTransport("h", _options())
+    assert transport.resolved()["hostname"] == "h"
+    assert transport.offered_fingerprints() == [] and not (tmp_path / "keyscan-args").exists()
