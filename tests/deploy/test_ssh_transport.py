@@ -566,3 +566,25 @@ def test_no_fingerprints_without_a_resolved_host_or_with_a_tool_missing(standin:
     transport = SshTransport("h", _options())
     assert transport.resolved()["hostname"] == "h"
     assert transport.offered_fingerprints() == [] and not (tmp_path / "keyscan-args").exists()
+
+
+def test_without_a_short_socket_folder_each_command_connects_alone_and_says_why(
+    standin: Standin, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="edge_tl.deploy"):
+        with SshTransport("h", SshOptions()) as transport:
+            assert transport.run(["echo", "shared"]).text == "shared\n"
+        assert caplog.records == []  # a shared connection is nothing to mention
+        monkeypatch.setattr(ssh_module, "_control_dir", lambda: None)
+        with SshTransport("h", SshOptions()) as transport:
+            assert "ControlMaster=auto" not in transport.ssh_argv("true")
+    assert [r.getMessage() for r in caplog.records] == [
+        "no temporary folder short enough for ssh's control socket: one connection per command"
+    ]
+
+
+def test_close_copes_with_a_socket_folder_already_cleaned_away(standin: Standin) -> None:
+    transport = SshTransport("h", SshOptions()).__enter__()
+    shutil.rmtree(transport._control_dir)  # e.g. a tmp cleaner ran during a long deploy
+    transport.close()
+    assert transport._control_dir is None

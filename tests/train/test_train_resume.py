@@ -236,3 +236,16 @@ def test_a_new_run_is_never_written_over_someone_elses_files(tmp_path: Path, tin
     empty.mkdir()
     (empty / ".launch-config.node0.json").write_text("{}")
     assert finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings)).epochs_run == 1
+
+
+def test_resume_names_what_is_missing(tmp_path: Path, tiny_digits: str) -> None:
+    settings = dict(PLATEAU, epochs=1, patience=0, resume=True)
+    empty = tmp_path / "empty"
+    with pytest.raises(RunError) as info:
+        finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings))
+    assert str(info.value) == f"--resume: {str(empty)!r} holds no interrupted run (no manifest); drop --resume to start a new run there"
+    imported = tmp_path / "imported"
+    Run.create(imported, backbone={"name": "timm:test_efficientnet"})  # a run finetune did not make
+    with pytest.raises(RunError) as info:
+        finetune(FinetuneConfig(data=tiny_digits, out=str(imported), **settings))
+    assert str(info.value).startswith(f"the manifest of {str(imported.resolve())!r} has no 'training' section, which --resume needs.")
