@@ -43,6 +43,8 @@ if [ -n "$STANDIN_FAILS" ] && [ "$calls" -le "$STANDIN_FAILS" ]; then
   exit 255
 fi
 [ -n "$STANDIN_SLEEP" ] && exec sleep "$STANDIN_SLEEP"
+# A login shell that ends without running the status trailer (not a POSIX sh).
+[ -n "$STANDIN_EXIT" ] && { echo "fish: Unsupported use of '='." >&2; exit "$STANDIN_EXIT"; }
 exec sh -c "$last"
 """
 
@@ -166,8 +168,9 @@ def test_remote_command_quotes_every_argument_as_one_word() -> None:
     assert remote_command(["printf", "%s\n", "a b", "it's", "$(id)", ";", "", 3]) == (
         "printf '%s\n' 'a b' 'it'\"'\"'s' '$(id)' ';' '' 3"
     )
-    with pytest.raises(ValueError, match="empty remote command"):
+    with pytest.raises(ValueError) as info:
         remote_command([])
+    assert str(info.value) == "empty remote command"
     assert sh_script('echo "$1"', "x y", "z") == ["sh", "-c", 'echo "$1"', "sh", "x y", "z"]
 
 
@@ -240,16 +243,15 @@ def test_socket_folder_falls_back_to_tmp_when_the_temp_dir_is_too_long(monkeypat
     assert folder is not None and Path(folder).parent == Path("/tmp")
     os.rmdir(folder)
     # exactly at the limit still fits
-    exact = Path("/tmp") / ("y" * (103 - len("/etl-xxxxxxxx") - 58 - len("/tmp/")))
-    exact.mkdir(exist_ok=True)
+    exact = Path(tempfile.mkdtemp(prefix="y" * (103 - len("/etl-xxxxxxxx") - 58 - len("/tmp/") - 8), dir="/tmp"))
     try:
         assert len(str(exact)) + len("/etl-xxxxxxxx") + 58 == 103
         monkeypatch.setattr(tempfile, "tempdir", str(exact))
         folder = ssh_module._control_dir()
         assert folder is not None and Path(folder).parent == exact
-        os.rmdir(folder)
+        assert len(folder) + len("/") + 40 + 17 <= 103  # the socket ssh binds there fits
     finally:
-        os.rmdir(exact)
+        shutil.rmtree(exact)
 
 
 # --------------------------------------------------------------------------- running
@@ -289,11 +291,15 @@ def test_a_command_that_runs_too_long_is_stopped_with_the_fix(standin: Standin, 
     assert len(standin.connections()) == 1
 
 
-def test_refused_connections_are_retried_with_doubling_back_off(standin: Standin) -> None:
-    standin.fail("ssh: connect to host h port 22: Connection refused\n", times=2)
-    with SshTransport("h", _options(retries=2, backoff_s=0.5)) as transport:
-        assert transport.run(["echo", "up"]).text == "up\n"
+def test_refused_connections_are_retried_with_doubling_back_off(standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
+    standin.fail("debug1: x\\nssh: connect to host h port 22: Connection refused\n", times=2)
+    with caplog.at_level("WARNING", logger="edge_tl.deploy"):
+        with SshTransport("h", _options(retries=2, backoff_s=0.5)) as transport:
+            assert transport.run(["echo", "up"]).text == "up\n"
     assert len(standin.connections()) == 3 and standin.sleeps == [0.5, 1.0]
+    assert [r.getMessage() for r in caplog.records] == [  # what `edge-tl deploy` shows while it waits
+        f"h: unreachable (ssh: connect to host h port 22: Connection refused); retrying in {d} s" for d in ("0.5", "1.0")
+    ]
 
 
 def test_retries_give_up_with_the_count_and_ssh_message(standin: Standin) -> None:
@@ -454,8 +460,8 @@ def test_endpoint_strings_reach_ssh_only_after_the_option_end_marker(standin: St
 
 def test_socket_folder_skips_temp_dirs_that_do_not_fit_or_cannot_be_used(monkeypatch: pytest.MonkeyPatch) -> None:
     # 40 characters: with the 13 of "/etl-xxxxxxxx" and the 58 of the socket name, 111 > 103.
-    long = Path("/tmp") / ("z" * 35)
-    long.mkdir(exist_ok=True)
+    long = Path(tempfile.mkdtemp(prefix="z" * 27, dir="/tmp"))  # 8 random characters follow the prefix
+    assert len(str(long)) == 40
     quoted = Path(tempfile.mkdtemp(prefix='q"', dir="/tmp"))
     try:
         for base in (long, quoted, Path("/tmp/etl-no-such-folder")):
@@ -464,8 +470,8 @@ def test_socket_folder_skips_temp_dirs_that_do_not_fit_or_cannot_be_used(monkeyp
             assert folder is not None and Path(folder).parent == Path("/tmp"), base
             os.rmdir(folder)
     finally:
-        os.rmdir(long)
-        os.rmdir(quoted)
+        shutil.rmtree(long)
+        shutil.rmtree(quoted)
 
 
 def test_closing_says_nothing_on_the_terminal(standin: Standin, capfd: pytest.CaptureFixture[str]) -> None:
@@ -588,3 +594,41 @@ def test_close_copes_with_a_socket_folder_already_cleaned_away(standin: Standin)
     shutil.rmtree(transport._control_dir)  # e.g. a tmp cleaner ran during a long deploy
     transport.close()
     assert transport._control_dir is None
+
+
+def test_a_remote_command_exiting_255_is_its_status_not_a_lost_connection(standin: Standin) -> None:
+    with SshTransport("h", _options(retries=2)) as transport:
+        result = transport.run(["sh", "-c", "echo err >&2; exit 255"], check=False)
+    assert (result.returncode, result.stderr) == (255, "err\n")
+    assert len(standin.connections()) == 1 and standin.sleeps == []
+
+
+def test_a_remote_that_ends_without_reporting_its_status_gives_sshs_exit_status(standin: Standin, monkeypatch) -> None:
+    monkeypatch.setenv("STANDIN_EXIT", "5")
+    with SshTransport("h", _options()) as transport:
+        result = transport.run(["true"], check=False)
+        assert (result.returncode, result.stderr) == (5, "fish: Unsupported use of '='.\n")
+        with pytest.raises(RemoteError, match=r"^h: true failed with exit status 5: fish: Unsupported use of '='\.$"):
+            transport.run(["true"])
+
+
+def test_stderr_that_is_not_utf8_is_shown_not_a_crash(standin: Standin) -> None:
+    with SshTransport("h", _options()) as transport:
+        result = transport.run(["sh", "-c", "printf 'caf\\351\\n' >&2"], check=False)
+    assert result.stderr == "caf\ufffd\n"
+
+
+def test_without_stdin_the_remote_command_never_reads_ours(standin: Standin) -> None:
+    read, write = os.pipe()
+    os.write(write, b"typed at the terminal")
+    os.close(write)
+    saved = os.dup(0)
+    os.dup2(read, 0)
+    try:
+        with SshTransport("h", _options()) as transport:
+            out = transport.run(["cat"]).stdout
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read)
+    assert out == b""
