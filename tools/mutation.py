@@ -132,7 +132,8 @@ def _results(work: Path, functions: list[str]) -> dict[str, list[str]]:
     return by_status
 
 
-def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[str] | None = None) -> dict[str, list[str]]:
+def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[str] | None = None,
+        only: list[str] | None = None) -> dict[str, list[str]]:
     tests = tests or MODULES[key][1]
     work = _prepare(key, fresh, tests)
     # Exists before Python starts: a PYTHONPATH entry missing at startup is cached as
@@ -146,7 +147,7 @@ def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[st
     env.setdefault("MKL_NUM_THREADS", "1")
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
     log = work / "mutmut.log"
-    functions = FUNCTIONS.get(key, [])
+    functions = only or FUNCTIONS.get(key, [])
     scope = f" (functions: {' '.join(functions)})" if functions else ""
     print(f"{key}: mutating {MODULES[key][0]}{scope} with {' '.join(tests)} (log: {log})", flush=True)
     with log.open("w") as out:
@@ -182,6 +183,8 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="discard earlier results of this module")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print the diff of each survivor")
+    parser.add_argument("--only", nargs="+", metavar="MUTANT",
+                        help="test only these mutants (names or globs, e.g. an earlier run's survivors after new tests)")
     parser.add_argument("--tests", nargs="+", metavar="PATH",
                         help="run these tests instead of the module's list (e.g. add the slow end-to-end ones)")
     args = parser.parse_args()
@@ -194,7 +197,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown module {unknown[0]!r}; run without arguments to list them")
     for key in keys:
-        run(key, fresh=args.fresh, children=args.children, survivors=args.survivors, tests=args.tests)
+        run(key, fresh=args.fresh, children=args.children, survivors=args.survivors, tests=args.tests, only=args.only)
     return 0
 
 

@@ -120,16 +120,19 @@ def test_quantize_exit_code_follows_max_accuracy_drop(trained_run: Path, harsh_r
     assert code == 2 and "--max-accuracy-drop" in err  # a usage error, before any work
 
 
-def test_quantize_recipe_comes_from_the_target_and_the_budget_reaches_the_search(run_copy: Path, capsys) -> None:
-    # No --recipe: an x86-64 target quantizes for ONNX Runtime; the budget is recorded with the artifact.
-    code, out, err = _cli(capsys, "quantize", str(run_copy), "--target", "x86-64", "--calib-samples", "16",
-                          "--max-accuracy-drop", "100", "--max-float-layers", "3", "--seed", "2", "--threads", "1", "--quiet")  # fmt: skip
+def test_quantize_recipe_comes_from_the_target_unless_one_is_given(run_copy: Path, capsys) -> None:
+    common = ["--calib-samples", "16", "--max-accuracy-drop", "100", "--threads", "1", "--quiet"]
+    # A Jetson target quantizes for TensorRT (Q/DQ placement), recorded with the budget it met.
+    code, out, err = _cli(capsys, "quantize", str(run_copy), "--target", "jetson-agx-orin-64gb", "--tensorrt", "10.3", *common)
     assert code == 0, err
-    names = [name for name in Run.open(run_copy).manifest["artifacts"] if name.startswith("onnx-int8")]
-    assert names, out
-    record = Run.open(run_copy).artifact(names[0])
-    assert record.metrics["accuracy_budget_met"] is True
-    assert "(budget 100 pt)" in out
+    record = Run.open(run_copy).artifact("onnx-int8-tensorrt-int8-qdq")
+    assert record.metrics["accuracy_budget_met"] is True and "(budget 100 pt)" in out
+    # --recipe wins over the target's.
+    code, out, err = _cli(capsys, "quantize", str(run_copy), "--target", "jetson-agx-orin-64gb", "--recipe",
+                          "onnxruntime-cpu-int8", *common)  # fmt: skip
+    assert code == 0, err
+    assert "onnx-int8-onnxruntime-cpu-int8" in Run.open(run_copy).manifest["artifacts"]
+    assert out.splitlines()[0] == "recorded onnx-int8-onnxruntime-cpu-int8"
 
 
 # --------------------------------------------------------------------------- overwrite refusal
