@@ -118,7 +118,12 @@ def _same_outcome(whole: Path, split: Path, whole_result, split_result) -> None:
     assert (tb["status"], tb["best_epoch"], tb["epochs_run"], tb["stopped_early"]) == (
         "complete", ta["best_epoch"], ta["epochs_run"], ta["stopped_early"])
     assert Run.open(split).get("metrics") == Run.open(whole).get("metrics")
-    assert Run.open(split).artifact("checkpoint-best").details["epoch"] == a["best_epoch"]
+    for name in ("checkpoint-best", "checkpoint-last"):
+        ra, rb = Run.open(whole).artifact(name), Run.open(split).artifact(name)
+        assert rb.details == ra.details == {"epoch": a["best_epoch"] if name == "checkpoint-best" else a["epoch"],
+                                            "backbone": "timm:test_efficientnet"}  # fmt: skip
+        assert rb.metrics == ra.metrics and set(rb.metrics) == {"val_top1", "val_top5", "val_loss"}
+    assert Run.open(split).artifact("checkpoint-best").metrics["val_top1"] == a["best_top1"]
     assert _curves(split) == _curves(whole)
 
 
@@ -143,7 +148,10 @@ def test_resume_keeps_the_best_and_the_early_stopping_count(tmp_path: Path, tiny
     assert (stopped["epoch"], stopped["best_epoch"], stopped["bad_epochs"]) == (2, 1, 1)
     assert Run.open(split).get("training")["status"] == "running"
     capsys.readouterr()
-    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **{**PLATEAU, "quiet": False}))
+    trained: list[int] = []
+    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **{**PLATEAU, "quiet": False}),
+                       callbacks=[lambda record: trained.append(record.epoch)])  # fmt: skip
+    assert trained == [3, 4]  # continued, not started over
     _same_outcome(whole, split, whole_result, resumed)
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     err = capsys.readouterr().err
@@ -182,7 +190,10 @@ def test_resume_in_a_launched_world_keeps_the_best_and_the_count(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         finetune(FinetuneConfig(data=tiny_digits, out=str(split), **PLATEAU), callbacks=[_interrupt_after(2)])
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **PLATEAU))
+    trained: list[int] = []
+    resumed = finetune(FinetuneConfig(data=tiny_digits, out=str(split), resume=True, **PLATEAU),
+                       callbacks=[lambda record: trained.append(record.epoch)])  # fmt: skip
+    assert trained == [3, 4]
     assert Run.open(split).get("training")["world_size"] == 1 and Run.open(split).get("training")["backend"] == "gloo"
     _same_outcome(whole, split, whole_result, resumed)
 
@@ -207,8 +218,15 @@ def test_resume_refuses_a_finished_run_without_last_checkpoint_and_keeps_it(tmp_
     settings = dict(PLATEAU, epochs=1, patience=0)
     out = tmp_path / "r"
     finetune(FinetuneConfig(data=tiny_digits, out=str(out), **settings))
-    with pytest.raises(ConfigError, match=r"already holds a run; choose another --out$"):
+    with pytest.raises(ConfigError) as info:
         finetune(FinetuneConfig(data=tiny_digits, out=str(out), **settings))
+    assert str(info.value) == f"{str(out)!r} already holds a run; choose another --out"
+    with pytest.raises(ConfigError) as info:
+        finetune(FinetuneConfig(data=tiny_digits, out=str(out), **{**settings, "lr": 0.5, "resume": True}))
+    assert str(info.value) == (
+        f"--resume must use the settings the run was started with; these differ (lr: {PLATEAU['lr']!r} -> 0.5). "
+        "Repeat the original options, or start a new run with another --out."
+    )
     (out / "checkpoints" / "last.pt").unlink()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(RunError, match=r"holds no interrupted run \(no checkpoints/last.pt\); drop --resume and choose another --out"):
@@ -227,6 +245,9 @@ def test_a_new_run_is_never_written_over_someone_elses_files(tmp_path: Path, tin
     assert str(info.value) == (f"--out {str(theirs)!r} exists and is not an empty directory (it holds a, b, notes.txt, ...); "
                                "give a new one (nothing there is touched)")  # fmt: skip
     assert {p.name: p.read_text() for p in theirs.iterdir()} == {n: n for n in ("split.json", "notes.txt", "a", "b")}
+    (theirs / "a").unlink()
+    with pytest.raises(ConfigError, match=r"\(it holds b, notes.txt, split.json\); give a new one"):  # three: no "..."
+        finetune(FinetuneConfig(data=tiny_digits, out=str(theirs), **settings))
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(ConfigError, match=r"^--out '.*file' exists and is not an empty directory; give a new one"):
@@ -244,6 +265,13 @@ def test_resume_names_what_is_missing(tmp_path: Path, tiny_digits: str) -> None:
     with pytest.raises(RunError) as info:
         finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings))
     assert str(info.value) == f"--resume: {str(empty)!r} holds no interrupted run (no manifest); drop --resume to start a new run there"
+    finished = tmp_path / "finished"
+    finetune(FinetuneConfig(data=tiny_digits, out=str(finished), **{**settings, "resume": False}))
+    (finished / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(RunError) as info:
+        finetune(FinetuneConfig(data=tiny_digits, out=str(finished), **settings))
+    assert str(info.value) == (f"--resume: {str(finished)!r} holds no interrupted run (no checkpoints/last.pt); "
+                               "drop --resume and choose another --out")  # fmt: skip
     imported = tmp_path / "imported"
     Run.create(imported, backbone={"name": "timm:test_efficientnet"})  # a run finetune did not make
     with pytest.raises(RunError) as info:
