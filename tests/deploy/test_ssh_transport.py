@@ -632,3 +632,9 @@ def test_without_stdin_the_remote_command_never_reads_ours(standin: Standin) -> 
         os.close(saved)
         os.close(read)
     assert out == b""
+
+
+def test_a_parsed_endpoint_is_used_as_given(standin: Standin) -> None:
+    endpoint = SshEndpoint("10.0.0.5", user="nvidia", port=2200)
+    assert SshTransport(endpoint, _options()).endpoint is endpoint
+    assert SshTransport("nvidia@10.0.0.5:2200", _options()).endpoint == endpoint
