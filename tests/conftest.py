@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,39 @@ def tiny_digits_folder(tmp_path_factory: pytest.TempPathFactory):
         for k, index in enumerate(np.flatnonzero(digits.target == label)[-3:]):
             Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
     return root
+
+
+# --------------------------------------------------------------------------- an untrained run
+
+
+def _build_untrained_run(root: Path, *, seed: int = 0) -> Path:
+    """A digits run at 16 px: a randomly initialised test backbone as its best checkpoint, exported
+    to ONNX FP32. Its accuracy is chance; the CLI tests pin what the commands decide, not learning."""
+    from edge_tl.data import load_dataset, save_split
+    from edge_tl.export import ExportConfig, Precision, export_run
+    from edge_tl.models import Weights, WeightsSource, build_model, get_backbone
+    from edge_tl.models.checkpoint import save_checkpoint
+    from edge_tl.runs import Run
+    from edge_tl.train.state import seed_everything
+
+    backbone = "timm:test_efficientnet"
+    split = load_dataset("digits", val_split=0.2, seed=0)
+    prep = get_backbone(backbone).preprocessing.with_input_size(16)
+    run = Run.create(root, backbone={"name": backbone}, preprocessing=prep.to_dict(), classes=list(split.classes),
+                     data={"source": "digits", "split_file": "split.json"})  # fmt: skip
+    save_split(split, root / "split.json")
+    seed_everything(seed)
+    model = build_model(backbone, len(split.classes), weights=Weights(WeightsSource.NONE))
+    save_checkpoint(root / "checkpoints" / "best.pt", {"model": model.state_dict()})
+    run.add_artifact("checkpoint-best", kind="checkpoint", path=root / "checkpoints" / "best.pt", stage="finetune")
+    export_run(root, config=ExportConfig(precisions=(Precision.FP32,), parity_images=16))
+    return root
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported run in seconds, for tests of what commands decide (read-only: copy it first)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    pytest.importorskip("onnxruntime")
+    return _build_untrained_run(tmp_path_factory.mktemp("cli-run") / "run")

@@ -3,8 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+
+
+def quantize_config(
+    *, precision: str, recipe: str | None, target: str | None, tensorrt: str | None, cache_version: int | None,
+    calib_method: str | None, calib_samples: int | None, calib_data: Path | None, max_accuracy_drop: float | None,
+    max_float_layers: int, seed: int, threads: int | None,
+) -> Any:
+    """The quantize flags as a QuantizeConfig (a plain function, so that mutation testing, which skips
+    decorated functions, checks that the budget and the recipe choice reach quantize_run)."""
+    from edge_tl.quantize import CalibMethod, QuantizeConfig, QuantPrecision
+    from edge_tl.quantize.api import DEFAULT_RECIPE
+
+    if recipe is None and target is not None and precision == "int8":
+        from edge_tl.targets import load_target
+
+        chosen = load_target(target).calibration_recipe_for("int8", tensorrt=tensorrt)
+        recipe = chosen.value if chosen is not None else None
+    return QuantizeConfig(
+        precision=QuantPrecision(precision),
+        recipe=recipe or DEFAULT_RECIPE,
+        calib_method=CalibMethod(calib_method) if calib_method else None,
+        calib_samples=calib_samples,
+        calib_data=calib_data,
+        seed=seed,
+        max_accuracy_drop=max_accuracy_drop,
+        max_float_layers=max_float_layers,
+        threads=threads,
+        target=target,
+        tensorrt=tensorrt,
+        cache_version=cache_version,
+    )
 
 
 @click.command()
@@ -41,33 +73,13 @@ def quantize(
     seed: int, threads: int | None, quiet: bool,
 ) -> None:
     """Calibrate and quantize RUN's ONNX model to INT8 (or FP16); record the artifacts in the manifest."""
-    from edge_tl.quantize import (
-        CalibMethod,
-        QuantizeConfig,
-        QuantPrecision,
-        quantize_run,
-    )
-    from edge_tl.quantize.api import DEFAULT_RECIPE
+    from edge_tl.quantize import quantize_run
 
-    if recipe is None and target is not None and precision == "int8":
-        from edge_tl.targets import load_target
-
-        chosen = load_target(target).calibration_recipe_for("int8", tensorrt=tensorrt)
-        recipe = chosen.value if chosen is not None else None
-    config = QuantizeConfig(
-        precision=QuantPrecision(precision),
-        recipe=recipe or DEFAULT_RECIPE,
-        calib_method=CalibMethod(calib_method) if calib_method else None,
-        calib_samples=calib_samples,
-        calib_data=calib_data,
-        seed=seed,
-        max_accuracy_drop=max_accuracy_drop,
-        max_float_layers=max_float_layers,
-        threads=threads,
-        target=target,
-        tensorrt=tensorrt,
-        cache_version=cache_version,
-    )
+    config = quantize_config(
+        precision=precision, recipe=recipe, target=target, tensorrt=tensorrt, cache_version=cache_version,
+        calib_method=calib_method, calib_samples=calib_samples, calib_data=calib_data,
+        max_accuracy_drop=max_accuracy_drop, max_float_layers=max_float_layers, seed=seed, threads=threads,
+    )  # fmt: skip
     result = quantize_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True))
     for name in result.artifacts:
         click.echo(f"recorded {name}")

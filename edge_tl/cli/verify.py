@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+
+
+def verify_config(
+    *, max_accuracy_drop: float | None, gate: str, significance_level: float, min_agreement: float | None,
+    artifacts: tuple[str, ...], reference: str | None, batch_size: int, max_images: int | None, device: str,
+    threads: int | None, latency_iterations: int, no_latency: bool,
+) -> Any:
+    """The verify flags as a VerifyConfig (a plain function, so that mutation testing, which skips
+    decorated functions, checks that the gates reach the check)."""
+    from edge_tl.bench import BenchConfig, Budget
+    from edge_tl.runtime import Device
+    from edge_tl.significance import Gate
+    from edge_tl.verify import VerifyConfig
+
+    return VerifyConfig(
+        reference=reference,
+        artifacts=artifacts or None,
+        batch_size=batch_size,
+        max_images=max_images,
+        device=Device(device),
+        threads=threads,
+        measure_latency=not no_latency,
+        latency=BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=latency_iterations)),
+        max_accuracy_drop=max_accuracy_drop,
+        min_agreement=min_agreement,
+        gate=Gate(gate),
+        significance_level=significance_level,
+    )
 
 
 @click.command()
@@ -35,25 +64,13 @@ def verify(
     latency_iterations: int, no_latency: bool, quiet: bool,
 ) -> None:
     """Compare every ONNX model and engine of RUN with the original model; write verify/report.*."""
-    from edge_tl.bench import BenchConfig, Budget
-    from edge_tl.runtime import Device
-    from edge_tl.significance import Gate
-    from edge_tl.verify import VerifyConfig, verify_run
+    from edge_tl.verify import verify_run
 
-    config = VerifyConfig(
-        reference=reference,
-        artifacts=artifacts or None,
-        batch_size=batch_size,
-        max_images=max_images,
-        device=Device(device),
-        threads=threads,
-        measure_latency=not no_latency,
-        latency=BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=latency_iterations)),
-        max_accuracy_drop=max_accuracy_drop,
-        min_agreement=min_agreement,
-        gate=Gate(gate),
-        significance_level=significance_level,
-    )
+    config = verify_config(
+        max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level, min_agreement=min_agreement,
+        artifacts=artifacts, reference=reference, batch_size=batch_size, max_images=max_images, device=device,
+        threads=threads, latency_iterations=latency_iterations, no_latency=no_latency,
+    )  # fmt: skip
     report = verify_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True), check=False)
     click.echo(report.table())
     if not quiet:

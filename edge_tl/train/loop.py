@@ -70,6 +70,50 @@ class FinetuneResult:
     history: tuple[EpochRecord, ...] = field(default_factory=tuple)
 
 
+@dataclass
+class TrainingProgress:
+    """Where a run stands after its last finished epoch, besides the weights and optimiser:
+    ``last.pt`` records it, and ``--resume`` restores it so that the continued run picks the
+    same best checkpoint and stops at the same epoch as an uninterrupted one would."""
+
+    epoch: int = 0  # epochs finished
+    best_top1: float = -1.0  # below any top-1: the first epoch is always the first best
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    best_summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> TrainingProgress:
+        return cls(
+            epoch=int(state["epoch"]), best_top1=float(state["best_top1"]), best_epoch=int(state["best_epoch"]),
+            bad_epochs=int(state["bad_epochs"]), best_summary=dict(state["best_summary"]),
+        )
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_summary": self.best_summary,
+        }
+
+    def finish_epoch(self, epoch: int, val_top1: float, summary: dict[str, Any]) -> bool:
+        """Record epoch ``epoch`` (1-based); whether it is the new best (a tie is not)."""
+        self.epoch = epoch
+        improved = val_top1 > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch, self.bad_epochs = val_top1, epoch, 0
+            self.best_summary = summary
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: ``patience`` epochs without a new best (0: never)."""
+        return patience > 0 and self.bad_epochs >= patience
+
+
 #: Called on every rank after each epoch's checkpoint is written; raising stops the run
 #: (as an interruption would) with everything saved so far kept.
 EpochCallback = Callable[[EpochRecord], None]
@@ -369,6 +413,18 @@ class _Trainer:
                 else "choose another --out"
             )
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
+        # A new run writes split.json, manifest.json, checkpoints/ there: never over the user's files.
+        # The launcher's own .launch-config files are written there before the workers start.
+        if self.out.exists():
+            foreign = [] if not self.out.is_dir() else sorted(
+                p.name for p in self.out.iterdir() if not p.name.startswith(".launch-config.")
+            )
+            if not self.out.is_dir() or foreign:
+                listed = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
+                raise ConfigError(
+                    f"--out {str(self.out)!r} exists and is not an empty directory{listed}; give a new one "
+                    "(nothing there is touched)"
+                )
         return False
 
     # ---- main
@@ -380,7 +436,6 @@ class _Trainer:
         from edge_tl.data.cache import BaseSpec, open_cache
         from edge_tl.data.torch_dataset import TorchImageDataset
         from edge_tl.models import Weights, build_model, get_backbone
-        from edge_tl.models.checkpoint import load_checkpoint
 
         config, ctx, hw = self.config, self.ctx, self.hw
         if config.batch_size % ctx.world_size:
@@ -451,21 +506,10 @@ class _Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=hw.use_scaler)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-        start_epoch, best_top1, best_epoch, bad_epochs = 0, -1.0, 0, 0
-        history: list[EpochRecord] = []
-        best_summary: dict[str, Any] = {}
+        progress, history = TrainingProgress(), []
         if resuming:
-            state = load_checkpoint(self.out / LAST_PATH)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch = int(state["epoch"])
-            best_top1, best_epoch, bad_epochs = float(state["best_top1"]), int(state["best_epoch"]), int(state["bad_epochs"])
-            best_summary = dict(state["best_summary"])
-            history = [r for r in _read_history(self.out / METRICS_FILE) if r.epoch <= start_epoch]
-            restore_rng(state["rng"])
-            self.say(f"resuming {self.out} after epoch {start_epoch}")
+            progress, history = self._restore(model, optimizer, scheduler, scaler)
+        start_epoch = progress.epoch
 
         module = model
         step: TrainStep | None = None
@@ -501,13 +545,8 @@ class _Trainer:
                 seconds=time.perf_counter() - started,
             )
             history.append(record)
-            improved = val.top1 > best_top1
-            if improved:
-                best_top1, best_epoch, bad_epochs = val.top1, epoch + 1, 0
-                best_summary = val.summary()
-            else:
-                bad_epochs += 1
-            stop = config.patience > 0 and bad_epochs >= config.patience
+            improved = progress.finish_epoch(epoch + 1, val.top1, val.summary())
+            stop = progress.should_stop(config.patience)
             self.say(
                 f"epoch {epoch + 1}/{config.epochs} [{phase.value}] train loss {train_loss:.4f} top-1 {train_top1:.4f} | "
                 f"val loss {val.loss:.4f} top-1 {val.top1:.4f}"
@@ -517,20 +556,7 @@ class _Trainer:
             )
             if run is not None:
                 atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
-                payload = {
-                    "model": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "best_top1": best_top1,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "best_summary": best_summary,
-                    "rng": capture_rng(),
-                    "backbone": config.backbone,
-                    "classes": list(split.classes),
-                }
+                payload = self._payload(module, optimizer, scheduler, scaler, progress, split.classes)
                 self._save(run, payload, best=improved, record=record)
             dist_util.barrier(ctx)
             for callback in self.callbacks:
@@ -547,7 +573,7 @@ class _Trainer:
                     "config": config.to_dict(),
                     "status": "complete",
                     "epochs_run": epochs_run,
-                    "best_epoch": best_epoch,
+                    "best_epoch": progress.best_epoch,
                     "stopped_early": stopped_early,
                     "device": str(hw.device.type),
                     "precision": hw.precision,
@@ -557,11 +583,11 @@ class _Trainer:
                     "steps_per_epoch": steps_per_epoch,
                     "metrics_file": METRICS_FILE,
                 },
-                metrics={k: best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
+                metrics={k: progress.best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
             )
-            self.say(f"best validation top-1 {best_top1:.4f} at epoch {best_epoch}; run directory: {self.out}")
+            self.say(f"best validation top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch}; run directory: {self.out}")
         return FinetuneResult(
-            run_dir=self.out, best_epoch=best_epoch, best_val_top1=best_top1, epochs_run=epochs_run,
+            run_dir=self.out, best_epoch=progress.best_epoch, best_val_top1=progress.best_top1, epochs_run=epochs_run,
             stopped_early=stopped_early, history=tuple(history),
         )
 
@@ -615,6 +641,37 @@ class _Trainer:
             for images, labels in loader:
                 step(self.batch_input(images), labels)
                 bar.update(labels.shape[0] * world)
+
+    def _restore(self, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> tuple[TrainingProgress, list[EpochRecord]]:
+        """Load ``last.pt`` into the training objects; the progress and the metrics lines up to its epoch."""
+        from edge_tl.models.checkpoint import load_checkpoint
+
+        state = load_checkpoint(self.out / LAST_PATH)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress = TrainingProgress.from_checkpoint(state)
+        # Lines past last.pt's epoch come from the epoch that was interrupted: it runs again.
+        history = [r for r in _read_history(self.out / METRICS_FILE) if r.epoch <= progress.epoch]
+        restore_rng(state["rng"])
+        self.say(f"resuming {self.out} after epoch {progress.epoch}")
+        return progress, history
+
+    def _payload(
+        self, module: Any, optimizer: Any, scheduler: Any, scaler: Any, progress: TrainingProgress, classes: Sequence[str]
+    ) -> dict[str, Any]:
+        """What ``last.pt`` holds: everything ``_restore`` needs to continue exactly."""
+        return {
+            "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            **progress.to_checkpoint(),
+            "rng": capture_rng(),
+            "backbone": self.config.backbone,
+            "classes": list(classes),
+        }
 
     def _save(self, run: Run, payload: dict[str, Any], *, best: bool, record: EpochRecord) -> None:
         from edge_tl.models.checkpoint import BEST, LAST, save_checkpoint
