@@ -160,3 +160,50 @@ def test_import_refuses_an_existing_run(run_copy: Path, capsys) -> None:
     code, _, err = _cli(capsys, "import", "--out", str(run_copy), "--onnx", str(run_copy / "export" / "model.fp32.onnx"))
     assert code == 1 and "is already an edge-tl run; import into a new directory" in err
     assert _files(run_copy) == before
+
+
+# --------------------------------------------------------------------------- every flag reaches its field
+
+
+def test_every_verify_flag_reaches_its_field() -> None:
+    """A flag dropped or swapped on its way to VerifyConfig would verify something other than asked."""
+    from edge_tl.bench import BenchConfig, Budget
+    from edge_tl.cli.verify import verify_config
+    from edge_tl.runtime import Device
+    from edge_tl.significance import Gate
+    from edge_tl.verify import VerifyConfig
+
+    config = verify_config(max_accuracy_drop=0.7, gate="significant", significance_level=0.01, min_agreement=0.97,
+                           artifacts=("onnx-int8", "onnx-fp16"), reference="onnx-fp32", batch_size=5, max_images=40,
+                           device="cpu", threads=3, latency_iterations=17, no_latency=True)  # fmt: skip
+    assert config == VerifyConfig(
+        reference="onnx-fp32", artifacts=("onnx-int8", "onnx-fp16"), batch_size=5, max_images=40, device=Device.CPU,
+        threads=3, measure_latency=False,
+        latency=BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=17)),
+        max_accuracy_drop=0.7, min_agreement=0.97, gate=Gate.SIGNIFICANT, significance_level=0.01,
+    )  # fmt: skip
+    # No --artifact means every artifact (None), and latency is measured unless --no-latency.
+    default = verify_config(max_accuracy_drop=None, gate="point", significance_level=0.05, min_agreement=None,
+                            artifacts=(), reference=None, batch_size=32, max_images=None, device="auto", threads=None,
+                            latency_iterations=100, no_latency=False)  # fmt: skip
+    assert default == VerifyConfig()
+
+
+def test_every_quantize_flag_reaches_its_field(tmp_path: Path) -> None:
+    """A flag dropped or swapped on its way to QuantizeConfig would quantize differently than asked."""
+    from edge_tl.cli.quantize import quantize_config
+    from edge_tl.quantize import CalibMethod, QuantizeConfig, QuantPrecision
+
+    calib = tmp_path / "calib"
+    config = quantize_config(precision="int8", recipe="tensorrt-int8-cache", target="jetson-agx-xavier",
+                             tensorrt="8.5", cache_version=8502, calib_method="percentile", calib_samples=48,
+                             calib_data=calib, max_accuracy_drop=0.4, max_float_layers=3, seed=9, threads=2)  # fmt: skip
+    assert config == QuantizeConfig(
+        precision=QuantPrecision.INT8, recipe="tensorrt-int8-cache", calib_method=CalibMethod.PERCENTILE,
+        calib_samples=48, calib_data=calib, seed=9, max_accuracy_drop=0.4, max_float_layers=3, threads=2,
+        target="jetson-agx-xavier", tensorrt="8.5", cache_version=8502,
+    )  # fmt: skip
+    # Nothing given: the CPU recipe and the recipe's own calibration settings.
+    assert quantize_config(precision="fp16", recipe=None, target=None, tensorrt=None, cache_version=None,
+                           calib_method=None, calib_samples=None, calib_data=None, max_accuracy_drop=None,
+                           max_float_layers=16, seed=0, threads=None) == QuantizeConfig(precision=QuantPrecision.FP16)  # fmt: skip
