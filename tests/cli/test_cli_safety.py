@@ -207,3 +207,24 @@ def test_every_quantize_flag_reaches_its_field(tmp_path: Path) -> None:
     assert quantize_config(precision="fp16", recipe=None, target=None, tensorrt=None, cache_version=None,
                            calib_method=None, calib_samples=None, calib_data=None, max_accuracy_drop=None,
                            max_float_layers=16, seed=0, threads=None) == QuantizeConfig(precision=QuantPrecision.FP16)  # fmt: skip
+
+
+def test_the_targets_recipe_follows_the_chosen_tensorrt_release(tmp_path: Path) -> None:
+    """A cache-recipe device with a TensorRT 11 release: --tensorrt 11.x must choose the Q/DQ recipe
+    (11.x has no implicit-quantization calibrator; see Target.calibration_recipe_for), the default
+    release the cache. A user's own target TOML may be written so; no shipped target is."""
+    from edge_tl.cli.quantize import quantize_config
+
+    from edge_tl.targets import _shipped_files
+
+    text = _shipped_files()["jetson-agx-orin-64gb"].read_text(encoding="utf-8")
+    text = text.replace('calibration_recipe = "tensorrt-int8-qdq"', 'calibration_recipe = "tensorrt-int8-cache"')
+    target = tmp_path / "my-orin.toml"
+    target.write_text(text.replace('name = "jetson-agx-orin-64gb"', 'name = "my-orin"'))
+
+    def recipe(tensorrt: str | None) -> str:
+        return quantize_config(precision="int8", recipe=None, target=str(target), tensorrt=tensorrt, cache_version=None,
+                               calib_method=None, calib_samples=None, calib_data=None, max_accuracy_drop=None,
+                               max_float_layers=16, seed=0, threads=None).recipe  # fmt: skip
+
+    assert (recipe(None), recipe("11.4.1"), recipe("8.5.2")) == ("tensorrt-int8-cache", "tensorrt-int8-qdq", "tensorrt-int8-cache")
