@@ -123,6 +123,13 @@ def _same_outcome(whole: Path, split: Path, whole_result, split_result) -> None:
         assert rb.details == ra.details == {"epoch": a["best_epoch"] if name == "checkpoint-best" else a["epoch"],
                                             "backbone": "timm:test_efficientnet"}  # fmt: skip
         assert rb.metrics == ra.metrics and set(rb.metrics) == {"val_top1", "val_top5", "val_loss"}
+        # What later stages look the checkpoints up by (reference_artifact, load_run_model).
+        assert (rb.kind, rb.stage, rb.precision, rb.path) == ("checkpoint", "finetune", "fp32", f"checkpoints/{name[11:]}.pt")
+    best = load_checkpoint(split / "checkpoints" / "best.pt")
+    assert set(best) == {"model", "epoch", "backbone", "classes", "format", "version"}  # save_checkpoint adds the last two
+    assert (best["backbone"], best["classes"]) == (a["backbone"], a["classes"]) == ("timm:test_efficientnet", Run.open(split).get("classes"))
+    for key, value in best["model"].items():
+        assert torch.equal(value, load_checkpoint(whole / "checkpoints" / "best.pt")["model"][key]), key
     assert Run.open(split).artifact("checkpoint-best").metrics["val_top1"] == a["best_top1"]
     assert _curves(split) == _curves(whole)
 
