@@ -39,6 +39,13 @@ from edge_tl.errors import RunError
 MANIFEST_NAME = "manifest.json"
 # Taken (flock) around every read-change-write of the manifest, by every process and thread.
 MANIFEST_LOCK_NAME = ".manifest.lock"
+#: `edge-tl ship`'s files in a run folder: its resolved options, written before the first stage,
+#: and the earlier run it moved aside before fine-tuning anew (never deleted).
+SHIP_CONFIG_NAME = "ship.toml"
+SUPERSEDED_DIR = "superseded"
+#: What edge-tl itself may have put in a run folder before the run's manifest exists (besides the
+#: DDP launcher's ``.launch-config.*`` files): a new run may start there, nothing of a user's is there.
+PRE_RUN_NAMES = frozenset({SHIP_CONFIG_NAME, SUPERSEDED_DIR})
 SCHEMA_VERSION = 1
 
 

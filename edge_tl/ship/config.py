@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edge_tl.errors import ConfigError
+from edge_tl.runs import SHIP_CONFIG_NAME
 
 #: The file read from the data folder when no --config is given.
 DATA_CONFIG_NAME = "edge-tl.toml"
 #: The resolved options of a run, inside the run directory.
-RUN_CONFIG_NAME = "ship.toml"
+RUN_CONFIG_NAME = SHIP_CONFIG_NAME
 
 
 def key_to_name(key: str) -> str:

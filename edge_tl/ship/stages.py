@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl.errors import ConfigError, ToleranceError
-from edge_tl.runs import Run, _json_default, now_iso, sha256_file
+from edge_tl.runs import SUPERSEDED_DIR, Run, _json_default, now_iso, sha256_file
 
 #: Every stage, in flow order (``import`` and ``finetune`` exclude each other).
 STAGE_ORDER = ("import", "finetune", "export", "quantize", "compile", "bundle", "deploy", "verify", "report")
@@ -31,7 +31,6 @@ STAGE_ORDER = ("import", "finetune", "export", "quantize", "compile", "bundle", 
 #: (a run directory moved or copied elsewhere is still up to date).
 NOT_INPUTS = frozenset({"quiet", "run_dir", "out", "resume"})
 #: Where a replaced run's files go (inside the run, never deleted).
-SUPERSEDED_DIR = "superseded"
 
 
 class Outcome(str, Enum):

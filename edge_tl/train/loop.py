@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import Run, atomic_write_text
+from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text
 from edge_tl.train import distributed as dist_util
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
@@ -414,10 +414,11 @@ class _Trainer:
             )
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
         # A new run writes split.json, manifest.json, checkpoints/ there: never over the user's files.
-        # The launcher's own .launch-config files are written there before the workers start.
+        # The launcher's own .launch-config files are written there before the workers start, and
+        # `edge-tl ship` its ship.toml (and superseded/, a run it moved aside) before fine-tuning.
         if self.out.exists():
             foreign = [] if not self.out.is_dir() else sorted(
-                p.name for p in self.out.iterdir() if not p.name.startswith(".launch-config.")
+                p.name for p in self.out.iterdir() if not p.name.startswith(".launch-config.") and p.name not in PRE_RUN_NAMES
             )
             if not self.out.is_dir() or foreign:
                 listed = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""

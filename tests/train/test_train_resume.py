@@ -264,6 +264,18 @@ def test_a_new_run_is_never_written_over_someone_elses_files(tmp_path: Path, tin
     empty.mkdir()
     (empty / ".launch-config.node0.json").write_text("{}")
     assert finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings)).epochs_run == 1
+    # So is one holding only what `edge-tl ship` put there first (its options, a run it moved
+    # aside), which the new run leaves as it was; anything else there is still refused.
+    shipped = tmp_path / "shipped"
+    (shipped / "superseded" / "earlier").mkdir(parents=True)
+    (shipped / "superseded" / "earlier" / "manifest.json").write_text("{}")
+    (shipped / "ship.toml").write_text("epochs = 1\n")
+    assert finetune(FinetuneConfig(data=tiny_digits, out=str(shipped), **settings)).epochs_run == 1
+    assert (shipped / "ship.toml").read_text() == "epochs = 1\n"
+    assert (shipped / "superseded" / "earlier" / "manifest.json").read_text() == "{}"
+    (theirs / "ship.toml").write_text("x")
+    with pytest.raises(ConfigError, match=r"\(it holds b, notes.txt, split.json\); give a new one"):
+        finetune(FinetuneConfig(data=tiny_digits, out=str(theirs), **settings))
 
 
 def test_resume_names_what_is_missing(tmp_path: Path, tiny_digits: str) -> None:
