@@ -54,7 +54,8 @@ def test_copy_skip_reuse_and_corruption(sshd, ssh_lab, tmp_path, local_bundle):
 
         # A file damaged on the device is found by its checksum and sent again.
         victim = remote / "current" / "model.onnx"
-        victim.write_bytes(b"\0" + victim.read_bytes()[1:])
+        data = victim.read_bytes()
+        victim.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # always a change (a zero byte was 1 in 256 random files)
         fixed = sync_bundle(ssh, root, files, digest=_digest(files), remote_dir=str(remote))
         assert fixed.resent == ("model.onnx",) and set(fixed.reused) == set(files) - {"model.onnx"}
         assert _remote_tree(remote) == spec
