@@ -61,16 +61,21 @@ DIGITS_RUN_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory: pytest.TempPathFactory):
-    """A small fine-tuned digits run directory (read-only: copy it before writing into it)."""
+def _finetuned_digits(tmp_path_factory: pytest.TempPathFactory, folder: str, settings: dict) -> Path:
+    """A digits run fine-tuned with ``settings`` in a new folder (shared by the session's run fixtures)."""
     pytest.importorskip("torch")
     pytest.importorskip("timm")
     from edge_tl.train import FinetuneConfig, finetune
 
-    out = tmp_path_factory.mktemp("digits-run") / "run"
-    finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **DIGITS_RUN_SETTINGS))
+    out = tmp_path_factory.mktemp(folder) / "run"
+    finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **settings))
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory):
+    """A small fine-tuned digits run directory (read-only: copy it before writing into it)."""
+    return _finetuned_digits(tmp_path_factory, "digits-run", DIGITS_RUN_SETTINGS)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,13 +111,7 @@ TINY_DIGITS_RUN_SETTINGS = {
 @pytest.fixture(scope="session")
 def tiny_digits_run(tmp_path_factory: pytest.TempPathFactory):
     """A tiny fine-tuned digits run directory (read-only: copy it before writing into it)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("timm")
-    from edge_tl.train import FinetuneConfig, finetune
-
-    out = tmp_path_factory.mktemp("tiny-digits-run") / "run"
-    finetune(FinetuneConfig(data="digits", out=str(out), quiet=True, **TINY_DIGITS_RUN_SETTINGS))
-    return out
+    return _finetuned_digits(tmp_path_factory, "tiny-digits-run", TINY_DIGITS_RUN_SETTINGS)
 
 
 @pytest.fixture(scope="session")
