@@ -34,7 +34,9 @@ def make_photo_folder(root: Path, *, size: tuple[int, int], count: int, seed: in
         crop_w = int(min(pw, ph * 4 / 3) * rng.uniform(0.7, 1.0))
         crop_h = int(crop_w * 3 / 4)
         x0, y0 = int(rng.integers(0, pw - crop_w + 1)), int(rng.integers(0, ph - crop_h + 1))
-        image = Image.fromarray(photo[y0 : y0 + crop_h, x0 : x0 + crop_w]).resize((width, height), Image.Resampling.BICUBIC)
+        image = Image.fromarray(photo[y0 : y0 + crop_h, x0 : x0 + crop_w]).resize(
+            (width, height), Image.Resampling.BICUBIC
+        )
         pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 3, (height, width, 1)).astype(np.int16)
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,6 @@ def make_images(folder: Path, count: int, size: int) -> None:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(cls / f"{i:05d}.png")
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration_memory.json")
@@ -72,24 +71,34 @@ def main(argv: list[str] | None = None) -> int:
         make_images(images, max(COUNTS), 48)
         runs = {}
         for count in COUNTS:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(run), str(images), str(count)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(run), str(images), str(count)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[count] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{count:5d} images: peak RSS {runs[count]['peak_rss_mib']:.1f} MiB in {runs[count]['seconds']:.1f} s",
-                  file=sys.stderr)
+            print(
+                f"{count:5d} images: peak RSS {runs[count]['peak_rss_mib']:.1f} MiB in {runs[count]['seconds']:.1f} s",
+                file=sys.stderr,
+            )
     floor = runs[16]["peak_rss_mib"]
-    results.update({
-        "runs": {str(k): v for k, v in runs.items()},
-        "ratio_2048_to_256": runs[2048]["peak_rss_mib"] / runs[256]["peak_rss_mib"],
-        "growth_above_16_images_mib": {str(k): runs[k]["peak_rss_mib"] - floor for k in (256, 2048)},
-        "bound": 1.2,
-    })
+    results.update(
+        {
+            "runs": {str(k): v for k, v in runs.items()},
+            "ratio_2048_to_256": runs[2048]["peak_rss_mib"] / runs[256]["peak_rss_mib"],
+            "growth_above_16_images_mib": {str(k): runs[k]["peak_rss_mib"] - floor for k in (256, 2048)},
+            "bound": 1.2,
+        }
+    )
     results["passed"] = results["ratio_2048_to_256"] <= results["bound"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"peak RSS 2048 / 256 images = {results['ratio_2048_to_256']:.3f} (bound 1.2: "
-          f"{'ok' if results['passed'] else 'FAILED'}); growth above 16 images: "
-          f"{results['growth_above_16_images_mib']['256']:.1f} / {results['growth_above_16_images_mib']['2048']:.1f} MiB")
+    print(
+        f"peak RSS 2048 / 256 images = {results['ratio_2048_to_256']:.3f} (bound 1.2: "
+        f"{'ok' if results['passed'] else 'FAILED'}); growth above 16 images: "
+        f"{results['growth_above_16_images_mib']['256']:.1f} / {results['growth_above_16_images_mib']['2048']:.1f} MiB"
+    )
     print(f"wrote {args.out}")
     return 0 if results["passed"] else 1
 

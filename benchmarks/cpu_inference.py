@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, result)
     lite = [r for r in rows if r["model"] == "efficientnet_lite0" and r["batch_size"] == 1]
     if lite:
-        print(f"efficientnet_lite0 b1 {args.threads} threads: ORT FP32 p50 / eager p50 = {lite[0]['ratio_p50_vs_eager']['ort_fp32']:.2f} (target <= 0.5)")
+        print(
+            f"efficientnet_lite0 b1 {args.threads} threads: ORT FP32 p50 / eager p50 = {lite[0]['ratio_p50_vs_eager']['ort_fp32']:.2f} (target <= 0.5)"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from edge_tl.bench import BenchConfig, Budget, LatencyStats, benchmark, fingerprint
 from edge_tl.models import Weights, WeightsSource, build_model
 from edge_tl.runs import atomic_write_json
@@ -75,11 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     model = build_model(args.model, 1000, weights=Weights(WeightsSource.NONE)).eval()
     spec = InputSpec(3, args.size, args.size)
-    config = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=args.warmup), measure=Budget(iterations=args.iterations))
+    config = BenchConfig(
+        batch_sizes=(1,), warmup=Budget(iterations=args.warmup), measure=Budget(iterations=args.iterations)
+    )
     results = {}
     for label, options in {
         "torch_cuda_eager_fp32": RunnerOptions(device=Device.CUDA),
-        "torch_cuda_fp16_channels_last_graph": RunnerOptions(device=Device.CUDA, fp16=True, channels_last=True, cuda_graph=True),
+        "torch_cuda_fp16_channels_last_graph": RunnerOptions(
+            device=Device.CUDA, fp16=True, channels_last=True, cuda_graph=True
+        ),
     }.items():
         with TorchRunner(model, input_spec=spec, name=args.model, options=options) as runner:
             results[label] = benchmark(runner, config)[0]
@@ -91,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     for label, stats in results.items():
         print(f"{label:<40} p50 {stats.p50_ms:7.3f} ms  p99 {stats.p99_ms:7.3f} ms  cv {stats.cv:.2f}")
     print(f"edge-tl runner p50 / independent p50 = {edge / independent:.3f}")
-    atomic_write_json(args.out, {
-        "benchmark": "cuda_latency",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": args.model,
-        "input_size": args.size,
-        "results": {k: v.to_dict() for k, v in results.items()},
-        "ratio_runner_vs_independent_p50": edge / independent,
-        "environment": fingerprint(),
-    })
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "cuda_latency",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": args.model,
+            "input_size": args.size,
+            "results": {k: v.to_dict() for k, v in results.items()},
+            "ratio_runner_vs_independent_p50": edge / independent,
+            "environment": fingerprint(),
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -39,17 +39,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _photos import make_photo_folder  # noqa: E402
+from _photos import make_photo_folder
 
-from edge_tl.bench import fingerprint  # noqa: E402
-from edge_tl.data import AugmentConfig, load_dataset  # noqa: E402
-from edge_tl.data.cache import CacheMode, open_cache  # noqa: E402
-from edge_tl.data.gpu import EncodedDataset, GpuAugmenter, collate_encoded  # noqa: E402
-from edge_tl.data.torch_dataset import BatchNormalizer, NormalizingCollate, TorchImageDataset  # noqa: E402
-from edge_tl.models import Preprocessing  # noqa: E402
-from edge_tl.runs import atomic_write_json  # noqa: E402
-from edge_tl.train.distributed import DistContext  # noqa: E402
-from edge_tl.train.loop import make_loader  # noqa: E402
+from edge_tl.bench import fingerprint
+from edge_tl.data import AugmentConfig, load_dataset
+from edge_tl.data.cache import CacheMode, open_cache
+from edge_tl.data.gpu import EncodedDataset, GpuAugmenter, collate_encoded
+from edge_tl.data.torch_dataset import BatchNormalizer, NormalizingCollate, TorchImageDataset
+from edge_tl.models import Preprocessing
+from edge_tl.runs import atomic_write_json
+from edge_tl.train.distributed import DistContext
+from edge_tl.train.loop import make_loader
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -93,7 +93,9 @@ def measure(root: Path, args, device) -> dict:
     prep = Preprocessing(input_size=args.img_size, mean=MEAN, std=STD, interpolation="bilinear")
     augment = AugmentConfig(color_jitter=args.jitter)
     ctx = DistContext()
-    tv_loader = torchvision_loader(root, img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, jitter=args.jitter, seed=0)
+    tv_loader = torchvision_loader(
+        root, img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, jitter=args.jitter, seed=0
+    )
     normalise = BatchNormalizer(prep, device, channels_last=device.type == "cuda")
     tv_finish = (lambda x: x.to(device, non_blocking=True)) if device.type == "cuda" else (lambda x: x)
     series: dict[str, list[float]] = {"torchvision": [], "edge-tl first epoch": [], "edge-tl cached epoch": []}
@@ -102,10 +104,18 @@ def measure(root: Path, args, device) -> dict:
         series["edge-tl GPU data path"] = []
         gpu_ds = EncodedDataset(samples, augment=augment, seed=0)
         gpu_loader = make_loader(
-            gpu_ds, batch_size=args.batch_size, train=True, seed=0, ctx=ctx, workers=args.workers, pin_memory=True, collate_fn=collate_encoded
+            gpu_ds,
+            batch_size=args.batch_size,
+            train=True,
+            seed=0,
+            ctx=ctx,
+            workers=args.workers,
+            pin_memory=True,
+            collate_fn=collate_encoded,
         )
         gpu_finish = GpuAugmenter(prep, device, channels_last=True)
         timed_epoch(gpu_loader, gpu_finish, device)  # warm-up: nvJPEG and kernels initialise once
+
     def torchvision_epoch() -> None:
         seconds, n = timed_epoch(tv_loader, tv_finish, device)
         series["torchvision"].append(n / seconds)
@@ -118,12 +128,20 @@ def measure(root: Path, args, device) -> dict:
             started = time.perf_counter()
             plain = TorchImageDataset(samples, prep, train=True, augment=augment, seed=rep, dtype="uint8")
             cache = open_cache(samples, plain.spec, CacheMode.DISK, root=cache_root)
-            dataset = TorchImageDataset(samples, prep, train=True, augment=augment, seed=rep, cache=cache, dtype="uint8")
+            dataset = TorchImageDataset(
+                samples, prep, train=True, augment=augment, seed=rep, cache=cache, dtype="uint8"
+            )
             # As the fine-tune loop builds it: on the CPU, batches are normalised in the workers.
             collate = NormalizingCollate(prep) if device.type == "cpu" and args.workers > 0 else None
             loader = make_loader(
-                dataset, batch_size=args.batch_size, train=True, seed=rep, ctx=ctx, workers=args.workers,
-                pin_memory=device.type == "cuda", collate_fn=collate,
+                dataset,
+                batch_size=args.batch_size,
+                train=True,
+                seed=rep,
+                ctx=ctx,
+                workers=args.workers,
+                pin_memory=device.type == "cuda",
+                collate_fn=collate,
             )
             opened = time.perf_counter() - started
             loader.sampler.set_epoch(0)
@@ -139,7 +157,10 @@ def measure(root: Path, args, device) -> dict:
             gpu_loader.sampler.set_epoch(rep + 1)
             seconds, n = timed_epoch(gpu_loader, gpu_finish, device)
             series["edge-tl GPU data path"].append(n / seconds)
-        print(f"  rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in series.items()) + " img/s", flush=True)
+        print(
+            f"  rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in series.items()) + " img/s",
+            flush=True,
+        )
     ratios = {
         name: statistics.median(e / t for e, t in zip(series[name], series["torchvision"]))
         for name in series
@@ -163,7 +184,9 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(500, 375), (4000, 3000)])
-    parser.add_argument("--images", type=int, nargs="+", default=[240, 48], help="photos per size (one number per --sizes)")
+    parser.add_argument(
+        "--images", type=int, nargs="+", default=[240, 48], help="photos per size (one number per --sizes)"
+    )
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
@@ -180,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for (width, height), count in zip(args.sizes, args.images):
         root = make_photo_folder(args.photos / f"{width}x{height}-{count}", size=(width, height), count=count)
-        print(f"{count} JPEG photos {width}x{height} -> {args.img_size} px, batch {args.batch_size}, {args.workers} workers, {args.device}")
+        print(
+            f"{count} JPEG photos {width}x{height} -> {args.img_size} px, batch {args.batch_size}, {args.workers} workers, {args.device}"
+        )
         results[f"{width}x{height}"] = measure(root, args, device)
         for name, ratio in results[f"{width}x{height}"]["ratio_over_torchvision"].items():
             print(f"  {name} / torchvision: {ratio:.2f}x")

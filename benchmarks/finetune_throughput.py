@@ -66,9 +66,12 @@ def edge_tl_loop(model, batches, *, lr: float, label_smoothing: float, hardware,
     optimizer = torch.optim.AdamW(param_groups(model, lr=lr, backbone_lr_mult=0.3, weight_decay=0.01))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps_total, steps_total // 10))
     step = TrainStep(
-        model=model, optimizer=optimizer, scheduler=scheduler,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
         scaler=torch.amp.GradScaler("cuda", enabled=hardware.use_scaler),
-        criterion=torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing), hardware=hardware,
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        hardware=hardware,
     )
 
     def run(n: int) -> None:
@@ -90,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per loop first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--end-to-end", action="store_true", help="also fine-tune from a JPEG folder and compare its epochs")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also fine-tune from a JPEG folder and compare its epochs"
+    )
     parser.add_argument("--photos-size", default="500x375", help="end-to-end: the photos' WIDTHxHEIGHT")
     parser.add_argument("--photos", type=int, default=1024, help="end-to-end: how many photos")
     parser.add_argument("--epochs", type=int, default=3, help="end-to-end: epochs (the first fills the decode cache)")
     parser.add_argument("--workers", type=int, default=None, help="end-to-end: loader workers (default: edge-tl's)")
-    parser.add_argument("--gpu-data", choices=["auto", "on", "off"], default="auto", help="end-to-end: edge-tl's --gpu-data")
+    parser.add_argument(
+        "--gpu-data", choices=["auto", "on", "off"], default="auto", help="end-to-end: edge-tl's --gpu-data"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "finetune_throughput.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -124,10 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = (args.warmup + args.steps * args.rounds) * 2
     loops = {
         "plain": plain_loop(
-            models["plain"], batches, lr=1e-3, label_smoothing=0.1, amp_dtype=hardware.amp_dtype,
-            channels_last=hardware.channels_last, device=hardware.device,
+            models["plain"],
+            batches,
+            lr=1e-3,
+            label_smoothing=0.1,
+            amp_dtype=hardware.amp_dtype,
+            channels_last=hardware.channels_last,
+            device=hardware.device,
         ),
-        "edge-tl": edge_tl_loop(models["edge-tl"], batches, lr=1e-3, label_smoothing=0.1, hardware=hardware, steps_total=total_steps),
+        "edge-tl": edge_tl_loop(
+            models["edge-tl"], batches, lr=1e-3, label_smoothing=0.1, hardware=hardware, steps_total=total_steps
+        ),
     }
 
     def sync() -> None:
@@ -189,14 +203,27 @@ def end_to_end(args: argparse.Namespace, *, step_rate: float) -> dict:
 
     width, height = (int(v) for v in args.photos_size.lower().split("x"))
     photos = make_photo_folder(
-        Path(tempfile.gettempdir()) / "edge-tl-bench-photos" / f"{width}x{height}-{args.photos}", size=(width, height), count=args.photos
+        Path(tempfile.gettempdir()) / "edge-tl-bench-photos" / f"{width}x{height}-{args.photos}",
+        size=(width, height),
+        count=args.photos,
     )
     workers = args.workers if args.workers is not None else default_workers(1)
     with tempfile.TemporaryDirectory(prefix="edge-tl-e2e-") as tmp:
         config = FinetuneConfig(
-            data=str(photos), out=str(Path(tmp) / "run"), backbone=args.backbone, weights="none", img_size=args.img_size,
-            batch_size=args.batch_size, epochs=args.epochs, val_split=0.1, device=args.device, precision=args.precision,
-            workers=workers, cache="disk", gpu_data=args.gpu_data, quiet=True,
+            data=str(photos),
+            out=str(Path(tmp) / "run"),
+            backbone=args.backbone,
+            weights="none",
+            img_size=args.img_size,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            val_split=0.1,
+            device=args.device,
+            precision=args.precision,
+            workers=workers,
+            cache="disk",
+            gpu_data=args.gpu_data,
+            quiet=True,
         )
         os.environ["EDGE_TL_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh cache: the first epoch fills it
         finetune(config)
@@ -208,8 +235,13 @@ def end_to_end(args: argparse.Namespace, *, step_rate: float) -> dict:
         + ", ".join(f"epoch {i + 1} {r:.0f} img/s ({q:.2f}x step)" for i, (r, q) in enumerate(zip(rates, ratios)))
     )
     return {
-        "photos": args.photos, "photos_size": [width, height], "workers": workers, "gpu_data": args.gpu_data,
-        "step_only_images_per_s": step_rate, "epoch_images_per_s": rates, "ratio_per_epoch": ratios,
+        "photos": args.photos,
+        "photos_size": [width, height],
+        "workers": workers,
+        "gpu_data": args.gpu_data,
+        "step_only_images_per_s": step_rate,
+        "epoch_images_per_s": rates,
+        "ratio_per_epoch": ratios,
         "ratio_last_epoch": ratios[-1],
     }
 

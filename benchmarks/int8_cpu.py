@@ -34,8 +34,28 @@ import numpy as np
 from _digits_run import quickstart_run
 
 RECIPES = ("onnxruntime-cpu-int8", "tensorrt-int8-qdq")
-PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
-          "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text")
+PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
 
 
 # --------------------------------------------------------------------------- timing
@@ -51,7 +71,9 @@ def session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def p50_interleaved(paths: dict[str, Path], shape: tuple[int, ...], *, threads: int, rounds: int, per_round: int) -> dict[str, float]:
+def p50_interleaved(
+    paths: dict[str, Path], shape: tuple[int, ...], *, threads: int, rounds: int, per_round: int
+) -> dict[str, float]:
     sessions = {name: session(p, threads) for name, p in paths.items()}
     x = np.random.default_rng(0).standard_normal((1, *shape[1:]), dtype=np.float32)
     times: dict[str, list[float]] = {name: [] for name in paths}
@@ -131,7 +153,9 @@ def quantize_with_recipe(model: Any, recipe_name: str, batches: Callable[[], Ite
     else:
         tensors = graph.float_activations(model)
     method = recipe.calibration.method
-    obs = calibrate.collect(model, tensors, batches, num_bins=recipe.calibration.num_bins, histogram=method is not CalibMethod.MINMAX)
+    obs = calibrate.collect(
+        model, tensors, batches, num_bins=recipe.calibration.num_bins, histogram=method is not CalibMethod.MINMAX
+    )
     ranges = obs.ranges(method, percentile=recipe.calibration.percentile)
     if recipe.output is OutputFormat.QDQ_TENSORRT:
         return qdq_tensorrt.write(model, ranges, placement)
@@ -183,16 +207,18 @@ def bench_lite0(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "eval_images": len(evals),
         "confident_eval_images": int(confident.sum()),
         "variants": {
-            name: {"p50_ms": p50[name], "p50_ratio_to_fp32": p50[name] / p50["fp32"],
-                   "top1_agreement_with_fp32": float((preds[name] == preds["fp32"]).mean()),
-                   "top1_agreement_with_fp32_confident": float((preds[name] == preds["fp32"])[confident].mean())}
+            name: {
+                "p50_ms": p50[name],
+                "p50_ratio_to_fp32": p50[name] / p50["fp32"],
+                "top1_agreement_with_fp32": float((preds[name] == preds["fp32"]).mean()),
+                "top1_agreement_with_fp32_confident": float((preds[name] == preds["fp32"])[confident].mean()),
+            }
             for name in paths
         },
     }
 
 
 # --------------------------------------------------------------------------- the quickstart model
-
 
 
 def bench_quickstart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -212,15 +238,25 @@ def bench_quickstart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         # A copy: a later quantize with the same recipe rewrites the run's file.
         paths[name] = work / f"quickstart.{name}.onnx"
         shutil.copyfile(result.model_path, paths[name])
-        drops[name] = {"top1": result.top1, "reference_top1": result.reference_top1, "top1_drop_points": result.drop_points}
+        drops[name] = {
+            "top1": result.top1,
+            "reference_top1": result.reference_top1,
+            "top1_drop_points": result.drop_points,
+        }
     # What the quickstart ships: the CPU recipe held to the quickstart's accuracy budget
     # (layers return to float only when the fully quantized model is over it).
     budgeted = f"onnxruntime-cpu-int8-budget-{QUICKSTART_INT8_BUDGET_POINTS:g}pt"
-    result = quantize_run(root, config=QuantizeConfig(calib_samples=args.calib_samples, max_accuracy_drop=QUICKSTART_INT8_BUDGET_POINTS))
+    result = quantize_run(
+        root, config=QuantizeConfig(calib_samples=args.calib_samples, max_accuracy_drop=QUICKSTART_INT8_BUDGET_POINTS)
+    )
     paths[budgeted] = work / f"quickstart.{budgeted}.onnx"
     shutil.copyfile(result.model_path, paths[budgeted])
-    drops[budgeted] = {"top1": result.top1, "reference_top1": result.reference_top1, "top1_drop_points": result.drop_points,
-                       "float_layers": list(result.float_layers)}
+    drops[budgeted] = {
+        "top1": result.top1,
+        "reference_top1": result.reference_top1,
+        "top1_drop_points": result.drop_points,
+        "float_layers": list(result.float_layers),
+    }
     samples = calibrate.calibration_samples(run, calib_data=None, num_samples=args.calib_samples)
     batches = calibrate.image_batches(samples, prep, 16)
     paths["ort-quantize_static-default"] = work / "quickstart.ort-default.onnx"
@@ -232,15 +268,20 @@ def bench_quickstart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     for name in ("fp32", "ort-quantize_static-default"):
         s = session(paths[name], args.threads)
         correct = sum(int((s.run(None, {"input": x})[0].argmax(1) == y).sum()) for x, y in iter_batches(val, prep, 64))
-        drops[name] = {"top1": correct / len(val), "reference_top1": reference,
-                       "top1_drop_points": (reference - correct / len(val)) * 100}
+        drops[name] = {
+            "top1": correct / len(val),
+            "reference_top1": reference,
+            "top1_drop_points": (reference - correct / len(val)) * 100,
+        }
     size = prep.input_size
     p50 = p50_interleaved(paths, (1, 3, size, size), threads=args.threads, rounds=args.rounds, per_round=args.per_round)
     return {
         "model": f"quickstart digits run ({run.get('backbone', {}).get('name')} at {size}px)",
         "validation_images": len(val),
         "calibration_images": args.calib_samples,
-        "variants": {name: {"p50_ms": p50[name], "p50_ratio_to_fp32": p50[name] / p50["fp32"], **drops[name]} for name in paths},
+        "variants": {
+            name: {"p50_ms": p50[name], "p50_ratio_to_fp32": p50[name] / p50["fp32"], **drops[name]} for name in paths
+        },
     }
 
 
@@ -259,8 +300,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_tl.bench.env import fingerprint
 
-    results: dict[str, Any] = {"benchmark": "int8_cpu", "batch_size": 1, "threads": args.threads,
-                               "environment": fingerprint(threads=args.threads), "models": {}}
+    results: dict[str, Any] = {
+        "benchmark": "int8_cpu",
+        "batch_size": 1,
+        "threads": args.threads,
+        "environment": fingerprint(threads=args.threads),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="int8-cpu-") as tmp:
         work = Path(tmp)
         if "lite0" not in args.skip:
@@ -272,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     for model, entry in results["models"].items():
         print(f"{model}: {entry['model']}")
         for name, v in entry["variants"].items():
-            acc = (f"top-1 drop {v['top1_drop_points']:+.2f} pt" if "top1_drop_points" in v
-                   else f"top-1 agreement with FP32 {v['top1_agreement_with_fp32'] * 100:.1f}% "
-                        f"({v['top1_agreement_with_fp32_confident'] * 100:.1f}% where FP32 is confident)")
+            acc = (
+                f"top-1 drop {v['top1_drop_points']:+.2f} pt"
+                if "top1_drop_points" in v
+                else f"top-1 agreement with FP32 {v['top1_agreement_with_fp32'] * 100:.1f}% "
+                f"({v['top1_agreement_with_fp32_confident'] * 100:.1f}% where FP32 is confident)"
+            )
             print(f"  {name:30s} p50 {v['p50_ms']:7.3f} ms  x{v['p50_ratio_to_fp32']:.2f} of FP32  {acc}")
     print(f"wrote {args.out}")
     return 0

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         val_dir = write_folder(tmp_path / "val", split.val, split.classes)
         for n in sizes:
-            train_dir = write_folder(tmp_path / f"train{n}", balanced_subset(split.train, n, len(split.classes), args.seed), split.classes)
+            train_dir = write_folder(
+                tmp_path / f"train{n}", balanced_subset(split.train, n, len(split.classes), args.seed), split.classes
+            )
             steps_per_epoch = math.ceil(n / args.batch_size)
             epochs = max(4, math.ceil(args.steps / steps_per_epoch))
             for mode in ("pretrained", "scratch"):
@@ -73,24 +75,45 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 result = finetune(
                     FinetuneConfig(
-                        data=str(train_dir), val_data=str(val_dir), out=str(tmp_path / f"run-{n}-{mode}"),
-                        backbone=args.backbone, weights="imagenet" if pretrained else "none", img_size=args.img_size,
-                        epochs=epochs, freeze_epochs=1 if pretrained else 0, batch_size=args.batch_size, lr=0.01,
-                        backbone_lr_mult=0.3 if pretrained else 1.0, augment=False, seed=args.seed, quiet=True,
+                        data=str(train_dir),
+                        val_data=str(val_dir),
+                        out=str(tmp_path / f"run-{n}-{mode}"),
+                        backbone=args.backbone,
+                        weights="imagenet" if pretrained else "none",
+                        img_size=args.img_size,
+                        epochs=epochs,
+                        freeze_epochs=1 if pretrained else 0,
+                        batch_size=args.batch_size,
+                        lr=0.01,
+                        backbone_lr_mult=0.3 if pretrained else 1.0,
+                        augment=False,
+                        seed=args.seed,
+                        quiet=True,
                     )
                 )
                 row = {
-                    "train_images": n, "mode": mode, "epochs": epochs, "steps": epochs * steps_per_epoch,
-                    "best_val_top1": result.best_val_top1, "last_val_top1": result.history[-1].val_top1,
+                    "train_images": n,
+                    "mode": mode,
+                    "epochs": epochs,
+                    "steps": epochs * steps_per_epoch,
+                    "best_val_top1": result.best_val_top1,
+                    "last_val_top1": result.history[-1].val_top1,
                     "seconds": time.perf_counter() - started,
                 }
                 rows.append(row)
-                print(f"{n:>5} images  {mode:<10}  best val top-1 {row['best_val_top1']:.4f}  "
-                      f"last {row['last_val_top1']:.4f}  ({epochs} epochs, {row['seconds']:.0f}s)", flush=True)
+                print(
+                    f"{n:>5} images  {mode:<10}  best val top-1 {row['best_val_top1']:.4f}  "
+                    f"last {row['last_val_top1']:.4f}  ({epochs} epochs, {row['seconds']:.0f}s)",
+                    flush=True,
+                )
 
     result = {
-        "benchmark": "transfer_vs_scratch", "backbone": args.backbone, "img_size": args.img_size,
-        "batch_size": args.batch_size, "num_val": len(split.val), "rows": rows,
+        "benchmark": "transfer_vs_scratch",
+        "backbone": args.backbone,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "num_val": len(split.val),
+        "rows": rows,
     }
     atomic_write_json(args.out, result)
     png = args.out.with_suffix(".png")

@@ -76,7 +76,9 @@ def run_quickstart(
     summary["eval_top5"] = evaluation.result.top5
     summary["confusion_matrix_png"] = str(evaluation.confusion_png)
 
-    exported = stage("export (ONNX FP32, FP16)", lambda: export_run(out, config=ExportConfig(), progress=None if quiet else echo))
+    exported = stage(
+        "export (ONNX FP32, FP16)", lambda: export_run(out, config=ExportConfig(), progress=None if quiet else echo)
+    )
     for model in exported.models:
         summary[f"{model.name}_parity"] = model.parity.to_dict()
 
@@ -105,7 +107,9 @@ def run_quickstart(
     verified = stage("verify", lambda: verify_run(out, config=VerifyConfig(), progress=None if quiet else echo))
     summary["verify_report"] = str(verified.paths["markdown"])
     # Stated with its interval whether or not quantize met the budget: verify measured it either way.
-    int8_change = next((r.change for r in verified.rows if r.precision == "int8" and r.origin == "local" and r.change), None)
+    int8_change = next(
+        (r.change for r in verified.rows if r.precision == "int8" and r.origin == "local" and r.change), None
+    )
     summary["int8_change"] = int8_change
 
     from edge_tl.report import write_report
@@ -127,8 +131,10 @@ def run_quickstart(
             )
         if quantized is not None:
             floats = f", {len(quantized.float_layers)} layer(s) kept in float" if quantized.float_layers else ""
-            echo(f"{'onnx-int8:':<21} {quantized.model_path}  (Δ top-1 {-quantized.drop_points:+.2f} pt vs the original, "
-                 f"budget {QUICKSTART_INT8_BUDGET_POINTS:g} pt{floats})")
+            echo(
+                f"{'onnx-int8:':<21} {quantized.model_path}  (Δ top-1 {-quantized.drop_points:+.2f} pt vs the original, "
+                f"budget {QUICKSTART_INT8_BUDGET_POINTS:g} pt{floats})"
+            )
         if int8_change:
             echo(f"{'INT8 vs original:':<21} {int8_change['text']}")
         echo(f"verification report:  {verified.paths['markdown']}")

@@ -268,7 +268,9 @@ class Run:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise RunError(f"{str(path)!r} is not valid JSON ({exc}); restore it from a backup or re-run finetune.") from exc
+            raise RunError(
+                f"{str(path)!r} is not valid JSON ({exc}); restore it from a backup or re-run finetune."
+            ) from exc
         version = manifest.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise RunError(
@@ -409,7 +411,9 @@ class Run:
         def change(manifest: dict[str, Any]) -> None:
             record = manifest["artifacts"].get(name)
             if record is None:
-                raise RunError(f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(manifest['artifacts'])}")
+                raise RunError(
+                    f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(manifest['artifacts'])}"
+                )
             record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
 
         self._change(change)
@@ -420,8 +424,7 @@ class Run:
         if record is None:
             known = ", ".join(sorted(self._manifest["artifacts"])) or "none"
             raise RunError(
-                f"run {str(self.root)!r} has no artifact {name!r} (it has: {known}). "
-                "Run the stage that makes it first."
+                f"run {str(self.root)!r} has no artifact {name!r} (it has: {known}). Run the stage that makes it first."
             )
         return Artifact.from_dict(record)
 
@@ -437,7 +440,9 @@ class Run:
         art = self.artifact(name)
         full = self.root / art.path
         if not full.exists():
-            raise RunError(f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; re-run its stage ({art.stage}).")
+            raise RunError(
+                f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; re-run its stage ({art.stage})."
+            )
         if check_hash and art.sha256 and sha256_file(full) != art.sha256:
             raise RunError(
                 f"artifact {name!r} at {str(full)!r} does not match the sha256 in the manifest; "

@@ -80,13 +80,20 @@ def mcnemar_exact(lost: int, gained: int) -> float:
     k = min(lost, gained)
     # log-space terms: exact enough for tens of thousands of changed images, where comb() is slow.
     log_half_n = n * math.log(0.5)
-    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n) for i in range(k + 1))
+    tail = sum(
+        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n) for i in range(k + 1)
+    )
     return min(1.0, 2.0 * tail)
 
 
 def paired_bootstrap_interval(
-    total: int, lost: int, gained: int, *, level: float = DEFAULT_LEVEL,
-    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+    total: int,
+    lost: int,
+    gained: int,
+    *,
+    level: float = DEFAULT_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the change in top-1 (a fraction, artifact minus original).
 
@@ -130,15 +137,26 @@ class PairedComparison:
     bound: bool = False  # True: the discordant counts are an upper bound (only agreement was known)
 
     @classmethod
-    def from_counts(cls, total: int, lost: int, gained: int, *, level: float = DEFAULT_LEVEL, bound: bool = False) -> "PairedComparison":
+    def from_counts(
+        cls, total: int, lost: int, gained: int, *, level: float = DEFAULT_LEVEL, bound: bool = False
+    ) -> "PairedComparison":
         low, high = paired_bootstrap_interval(total, lost, gained, level=level)
         return cls(
-            total=total, lost=lost, gained=gained, level=level, delta_pts=(gained - lost) / total * 100,
-            ci_low_pts=low * 100, ci_high_pts=high * 100, p_value=mcnemar_exact(lost, gained), bound=bound,
+            total=total,
+            lost=lost,
+            gained=gained,
+            level=level,
+            delta_pts=(gained - lost) / total * 100,
+            ci_low_pts=low * 100,
+            ci_high_pts=high * 100,
+            p_value=mcnemar_exact(lost, gained),
+            bound=bound,
         )
 
     @classmethod
-    def from_agreement(cls, total: int, delta_top1: float, agreement: float, *, level: float = DEFAULT_LEVEL) -> "PairedComparison | None":
+    def from_agreement(
+        cls, total: int, delta_top1: float, agreement: float, *, level: float = DEFAULT_LEVEL
+    ) -> "PairedComparison | None":
         """A conservative comparison when only top-1 change and agreement are known (e.g. from a device).
 
         An image can only change from right to wrong (or back) if the two models disagree on it, so
@@ -183,7 +201,9 @@ class PairedComparison:
         return {**asdict(self), "significant": self.significant, "verdict": self.verdict(), "text": self.describe()}
 
 
-def comparison_from_result(result: dict[str, Any], delta_top1: float, *, level: float = DEFAULT_LEVEL) -> PairedComparison | None:
+def comparison_from_result(
+    result: dict[str, Any], delta_top1: float, *, level: float = DEFAULT_LEVEL
+) -> PairedComparison | None:
     """The comparison a stored result supports (e.g. ``deploy/<host>/accuracy.json``).
 
     Exact when it carries the discordant counts ``lost`` and ``gained``, else bounded from

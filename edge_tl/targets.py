@@ -192,7 +192,9 @@ class Target:
     def check_dla_release(self, release: TrtRelease) -> None:
         """Refuse DLA on a TensorRT release that has none, naming the one that has."""
         if release.version.major >= 11 and release.version < TrtVersion(11, 4, 1):
-            with_dla = [str(r.version) for r in self.releases if r.version.major < 11 or r.version >= TrtVersion(11, 4, 1)]
+            with_dla = [
+                str(r.version) for r in self.releases if r.version.major < 11 or r.version >= TrtVersion(11, 4, 1)
+            ]
             raise ConfigError(
                 f"TensorRT {release.version} has no DLA on Jetson (JetPack support, DLA included, arrives in 11.4.1 "
                 f"with JetPack 7.2.2): use --tensorrt {with_dla[0] if with_dla else '11.4.1'} or drop --dla"
@@ -217,7 +219,11 @@ class Target:
             wanted = TrtVersion.parse(version)
             if str(version).strip().count(".") == 1:
                 # "10.3" names the one 10.3.x release the profile lists.
-                matches = {r.version for r in self.releases if (r.version.major, r.version.minor) == (wanted.major, wanted.minor)}
+                matches = {
+                    r.version
+                    for r in self.releases
+                    if (r.version.major, r.version.minor) == (wanted.major, wanted.minor)
+                }
                 if len(matches) == 1:
                     wanted = matches.pop()
         for release in self.releases:
@@ -386,8 +392,22 @@ def _compute_capability(fields: _Fields, key: str) -> tuple[int, int]:
 
 
 _TOP_FIELDS = frozenset(
-    {"name", "description", "kind", "memory_gb", "default_runtime", "max_opset", "calibration_recipe", "workspace_mib",
-     "fast_precisions", "power_notes", "notes", "gpu", "tensorrt", "cpu"}
+    {
+        "name",
+        "description",
+        "kind",
+        "memory_gb",
+        "default_runtime",
+        "max_opset",
+        "calibration_recipe",
+        "workspace_mib",
+        "fast_precisions",
+        "power_notes",
+        "notes",
+        "gpu",
+        "tensorrt",
+        "cpu",
+    }
 )
 _GPU_FIELDS = frozenset({"arch", "compute_capability", "dla_cores"})
 _TRT_FIELDS = frozenset({"default", "releases"})
@@ -432,7 +452,9 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         if runtime is not Runtime.ONNXRUNTIME:
             raise top.fail("default_runtime", f"of a cpu target must be 'onnxruntime', got {runtime.value!r}")
         if recipe is not CalibrationRecipe.ONNXRUNTIME_CPU:
-            raise top.fail("calibration_recipe", f"of a cpu target must be 'onnxruntime-cpu-int8', got {recipe.value!r}")
+            raise top.fail(
+                "calibration_recipe", f"of a cpu target must be 'onnxruntime-cpu-int8', got {recipe.value!r}"
+            )
         cpu = top.table("cpu", _CPU_FIELDS)
         cpu_arch = cpu.get("arch", str)
     else:
@@ -460,7 +482,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
                 raise rel.fail("version", str(exc)) from None
             if text.count(".") != 2:
                 # The patch release decides the cache header and whether an engine loads.
-                raise rel.fail("version", f"must be the full release MAJOR.MINOR.PATCH (e.g. \"8.5.2\"), got {text!r}")
+                raise rel.fail("version", f'must be the full release MAJOR.MINOR.PATCH (e.g. "8.5.2"), got {text!r}')
             jetpack = rel.get("jetpack", str, required=kind is TargetKind.JETSON)
             releases.append(TrtRelease(version=version, cuda=rel.get("cuda", str), jetpack=jetpack))
         try:
@@ -468,9 +490,14 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         except ConfigError as exc:
             raise trt.fail("default", str(exc)) from None
         if default_trt not in {r.version for r in releases}:
-            raise trt.fail("default", f"is {str(default_trt)!r}, which is not among the releases listed (write MAJOR.MINOR.PATCH)")
+            raise trt.fail(
+                "default", f"is {str(default_trt)!r}, which is not among the releases listed (write MAJOR.MINOR.PATCH)"
+            )
         if recipe is CalibrationRecipe.ONNXRUNTIME_CPU:
-            raise top.fail("calibration_recipe", "of a GPU target must be a TensorRT recipe (tensorrt-int8-qdq or tensorrt-int8-cache)")
+            raise top.fail(
+                "calibration_recipe",
+                "of a GPU target must be a TensorRT recipe (tensorrt-int8-qdq or tensorrt-int8-cache)",
+            )
         if recipe is CalibrationRecipe.TENSORRT_CACHE and default_trt.major >= 11:
             raise top.fail(
                 "calibration_recipe",
@@ -514,7 +541,9 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
     target = parse_target(data, source=source)
     if target.name != path.stem:
-        raise ConfigError(f"{source}: field 'name' is {target.name!r} but the file is named {path.name!r}; make them match")
+        raise ConfigError(
+            f"{source}: field 'name' is {target.name!r} but the file is named {path.name!r}; make them match"
+        )
     return target
 
 
@@ -564,9 +593,7 @@ def format_target(target: Target) -> str:
     """Human-readable description for `edge-tl targets show`."""
     lines = [f"{target.name}: {target.description}", f"  profile: {target.source}", f"  kind: {target.kind.value}"]
     if target.gpu is not None:
-        lines.append(
-            f"  gpu: {target.gpu.arch}, compute capability {target.gpu.sm}, DLA cores {target.gpu.dla_cores}"
-        )
+        lines.append(f"  gpu: {target.gpu.arch}, compute capability {target.gpu.sm}, DLA cores {target.gpu.dla_cores}")
     if target.cpu_arch is not None:
         lines.append(f"  cpu: {target.cpu_arch}")
     lines += [
@@ -579,7 +606,9 @@ def format_target(target: Target) -> str:
     if target.releases:
         lines.append(f"  workspace: {target.workspace_mib} MiB")
         lines.append(f"  TensorRT (default {target.default_tensorrt}):")
-        lines += [f"    - {r.describe()}, ONNX opset <= {min(r.max_opset, target.opset_cap or 99)}" for r in target.releases]
+        lines += [
+            f"    - {r.describe()}, ONNX opset <= {min(r.max_opset, target.opset_cap or 99)}" for r in target.releases
+        ]
     lines.append(f"  power: {target.power_notes}")
     if target.notes:
         lines.append(f"  notes: {target.notes}")

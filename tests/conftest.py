@@ -29,7 +29,10 @@ def _has_tensorrt() -> bool:
 _REQUIREMENTS = {
     "gpu": (_has_cuda, "needs a CUDA GPU"),
     "tensorrt": (_has_tensorrt, "needs TensorRT's Python package (import tensorrt)"),
-    "ssh": (lambda: shutil.which("sshd") is not None or os.path.exists("/usr/sbin/sshd"), "needs OpenSSH's sshd (apt install openssh-server)"),
+    "ssh": (
+        lambda: shutil.which("sshd") is not None or os.path.exists("/usr/sbin/sshd"),
+        "needs OpenSSH's sshd (apt install openssh-server)",
+    ),
 }
 
 
@@ -126,7 +129,9 @@ def tiny_digits_folder(tmp_path_factory: pytest.TempPathFactory):
     for label in range(10):
         (root / str(label)).mkdir()
         for k, index in enumerate(np.flatnonzero(digits.target == label)[-3:]):
-            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(root / str(label) / f"{k}.png")
+            Image.fromarray(np.rint(digits.images[index] * (255 / 16)).astype(np.uint8), mode="L").save(
+                root / str(label) / f"{k}.png"
+            )
     return root
 
 

@@ -50,7 +50,9 @@ def test_quickstart_trains_exports_quantizes_within_budget_and_verifies(tmp_path
 def _check_report_in_chromium(index: Path, verified: list[str]) -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).parent / "report" / "browser_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "browser_check", Path(__file__).parent / "report" / "browser_check.py"
+    )
     browser = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(browser)  # type: ignore[union-attr]
     browser.assert_self_contained(index.read_text())

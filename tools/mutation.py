@@ -40,17 +40,41 @@ WORK = ROOT / "build" / "mutation"
 #: files that exercise the module: mutmut runs them all twice (clean run, coverage)
 #: before it tests any mutant, then only the tests that reached each mutated function.
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "quantize-api": ("edge_tl/quantize/api.py", ["tests/quantize/test_quantize_search.py", "tests/quantize/test_quantize_tiny_run.py"]),
+    "quantize-api": (
+        "edge_tl/quantize/api.py",
+        ["tests/quantize/test_quantize_search.py", "tests/quantize/test_quantize_tiny_run.py"],
+    ),
     "quantize-trt-cache": ("edge_tl/quantize/trt_cache.py", ["tests/quantize/test_quantize_trt_cache.py"]),
     "quantize-qdq-tensorrt": ("edge_tl/quantize/qdq_tensorrt.py", ["tests/quantize/test_qdq_tensorrt_guards.py"]),
-    "export-api": ("edge_tl/export/api.py", ["tests/export/test_export_parity.py", "tests/export/test_export_tiny_run.py"]),
+    "export-api": (
+        "edge_tl/export/api.py",
+        ["tests/export/test_export_parity.py", "tests/export/test_export_tiny_run.py"],
+    ),
     "verify-metrics": ("edge_tl/verify/metrics.py", ["tests/verify/test_verify_metrics.py"]),
-    "runtime-trtexec": ("edge_tl/runtime/trtexec.py", ["tests/compile/test_trtexec_parse.py", "tests/compile/test_trt_releases.py",
-                                                   "tests/runtime/test_trtexec_runner.py"]),
-    "compile-plan": ("edge_tl/compile/plan.py", ["tests/compile/test_plan_golden.py", "tests/compile/test_compile_plan.py",
-                                               "tests/compile/test_trt_releases.py"]),
-    "compile-trtexec-flags": ("edge_tl/compile/trtexec_flags.py", ["tests/compile/test_trtexec_flags.py", "tests/compile/test_compile_plan.py",
-                                                               "tests/compile/test_trt_releases.py"]),
+    "runtime-trtexec": (
+        "edge_tl/runtime/trtexec.py",
+        [
+            "tests/compile/test_trtexec_parse.py",
+            "tests/compile/test_trt_releases.py",
+            "tests/runtime/test_trtexec_runner.py",
+        ],
+    ),
+    "compile-plan": (
+        "edge_tl/compile/plan.py",
+        [
+            "tests/compile/test_plan_golden.py",
+            "tests/compile/test_compile_plan.py",
+            "tests/compile/test_trt_releases.py",
+        ],
+    ),
+    "compile-trtexec-flags": (
+        "edge_tl/compile/trtexec_flags.py",
+        [
+            "tests/compile/test_trtexec_flags.py",
+            "tests/compile/test_compile_plan.py",
+            "tests/compile/test_trt_releases.py",
+        ],
+    ),
     "deploy-ssh": ("edge_tl/deploy/ssh.py", ["tests/deploy/test_ssh_transport.py"]),
     "train-loop": ("edge_tl/train/loop.py", ["tests/train/test_train_resume.py"]),
     "cli": ("edge_tl/cli/*.py", ["tests/deploy/test_deploy_cli_host_keys.py", "tests/cli/test_cli_safety.py"]),
@@ -135,8 +159,15 @@ def _results(work: Path, functions: list[str]) -> dict[str, list[str]]:
     return by_status
 
 
-def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[str] | None = None,
-        only: list[str] | None = None) -> dict[str, list[str]]:
+def run(
+    key: str,
+    *,
+    fresh: bool,
+    children: int,
+    survivors: bool,
+    tests: list[str] | None = None,
+    only: list[str] | None = None,
+) -> dict[str, list[str]]:
     tests = tests or MODULES[key][1]
     work = _prepare(key, fresh, tests)
     # Exists before Python starts: a PYTHONPATH entry missing at startup is cached as
@@ -154,8 +185,14 @@ def run(key: str, *, fresh: bool, children: int, survivors: bool, tests: list[st
     scope = f" (functions: {' '.join(functions)})" if functions else ""
     print(f"{key}: mutating {MODULES[key][0]}{scope} with {' '.join(tests)} (log: {log})", flush=True)
     with log.open("w") as out:
-        done = subprocess.run([*mutmut, "run", "--max-children", str(children), *functions], cwd=work, env=env,
-                              check=False, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            [*mutmut, "run", "--max-children", str(children), *functions],
+            cwd=work,
+            env=env,
+            check=False,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if done.returncode != 0:
         print(log.read_text("utf-8", errors="replace")[-4000:])
         raise SystemExit(f"{key}: mutmut failed (exit {done.returncode}); its log is {log}")
@@ -186,10 +223,18 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="discard earlier results of this module")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print the diff of each survivor")
-    parser.add_argument("--only", nargs="+", metavar="MUTANT",
-                        help="test only these mutants (names or globs, e.g. an earlier run's survivors after new tests)")
-    parser.add_argument("--tests", nargs="+", metavar="PATH",
-                        help="run these tests instead of the module's list (e.g. add the slow end-to-end ones)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="MUTANT",
+        help="test only these mutants (names or globs, e.g. an earlier run's survivors after new tests)",
+    )
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="PATH",
+        help="run these tests instead of the module's list (e.g. add the slow end-to-end ones)",
+    )
     args = parser.parse_args()
     if args.module is None:
         for key, (source, tests) in MODULES.items():

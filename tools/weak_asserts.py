@@ -99,8 +99,10 @@ def _helper_bodies(trees: list[ast.AST]) -> dict[str, list[ast.AST]]:
 def _checking_helpers(bodies: dict[str, list[ast.AST]], known: frozenset[str] = frozenset()) -> set[str]:
     """Names of the functions in ``bodies`` that check, directly or through another (or one of ``known``)."""
     checking = set(known) | {name for name, funcs in bodies.items() if any(_direct_check(f) for f in funcs)}
-    calls = {name: {_name(n.func) for f in funcs for n in ast.walk(f) if isinstance(n, ast.Call)}
-             for name, funcs in bodies.items()}
+    calls = {
+        name: {_name(n.func) for f in funcs for n in ast.walk(f) if isinstance(n, ast.Call)}
+        for name, funcs in bodies.items()
+    }
     changed = True
     while changed:
         changed = False
@@ -127,19 +129,36 @@ def _assert_kinds(test: ast.expr) -> set[str]:
 def _assert_kind(test: ast.expr) -> str:
     if isinstance(test, ast.Compare):
         ops, comps = test.ops, [test.left, *test.comparators]
-        if len(ops) == 1 and isinstance(ops[0], ast.IsNot) and isinstance(comps[1], ast.Constant) and comps[1].value is None:
+        if (
+            len(ops) == 1
+            and isinstance(ops[0], ast.IsNot)
+            and isinstance(comps[1], ast.Constant)
+            and comps[1].value is None
+        ):
             return "only-not-none"
-        if len(ops) == 2 and all(isinstance(o, (ast.LtE, ast.Lt)) for o in ops) \
-                and _is_const(comps[0], 0) and _is_const(comps[2], 1):
+        if (
+            len(ops) == 2
+            and all(isinstance(o, (ast.LtE, ast.Lt)) for o in ops)
+            and _is_const(comps[0], 0)
+            and _is_const(comps[2], 1)
+        ):
             return "only-unit-range"
-        if len(ops) == 1 and isinstance(ops[0], ast.Eq) and _name(comps[0]) in {"returncode", "exit_code"} \
-                and _is_const(comps[1], 0):
+        if (
+            len(ops) == 1
+            and isinstance(ops[0], ast.Eq)
+            and _name(comps[0]) in {"returncode", "exit_code"}
+            and _is_const(comps[1], 0)
+        ):
             return "only-exit-0"
         return "real"
     if isinstance(test, ast.Call) and not test.args and _name(test.func) in {"exists", "is_file", "is_dir"}:
         return "only-exists"
-    if isinstance(test, ast.Call) and _name(test.func) in {"exists", "isfile", "isdir"} \
-            and isinstance(test.func, ast.Attribute) and _name(test.func.value) == "path":
+    if (
+        isinstance(test, ast.Call)
+        and _name(test.func) in {"exists", "isfile", "isdir"}
+        and isinstance(test.func, ast.Attribute)
+        and _name(test.func.value) == "path"
+    ):
         return "only-exists"
     if isinstance(test, (ast.Name, ast.Attribute)):
         return "only-truthy"
@@ -176,16 +195,24 @@ def check_file(path: Path, tree: ast.AST, source: str, helpers: set[str]) -> lis
             hits.append(Hit(path, line, func.name, kind))
 
         # ``with pytest.raises(X) as info:`` followed by checks of ``info`` reads the message.
-        bound = {id(item.context_expr): item.optional_vars.id for node in ast.walk(func) if isinstance(node, ast.With)
-                 for item in node.items if isinstance(item.optional_vars, ast.Name)}
+        bound = {
+            id(item.context_expr): item.optional_vars.id
+            for node in ast.walk(func)
+            if isinstance(node, ast.With)
+            for item in node.items
+            if isinstance(item.optional_vars, ast.Name)
+        }
         loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         for node in ast.walk(func):
             if isinstance(node, ast.Call) and (kind := _raises_type(node)) is not None:
                 names = _type_names(kind)
                 if _BROAD & set(names):
                     hit("broad-raises", node.lineno)
-                elif not set(names) <= _NOTHING_TO_READ and not any(kw.arg == "match" for kw in node.keywords) \
-                        and bound.get(id(node)) not in loaded:
+                elif (
+                    not set(names) <= _NOTHING_TO_READ
+                    and not any(kw.arg == "match" for kw in node.keywords)
+                    and bound.get(id(node)) not in loaded
+                ):
                     hit("raises-no-match", node.lineno)
 
         asserts = [n for n in ast.walk(func) if isinstance(n, ast.Assert)]
@@ -210,7 +237,9 @@ def scan(paths: list[Path]) -> list[Hit]:
     parsed = {p: ast.parse(text, filename=str(p)) for p, text in sources.items()}
     # A test reaches the helpers of its own file and of the shared modules (conftest.py,
     # stand-ins): a same-named helper in another test file is not the one it calls.
-    shared = frozenset(_checking_helpers(_helper_bodies([t for p, t in parsed.items() if not p.name.startswith("test_")])))
+    shared = frozenset(
+        _checking_helpers(_helper_bodies([t for p, t in parsed.items() if not p.name.startswith("test_")]))
+    )
     hits: list[Hit] = []
     for path in files:
         helpers = _checking_helpers(_helper_bodies([parsed[path]]), shared)

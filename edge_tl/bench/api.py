@@ -150,7 +150,10 @@ class BenchReport:
 
     def table(self) -> str:
         head = f"{'batch':>5} {'iters':>6} {'mean':>8} {'std':>7} {'min':>8} {'p50':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'max':>8} {'img/s':>9} {'cv':>5}"
-        lines = [f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, clock {self.runner.get('clock')}] latency in ms", head]
+        lines = [
+            f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, clock {self.runner.get('clock')}] latency in ms",
+            head,
+        ]
         for r in self.results:
             lines.append(
                 f"{r.batch_size:>5} {r.iterations:>6} {r.mean_ms:>8.3f} {r.std_ms:>7.3f} {r.min_ms:>8.3f} {r.p50_ms:>8.3f} "
@@ -192,8 +195,9 @@ def bench_target(
 TRTEXEC_BACKEND = "trtexec"
 
 
-def _bench_with_trtexec(target: str | os.PathLike[str] | Run, *, artifact: str | None, options: RunnerOptions,
-                        config: BenchConfig) -> BenchReport:
+def _bench_with_trtexec(
+    target: str | os.PathLike[str] | Run, *, artifact: str | None, options: RunnerOptions, config: BenchConfig
+) -> BenchReport:
     from edge_tl.runtime.registry import resolve_source
     from edge_tl.runtime.trtexec import trtexec_bench_report
 

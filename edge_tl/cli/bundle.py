@@ -11,17 +11,32 @@ import click
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--target", required=True, help="Target profile name or TOML path (`edge-tl targets list`).")
 @click.option("--precision", required=True, type=click.Choice(["fp32", "fp16", "int8"]), help="Precision to ship.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory (default: RUN/bundle/<target>-<precision>).")
-@click.option("--eval-images", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Validation images in the evaluation pack.")
-@click.option("--tensorrt", default=None, help="TensorRT release to plan for (one the target lists; default: its default).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle directory (default: RUN/bundle/<target>-<precision>).",
+)
+@click.option(
+    "--eval-images",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Validation images in the evaluation pack.",
+)
+@click.option(
+    "--tensorrt", default=None, help="TensorRT release to plan for (one the target lists; default: its default)."
+)
 @click.option("--tar", is_flag=True, help="Also write <bundle>.tar.gz.")
-def bundle(run_dir: Path, target: str, precision: str, out: Path | None, eval_images: int, tensorrt: str | None, tar: bool) -> None:
+def bundle(
+    run_dir: Path, target: str, precision: str, out: Path | None, eval_images: int, tensorrt: str | None, tar: bool
+) -> None:
     """Pack a run for a device: model, build plan, labels, preprocessing, target profile, evaluation pack."""
     from edge_tl.deploy.bundle import make_bundle
 
-    made = make_bundle(run_dir, target=target, precision=precision, out=out, eval_images=eval_images, tensorrt=tensorrt, tar=tar)
+    made = make_bundle(
+        run_dir, target=target, precision=precision, out=out, eval_images=eval_images, tensorrt=tensorrt, tar=tar
+    )
     files = made.files
     size = sum(s for _, s in files.values())
     click.echo(f"bundle {made.root}: {len(files)} files, {size / 1e6:.1f} MB, digest {made.digest[:16]}")

@@ -11,20 +11,46 @@ import click
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", required=True, help="Target profile name (edge-tl targets list) or path of a profile TOML.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), required=True, help="Engine precision.")
-@click.option("--dla/--no-dla", default=False, show_default=True, help="Run on a DLA core with GPU fallback (Xavier, Orin NX/AGX).")
+@click.option(
+    "--dla/--no-dla",
+    default=False,
+    show_default=True,
+    help="Run on a DLA core with GPU fallback (Xavier, Orin NX/AGX).",
+)
 @click.option("--dla-core", type=click.IntRange(min=0), default=0, show_default=True, help="Which DLA core with --dla.")
-@click.option("--workspace", "workspace_mib", type=click.IntRange(min=16), default=None,
-              help="Builder workspace in MiB (default: the target's workspace_mib).")
+@click.option(
+    "--workspace",
+    "workspace_mib",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Builder workspace in MiB (default: the target's workspace_mib).",
+)
 @click.option("--batch", default=None, help="Dynamic batch profile MIN,OPT,MAX (default 1,1,8), or one size.")
 @click.option("--tensorrt", default=None, help="Plan for another TensorRT release the target lists (e.g. 8.5).")
-@click.option("--via", type=click.Choice(["onnx", "torch-tensorrt"]), default="onnx", show_default=True,
-              help="Build from the run's ONNX, or compile the PyTorch model with torch-tensorrt (local GPU only).")
+@click.option(
+    "--via",
+    type=click.Choice(["onnx", "torch-tensorrt"]),
+    default="onnx",
+    show_default=True,
+    help="Build from the run's ONNX, or compile the PyTorch model with torch-tensorrt (local GPU only).",
+)
 @click.option("--plan-only", "mode", flag_value="plan", help="Only write the on-device build plan.")
-@click.option("--build", "mode", flag_value="build", help="Build here or fail (default: build when possible, else plan).")
+@click.option(
+    "--build", "mode", flag_value="build", help="Build here or fail (default: build when possible, else plan)."
+)
 @click.option("--quiet", is_flag=True, help="Print only the result lines.")
 def compile(
-    run_dir: Path, target: str, precision: str, dla: bool, dla_core: int, workspace_mib: int | None, batch: str | None,
-    tensorrt: str | None, via: str, mode: str | None, quiet: bool,
+    run_dir: Path,
+    target: str,
+    precision: str,
+    dla: bool,
+    dla_core: int,
+    workspace_mib: int | None,
+    batch: str | None,
+    tensorrt: str | None,
+    via: str,
+    mode: str | None,
+    quiet: bool,
 ) -> None:
     """Build a TensorRT engine for TARGET from RUN, or write the exact on-device build plan."""
     from edge_tl.compile import BatchRange, BuildMode, CompileRequest, Via, compile_run
@@ -39,7 +65,11 @@ def compile(
         tensorrt=tensorrt,
     )
     result = compile_run(
-        run_dir, target=target, request=request, via=Via(via), mode=BuildMode(mode or "auto"),
+        run_dir,
+        target=target,
+        request=request,
+        via=Via(via),
+        mode=BuildMode(mode or "auto"),
         progress=None if quiet else lambda m: click.echo(m, err=True),
     )
     if result.plan is not None and result.plan_artifact is not None:

@@ -9,8 +9,15 @@ from typing import Any
 import click
 
 
-def ssh_options(*, accept_new_host_key: bool, ssh_config: Path | None, identity_file: Path | None,
-                known_hosts: Path | None, connect_timeout: int, retries: int) -> Any:
+def ssh_options(
+    *,
+    accept_new_host_key: bool,
+    ssh_config: Path | None,
+    identity_file: Path | None,
+    known_hosts: Path | None,
+    connect_timeout: int,
+    retries: int,
+) -> Any:
     """The deploy flags' SSH settings: an unknown host key is refused unless --accept-new-host-key.
 
     A plain function rather than part of the click command, so that mutation testing (which skips
@@ -27,41 +34,90 @@ def ssh_options(*, accept_new_host_key: bool, ssh_config: Path | None, identity_
 @click.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default=None, help="[user@]HOST[:PORT] or an alias from ~/.ssh/config.")
-@click.option("--fleet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Inventory TOML of many devices ([[device]] name, host, target, precision...).")
+@click.option(
+    "--fleet",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Inventory TOML of many devices ([[device]] name, host, target, precision...).",
+)
 @click.option("--target", default=None, help="Target profile (for --fleet: the default of devices that name none).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Precision to deploy.")
-@click.option("--mode", type=click.Choice(["auto", "python", "trtexec"]), default="auto", show_default=True,
-              help="auto: python when TensorRT's Python package imports on the device, trtexec when only trtexec "
-                   "is there, else python with ONNX Runtime.")
-@click.option("--name", default=None,
-              help="Device name: its results folder deploy/<name>/ and its device folder (default: the host).")
-@click.option("--remote-dir", default=None,
-              help="Directory on the device (default: edge-tl/<run name>/<name> in the login directory).")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "python", "trtexec"]),
+    default="auto",
+    show_default=True,
+    help="auto: python when TensorRT's Python package imports on the device, trtexec when only trtexec "
+    "is there, else python with ONNX Runtime.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Device name: its results folder deploy/<name>/ and its device folder (default: the host).",
+)
+@click.option(
+    "--remote-dir",
+    default=None,
+    help="Directory on the device (default: edge-tl/<run name>/<name> in the login directory).",
+)
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the device (python mode).")
-@click.option("--accept-new-host-key", is_flag=True,
-              help="Add an unknown host key to known_hosts on first contact (a changed key is still refused).")
-@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="ssh_config file to use instead of ~/.ssh/config (ssh -F).")
-@click.option("--identity-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Key (ssh -i).")
-@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=None, help="known_hosts file to check against.")
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Add an unknown host key to known_hosts on first contact (a changed key is still refused).",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="ssh_config file to use instead of ~/.ssh/config (ssh -F).",
+)
+@click.option(
+    "--identity-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Key (ssh -i)."
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="known_hosts file to check against.",
+)
 @click.option("--connect-timeout", type=click.IntRange(min=1), default=10, show_default=True, help="Seconds.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of dropped connections.")
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of dropped connections."
+)
 @click.option("--eval-images", type=click.IntRange(min=1), default=256, show_default=True, help="Evaluation pack size.")
 @click.option("--iterations", type=click.IntRange(min=1), default=200, show_default=True, help="Timed iterations.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Warm-up iterations.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime CPU threads on the device.")
 @click.option("--tensorrt", default=None, help="TensorRT release to plan for (default: the target's default).")
-@click.option("--wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="edge-tl wheel for python mode (default: built from this checkout).")
+@click.option(
+    "--wheel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="edge-tl wheel for python mode (default: built from this checkout).",
+)
 @click.option("--no-device-check", is_flag=True, help="Deploy even when the device does not match the target profile.")
 @click.option("--lock-clocks", is_flag=True, help="Jetson: `sudo -n jetson_clocks` while timing, restored afterwards.")
 @click.option("--no-tegrastats", is_flag=True, help="Do not sample power/temperature with tegrastats while measuring.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=1800, show_default=True,
-              help="Seconds each long device command (build, timing, evaluation) may run; it is then stopped there.")
-@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Devices deployed at once (--fleet).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the results as JSON.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=1800,
+    show_default=True,
+    help="Seconds each long device command (build, timing, evaluation) may run; it is then stopped there.",
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Devices deployed at once (--fleet)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as JSON.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the result.")
 def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | None, precision: str | None, mode: str,
            name: str | None, remote_dir: str | None, remote_python: str, accept_new_host_key: bool,
@@ -93,12 +149,18 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
         if json_path is not None:
             atomic_write_json(json_path, report.to_dict())
         if report.failures:
-            raise click.ClickException(f"{len(report.failures)} of {len(report.results)} device(s) failed (see the table)")
+            raise click.ClickException(
+                f"{len(report.failures)} of {len(report.results)} device(s) failed (see the table)"
+            )
         return
     if target is None or precision is None:
         raise click.UsageError("--host needs --target and --precision")
     result = deploy_one(run_dir, host, DeployConfig(target=target, precision=precision, **settings), name=name, say=say)  # type: ignore[arg-type]
-    delta = f" ({result.delta_top1_pts:+.2f} pts vs the original {result.reference_top1 * 100:.2f}%)" if result.delta_top1_pts is not None else ""
+    delta = (
+        f" ({result.delta_top1_pts:+.2f} pts vs the original {result.reference_top1 * 100:.2f}%)"
+        if result.delta_top1_pts is not None
+        else ""
+    )
     click.echo(
         f"{result.label}: {result.mode} mode, {result.backend}; p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
         f"{result.throughput_ips:.1f} img/s; top-1 {result.top1 * 100:.2f}%{delta}. Results in {run_dir / result.result_dir}"

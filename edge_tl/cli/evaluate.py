@@ -15,7 +15,9 @@ def evaluate(*, run_dir: str, checkpoint: str, batch_size: int) -> None:
 
     report = evaluate_run(run_dir, checkpoint=f"checkpoint-{checkpoint}", batch_size=batch_size)
     r = report.result
-    click.echo(f"{r.count} validation images: top-1 {r.top1:.4f}" + (f", top-5 {r.top5:.4f}" if r.top5 is not None else ""))
+    click.echo(
+        f"{r.count} validation images: top-1 {r.top1:.4f}" + (f", top-5 {r.top5:.4f}" if r.top5 is not None else "")
+    )
     worst = sorted(((a, c) for c, a in zip(report.classes, r.per_class) if a is not None))[:3]
     click.echo("lowest per-class accuracy: " + ", ".join(f"{c} {a:.3f}" for a, c in worst))
     click.echo(f"metrics: {report.metrics_path}")

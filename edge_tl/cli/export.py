@@ -10,26 +10,70 @@ import click
 @click.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16"]), default=("fp32", "fp16"),
-    show_default=True, help="Precision(s) to write; repeat the option for several.",
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(["fp32", "fp16"]),
+    default=("fp32", "fp16"),
+    show_default=True,
+    help="Precision(s) to write; repeat the option for several.",
 )
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 parses in TensorRT 8.5 / JetPack 5).")
-@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Named 'batch' first dimension, or a fixed one.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="The fixed batch size of --static-batch.")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
-              help="torch exporter; dynamo only writes opset >= 18.")
+@click.option(
+    "--opset", type=int, default=17, show_default=True, help="ONNX opset (17 parses in TensorRT 8.5 / JetPack 5)."
+)
+@click.option(
+    "--dynamic-batch/--static-batch",
+    default=True,
+    show_default=True,
+    help="Named 'batch' first dimension, or a fixed one.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="The fixed batch size of --static-batch.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["torchscript", "dynamo"]),
+    default="torchscript",
+    show_default=True,
+    help="torch exporter; dynamo only writes opset >= 18.",
+)
 @click.option("--fp16-io", is_flag=True, help="Give the FP16 model float16 inputs/outputs (default: float32 kept).")
 @click.option("--checkpoint", default="checkpoint-best", show_default=True, help="Checkpoint artifact to export.")
-@click.option("--parity-images", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Validation images used for the parity check (at most).")
+@click.option(
+    "--parity-images",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Validation images used for the parity check (at most).",
+)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="FP32 parity: absolute logit tolerance.")
 @click.option("--rtol", type=float, default=1e-3, show_default=True, help="FP32 parity: relative logit tolerance.")
-@click.option("--min-agreement-fp16", type=float, default=0.98, show_default=True,
-              help="FP16 parity: minimum share of images with the same top-1 class.")
+@click.option(
+    "--min-agreement-fp16",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="FP16 parity: minimum share of images with the same top-1 class.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the result lines.")
 def export(
-    run_dir: Path, precisions: tuple[str, ...], opset: int, dynamic_batch: bool, batch_size: int, exporter: str,
-    fp16_io: bool, checkpoint: str, parity_images: int, atol: float, rtol: float, min_agreement_fp16: float, quiet: bool,
+    run_dir: Path,
+    precisions: tuple[str, ...],
+    opset: int,
+    dynamic_batch: bool,
+    batch_size: int,
+    exporter: str,
+    fp16_io: bool,
+    checkpoint: str,
+    parity_images: int,
+    atol: float,
+    rtol: float,
+    min_agreement_fp16: float,
+    quiet: bool,
 ) -> None:
     """Export RUN's fine-tuned model to ONNX, check parity on validation images, record it in the manifest."""
     from edge_tl.export import (
@@ -52,7 +96,9 @@ def export(
         checkpoint=checkpoint,
         parity_images=parity_images,
         fp32_tolerance=ParityTolerance(atol=atol, rtol=rtol, min_agreement=FP32_TOLERANCE.min_agreement),
-        fp16_tolerance=ParityTolerance(atol=FP16_TOLERANCE.atol, rtol=FP16_TOLERANCE.rtol, min_agreement=min_agreement_fp16),
+        fp16_tolerance=ParityTolerance(
+            atol=FP16_TOLERANCE.atol, rtol=FP16_TOLERANCE.rtol, min_agreement=min_agreement_fp16
+        ),
     )
     result = export_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True))
     if result.static_padding_layers and not quiet:

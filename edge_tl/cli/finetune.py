@@ -19,16 +19,47 @@ def _default(name: str) -> object:
 @click.command()
 @click.option("--data", required=True, help="Image folder (one subfolder per class) or a built-in set: digits.")
 @click.option("--val-data", default=None, help="Separate validation folder (same class subfolders).")
-@click.option("--val-split", type=float, default=_default("val_split"), show_default=True, help="Stratified validation fraction when there is no --val-data.")
-@click.option("--backbone", default=_default("backbone"), show_default=True, help="See `edge-tl backbones list`; any timm model as timm:<name>.")
-@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', or a local state dict / checkpoint file.")
+@click.option(
+    "--val-split",
+    type=float,
+    default=_default("val_split"),
+    show_default=True,
+    help="Stratified validation fraction when there is no --val-data.",
+)
+@click.option(
+    "--backbone",
+    default=_default("backbone"),
+    show_default=True,
+    help="See `edge-tl backbones list`; any timm model as timm:<name>.",
+)
+@click.option(
+    "--weights", default="imagenet", show_default=True, help="'imagenet', or a local state dict / checkpoint file."
+)
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the backbone's own).")
 @click.option("--epochs", type=int, default=_default("epochs"), show_default=True)
-@click.option("--freeze-epochs", type=int, default=_default("freeze_epochs"), show_default=True, help="Head-only epochs with the backbone frozen.")
-@click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True, help="Global batch (split over DDP processes).")
+@click.option(
+    "--freeze-epochs",
+    type=int,
+    default=_default("freeze_epochs"),
+    show_default=True,
+    help="Head-only epochs with the backbone frozen.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=_default("batch_size"),
+    show_default=True,
+    help="Global batch (split over DDP processes).",
+)
 @click.option("--lr", type=float, default=_default("lr"), show_default=True, help="Peak learning rate of the head.")
-@click.option("--backbone-lr-mult", type=float, default=_default("backbone_lr_mult"), show_default=True, help="Backbone LR = lr x this.")
+@click.option(
+    "--backbone-lr-mult",
+    type=float,
+    default=_default("backbone_lr_mult"),
+    show_default=True,
+    help="Backbone LR = lr x this.",
+)
 @click.option("--weight-decay", type=float, default=_default("weight_decay"), show_default=True)
 @click.option("--warmup-epochs", type=float, default=_default("warmup_epochs"), show_default=True)
 @click.option("--label-smoothing", type=float, default=_default("label_smoothing"), show_default=True)
@@ -36,14 +67,45 @@ def _default(name: str) -> object:
 @click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips (default: on, off for digits).")
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (small per-process batches).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across DDP processes (CUDA).")
-@click.option("--patience", type=int, default=0, show_default=True, help="Early stop after this many epochs without a better validation top-1 (0: off).")
+@click.option(
+    "--patience",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Early stop after this many epochs without a better validation top-1 (0: off).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice([d.value for d in Device]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice([p.value for p in Precision]), default="auto", show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU.")
-@click.option("--workers", type=int, default=None, help="Data-loader worker processes (default: cores per process minus one).")
-@click.option("--cache", type=click.Choice([c.value for c in CacheMode]), default="auto", show_default=True, help="Decode each image once into a cache (auto: on disk if it fits, else RAM, else off).")
-@click.option("--gpu-data", type=click.Choice([g.value for g in GpuData]), default="auto", show_default=True, help="With CUDA: decode (nvJPEG) and augment on the GPU (auto: when the CPU loader is too slow).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create (or continue with --resume).")
+@click.option(
+    "--precision",
+    type=click.Choice([p.value for p in Precision]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU.",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Data-loader worker processes (default: cores per process minus one)."
+)
+@click.option(
+    "--cache",
+    type=click.Choice([c.value for c in CacheMode]),
+    default="auto",
+    show_default=True,
+    help="Decode each image once into a cache (auto: on disk if it fits, else RAM, else off).",
+)
+@click.option(
+    "--gpu-data",
+    type=click.Choice([g.value for g in GpuData]),
+    default="auto",
+    show_default=True,
+    help="With CUDA: decode (nvJPEG) and augment on the GPU (auto: when the CPU loader is too slow).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory to create (or continue with --resume).",
+)
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--nproc-per-node", type=int, default=None, help="Launch N DDP processes per node through torchrun.")
@@ -53,12 +115,42 @@ def _default(name: str) -> object:
 @click.option("--master-addr", default=None, help="Rank 0's address (static multi-node rendezvous).")
 @click.option("--master-port", type=int, default=None, help="Rank 0's port (static multi-node rendezvous).")
 def finetune(
-    *, data: str, val_data: str | None, val_split: float, backbone: str, weights: str, no_pretrained: bool,
-    img_size: int | None, epochs: int, freeze_epochs: int, batch_size: int, lr: float, backbone_lr_mult: float,
-    weight_decay: float, warmup_epochs: float, label_smoothing: float, augment: bool, hflip: bool | None,
-    freeze_bn: bool, sync_bn: bool, patience: int, seed: int, device: str, precision: str, workers: int | None,
-    cache: str, gpu_data: str, out: str, resume: bool, quiet: bool, nproc_per_node: int | None, nnodes: str, node_rank: int,
-    rdzv_endpoint: str | None, master_addr: str | None, master_port: int | None,
+    *,
+    data: str,
+    val_data: str | None,
+    val_split: float,
+    backbone: str,
+    weights: str,
+    no_pretrained: bool,
+    img_size: int | None,
+    epochs: int,
+    freeze_epochs: int,
+    batch_size: int,
+    lr: float,
+    backbone_lr_mult: float,
+    weight_decay: float,
+    warmup_epochs: float,
+    label_smoothing: float,
+    augment: bool,
+    hflip: bool | None,
+    freeze_bn: bool,
+    sync_bn: bool,
+    patience: int,
+    seed: int,
+    device: str,
+    precision: str,
+    workers: int | None,
+    cache: str,
+    gpu_data: str,
+    out: str,
+    resume: bool,
+    quiet: bool,
+    nproc_per_node: int | None,
+    nnodes: str,
+    node_rank: int,
+    rdzv_endpoint: str | None,
+    master_addr: str | None,
+    master_port: int | None,
 ) -> None:
     """Fine-tune a pretrained backbone on your images into the run directory --out.
 
@@ -70,12 +162,34 @@ def finetune(
     from edge_tl.train.distributed import LaunchConfig, launch, under_launcher
 
     config = FinetuneConfig(
-        data=data, out=out, backbone=backbone, weights="none" if no_pretrained else weights, val_data=val_data,
-        val_split=val_split, img_size=img_size, epochs=epochs, freeze_epochs=freeze_epochs, batch_size=batch_size,
-        lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, augment=augment, hflip=hflip, freeze_bn=freeze_bn, sync_bn=sync_bn,
-        patience=patience, seed=seed, device=Device(device), precision=Precision(precision), workers=workers,
-        cache=CacheMode(cache), gpu_data=GpuData(gpu_data), resume=resume, quiet=quiet,
+        data=data,
+        out=out,
+        backbone=backbone,
+        weights="none" if no_pretrained else weights,
+        val_data=val_data,
+        val_split=val_split,
+        img_size=img_size,
+        epochs=epochs,
+        freeze_epochs=freeze_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        hflip=hflip,
+        freeze_bn=freeze_bn,
+        sync_bn=sync_bn,
+        patience=patience,
+        seed=seed,
+        device=Device(device),
+        precision=Precision(precision),
+        workers=workers,
+        cache=CacheMode(cache),
+        gpu_data=GpuData(gpu_data),
+        resume=resume,
+        quiet=quiet,
     )
     if nproc_per_node is not None:
         if under_launcher():
@@ -83,8 +197,12 @@ def finetune(
         launch(
             config,
             LaunchConfig(
-                nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                master_addr=master_addr, master_port=master_port,
+                nproc_per_node=nproc_per_node,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                rdzv_endpoint=rdzv_endpoint,
+                master_addr=master_addr,
+                master_port=master_port,
             ),
         )
         _report(config)

@@ -21,32 +21,82 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
 
 @click.command("import")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The new run directory.")
-@click.option("--backbone", default=None, metavar="NAME",
-              help="Architecture: a name from `edge-tl backbones list`, or timm:<name>.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Local weights for --backbone: a state dict, or a timm train.py / torchvision reference / Lightning "
-                   "checkpoint (read with weights_only=True).")
+@click.option(
+    "--backbone",
+    default=None,
+    metavar="NAME",
+    help="Architecture: a name from `edge-tl backbones list`, or timm:<name>.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Local weights for --backbone: a state dict, or a timm train.py / torchvision reference / Lightning "
+    "checkpoint (read with weights_only=True).",
+)
 @click.option("--imagenet", is_flag=True, help="Keep --backbone's pretrained 1000-class ImageNet head as it is.")
-@click.option("--onnx", "onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An ONNX classifier; it becomes the reference. Needs --img-size --mean --std.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Class names, one per line in the model's output order.")
-@click.option("--val-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Labelled images (one folder per class, named by class name or index) for verify and the accuracy budget.")
-@click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Calibration images for quantize (unlabelled allowed).")
-@click.option("--img-size", type=click.IntRange(min=8), default=None, help="Input size in pixels (default: the backbone's).")
-@click.option("--mean", callback=_rgb, default=None, metavar="R,G,B", help="Normalisation mean (default: the backbone's).")
-@click.option("--std", callback=_rgb, default=None, metavar="R,G,B", help="Normalisation std (default: the backbone's).")
-@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default=None,
-              help="Resize interpolation (default: the backbone's; bilinear for ONNX).")
-@click.option("--crop-pct", type=click.FloatRange(0.1, 1.0), default=None,
-              help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).")
+@click.option(
+    "--onnx",
+    "onnx_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An ONNX classifier; it becomes the reference. Needs --img-size --mean --std.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Class names, one per line in the model's output order.",
+)
+@click.option(
+    "--val-data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Labelled images (one folder per class, named by class name or index) for verify and the accuracy budget.",
+)
+@click.option(
+    "--calib-data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Calibration images for quantize (unlabelled allowed).",
+)
+@click.option(
+    "--img-size", type=click.IntRange(min=8), default=None, help="Input size in pixels (default: the backbone's)."
+)
+@click.option(
+    "--mean", callback=_rgb, default=None, metavar="R,G,B", help="Normalisation mean (default: the backbone's)."
+)
+@click.option(
+    "--std", callback=_rgb, default=None, metavar="R,G,B", help="Normalisation std (default: the backbone's)."
+)
+@click.option(
+    "--interpolation",
+    type=click.Choice(["bilinear", "bicubic"]),
+    default=None,
+    help="Resize interpolation (default: the backbone's; bilinear for ONNX).",
+)
+@click.option(
+    "--crop-pct",
+    type=click.FloatRange(0.1, 1.0),
+    default=None,
+    help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).",
+)
 @click.option("--quiet", is_flag=True, help="Print only the result lines.")
 def import_(
-    out: Path, backbone: str | None, weights: Path | None, imagenet: bool, onnx_file: Path | None, labels: Path | None,
-    val_data: Path | None, calib_data: Path | None, img_size: int | None, mean: tuple[float, float, float] | None,
-    std: tuple[float, float, float] | None, interpolation: str | None, crop_pct: float | None, quiet: bool,
+    out: Path,
+    backbone: str | None,
+    weights: Path | None,
+    imagenet: bool,
+    onnx_file: Path | None,
+    labels: Path | None,
+    val_data: Path | None,
+    calib_data: Path | None,
+    img_size: int | None,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    interpolation: str | None,
+    crop_pct: float | None,
+    quiet: bool,
 ) -> None:
     """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
@@ -58,22 +108,36 @@ def import_(
     elif backbone is None:
         raise click.UsageError("give --backbone NAME with --weights FILE or --imagenet, or --onnx FILE")
     elif weights is not None and imagenet:
-        raise click.UsageError("--weights and --imagenet exclude each other: the weights are either yours or ImageNet's")
+        raise click.UsageError(
+            "--weights and --imagenet exclude each other: the weights are either yours or ImageNet's"
+        )
     elif weights is not None:
         kind = "pytorch"
     elif imagenet:
         kind = "pretrained"
     else:
-        raise click.UsageError(f"--backbone {backbone} needs its weights: --weights FILE, or --imagenet for the pretrained model")
+        raise click.UsageError(
+            f"--backbone {backbone} needs its weights: --weights FILE, or --imagenet for the pretrained model"
+        )
     request = ImportRequest(
-        kind=kind, out=out, backbone=backbone, weights=weights, onnx=onnx_file, labels=labels, val_data=val_data,
+        kind=kind,
+        out=out,
+        backbone=backbone,
+        weights=weights,
+        onnx=onnx_file,
+        labels=labels,
+        val_data=val_data,
         calib_data=calib_data,
-        preprocessing=PreprocessingOptions(img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct),
+        preprocessing=PreprocessingOptions(
+            img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
+        ),
     )
     result = import_model(request, progress=None if quiet else lambda m: click.echo(m, err=True))
     if not quiet:
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
-    click.echo(f"run: {result.run_dir} ({result.kind} source, {len(result.classes)} classes, "
-               f"{result.num_val} validation images)")
+    click.echo(
+        f"run: {result.run_dir} ({result.kind} source, {len(result.classes)} classes, "
+        f"{result.num_val} validation images)"
+    )
     click.echo(f"reference: {result.reference.name} ({result.reference.path})")

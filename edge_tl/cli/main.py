@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": ("edge_tl.cli.quickstart", "quickstart", "Run the whole loop on the built-in digits data."),
     "backbones": ("edge_tl.cli.backbones", "backbones", "List the available backbones."),
     "finetune": ("edge_tl.cli.finetune", "finetune", "Fine-tune a pretrained backbone on your images."),
-    "import": ("edge_tl.cli.import_", "import_", "Turn a model trained elsewhere (weights, pretrained, ONNX) into a run."),
+    "import": (
+        "edge_tl.cli.import_",
+        "import_",
+        "Turn a model trained elsewhere (weights, pretrained, ONNX) into a run.",
+    ),
     "evaluate": ("edge_tl.cli.evaluate", "evaluate", "Evaluate a run's best checkpoint on its validation set."),
     "export": ("edge_tl.cli.export", "export", "Export a run's model to ONNX (FP32 and FP16) with a parity check."),
     "quantize": ("edge_tl.cli.quantize", "quantize", "Calibrate and quantize a run's ONNX model to INT8 (or FP16)."),
@@ -32,7 +36,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bundle": ("edge_tl.cli.bundle", "bundle", "Pack a run for a device: model, build plan, evaluation pack."),
     "deploy": ("edge_tl.cli.deploy", "deploy", "Deploy to a device (or a fleet) over SSH and measure it there."),
     "report": ("edge_tl.cli.report", "report", "Write one self-contained HTML report of a run (and its fleet)."),
-    "ship": ("edge_tl.cli.ship", "ship", "Your images to a verified model on the device: every stage, skipping what is done."),
+    "ship": (
+        "edge_tl.cli.ship",
+        "ship",
+        "Your images to a verified model on the device: every stage, skipping what is done.",
+    ),
 }
 
 
@@ -83,8 +91,11 @@ def _refresh_reports(args: list[str]) -> None:
         try:
             refresh_report(path)
         except Exception as exc:  # noqa: BLE001 - the stage's own outcome (and its error) must come through untouched
-            click.echo(f"warning: the report of {arg} was not refreshed ({type(exc).__name__}: {exc}); "
-                       f"run `edge-tl report {arg}`", err=True)
+            click.echo(
+                f"warning: the report of {arg} was not refreshed ({type(exc).__name__}: {exc}); "
+                f"run `edge-tl report {arg}`",
+                err=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

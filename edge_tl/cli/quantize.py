@@ -9,9 +9,19 @@ import click
 
 
 def quantize_config(
-    *, precision: str, recipe: str | None, target: str | None, tensorrt: str | None, cache_version: int | None,
-    calib_method: str | None, calib_samples: int | None, calib_data: Path | None, max_accuracy_drop: float | None,
-    max_float_layers: int, seed: int, threads: int | None,
+    *,
+    precision: str,
+    recipe: str | None,
+    target: str | None,
+    tensorrt: str | None,
+    cache_version: int | None,
+    calib_method: str | None,
+    calib_samples: int | None,
+    calib_data: Path | None,
+    max_accuracy_drop: float | None,
+    max_float_layers: int,
+    seed: int,
+    threads: int | None,
 ) -> Any:
     """The quantize flags as a QuantizeConfig (a plain function, so that mutation testing, which skips
     decorated functions, checks that the budget and the recipe choice reach quantize_run)."""
@@ -41,36 +51,94 @@ def quantize_config(
 
 @click.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["int8", "fp16"]), default="int8", show_default=True,
-              help="int8 by a recipe; fp16 reuses export's conversion when export did not already make it.")
-@click.option("--recipe", default=None, metavar="NAME|PATH",
-              help="Calibration recipe: a shipped name (tensorrt-int8-qdq, tensorrt-int8-cache, onnxruntime-cpu-int8) "
-                   "or a TOML file. Default: the --target's recipe, else onnxruntime-cpu-int8.")
-@click.option("--target", default=None, metavar="NAME|PATH",
-              help="Device profile: its INT8 recipe is the default, and its TensorRT names the calibration cache.")
-@click.option("--tensorrt", default=None, metavar="MAJOR.MINOR", help="One of the target's TensorRT releases (default: its default).")
-@click.option("--cache-version", type=click.IntRange(min=1), default=None,
-              help="Calibration-cache header version (TensorRT's getInferLibVersion(), e.g. 8502, 100300); default: from --target.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None,
-              help="Override the recipe's calibration method.")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=None,
-              help="Calibration images (default: the recipe's, 512), seeded and class-balanced.")
-@click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder of calibration images (default: the run's training split; never its validation split).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
-              help="Top-1 points INT8 may lose against the original; over it, the most sensitive layers go back "
-                   "to float one at a time until it holds.")
-@click.option("--max-float-layers", type=click.IntRange(min=0), default=16, show_default=True,
-              help="How many layers --max-accuracy-drop may return to float before giving up.")
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp16"]),
+    default="int8",
+    show_default=True,
+    help="int8 by a recipe; fp16 reuses export's conversion when export did not already make it.",
+)
+@click.option(
+    "--recipe",
+    default=None,
+    metavar="NAME|PATH",
+    help="Calibration recipe: a shipped name (tensorrt-int8-qdq, tensorrt-int8-cache, onnxruntime-cpu-int8) "
+    "or a TOML file. Default: the --target's recipe, else onnxruntime-cpu-int8.",
+)
+@click.option(
+    "--target",
+    default=None,
+    metavar="NAME|PATH",
+    help="Device profile: its INT8 recipe is the default, and its TensorRT names the calibration cache.",
+)
+@click.option(
+    "--tensorrt",
+    default=None,
+    metavar="MAJOR.MINOR",
+    help="One of the target's TensorRT releases (default: its default).",
+)
+@click.option(
+    "--cache-version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Calibration-cache header version (TensorRT's getInferLibVersion(), e.g. 8502, 100300); default: from --target.",
+)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
+    default=None,
+    help="Override the recipe's calibration method.",
+)
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Calibration images (default: the recipe's, 512), seeded and class-balanced.",
+)
+@click.option(
+    "--calib-data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of calibration images (default: the run's training split; never its validation split).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="PTS",
+    help="Top-1 points INT8 may lose against the original; over it, the most sensitive layers go back "
+    "to float one at a time until it holds.",
+)
+@click.option(
+    "--max-float-layers",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="How many layers --max-accuracy-drop may return to float before giving up.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration image choice.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for calibration, evaluation and latency (default: the libraries' own).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for calibration, evaluation and latency (default: the libraries' own).",
+)
 @click.option("--quiet", is_flag=True, help="Print only the result lines.")
 def quantize(
-    run_dir: Path, precision: str, recipe: str | None, target: str | None, tensorrt: str | None,
-    cache_version: int | None, calib_method: str | None,
-    calib_samples: int | None, calib_data: Path | None, max_accuracy_drop: float | None, max_float_layers: int,
-    seed: int, threads: int | None, quiet: bool,
+    run_dir: Path,
+    precision: str,
+    recipe: str | None,
+    target: str | None,
+    tensorrt: str | None,
+    cache_version: int | None,
+    calib_method: str | None,
+    calib_samples: int | None,
+    calib_data: Path | None,
+    max_accuracy_drop: float | None,
+    max_float_layers: int,
+    seed: int,
+    threads: int | None,
+    quiet: bool,
 ) -> None:
     """Calibrate and quantize RUN's ONNX model to INT8 (or FP16); record the artifacts in the manifest."""
     from edge_tl.quantize import quantize_run

@@ -6,7 +6,13 @@ import click
 
 
 @click.command()
-@click.option("--out", default="edge-tl-quickstart", show_default=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option(
+    "--out",
+    default="edge-tl-quickstart",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run directory to create.",
+)
 @click.option("--quiet", is_flag=True, help="Only errors.")
 def quickstart(*, out: str, quiet: bool) -> None:
     """Fine-tune pretrained EfficientNet-Lite0 on the built-in digits (CPU-sized), evaluate, summarise."""

@@ -152,7 +152,9 @@ def _ship(ctx: click.Context, **values: Any) -> None:
         values["target"] = str(Path(values["target"]).resolve())
     params = ctx.command.params
     explicit = frozenset(
-        name for name in values if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
+        name
+        for name in values
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
     )
     options = {p.name: values[p.name] for p in PASSTHROUGH.params if p.name}
     request = ShipRequest(

@@ -97,8 +97,12 @@ def run_build_script(run: Run, plan: BuildPlan, *, timeout_s: float | None = 360
     engine = run.path(plan.spec.engine)
     meta = read_sidecar(engine)
     return run.add_artifact(
-        engine_artifact_name(plan.target, plan.precision), kind="engine", path=engine, stage=STAGE,
-        precision=plan.precision.value, details=meta.to_dict(),
+        engine_artifact_name(plan.target, plan.precision),
+        kind="engine",
+        path=engine,
+        stage=STAGE,
+        precision=plan.precision.value,
+        details=meta.to_dict(),
     )
 
 
@@ -158,9 +162,17 @@ def compile_run(
     )
     source = {"artifact": plan.source.onnx.name, "path": plan.source.onnx.path, "sha256": plan.source.onnx.sha256}
     engine = _record_engine(
-        run, outcome, name=engine_artifact_name(profile, plan.precision), target=profile, precision=plan.precision,
-        io=(plan.spec.input_name, plan.output_name), chw=plan.spec.chw, batch=plan.spec.batch, source=source,
-        builder="tensorrt-python", dla_core=plan.spec.dla_core,
+        run,
+        outcome,
+        name=engine_artifact_name(profile, plan.precision),
+        target=profile,
+        precision=plan.precision,
+        io=(plan.spec.input_name, plan.output_name),
+        chw=plan.spec.chw,
+        batch=plan.spec.batch,
+        source=source,
+        builder="tensorrt-python",
+        dla_core=plan.spec.dla_core,
     )
     say(f"engine: {run.root / engine.path} (TensorRT {outcome.tensorrt_version})")
     return CompileResult(plan, plan_record, engine, None)
@@ -184,25 +196,47 @@ def _compile_torch_tensorrt(
         raise ConfigError("--via torch-tensorrt builds here and has no plan; drop --plan-only or use --via onnx")
     builder, why = _local_builder(target)
     if builder != "python":
-        raise ConfigError(f"--via torch-tensorrt cannot build here: {why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}")
+        raise ConfigError(
+            f"--via torch-tensorrt cannot build here: {why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}"
+        )
     size = Preprocessing.from_dict(run.require("preprocessing", stage="compile")).input_size
     chw = (3, size, size)
     batch = request.batch or DEFAULT_BATCH
     directory = f"{plan_dir(target, precision)}-torch-tensorrt"
-    outcome = build_with_torch_tensorrt(run, precision=precision, chw=chw, batch=batch, engine=run.path(directory, ENGINE_NAME))
+    outcome = build_with_torch_tensorrt(
+        run, precision=precision, chw=chw, batch=batch, engine=run.path(directory, ENGINE_NAME)
+    )
     checkpoint = run.artifact("checkpoint-best")
     engine = _record_engine(
-        run, outcome, name=f"{engine_artifact_name(target, precision)}-torch-tensorrt", target=target, precision=precision,
-        io=None, chw=chw, batch=batch, source={"artifact": checkpoint.name, "path": checkpoint.path, "sha256": checkpoint.sha256},
-        builder="torch-tensorrt", dla_core=None,
+        run,
+        outcome,
+        name=f"{engine_artifact_name(target, precision)}-torch-tensorrt",
+        target=target,
+        precision=precision,
+        io=None,
+        chw=chw,
+        batch=batch,
+        source={"artifact": checkpoint.name, "path": checkpoint.path, "sha256": checkpoint.sha256},
+        builder="torch-tensorrt",
+        dla_core=None,
     )
     say(f"engine: {run.root / engine.path} (torch-tensorrt, TensorRT {outcome.tensorrt_version})")
     return CompileResult(None, None, engine, None)
 
 
 def _record_engine(
-    run: Run, outcome: BuildOutcome, *, name: str, target: Target, precision: Precision, io: tuple[str, str] | None,
-    chw: tuple[int, int, int], batch: BatchRange | None, source: dict[str, Any], builder: str, dla_core: int | None,
+    run: Run,
+    outcome: BuildOutcome,
+    *,
+    name: str,
+    target: Target,
+    precision: Precision,
+    io: tuple[str, str] | None,
+    chw: tuple[int, int, int],
+    batch: BatchRange | None,
+    source: dict[str, Any],
+    builder: str,
+    dla_core: int | None,
 ) -> Artifact:
     """Write the engine's build log and sidecar and record it in the manifest."""
     from edge_tl.runtime.cuda import local_gpu

@@ -22,16 +22,52 @@ from edge_tl._lazy import lazy_import
 DLA_LAYERS_SOURCE = "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/dla-layer-restrictions.html"
 
 # ONNX operator types that map onto a DLA-supported TensorRT layer (see the module docstring).
-DLA_OPS = frozenset({
-    "Conv", "ConvTranspose", "Gemm", "MatMul",
-    "Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu",
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Equal", "Greater", "Less",
-    "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN", "ReduceMax",
-    "BatchNormalization", "Resize", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
-    "Softmax", "Abs", "QuantizeLinear", "DequantizeLinear",
-    # no layer of their own: folded into a neighbour or into the weights
-    "Identity", "Constant",
-})
+DLA_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Clip",
+        "LeakyRelu",
+        "PRelu",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Pow",
+        "Equal",
+        "Greater",
+        "Less",
+        "Concat",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "LRN",
+        "ReduceMax",
+        "BatchNormalization",
+        "Resize",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Softmax",
+        "Abs",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        # no layer of their own: folded into a neighbour or into the weights
+        "Identity",
+        "Constant",
+    }
+)
 
 
 def gpu_fallback_ops(onnx_path: str | os.PathLike[str]) -> dict[str, int]:

@@ -25,10 +25,10 @@ from edge_tl.compile.trtexec_flags import (
     BatchRange,
     BuildSpec,
     SourceKind,
+    banner_code,
     build_command,
     check_version,
     shell_join,
-    banner_code,
     timing_flags,
 )
 from edge_tl.errors import ConfigError, RunError
@@ -76,7 +76,9 @@ class SourceChoice:
 def _require(run: Run, name: str, *, how: str) -> Artifact:
     if not run.has_artifact(name):
         have = ", ".join(a.name for a in run.artifacts(kind="onnx")) or "none"
-        raise RunError(f"run {str(run.root)!r} has no {name!r} artifact (ONNX artifacts it has: {have}). First run: {how}")
+        raise RunError(
+            f"run {str(run.root)!r} has no {name!r} artifact (ONNX artifacts it has: {have}). First run: {how}"
+        )
     return run.artifact(name)
 
 
@@ -109,7 +111,9 @@ def choose_source(
         if recipe is CalibrationRecipe.TENSORRT_QDQ:
             # Strongly typed (11.x): the float part must be FP16 in the graph itself, or it runs FP32.
             variant = "-fp16" if release.version.major >= 11 else ""
-            return SourceChoice(_require(run, f"onnx-int8-{recipe.value}{variant}", how=quantize), SourceKind.QDQ, recipe=recipe)
+            return SourceChoice(
+                _require(run, f"onnx-int8-{recipe.value}{variant}", how=quantize), SourceKind.QDQ, recipe=recipe
+            )
         raise ConfigError(f"recipe {recipe.value!r} makes a model for ONNX Runtime, not for TensorRT")
     raise ConfigError(f"edge-tl compiles fp32, fp16 or int8 engines; {precision.value} is not supported yet")
 
@@ -122,7 +126,9 @@ def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: 
         header = fh.readline().strip()
     match = re.fullmatch(r"TRT-(\d+)-\w+", header)
     if match is None:
-        raise RunError(f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); re-run: {how}")
+        raise RunError(
+            f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); re-run: {how}"
+        )
     code = int(match.group(1))
     if code != release.version.library_version:
         written = TrtVersion.from_library_version(code)
@@ -186,9 +192,13 @@ class BuildPlan:
                 "kind": self.source.kind.value,
                 "recipe": self.source.recipe.value if self.source.recipe else None,
                 "calib_cache": (
-                    {"artifact": self.source.calib_cache.name, "path": self.source.calib_cache.path,
-                     "sha256": self.source.calib_cache.sha256}
-                    if self.source.calib_cache else None
+                    {
+                        "artifact": self.source.calib_cache.name,
+                        "path": self.source.calib_cache.path,
+                        "sha256": self.source.calib_cache.sha256,
+                    }
+                    if self.source.calib_cache
+                    else None
                 ),
             },
             "engine": self.spec.engine,
@@ -202,9 +212,13 @@ class BuildPlan:
             "timing_cache": self.spec.timing_cache,
             "trtexec_argv": self.argv,
             "timing": {"flags": self.timing[0], **self.timing[1]},
-            "dla": None if self.spec.dla_core is None else {
-                "core": self.spec.dla_core, "gpu_fallback_ops": self.dla_gpu_fallback,
-                "rules": "static shape (min = opt = max); FP16/INT8 only", "source": DLA_LAYERS_SOURCE,
+            "dla": None
+            if self.spec.dla_core is None
+            else {
+                "core": self.spec.dla_core,
+                "gpu_fallback_ops": self.dla_gpu_fallback,
+                "rules": "static shape (min = opt = max); FP16/INT8 only",
+                "source": DLA_LAYERS_SOURCE,
             },
             "working_directory": "the run directory",
         }
@@ -217,7 +231,9 @@ def _onnx_io(onnx: Artifact) -> tuple[str, str, tuple[int, int, int], bool]:
         input_name = str(details["input_name"])
         output_name = str(details.get("output_name", "logits"))
     except KeyError as exc:
-        raise RunError(f"artifact {onnx.name!r} lacks details[{exc}] (input name/shape); re-run the stage that made it") from exc
+        raise RunError(
+            f"artifact {onnx.name!r} lacks details[{exc}] (input name/shape); re-run the stage that made it"
+        ) from exc
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
         raise RunError(f"artifact {onnx.name!r} has input shape {shape}; edge-tl builds NCHW images of a fixed size")
     dynamic = not isinstance(shape[0], int)
@@ -373,8 +389,10 @@ def _cache_check_lines(plan: BuildPlan) -> list[str]:
     if cache is None:
         return []
     q = shell_join
-    fix = (f"edge-tl quantize RUN --recipe {CalibrationRecipe.TENSORRT_CACHE.value} --target {plan.target.name} "
-           f"--tensorrt X.Y.Z (X.Y.Z: this device's TensorRT)")
+    fix = (
+        f"edge-tl quantize RUN --recipe {CalibrationRecipe.TENSORRT_CACHE.value} --target {plan.target.name} "
+        f"--tensorrt X.Y.Z (X.Y.Z: this device's TensorRT)"
+    )
     return [
         "# A calibration cache is read only by the exact TensorRT release named in its header.",
         "device=$(\"$TRTEXEC\" --help 2>&1 | sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' | head -n 1)",

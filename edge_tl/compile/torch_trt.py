@@ -22,13 +22,17 @@ from edge_tl.targets import Precision
 
 # name -> (module file inside the wheel, keyword arguments we pass)
 TORCH_TRT_CALLS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "convert_method_to_trt_engine": ("torch_tensorrt/_compile.py", ("method_name", "inputs", "ir", "enabled_precisions")),
+    "convert_method_to_trt_engine": (
+        "torch_tensorrt/_compile.py",
+        ("method_name", "inputs", "ir", "enabled_precisions"),
+    ),
     "Input": ("torch_tensorrt/_Input.py", ("min_shape", "opt_shape", "max_shape", "dtype")),
 }
 
 
 def check_torch_tensorrt_matches(torch_version: str, torch_tensorrt_version: str) -> None:
     """torch-tensorrt 2.N is built against torch 2.N only (its wheels pin ``torch>=2.N,<2.N+1``)."""
+
     def series(version: str) -> tuple[int, int]:
         major, minor = version.split("+")[0].split(".")[:2]
         return int(major), int(minor)
@@ -37,7 +41,7 @@ def check_torch_tensorrt_matches(torch_version: str, torch_tensorrt_version: str
         want = "{}.{}".format(*series(torch_version))
         raise ConfigError(
             f"torch-tensorrt {torch_tensorrt_version} is built for torch {'{}.{}'.format(*series(torch_tensorrt_version))} "
-            f"but torch is {torch_version}: install the matching one, pip install \"torch-tensorrt=={want}.*\" "
+            f'but torch is {torch_version}: install the matching one, pip install "torch-tensorrt=={want}.*" '
             "(on a Jetson, from NVIDIA's Jetson index; --via torch-tensorrt builds on a workstation GPU anyway)"
         )
 
@@ -46,9 +50,7 @@ def build_with_torch_tensorrt(
     run: Run, *, precision: Precision, chw: tuple[int, int, int], batch: BatchRange, engine: Path
 ) -> BuildOutcome:
     if precision is Precision.INT8:
-        raise ConfigError(
-            "--via torch-tensorrt builds fp32 or fp16 here; INT8 needs the Q/DQ ONNX: use --via onnx"
-        )
+        raise ConfigError("--via torch-tensorrt builds fp32 or fp16 here; INT8 needs the Q/DQ ONNX: use --via onnx")
     torch = lazy_import("torch", purpose="--via torch-tensorrt")
     torch_tensorrt = lazy_import("torch_tensorrt", purpose="--via torch-tensorrt")
     trt = lazy_import("tensorrt", purpose="--via torch-tensorrt")
@@ -58,7 +60,9 @@ def build_with_torch_tensorrt(
     model = load_run_model(run).cuda().eval()
     c, h, w = chw
     lo, opt, hi = batch.min, batch.opt, batch.max
-    spec = torch_tensorrt.Input(min_shape=(lo, c, h, w), opt_shape=(opt, c, h, w), max_shape=(hi, c, h, w), dtype=torch.float32)
+    spec = torch_tensorrt.Input(
+        min_shape=(lo, c, h, w), opt_shape=(opt, c, h, w), max_shape=(hi, c, h, w), dtype=torch.float32
+    )
     precisions = {torch.float32} if precision is Precision.FP32 else {torch.float16, torch.float32}
     serialized = torch_tensorrt.convert_method_to_trt_engine(
         model, method_name="forward", inputs=[spec], ir="dynamo", enabled_precisions=precisions
@@ -66,7 +70,11 @@ def build_with_torch_tensorrt(
     atomic_write_bytes(engine, bytes(serialized))
     flags = (f"torch-tensorrt={torch_tensorrt.__version__}", f"precisions={sorted(str(p) for p in precisions)}")
     return BuildOutcome(
-        engine=engine, tensorrt_version=str(trt.__version__), flags=flags, log=(), io_names=_io_names(trt, bytes(serialized))
+        engine=engine,
+        tensorrt_version=str(trt.__version__),
+        flags=flags,
+        log=(),
+        io_names=_io_names(trt, bytes(serialized)),
     )
 
 
@@ -83,5 +91,7 @@ def _io_names(trt: object, serialized: bytes) -> tuple[str, str]:
     inputs = [n for n in names if api.get(engine, "get_tensor_mode")(n) == mode_input]
     outputs = [n for n in names if n not in inputs]
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ConfigError(f"torch-tensorrt made an engine with inputs {inputs} and outputs {outputs}; expected one of each")
+        raise ConfigError(
+            f"torch-tensorrt made an engine with inputs {inputs} and outputs {outputs}; expected one of each"
+        )
     return inputs[0], outputs[0]

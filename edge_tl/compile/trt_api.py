@@ -53,19 +53,60 @@ def api_path(version: TrtVersion) -> ApiPath:
 _COMMON = frozenset(
     {
         # module level
-        "Builder", "OnnxParser", "Runtime", "ILogger", "MemoryPoolType", "BuilderFlag", "DeviceType",
-        "TensorIOMode", "DataType", "NetworkDefinitionCreationFlag", "Severity",
+        "Builder",
+        "OnnxParser",
+        "Runtime",
+        "ILogger",
+        "MemoryPoolType",
+        "BuilderFlag",
+        "DeviceType",
+        "TensorIOMode",
+        "DataType",
+        "NetworkDefinitionCreationFlag",
+        "Severity",
         # enum members
-        "WORKSPACE", "GPU_FALLBACK", "DLA", "INPUT", "FLOAT", "HALF", "INT8",
-        "VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR",
+        "WORKSPACE",
+        "GPU_FALLBACK",
+        "DLA",
+        "INPUT",
+        "FLOAT",
+        "HALF",
+        "INT8",
+        "VERBOSE",
+        "INFO",
+        "WARNING",
+        "ERROR",
+        "INTERNAL_ERROR",
         # builder / network / parser / config
-        "create_network", "create_builder_config", "create_optimization_profile", "add_optimization_profile",
-        "build_serialized_network", "num_DLA_cores", "parse_from_file", "num_errors", "get_error", "desc",
-        "set_memory_pool_limit", "set_flag", "set_shape", "default_device_type", "DLA_core",
-        "create_timing_cache", "set_timing_cache", "get_timing_cache", "serialize",
+        "create_network",
+        "create_builder_config",
+        "create_optimization_profile",
+        "add_optimization_profile",
+        "build_serialized_network",
+        "num_DLA_cores",
+        "parse_from_file",
+        "num_errors",
+        "get_error",
+        "desc",
+        "set_memory_pool_limit",
+        "set_flag",
+        "set_shape",
+        "default_device_type",
+        "DLA_core",
+        "create_timing_cache",
+        "set_timing_cache",
+        "get_timing_cache",
+        "serialize",
         # runtime / engine / context
-        "deserialize_cuda_engine", "create_execution_context", "num_io_tensors", "get_tensor_name",
-        "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape", "set_input_shape", "set_tensor_address",
+        "deserialize_cuda_engine",
+        "create_execution_context",
+        "num_io_tensors",
+        "get_tensor_name",
+        "get_tensor_mode",
+        "get_tensor_dtype",
+        "get_tensor_shape",
+        "set_input_shape",
+        "set_tensor_address",
         "execute_async_v3",
         # methods of ours that TensorRT calls (logger, calibrator): their names must match the base classes
         "log",
@@ -75,8 +116,14 @@ _COMMON = frozenset(
 # Per-path additions (and, by their absence, what a path must not touch).
 _PRECISION_FLAGS = frozenset({"FP16"})  # BuilderFlag.FP16 (INT8 is shared with DataType.INT8 above)
 _CALIBRATOR = frozenset(
-    {"IInt8EntropyCalibrator2", "int8_calibrator", "get_batch", "get_batch_size", "read_calibration_cache",
-     "write_calibration_cache"}
+    {
+        "IInt8EntropyCalibrator2",
+        "int8_calibrator",
+        "get_batch",
+        "get_batch_size",
+        "read_calibration_cache",
+        "write_calibration_cache",
+    }
 )
 
 TRT_NAMES: dict[ApiPath, frozenset[str]] = {
@@ -106,7 +153,9 @@ class TrtApi:
     def _check(self, name: str) -> None:
         if name not in self.names:
             # A programming error, not a user error: the table and the code disagree.
-            raise RuntimeError(f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} without declaring it in trt_api.TRT_NAMES")
+            raise RuntimeError(
+                f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} without declaring it in trt_api.TRT_NAMES"
+            )
 
     def get(self, obj: Any, name: str) -> Any:
         self._check(name)

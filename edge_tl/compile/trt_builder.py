@@ -133,7 +133,11 @@ def build_engine(build: PythonBuild, *, api: TrtApi | None = None) -> BuildOutco
         if build.source_kind is SourceKind.FP32:
             if build.calib_cache is None:
                 raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
-            api.set(config, "int8_calibrator", _cache_calibrator(api, build.calib_cache, build.batch.opt if build.batch else 1))
+            api.set(
+                config,
+                "int8_calibrator",
+                _cache_calibrator(api, build.calib_cache, build.batch.opt if build.batch else 1),
+            )
             flags.append(f"calib={build.calib_cache.name}")
 
     if build.batch is not None:
@@ -166,8 +170,12 @@ def build_engine(build: PythonBuild, *, api: TrtApi | None = None) -> BuildOutco
         tail = "\n".join(log[-20:])
         raise RunError(f"TensorRT {api.version} could not build {str(build.onnx)!r}; builder log tail:\n{tail}")
     atomic_write_bytes(build.engine, bytes(memoryview(serialized)))
-    atomic_write_bytes(build.timing_cache, bytes(memoryview(api.get(api.get(config, "get_timing_cache")(), "serialize")())))
-    return BuildOutcome(engine=build.engine, tensorrt_version=str(api.trt.__version__), flags=tuple(flags), log=tuple(log))
+    atomic_write_bytes(
+        build.timing_cache, bytes(memoryview(api.get(api.get(config, "get_timing_cache")(), "serialize")()))
+    )
+    return BuildOutcome(
+        engine=build.engine, tensorrt_version=str(api.trt.__version__), flags=tuple(flags), log=tuple(log)
+    )
 
 
 def local_tensorrt_version() -> str | None:

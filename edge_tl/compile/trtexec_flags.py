@@ -117,7 +117,9 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
                 )
             return ["--stronglyTyped"]
         if source is not SourceKind.FP32:
-            raise ConfigError(f"TensorRT {version} builds FP16 from the FP32 ONNX with --fp16, not from a {source.value} ONNX")
+            raise ConfigError(
+                f"TensorRT {version} builds FP16 from the FP32 ONNX with --fp16, not from a {source.value} ONNX"
+            )
         return ["--fp16"]
     if precision is Precision.INT8:
         if source is SourceKind.QDQ:

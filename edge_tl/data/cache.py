@@ -149,7 +149,9 @@ def _fingerprint(sample: Sample) -> tuple[str, int, int]:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise DataError(f"cannot read {path!r}: {exc.strerror or exc}; it was readable when the split was made") from exc
+        raise DataError(
+            f"cannot read {path!r}: {exc.strerror or exc}; it was readable when the split was made"
+        ) from exc
     return (path, st.st_size, st.st_mtime_ns)
 
 
@@ -164,7 +166,15 @@ class DecodeCache:
     """Base images of ``samples`` (by position), filled on first use by whichever process
     computes them. Open it before the loader's workers start."""
 
-    def __init__(self, spec: BaseSpec, mode: CacheMode, slots: list[tuple[int, int, int]], pixels: Any, filled: Any, folder: Path | None):
+    def __init__(
+        self,
+        spec: BaseSpec,
+        mode: CacheMode,
+        slots: list[tuple[int, int, int]],
+        pixels: Any,
+        filled: Any,
+        folder: Path | None,
+    ):
         self.spec = spec
         self.mode = mode
         self.folder = folder
@@ -198,7 +208,9 @@ class DecodeCache:
         Image = lazy_import("PIL.Image", purpose="reading the decode cache")
         offset, height, width = self._slots[index]
         if self._filled[index]:
-            return Image.frombytes("RGB", (width, height), memoryview(self._pixels)[offset : offset + height * width * 3])
+            return Image.frombytes(
+                "RGB", (width, height), memoryview(self._pixels)[offset : offset + height * width * 3]
+            )
         image = base_image(sample, self.spec)
         if image.size != (width, height):
             raise DataError(
@@ -211,7 +223,12 @@ class DecodeCache:
 
 
 def open_cache(
-    samples: Sequence[Sample], spec: BaseSpec, mode: CacheMode, *, root: str | os.PathLike[str] | None = None, world_size: int = 1
+    samples: Sequence[Sample],
+    spec: BaseSpec,
+    mode: CacheMode,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    world_size: int = 1,
 ) -> DecodeCache | None:
     """The cache for ``samples``, or ``None`` for ``off`` (or ``auto`` with no room)."""
     if mode is CacheMode.OFF or not samples:
@@ -269,7 +286,9 @@ def _open_ram(samples: Sequence[Sample], spec: BaseSpec) -> DecodeCache:
     return DecodeCache(spec, CacheMode.RAM, slots, pixels, filled, None)
 
 
-def _open_disk(samples: Sequence[Sample], fingerprints: list[tuple[str, int, int]], spec: BaseSpec, folder: Path) -> DecodeCache:
+def _open_disk(
+    samples: Sequence[Sample], fingerprints: list[tuple[str, int, int]], spec: BaseSpec, folder: Path
+) -> DecodeCache:
     import fcntl
 
     from edge_tl.runs import atomic_write_text
@@ -318,7 +337,12 @@ def _open_disk(samples: Sequence[Sample], fingerprints: list[tuple[str, int, int
     with open(filled_path, "r+b") as fh:
         flags = mmap.mmap(fh.fileno(), len(filled_now))
     return DecodeCache(
-        spec, CacheMode.DISK, [(o, h, w) for o, h, w, _ in slots], pixels, _SlotFlags(flags, [s[3] for s in slots]), folder
+        spec,
+        CacheMode.DISK,
+        [(o, h, w) for o, h, w, _ in slots],
+        pixels,
+        _SlotFlags(flags, [s[3] for s in slots]),
+        folder,
     )
 
 

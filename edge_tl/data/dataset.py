@@ -448,7 +448,10 @@ def load_split(
             )
     skipped = tuple(SkippedFile(path=s["path"], reason=s["reason"]) for s in data.get("skipped", []))
     return DatasetSplit(
-        classes, tuple(train), tuple(val), skipped,
+        classes,
+        tuple(train),
+        tuple(val),
+        skipped,
         root if builtin is None else source,
         None if recorded_val is None else vroot,
         data.get("val_split"),

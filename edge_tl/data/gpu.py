@@ -91,7 +91,9 @@ class EncodedDataset:
         draw = draw_augment(width, height, self.augment, sample_rng(self.seed, epoch, index))
         with open(path, "rb") as fh:
             data = torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
-        draws = torch.tensor([*draw.box, float(draw.flip), draw.brightness, draw.contrast, draw.saturation], dtype=torch.float64)
+        draws = torch.tensor(
+            [*draw.box, float(draw.flip), draw.brightness, draw.contrast, draw.saturation], dtype=torch.float64
+        )
         return (data, draws), sample.label
 
 
@@ -137,7 +139,9 @@ class GpuAugmenter:
             box = torch.cat([torch.zeros(1, dtype=torch.float64, device=self.device), draws[i, :4] * scale])
             # roi_align's pixel centres sit at +0.5 with aligned=True, as Pillow's box coordinates do.
             crops.append(
-                ops.roi_align(image[None].float(), box[None].float(), output_size=self.size, sampling_ratio=-1, aligned=True)
+                ops.roi_align(
+                    image[None].float(), box[None].float(), output_size=self.size, sampling_ratio=-1, aligned=True
+                )
             )
         x = torch.cat(crops)
         flip = draws[:, 4].bool().view(-1, 1, 1, 1)

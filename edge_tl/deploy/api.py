@@ -256,7 +256,9 @@ def choose_mode(requested: Mode, probe: DeviceProbe, target: Target) -> Mode:
         if requested is Mode.TRTEXEC and not probe.trtexec:
             raise ConfigError(f"--mode trtexec needs trtexec on {probe.host}, which has none; use --mode python")
         if requested is Mode.TRTEXEC and not target.uses_tensorrt:
-            raise ConfigError(f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python")
+            raise ConfigError(
+                f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python"
+            )
         return requested
     if target.uses_tensorrt and probe.tensorrt_python:
         return Mode.PYTHON
@@ -358,8 +360,11 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
     problems = check_probe(probe, target, need_mb=need_mb, python=mode is Mode.PYTHON)
     if problems and config.check_device:
         raise RemoteError(
-            f"{label} does not match target {target.name!r}:\n  - " + "\n  - ".join(problems)
-            + "\n(recorded in " + str(out / "probe.json") + "; pass --no-device-check to deploy anyway)"
+            f"{label} does not match target {target.name!r}:\n  - "
+            + "\n  - ".join(problems)
+            + "\n(recorded in "
+            + str(out / "probe.json")
+            + "; pass --no-device-check to deploy anyway)"
         )
     if mode is Mode.PYTHON and wheel is None:
         raise ConfigError("python mode needs the edge-tl wheel; build one with build_wheel() or pass --wheel")
@@ -450,7 +455,9 @@ def _end_sampling(ssh: SshTransport, remote_dir: str, *, sampling: bool, locked:
         except RemoteError as exc:
             failed = str(exc)
         if failed:
-            warnings.append(f"tegrastats may still run on the device ({failed}); stop it there with `tegrastats --stop`")
+            warnings.append(
+                f"tegrastats may still run on the device ({failed}); stop it there with `tegrastats --stop`"
+            )
     if locked:
         try:
             ssh.run(sh_script(_CLOCKS, remote_dir, "restore", CLOCKS_FILE), what="jetson_clocks restore")
@@ -480,6 +487,9 @@ def deploy(
     say(f"bundle {bundle.root} ({len(bundle.files)} files, digest {bundle.digest[:12]})")
     reference = compute_reference(run, bundle)
     with tempfile.TemporaryDirectory(prefix="etl-wheel-") as tmp:
-        wheel = config.wheel if config.wheel is not None else (build_wheel(tmp) if config.mode is not Mode.TRTEXEC else None)
+        wheel = (
+            config.wheel
+            if config.wheel is not None
+            else (build_wheel(tmp) if config.mode is not Mode.TRTEXEC else None)
+        )
         return deploy_host(run, host, config, bundle=bundle, reference=reference, wheel=wheel, name=name, say=say)
-

@@ -89,7 +89,9 @@ class Bundle:
         try:
             manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise RunError(f"{str(root)!r} has no {MANIFEST}: not a bundle (make one with `edge-tl bundle RUN`)") from exc
+            raise RunError(
+                f"{str(root)!r} has no {MANIFEST}: not a bundle (make one with `edge-tl bundle RUN`)"
+            ) from exc
         except json.JSONDecodeError as exc:
             raise RunError(f"{str(root / MANIFEST)!r} is not valid JSON ({exc}); rebuild the bundle") from exc
         if manifest.get("format") != BUNDLE_FORMAT or manifest.get("schema_version") != BUNDLE_SCHEMA:
@@ -105,10 +107,16 @@ class Bundle:
                 name
                 for name, (sha, size) in bundle.files.items()
                 if name != MANIFEST
-                and (not (root / name).is_file() or (root / name).stat().st_size != size or sha256_file(root / name) != sha)
+                and (
+                    not (root / name).is_file()
+                    or (root / name).stat().st_size != size
+                    or sha256_file(root / name) != sha
+                )
             ]
             if bad:
-                raise RunError(f"bundle {str(root)!r}: {', '.join(bad)} missing or changed since it was made; rebuild it")
+                raise RunError(
+                    f"bundle {str(root)!r}: {', '.join(bad)} missing or changed since it was made; rebuild it"
+                )
         return bundle
 
 
@@ -120,7 +128,9 @@ def bundle_artifact_name(target: Target, precision: Precision) -> str:
     return f"bundle-{target.name}-{precision.value}"
 
 
-def _model_for(run: Run, target: Target, precision: Precision, *, tensorrt: str | None) -> tuple[Artifact, Artifact | None, Any]:
+def _model_for(
+    run: Run, target: Target, precision: Precision, *, tensorrt: str | None
+) -> tuple[Artifact, Artifact | None, Any]:
     """(ONNX artifact, calibration cache or None, build plan or None) for ``precision`` on ``target``."""
     if target.uses_tensorrt:
         from edge_tl.compile import CompileRequest, make_plan, write_plan
@@ -135,7 +145,9 @@ def _model_for(run: Run, target: Target, precision: Precision, *, tensorrt: str 
         name = f"onnx-{precision.value}"
         how = f"edge-tl export {run.root} --precision {precision.value}"
     if not run.has_artifact(name):
-        raise RunError(f"run {str(run.root)!r} has no {name!r} for {precision.value} on {target.name!r}; first run: {how}")
+        raise RunError(
+            f"run {str(run.root)!r} has no {name!r} for {precision.value} on {target.name!r}; first run: {how}"
+        )
     return run.artifact(name), None, None
 
 
@@ -170,6 +182,7 @@ def make_bundle(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
+
         def ship(src: Path, rel: str) -> None:
             check_relpath(rel)
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +223,12 @@ def make_bundle(
             "schema_version": BUNDLE_SCHEMA,
             "edge_tl_version": __version__,
             "run": {"name": run.root.resolve().name, "backbone": run.get("backbone", {}).get("name")},
-            "target": {"name": target.name, "runtime": target.default_runtime.value, "kind": target.kind.value, "profile": profile},
+            "target": {
+                "name": target.name,
+                "runtime": target.default_runtime.value,
+                "kind": target.kind.value,
+                "profile": profile,
+            },
             "precision": precision.value,
             "model": {
                 "artifact": onnx.name,
@@ -223,7 +241,13 @@ def make_bundle(
             },
             "reference_metrics": dict(run.get("metrics") or {}),
             "build_plan": plan_record,
-            "eval": {"dir": EVAL_DIR, "num_images": pack.num_images, "requested": eval_images, "chunk": pack.chunks[0].count, "classes": len(classes)},
+            "eval": {
+                "dir": EVAL_DIR,
+                "num_images": pack.num_images,
+                "requested": eval_images,
+                "chunk": pack.chunks[0].count,
+                "classes": len(classes),
+            },
             "files": files,
         }
         atomic_write_json(work / MANIFEST, manifest)
@@ -273,4 +297,3 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
-

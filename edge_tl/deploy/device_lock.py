@@ -53,10 +53,16 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
                 "again, or deploy under another --name (each name has its own folder)."
             )
         if state == ["noflock"]:
-            log.warning("%s: flock is missing on the device; concurrent deploys into %s are not prevented", ssh.endpoint, remote_dir)
+            log.warning(
+                "%s: flock is missing on the device; concurrent deploys into %s are not prevented",
+                ssh.endpoint,
+                remote_dir,
+            )
         elif state != ["locked"]:
             stderr = proc.communicate(timeout=30)[1].decode("utf-8", errors="replace").strip()
-            raise RemoteError(f"{ssh.endpoint}: cannot lock the device folder {remote_dir}: {stderr or 'connection lost'}")
+            raise RemoteError(
+                f"{ssh.endpoint}: cannot lock the device folder {remote_dir}: {stderr or 'connection lost'}"
+            )
         yield
     finally:
         if proc.stdin is not None and not proc.stdin.closed:

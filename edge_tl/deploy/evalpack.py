@@ -60,7 +60,9 @@ class EvalPack:
         try:
             header = json.loads((root / HEADER).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise DataError(f"{str(root)!r} has no {HEADER}: not an evaluation pack (make one with `edge-tl bundle`)") from exc
+            raise DataError(
+                f"{str(root)!r} has no {HEADER}: not an evaluation pack (make one with `edge-tl bundle`)"
+            ) from exc
         if header.get("format") != PACK_FORMAT or header.get("version") != PACK_VERSION:
             raise DataError(
                 f"{str(root / HEADER)!r} is format {header.get('format')!r} v{header.get('version')!r}; "

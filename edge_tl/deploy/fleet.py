@@ -91,7 +91,9 @@ def load_inventory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[D
         raise ConfigError(f"{str(path)!r} is not valid TOML ({exc})") from exc
     unknown = set(data) - {"defaults", "device"}
     if unknown:
-        raise ConfigError(f"{str(path)!r}: unknown table(s) {sorted(unknown)}; an inventory has [defaults] and [[device]]")
+        raise ConfigError(
+            f"{str(path)!r}: unknown table(s) {sorted(unknown)}; an inventory has [defaults] and [[device]]"
+        )
     if not isinstance(data.get("defaults", {}), dict):
         raise ConfigError(f"{str(path)!r}: defaults must be a table ([defaults])")
     defaults = _settings(data.get("defaults", {}), where=f"{path} [defaults]")
@@ -102,7 +104,7 @@ def load_inventory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[D
     for i, entry in enumerate(entries):
         where = f"{path} [[device]] #{i + 1}"
         if not isinstance(entry.get("host"), str):
-            raise ConfigError(f"{where}: needs host = \"[user@]HOST[:PORT]\"")
+            raise ConfigError(f'{where}: needs host = "[user@]HOST[:PORT]"')
         SshEndpoint.parse(entry["host"])
         if "name" in entry and not isinstance(entry["name"], str):
             raise ConfigError(f"{where}: name = {entry['name']!r} should be a string")
@@ -130,7 +132,19 @@ class FleetReport:
         def num(value: float | None, fmt: str) -> str:
             return "-" if value is None else format(value, fmt)
 
-        head = ("device", "target", "JetPack", "TensorRT", "prec", "p50 ms", "p99 ms", "img/s", "top-1", "Δ pts", "status")
+        head = (
+            "device",
+            "target",
+            "JetPack",
+            "TensorRT",
+            "prec",
+            "p50 ms",
+            "p99 ms",
+            "img/s",
+            "top-1",
+            "Δ pts",
+            "status",
+        )
         rows = [head]
         for r in self.results:
             rows.append((
@@ -166,7 +180,9 @@ def deploy_fleet(
         merged = {**base, **defaults, **device.settings}
         try:
             if "target" not in merged or "precision" not in merged:
-                raise ConfigError(f"device {device.name!r} has no target/precision: give them per device, in [defaults] or with --target/--precision")
+                raise ConfigError(
+                    f"device {device.name!r} has no target/precision: give them per device, in [defaults] or with --target/--precision"
+                )
             plans.append((device, DeployConfig(**merged), ""))
         except EdgeTLError as exc:
             plans.append((device, None, str(exc)))
@@ -192,8 +208,8 @@ def deploy_fleet(
 
         def one(item: tuple[Device, DeployConfig | None, str]) -> DeployResult:
             device, config, problem = item
-            target = (config.target if config else str(device.settings.get("target", "?")))
-            precision = (config.precision if config else str(device.settings.get("precision", "?")))
+            target = config.target if config else str(device.settings.get("target", "?"))
+            precision = config.precision if config else str(device.settings.get("precision", "?"))
             if config is None:
                 return DeployResult(device.host, device.name, target, precision, "failed", problem)
             prepared = bundles[(config.target, config.precision, config.tensorrt, config.eval_images)]
@@ -214,4 +230,3 @@ def deploy_fleet(
     report = FleetReport(results)
     atomic_write_json(run.path("deploy", FLEET_FILE), report.to_dict())
     return report
-

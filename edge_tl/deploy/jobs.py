@@ -74,7 +74,9 @@ def job_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-")
 
 
-def run_job(ssh: SshTransport, remote_dir: str, name: str, argv: Sequence[str], *, timeout: float, what: str) -> RemoteResult:
+def run_job(
+    ssh: SshTransport, remote_dir: str, name: str, argv: Sequence[str], *, timeout: float, what: str
+) -> RemoteResult:
     """Run ``argv`` once on the device (cwd ``remote_dir``) and return its status, stdout and stderr.
 
     A dropped connection is retried by reattaching to the job, never by starting it again.
@@ -116,5 +118,6 @@ def stop_job(ssh: SshTransport, job: str) -> None:
     try:
         ssh.run(sh_script(_STOP, job), what="stopping the job", timeout=60)
     except RemoteError as exc:
-        log.warning("%s: could not stop %s (%s); stop it on the device: kill -TERM -$(cat %s/pid)", ssh.endpoint, job, exc, job)
-
+        log.warning(
+            "%s: could not stop %s (%s); stop it on the device: kill -TERM -$(cat %s/pid)", ssh.endpoint, job, exc, job
+        )

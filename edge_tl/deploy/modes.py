@@ -80,7 +80,9 @@ class DeviceSession:
     wheel: Path | None
 
     def job(self, name: str, argv: list[str], *, what: str) -> Any:
-        return run_job(self.ssh, self.remote_dir, job_name(self.stamp, name), argv, timeout=self.config.timeout_s, what=what)
+        return run_job(
+            self.ssh, self.remote_dir, job_name(self.stamp, name), argv, timeout=self.config.timeout_s, what=what
+        )
 
     def fetch(self, names: list[str]) -> list[str]:
         """Bring back the files ``names`` of the results folder that exist (one tar stream) into ``incoming``.
@@ -89,7 +91,9 @@ class DeviceSession:
         paths, so nothing the device sends can choose where a file lands here.
         """
         script = 'cd -- "$1" && shift && for f; do [ -f "$f" ] && printf "%s\\n" "$f"; done | tar -c -f - -T -'
-        data = self.ssh.run(sh_script(script, f"{self.remote_dir}/{self.results}", *names), what="fetch of the results").stdout
+        data = self.ssh.run(
+            sh_script(script, f"{self.remote_dir}/{self.results}", *names), what="fetch of the results"
+        ).stdout
         written = []
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -118,7 +122,9 @@ def _read_json(path: Path, *, what: str) -> Any:
 def _number(data: dict[str, Any], key: str, *, where: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        raise RemoteError(f"{where} from the device has no valid {key!r} (got {value!r}); the device's edge-tl may differ from this one")
+        raise RemoteError(
+            f"{where} from the device has no valid {key!r} (got {value!r}); the device's edge-tl may differ from this one"
+        )
     return float(value)
 
 
@@ -182,18 +188,24 @@ class PythonMode:
         got = session.fetch(["build.log", "result.json", "bench.json", LOGITS])
         if ran.returncode != 0:
             lines = [ln for ln in ran.stderr.strip().splitlines() if ln.strip()]
-            raise RemoteError(f"{ssh.endpoint}: the device agent failed (exit {ran.returncode}): " + " | ".join(lines[-6:]))
+            raise RemoteError(
+                f"{ssh.endpoint}: the device agent failed (exit {ran.returncode}): " + " | ".join(lines[-6:])
+            )
         missing = {"result.json", "bench.json", LOGITS} - set(got)
         if missing:
             raise RemoteError(f"{ssh.endpoint}: the device agent finished but wrote no {', '.join(sorted(missing))}")
-        device = parse_device_result(_read_json(session.incoming / "result.json", what="result.json"), where="result.json")
+        device = parse_device_result(
+            _read_json(session.incoming / "result.json", what="result.json"), where="result.json"
+        )
         classes = int(bundle.manifest["eval"]["classes"])
         try:
             logits = np.load(session.incoming / LOGITS, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise RemoteError(f"{ssh.endpoint}: {LOGITS} from the device is not a numpy array ({exc})") from exc
         if logits.ndim != 2 or logits.shape[1] != classes:
-            raise RemoteError(f"{ssh.endpoint}: the device returned logits of shape {logits.shape}; {classes} classes expected")
+            raise RemoteError(
+                f"{ssh.endpoint}: the device returned logits of shape {logits.shape}; {classes} classes expected"
+            )
         latency = device["latency"]
         return Measurement(
             artifact=device["artifact"], kind=device["kind"], backend=device["backend"],
@@ -215,11 +227,19 @@ class TrtexecMode:
         from edge_tl.runtime.trtexec import parse_log, to_bench_results
         from edge_tl.targets import TrtVersion
 
-        ssh, config, bundle, target, results = session.ssh, session.config, session.bundle, session.target, session.results
+        ssh, config, bundle, target, results = (
+            session.ssh,
+            session.config,
+            session.bundle,
+            session.target,
+            session.results,
+        )
         incoming = session.incoming
         plan = bundle.build_plan
         if plan is None:
-            raise ConfigError(f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python")
+            raise ConfigError(
+                f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python"
+            )
         trtexec = session.probe.trtexec or "trtexec"
         log_here = session.failed / "build.log"
         try:
@@ -295,7 +315,11 @@ class TrtexecMode:
             if ran.returncode != 0:
                 raise RemoteError(f"{ssh.endpoint}: trtexec failed on {chunk.file}: {ran.text.strip()[-800:]}")
             data = ssh.run(["cat", "--", f"{session.remote_dir}/{exported}"], what=f"fetch of {exported}").stdout
-            logits.append(exported_logits(data, output=model.get("output_name"), count=chunk.count, classes=classes, where=exported))
+            logits.append(
+                exported_logits(
+                    data, output=model.get("output_name"), count=chunk.count, classes=classes, where=exported
+                )
+            )
         np.save(incoming / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)
         e2e = bench["end_to_end"]
         return Measurement(
@@ -315,7 +339,15 @@ def exported_logits(data: bytes, *, output: str | None, count: int, classes: int
         if chosen is None:
             raise KeyError(output)
         values = np.asarray(chosen["values"], dtype=np.float32)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+    except (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        TypeError,
+        IndexError,
+        ValueError,
+        AttributeError,
+    ) as exc:
         raise RemoteError(f"{where} is not trtexec --exportOutput JSON with output {output!r} ({exc})") from exc
     if values.size != count * classes:
         raise RemoteError(f"{where}: {values.size} values are not {count} rows of {classes} class logits")

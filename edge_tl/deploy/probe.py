@@ -115,9 +115,15 @@ class DeviceProbe:
             where = f"Jetson {self.model or ''} (L4T {self.l4t}, JetPack {self.jetpack or '?'})".replace("  ", " ")
         else:
             where = f"{self.arch} Linux, no Jetson"
-        trt = f"TensorRT {self.tensorrt}" if self.tensorrt else ("TensorRT (python)" if self.tensorrt_python else "no TensorRT")
+        trt = (
+            f"TensorRT {self.tensorrt}"
+            if self.tensorrt
+            else ("TensorRT (python)" if self.tensorrt_python else "no TensorRT")
+        )
         gpu = f"{self.gpu_name} sm {self.compute_capability}" if self.gpu_name else "no CUDA GPU visible"
-        return f"{self.host}: {where}; {trt}; trtexec {self.trtexec or 'absent'}; python {self.python or 'absent'}; {gpu}"
+        return (
+            f"{self.host}: {where}; {trt}; trtexec {self.trtexec or 'absent'}; python {self.python or 'absent'}; {gpu}"
+        )
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -147,7 +153,11 @@ def parse_probe(text: str, *, host: str) -> DeviceProbe:
         if match:
             tensorrt = match.group(1)
             break
-    if tensorrt is None and isinstance(py.get("modules", {}).get("tensorrt"), str) and py["modules"]["tensorrt"] != "yes":
+    if (
+        tensorrt is None
+        and isinstance(py.get("modules", {}).get("tensorrt"), str)
+        and py["modules"]["tensorrt"] != "yes"
+    ):
         tensorrt = py["modules"]["tensorrt"]
     mem = {m.group(1): int(m.group(2)) // 1024 for line in s.get("mem", []) if (m := re.match(r"(\w+):\s+(\d+)", line))}
     disk = None
@@ -194,7 +204,9 @@ def probe_device(ssh: SshTransport, *, python: str = "python3", remote_dir: str 
 _ARCH = {"jetson": ("aarch64",), "dgpu": ("x86_64", "aarch64")}
 
 
-def check_probe(probe: DeviceProbe, target: Target, *, need_mb: int, dla: bool = False, python: bool = False) -> list[str]:
+def check_probe(
+    probe: DeviceProbe, target: Target, *, need_mb: int, dla: bool = False, python: bool = False
+) -> list[str]:
     """Every way the device does not fit ``target``; an empty list means it fits."""
     problems = []
     if target.kind is TargetKind.JETSON and not probe.is_jetson:
@@ -244,5 +256,7 @@ def check_probe(probe: DeviceProbe, target: Target, *, need_mb: int, dla: bool =
                     "(apt install python3-numpy python3-pip python3-venv; pip install onnxruntime), or use --mode trtexec"
                 )
     if probe.disk_free_mb is not None and probe.disk_free_mb < need_mb:
-        problems.append(f"{probe.host} has {probe.disk_free_mb} MB free in the deploy directory; {need_mb} MB are needed")
+        problems.append(
+            f"{probe.host} has {probe.disk_free_mb} MB free in the deploy directory; {need_mb} MB are needed"
+        )
     return problems

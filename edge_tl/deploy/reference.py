@@ -54,7 +54,10 @@ def compute_reference(run: Run, bundle: Bundle) -> Reference:
     cache = run.path("deploy", ".reference")
 
     def cached(name: str, compute: Callable[[], Any]) -> Any:
-        path = cache / f"{name}-{sha256_text(images + (checkpoint if name == 'original' else bundle.model['sha256']))[:20]}.npy"
+        path = (
+            cache
+            / f"{name}-{sha256_text(images + (checkpoint if name == 'original' else bundle.model['sha256']))[:20]}.npy"
+        )
         if path.is_file():
             return np.load(path, allow_pickle=False)
         value = compute()
@@ -66,7 +69,9 @@ def compute_reference(run: Run, bundle: Bundle) -> Reference:
         return value
 
     def original() -> Any:
-        runs_here = has_original and is_available("torch" if run.artifact(reference).kind == ArtifactKind.CHECKPOINT else "onnxruntime")
+        runs_here = has_original and is_available(
+            "torch" if run.artifact(reference).kind == ArtifactKind.CHECKPOINT else "onnxruntime"
+        )
         if runs_here:
             return _run_pack(open_runner(run, artifact=reference), pack)
         log.warning("the original model cannot run here (needs %s and its runtime): no accuracy delta", reference)
@@ -82,5 +87,3 @@ def compute_reference(run: Run, bundle: Bundle) -> Reference:
             return None
 
     return Reference(cached("original", original), cached("local-onnxruntime", local))
-
-

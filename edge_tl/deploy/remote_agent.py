@@ -40,10 +40,14 @@ def _build_engine(bundle: Any, out: Path) -> Path:
     if engine.is_file() and sidecar.is_file():
         recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("source", {}).get("sha256")
         if recorded == bundle.model["sha256"]:
-            (out / BUILD_LOG).write_text(f"engine {plan['engine']} already built from this ONNX; reused\n", encoding="utf-8")
+            (out / BUILD_LOG).write_text(
+                f"engine {plan['engine']} already built from this ONNX; reused\n", encoding="utf-8"
+            )
             return engine
     with open(out / BUILD_LOG, "wb") as log:
-        proc = subprocess.run(["bash", plan["script"]], cwd=bundle.root, stdout=log, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            ["bash", plan["script"]], cwd=bundle.root, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     if proc.returncode != 0:
         raise SystemExit(f"engine build failed (exit {proc.returncode}); see {out / BUILD_LOG}")
     return engine
@@ -70,25 +74,35 @@ def run_agent(bundle_dir: Path, out: Path, *, runtime: str, warmup: int, iterati
 
         if bundle.build_plan is None:
             raise SystemExit("this bundle's target runs ONNX Runtime: it has no build plan for TensorRT")
-        runner: Any = TensorRTRunner(_build_engine(bundle, out), name=f"engine-{bundle.manifest['target']['name']}-{bundle.precision.value}")
+        runner: Any = TensorRTRunner(
+            _build_engine(bundle, out), name=f"engine-{bundle.manifest['target']['name']}-{bundle.precision.value}"
+        )
         artifact, kind = runner.name, "engine"
     else:
         from edge_tl.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         artifact, kind = bundle.model["artifact"], "onnx"
-        runner = OnnxRuntimeRunner(bundle.root / bundle.model["path"], name=artifact, options=RunnerOptions(threads=threads))
+        runner = OnnxRuntimeRunner(
+            bundle.root / bundle.model["path"], name=artifact, options=RunnerOptions(threads=threads)
+        )
     pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
     accuracy = AccuracyAccumulator()
     logits = []
-    config = BenchConfig(batch_sizes=(batch_size,), warmup=Budget(iterations=warmup), measure=Budget(iterations=iterations))
+    config = BenchConfig(
+        batch_sizes=(batch_size,), warmup=Budget(iterations=warmup), measure=Budget(iterations=iterations)
+    )
     with runner:
         for images, labels in pack.batches():
             batch_logits = runner.run(images)
             accuracy.update(batch_logits, labels)
             logits.append(batch_logits)
         stats = benchmark(runner, config)
-        e2e = time_end_to_end(runner, images[:batch_size] if len(images) >= batch_size else images,
-                              warmup=min(warmup, 5), iterations=iterations)
+        e2e = time_end_to_end(
+            runner,
+            images[:batch_size] if len(images) >= batch_size else images,
+            warmup=min(warmup, 5),
+            iterations=iterations,
+        )
         described = runner.describe()
         described["input"] = runner.input_spec.to_dict()
     np.save(out / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)

@@ -165,8 +165,12 @@ def _classify(stderr: str) -> _Failure:
         return _Failure.UNKNOWN_KEY
     if "Permission denied" in stderr or "Too many authentication failures" in stderr:
         return _Failure.AUTH
-    if re.search(r"Connection refused|timed out|No route to host|Could not resolve|Name or service not known|"
-                 r"Network is unreachable|kex_exchange_identification|Connection closed by .* port \d+$", stderr, re.MULTILINE):
+    if re.search(
+        r"Connection refused|timed out|No route to host|Could not resolve|Name or service not known|"
+        r"Network is unreachable|kex_exchange_identification|Connection closed by .* port \d+$",
+        stderr,
+        re.MULTILINE,
+    ):
         return _Failure.UNREACHABLE
     return _Failure.DROPPED
 
@@ -201,7 +205,9 @@ class SshTransport:
         if self._control_dir is None:
             return
         try:
-            subprocess.run([*self._base_argv(), "-O", "exit", "--", self.endpoint.host], capture_output=True, timeout=10)
+            subprocess.run(
+                [*self._base_argv(), "-O", "exit", "--", self.endpoint.host], capture_output=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             pass  # nothing to close, or the master is already gone
         shutil.rmtree(self._control_dir, ignore_errors=True)
@@ -264,7 +270,9 @@ class SshTransport:
                 proc = subprocess.run(
                     self.ssh_argv(command),
                     input=stdin if isinstance(stdin, bytes) else None,
-                    stdin=stdin if hasattr(stdin, "read") else (None if isinstance(stdin, bytes) else subprocess.DEVNULL),
+                    stdin=stdin
+                    if hasattr(stdin, "read")
+                    else (None if isinstance(stdin, bytes) else subprocess.DEVNULL),
                     capture_output=True,
                     timeout=timeout,
                 )
@@ -395,4 +403,3 @@ def _control_dir() -> str | None:
 def _tail(text: str, lines: int = 3) -> str:
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("@@@")]
     return " | ".join(kept[-lines:])
-

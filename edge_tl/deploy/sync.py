@@ -259,7 +259,8 @@ def _upload_batch(ssh: SshTransport, local_root: Path, remote_dir: str, stage: s
     data = buffer.getvalue()
     ssh.run(
         sh_script('mkdir -p -- "$1/$2" && cd -- "$1/$2" && tar -x -f -', remote_dir, stage),
-        stdin=data, what=f"upload of {len(names)} small files",
+        stdin=data,
+        what=f"upload of {len(names)} small files",
     )
     return sum((local_root / n).stat().st_size for n in names)
 
@@ -306,9 +307,15 @@ def sync_bundle(
     if reused:
         ssh.run(sh_script(_REUSE, remote_dir, digest, *reused), what="copy of unchanged files on the device")
     wrong = [n for n in names if n in probe.staged and probe.staged[n] != files[n][0]]
-    wrong += [n for n in names if probe.current.startswith(digest + "-") and n in probe.in_current and probe.in_current[n] != files[n][0]]
+    wrong += [
+        n
+        for n in names
+        if probe.current.startswith(digest + "-") and n in probe.in_current and probe.in_current[n] != files[n][0]
+    ]
     if wrong:
-        log.warning("%s: %s on the device had wrong checksums; sending them again", ssh.endpoint, ", ".join(sorted(set(wrong))))
+        log.warning(
+            "%s: %s on the device had wrong checksums; sending them again", ssh.endpoint, ", ".join(sorted(set(wrong)))
+        )
         ssh.run(sh_script(_DROP, remote_dir, *(f"{stage}/{n}" for n in wrong)), what="removal of damaged files")
     pending = [n for n in names if n not in skipped and n not in reused]
     # Small files that start from zero travel together in one tar stream (one round trip);

@@ -65,5 +65,3 @@ def staging_view(bundle_root: Path, wheel: Path | None) -> Path:
     (view / WHEEL_DIR).mkdir()
     shutil.copyfile(wheel, view / WHEEL_DIR / wheel.name)
     return view
-
-

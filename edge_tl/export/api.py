@@ -200,10 +200,14 @@ def export_run(
         wanted = [p for p in Precision if p in config.precisions]
 
         say(f"parity on {len(samples)} validation images")
-        agreement = {p: AgreementAccumulator(atol=config.tolerance(p).atol or 0.0, rtol=config.tolerance(p).rtol) for p in wanted}
+        agreement = {
+            p: AgreementAccumulator(atol=config.tolerance(p).atol or 0.0, rtol=config.tolerance(p).rtol) for p in wanted
+        }
         accuracy = {p: AccuracyAccumulator() for p in wanted}
         cpu = RunnerOptions(device=Device.CPU)
-        reference = TorchRunner(model, input_spec=InputSpec(3, prep.input_size, prep.input_size), name="pytorch", options=cpu)
+        reference = TorchRunner(
+            model, input_spec=InputSpec(3, prep.input_size, prep.input_size), name="pytorch", options=cpu
+        )
         # Basic graph optimisations: parity judges the exported graph, not ORT's layout rewrites
         # (verify measures the deployed configuration, with every optimisation on).
         candidates = {
@@ -230,7 +234,13 @@ def export_run(
             parity, tol = agreement[p].result(), config.tolerance(p)
             failures = _check(parity, tol)
             exported = ExportedModel(
-                ARTIFACT_NAMES[p], p, None if failures else out_dir / FILE_NAMES[p], parity, accuracy[p].result(), tol, failures
+                ARTIFACT_NAMES[p],
+                p,
+                None if failures else out_dir / FILE_NAMES[p],
+                parity,
+                accuracy[p].result(),
+                tol,
+                failures,
             )
             if exported.path is not None:
                 os.replace(files[p], exported.path)
@@ -313,8 +323,10 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
         agreement, accuracy = AgreementAccumulator(atol=tol.atol or 0.0, rtol=tol.rtol), AccuracyAccumulator()
         cpu = RunnerOptions(device=Device.CPU)
         say(f"FP16 parity on {len(samples)} validation images")
-        with OnnxRuntimeRunner(fp32_path, name=reference.name, options=cpu, optimization=GraphOptimization.BASIC) as ref, \
-                OnnxRuntimeRunner(path, name=ONNX_FP16, options=cpu, optimization=GraphOptimization.BASIC) as half:
+        with (
+            OnnxRuntimeRunner(fp32_path, name=reference.name, options=cpu, optimization=GraphOptimization.BASIC) as ref,
+            OnnxRuntimeRunner(path, name=ONNX_FP16, options=cpu, optimization=GraphOptimization.BASIC) as half,
+        ):
             for images, labels in iter_batches(samples, prep, config.parity_batch_size):
                 ref_logits, logits = ref.run(images), half.run(images)
                 agreement.update(ref_logits, logits)
@@ -322,17 +334,40 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
                     accuracy.update(logits, labels)
         parity = agreement.result()
         failures = _check(parity, tol)
-        exported = ExportedModel(ONNX_FP16, Precision.FP16, None if failures else out_dir / FILE_NAMES[Precision.FP16],
-                                 parity, accuracy.result(), tol, failures)
+        exported = ExportedModel(
+            ONNX_FP16,
+            Precision.FP16,
+            None if failures else out_dir / FILE_NAMES[Precision.FP16],
+            parity,
+            accuracy.result(),
+            tol,
+            failures,
+        )
         if failures:
-            raise ToleranceError(f"export refused {ONNX_FP16} (nothing written for it): {', '.join(failures)} on "
-                                 f"{parity.num_images} images against the imported {reference.name}")
+            raise ToleranceError(
+                f"export refused {ONNX_FP16} (nothing written for it): {', '.join(failures)} on "
+                f"{parity.num_images} images against the imported {reference.name}"
+            )
         os.replace(path, exported.path)
     signature = io_signature(fp16)
-    details = {**reference.details, "input_dtype": signature["inputs"][0]["dtype"],
-               "output_dtype": signature["outputs"][0]["dtype"], "source": reference.name, "ops": graph_op_types(fp16),
-               "tool_versions": tool_versions("onnx", "onnxruntime")}
-    run.add_artifact(ONNX_FP16, kind=ArtifactKind.ONNX.value, path=exported.path, stage=STAGE, precision="fp16",
-                     details=details, metrics={**exported.metrics(), "parity_runtime":
-                                               "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32"})
+    details = {
+        **reference.details,
+        "input_dtype": signature["inputs"][0]["dtype"],
+        "output_dtype": signature["outputs"][0]["dtype"],
+        "source": reference.name,
+        "ops": graph_op_types(fp16),
+        "tool_versions": tool_versions("onnx", "onnxruntime"),
+    }
+    run.add_artifact(
+        ONNX_FP16,
+        kind=ArtifactKind.ONNX.value,
+        path=exported.path,
+        stage=STAGE,
+        precision="fp16",
+        details=details,
+        metrics={
+            **exported.metrics(),
+            "parity_runtime": "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32",
+        },
+    )
     return ExportResult(run.root, (exported,), 0)

@@ -72,7 +72,9 @@ def export_torch_to_onnx(
             # Constant folding (which folds BatchNorm into the convolution weights) is left to
             # onnxslim: torch's own folding rounds more, 1.4e-4 against 8e-5 max logit
             # difference on a fine-tuned lite0 whose logits reach 15.
-            torch.onnx.export(model, (example,), str(path), dynamo=False, do_constant_folding=not simplify_graph, **kwargs)
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, do_constant_folding=not simplify_graph, **kwargs
+            )
     else:
         if dynamic_batch:
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim(BATCH_DIM, min=1)},)

@@ -79,7 +79,14 @@ def make_same_padding_static(model: Any, input_size: int, *, channels: int = 3) 
         pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         if isinstance(module, nn.Conv2d):
             plain: Any = nn.Conv2d(
-                module.in_channels, module.out_channels, kernel, stride, 0, dilation, module.groups, module.bias is not None
+                module.in_channels,
+                module.out_channels,
+                kernel,
+                stride,
+                0,
+                dilation,
+                module.groups,
+                module.bias is not None,
             )
             plain.weight = module.weight
             plain.bias = module.bias
@@ -88,7 +95,9 @@ def make_same_padding_static(model: Any, input_size: int, *, channels: int = 3) 
             plain = nn.MaxPool2d(kernel, stride, 0, dilation, ceil_mode=module.ceil_mode)
             value = float("-inf")
         else:
-            plain = nn.AvgPool2d(kernel, stride, 0, ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad)
+            plain = nn.AvgPool2d(
+                kernel, stride, 0, ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad
+            )
             value = 0.0
         replacement = nn.Sequential(nn.ConstantPad2d(pad, value), plain) if any(pad) else plain
         parent_name, _, attr = name.rpartition(".")

@@ -39,7 +39,9 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     if Run.exists(out):
         raise ConfigError(f"--out {str(out)!r} is already an edge-tl run; import into a new directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {str(out)!r} exists and is not an empty directory; give a new one (nothing there is touched)")
+        raise ConfigError(
+            f"--out {str(out)!r} exists and is not an empty directory; give a new one (nothing there is touched)"
+        )
     kind = get_source(request.kind)
     say(f"reading the {kind.name} source")
     model = kind.load_opener()(request)
@@ -50,8 +52,10 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     if request.calib_data is not None:
         _check_calib(Path(request.calib_data))
     if request.val_data is None:
-        notes.append("no --val-data: export and verify compare with the reference by agreement on the --calib-data "
-                     "images; top-1, quantize's accuracy and the device evaluation pack need labelled images")
+        notes.append(
+            "no --val-data: export and verify compare with the reference by agreement on the --calib-data "
+            "images; top-1, quantize's accuracy and the device evaluation pack need labelled images"
+        )
 
     from edge_tl.data.dataset import SPLIT_FILE, DatasetSplit, save_split
 
@@ -63,7 +67,9 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
         data["calib_source"] = str(Path(request.calib_data).resolve()) if request.calib_data else None
         run = Run.create(
             out,
-            **{SOURCE_SECTION: {"kind": kind.name, "reference": kind.reference, "imported": now_iso(), **model.details}},
+            **{
+                SOURCE_SECTION: {"kind": kind.name, "reference": kind.reference, "imported": now_iso(), **model.details}
+            },
             backbone=model.backbone,
             preprocessing=model.preprocessing.to_dict(),
             classes=list(classes),
@@ -97,8 +103,10 @@ def _classes(model: SourceModel, request: ImportRequest) -> tuple[list[str], str
     if request.val_data is not None:
         folders = _class_folders(Path(request.val_data))
         if len(folders) == n:
-            return folders, (f"classes: the {n} --val-data folder names in sorted order, as torchvision's "
-                             "ImageFolder and timm number them; give --labels if the model was trained otherwise")
+            return folders, (
+                f"classes: the {n} --val-data folder names in sorted order, as torchvision's "
+                "ImageFolder and timm number them; give --labels if the model was trained otherwise"
+            )
         raise ConfigError(
             f"the model's head has {n} outputs but --val-data {str(request.val_data)!r} has {len(folders)} class "
             "folders; give --labels FILE (one class name per line, in output order)"
@@ -110,7 +118,9 @@ def read_labels(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--labels {str(path)!r} cannot be read ({exc}); give a UTF-8 text file, one class per line") from exc
+        raise ConfigError(
+            f"--labels {str(path)!r} cannot be read ({exc}); give a UTF-8 text file, one class per line"
+        ) from exc
     names = [line.strip() for line in lines if line.strip()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -132,7 +142,7 @@ def _class_folders(root: Path) -> list[str]:
 def _val_samples(request: ImportRequest, classes: list[str], *, imagenet: bool) -> tuple[list, list]:
     """Labelled samples of ``--val-data``: folders named by class name or by index (or, for
     ImageNet, by WordNet id or a synonym)."""
-    from edge_tl.data.dataset import Sample, SkippedFile, _scan_folder, _verify, _default_threads
+    from edge_tl.data.dataset import Sample, SkippedFile, _default_threads, _scan_folder, _verify
 
     if request.val_data is None:
         return [], []
@@ -154,7 +164,9 @@ def _val_samples(request: ImportRequest, classes: list[str], *, imagenet: bool) 
     if unknown:
         import difflib
 
-        hints = [f"{u!r} (close: {', '.join(difflib.get_close_matches(u, list(index), n=3)) or 'none'})" for u in unknown[:3]]
+        hints = [
+            f"{u!r} (close: {', '.join(difflib.get_close_matches(u, list(index), n=3)) or 'none'})" for u in unknown[:3]
+        ]
         raise DataError(
             f"--val-data {str(root)!r}: class folder(s) {', '.join(hints)} are neither a class name nor an index "
             f"below {len(classes)}; rename them to the model's classes (see --labels)"
@@ -162,7 +174,9 @@ def _val_samples(request: ImportRequest, classes: list[str], *, imagenet: bool) 
     paths = [p for folder in folders for p in files[folder]]
     verdicts = _verify(paths, _default_threads(), None)
     samples = [Sample(label=labels[f], path=p) for f in folders for p in files[f] if verdicts[p] is None]
-    skipped = [SkippedFile(path=os.path.relpath(p, root), reason=str(verdicts[p])) for p in paths if verdicts[p] is not None]
+    skipped = [
+        SkippedFile(path=os.path.relpath(p, root), reason=str(verdicts[p])) for p in paths if verdicts[p] is not None
+    ]
     if not samples:
         raise DataError(f"--val-data {str(root)!r} has no readable images")
     return samples, skipped
@@ -188,7 +202,12 @@ def unlabelled_samples(run: Run, *, stage: str) -> list:
             f"run {str(run.root)!r} has no validation images, which {stage} needs; it compares on labelled images, "
             "or on calibration images by agreement alone: import with --val-data DIR or --calib-data DIR"
         )
-    paths = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if is_image_file(f) and not f.startswith("."))
+    paths = sorted(
+        os.path.join(d, f)
+        for d, _, names in os.walk(folder)
+        for f in names
+        if is_image_file(f) and not f.startswith(".")
+    )
     return [Sample(label=UNLABELED, path=p) for p in paths]
 
 

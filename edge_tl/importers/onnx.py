@@ -61,8 +61,11 @@ def open_onnx(request: ImportRequest) -> SourceModel:
     dynamic = not isinstance(shape[0], int)
     input_shape = [BATCH_DIM if dynamic else shape[0], 3, prep.input_size, prep.input_size]
     details = {
-        "onnx": str(path.resolve()), "onnx_sha256": sha256_file(path), "input_name": name,
-        "output_name": output.name, "opset": opset,
+        "onnx": str(path.resolve()),
+        "onnx_sha256": sha256_file(path),
+        "input_name": name,
+        "output_name": output.name,
+        "opset": opset,
     }
     record_details = {
         "input_name": name,
@@ -81,9 +84,13 @@ def open_onnx(request: ImportRequest) -> SourceModel:
     }
     data = model.SerializeToString()
     return SourceModel(
-        kind=request.kind, num_classes=num_classes, preprocessing=prep, class_names=None,
+        kind=request.kind,
+        num_classes=num_classes,
+        preprocessing=prep,
+        class_names=None,
         backbone={"name": path.stem, "source": "onnx", "arch": None, "weights": details["onnx"]},
-        details=details, write=lambda run: _write(run, data, record_details),
+        details=details,
+        write=lambda run: _write(run, data, record_details),
     )
 
 
@@ -115,7 +122,9 @@ def _single_image_input(model: Any, path: Path, size: int) -> tuple[str, list[An
         raise ConfigError(f"{where}: input {value.name!r} of shape {dims} is not a 3-channel NCHW image")
     for axis, dim in (("height", dims[2]), ("width", dims[3])):
         if isinstance(dim, int) and dim != size:
-            raise ConfigError(f"{where}: the graph's input {axis} is {dim} but --img-size is {size}; give --img-size {dim}")
+            raise ConfigError(
+                f"{where}: the graph's input {axis} is {dim} but --img-size is {size}; give --img-size {dim}"
+            )
     return value.name, dims
 
 
@@ -157,4 +166,6 @@ def _a_real_image(request: ImportRequest) -> Any:
 
 def _write(run: Run, data: bytes, details: dict[str, Any]) -> Artifact:
     path = atomic_write_bytes(run.path(*FILE_PATH), data)
-    return run.add_artifact(ONNX_FP32, kind=ArtifactKind.ONNX.value, path=path, stage=STAGE, precision="fp32", details=details)
+    return run.add_artifact(
+        ONNX_FP32, kind=ArtifactKind.ONNX.value, path=path, stage=STAGE, precision="fp32", details=details
+    )

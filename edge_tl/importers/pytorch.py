@@ -67,14 +67,19 @@ def open_weights(request: ImportRequest) -> SourceModel:
     model.eval()
 
     details = {
-        "weights": str(path.resolve()), "weights_sha256": sha256_file(path), "weights_key": key,
+        "weights": str(path.resolve()),
+        "weights_sha256": sha256_file(path),
+        "weights_key": key,
         "stripped_prefixes": stripped,
     }
     return SourceModel(
-        kind=request.kind, num_classes=num_classes,
-        preprocessing=request.preprocessing.over(spec.preprocessing), class_names=None,
+        kind=request.kind,
+        num_classes=num_classes,
+        preprocessing=request.preprocessing.over(spec.preprocessing),
+        class_names=None,
         backbone={"name": spec.name, "source": spec.source, "arch": spec.arch, "weights": str(path.resolve())},
-        details=details, write=lambda run: _write_checkpoint(run, model, details),
+        details=details,
+        write=lambda run: _write_checkpoint(run, model, details),
     )
 
 
@@ -90,10 +95,13 @@ def open_pretrained(request: ImportRequest) -> SourceModel:
     names, note = imagenet_class_names() if num_classes == IMAGENET_CLASSES else (None, "")
     details = {"weights": "imagenet"}
     return SourceModel(
-        kind=request.kind, num_classes=num_classes,
-        preprocessing=request.preprocessing.over(spec.preprocessing), class_names=names,
+        kind=request.kind,
+        num_classes=num_classes,
+        preprocessing=request.preprocessing.over(spec.preprocessing),
+        class_names=names,
         backbone={"name": spec.name, "source": spec.source, "arch": spec.arch, "weights": "imagenet"},
-        details=details, write=lambda run: _write_checkpoint(run, model, details),
+        details=details,
+        write=lambda run: _write_checkpoint(run, model, details),
         notes=(note,) if note else (),
     )
 
@@ -162,7 +170,11 @@ def _load(path: Path) -> Any:
 
 def _is_state(obj: Any) -> bool:
     torch = lazy_import("torch")
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _state_dict(obj: Any, *, origin: str) -> tuple[str, dict[str, Any]]:
@@ -188,7 +200,7 @@ def _strip_wrappers(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped.append(prefix)
                 changed = True
     return state, stripped
@@ -203,7 +215,7 @@ def _strip_common_prefix(state: dict[str, Any], own: set[str]) -> tuple[dict[str
     if len(firsts) != 1 or not all("." in k for k in state):
         return state, ""
     prefix = firsts.pop() + "."
-    candidate = {k[len(prefix):]: v for k, v in state.items()}
+    candidate = {k[len(prefix) :]: v for k, v in state.items()}
     return (candidate, prefix) if set(candidate) & own else (state, "")
 
 
@@ -213,7 +225,8 @@ def _fit(model: Any, state: dict[str, Any], *, origin: str, backbone: str) -> No
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     problems = []
     if missing:
@@ -238,5 +251,11 @@ def _write_checkpoint(run: Run, model: Any, details: dict[str, Any]) -> Artifact
     from edge_tl.models.checkpoint import save_checkpoint
 
     path = save_checkpoint(run.path(*CHECKPOINT_PATH), {"model": model.state_dict(), "imported": details})
-    return run.add_artifact(CHECKPOINT_BEST, kind=ArtifactKind.CHECKPOINT.value, path=path, stage=STAGE, precision="fp32",
-                            details={"imported": details})
+    return run.add_artifact(
+        CHECKPOINT_BEST,
+        kind=ArtifactKind.CHECKPOINT.value,
+        path=path,
+        stage=STAGE,
+        precision="fp32",
+        details={"imported": details},
+    )

@@ -52,16 +52,28 @@ def get_source(name: str) -> SourceKind:
     return _SOURCES[name]
 
 
-register_source(SourceKind(
-    "pytorch", opener="edge_tl.importers.pytorch:open_weights", reference=CHECKPOINT_BEST,
-    description="an edge-tl backbone or timm:<name> plus a local weights file (state dict, timm, torchvision or "
-                "Lightning checkpoint)",
-))
-register_source(SourceKind(
-    "pretrained", opener="edge_tl.importers.pytorch:open_pretrained", reference=CHECKPOINT_BEST,
-    description="a pretrained backbone as it is, with its 1000-class ImageNet head",
-))
-register_source(SourceKind(
-    "onnx", opener="edge_tl.importers.onnx:open_onnx", reference=ONNX_FP32,
-    description="an ONNX classifier (NCHW float32 image in, logits out); the ONNX FP32 model is the reference",
-))
+register_source(
+    SourceKind(
+        "pytorch",
+        opener="edge_tl.importers.pytorch:open_weights",
+        reference=CHECKPOINT_BEST,
+        description="an edge-tl backbone or timm:<name> plus a local weights file (state dict, timm, torchvision or "
+        "Lightning checkpoint)",
+    )
+)
+register_source(
+    SourceKind(
+        "pretrained",
+        opener="edge_tl.importers.pytorch:open_pretrained",
+        reference=CHECKPOINT_BEST,
+        description="a pretrained backbone as it is, with its 1000-class ImageNet head",
+    )
+)
+register_source(
+    SourceKind(
+        "onnx",
+        opener="edge_tl.importers.onnx:open_onnx",
+        reference=ONNX_FP32,
+        description="an ONNX classifier (NCHW float32 image in, logits out); the ONNX FP32 model is the reference",
+    )
+)

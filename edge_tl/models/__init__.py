@@ -20,6 +20,6 @@ __all__ = [
     "list_backbones",
 ]
 
-from edge_tl.models.checkpoint import load_run_model  # noqa: E402
+from edge_tl.models.checkpoint import load_run_model
 
 __all__.append("load_run_model")

@@ -152,7 +152,9 @@ def get_backbone(name: str) -> BackboneSpec:
             size,
             tuple(cfg_dict.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
             tuple(cfg_dict.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
-            cfg_dict.get("interpolation", "bicubic") if cfg_dict.get("interpolation") in ("bilinear", "bicubic", "nearest") else "bicubic",
+            cfg_dict.get("interpolation", "bicubic")
+            if cfg_dict.get("interpolation") in ("bilinear", "bicubic", "nearest")
+            else "bicubic",
             float(cfg_dict.get("crop_pct", 0.875)),
         )
         return BackboneSpec(name=name, source="timm", arch=arch, preprocessing=prep, description=f"{arch} (timm)")
@@ -243,7 +245,11 @@ def _build_bundled(spec: BackboneSpec, *, imagenet: bool) -> Any:
     return model
 
 
-_BUILDERS: dict[str, Callable[..., Any]] = {"torchvision": _build_torchvision, "timm": _build_timm, "bundled": _build_bundled}
+_BUILDERS: dict[str, Callable[..., Any]] = {
+    "torchvision": _build_torchvision,
+    "timm": _build_timm,
+    "bundled": _build_bundled,
+}
 
 
 def map_by_position(source: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:

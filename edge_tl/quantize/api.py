@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from edge_tl._lazy import lazy_import
-from edge_tl.artifacts import ONNX_FP16, ONNX_FP32, ArtifactKind, calib_cache, calib_table, onnx_int8, reference_artifact
+from edge_tl.artifacts import (
+    ONNX_FP16,
+    ONNX_FP32,
+    ArtifactKind,
+    calib_cache,
+    calib_table,
+    onnx_int8,
+    reference_artifact,
+)
 from edge_tl.errors import ConfigError, DataError, RunError, ToleranceError
 from edge_tl.quantize import calibrate, graph, qdq_onnxruntime, qdq_tensorrt, trt_cache
 from edge_tl.quantize.observers import TensorRange
@@ -165,7 +173,12 @@ def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int
     reference = run.artifact(reference_artifact(run))
     if reference.kind == ArtifactKind.ONNX:
         onnx = lazy_import("onnx", purpose="measuring the original model's accuracy")
-        return _top1(_session(onnx.load(str(run.artifact_path(reference.name, check_hash=True))), threads), samples, prep, batch_size)
+        return _top1(
+            _session(onnx.load(str(run.artifact_path(reference.name, check_hash=True))), threads),
+            samples,
+            prep,
+            batch_size,
+        )
 
     torch = lazy_import("torch", purpose="measuring the original model's accuracy")
     model = load_run_model(run)
@@ -243,7 +256,9 @@ def quantize_run(
     method = config.calib_method or recipe.calibration.method
     num_samples = config.calib_samples or recipe.calibration.num_samples
 
-    samples = calibrate.calibration_samples(run, calib_data=config.calib_data, num_samples=num_samples, seed=config.seed)
+    samples = calibrate.calibration_samples(
+        run, calib_data=config.calib_data, num_samples=num_samples, seed=config.seed
+    )
     batches = calibrate.image_batches(samples, prep, recipe.calibration.batch_size)
 
     if recipe.output is OutputFormat.QDQ_TENSORRT:
@@ -254,7 +269,11 @@ def quantize_run(
             tensors = [t for t in tensors if not graph.matches(t, recipe.placement.keep_float)]
     say(f"calibrating {len(tensors)} tensors on {len(samples)} images ({method.value})")
     observers = calibrate.collect(
-        model, tensors, batches, num_bins=recipe.calibration.num_bins, histogram=method is not CalibMethod.MINMAX,
+        model,
+        tensors,
+        batches,
+        num_bins=recipe.calibration.num_bins,
+        histogram=method is not CalibMethod.MINMAX,
         threads=config.threads,
     )
     ranges = observers.ranges(method, percentile=recipe.calibration.percentile)
@@ -272,21 +291,40 @@ def quantize_run(
     }
     table_path = atomic_write_json(
         out_dir / TABLE_FILE,
-        {"format": "edge-tl-calibration-table", "version": 1, "created": now_iso(), "recipe": recipe.name,
-         "model": source.path, "model_sha256": source.sha256, "calibration": calib_info,
-         "tensors": {name: r.to_dict() for name, r in ranges.items()}},
+        {
+            "format": "edge-tl-calibration-table",
+            "version": 1,
+            "created": now_iso(),
+            "recipe": recipe.name,
+            "model": source.path,
+            "model_sha256": source.sha256,
+            "calibration": calib_info,
+            "tensors": {name: r.to_dict() for name, r in ranges.items()},
+        },
     )
     table_name, artifacts = calib_table(recipe.name), [calib_table(recipe.name)]
-    run.add_artifact(table_name, kind="calibration-table", path=table_path, stage=STAGE,
-                     details={"recipe": recipe.name, "source": SOURCE_ARTIFACT, "calibration": calib_info, "num_tensors": len(ranges)})
+    run.add_artifact(
+        table_name,
+        kind="calibration-table",
+        path=table_path,
+        stage=STAGE,
+        details={
+            "recipe": recipe.name,
+            "source": SOURCE_ARTIFACT,
+            "calibration": calib_info,
+            "num_tensors": len(ranges),
+        },
+    )
 
     if recipe.output is OutputFormat.TENSORRT_CACHE:
         return _write_cache(run, recipe, model, ranges, config, for_target, out_dir, table_path, calib_info, artifacts)
 
     val = list(split_from_run(run).val)
     if not val:
-        raise DataError(f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them "
-                        "(for an imported run: import again with --val-data DIR)")
+        raise DataError(
+            f"run {str(run.root)!r} has no validation images; INT8 accuracy is measured on them "
+            "(for an imported run: import again with --val-data DIR)"
+        )
 
     def build(float_layers: Sequence[str]) -> Any:
         if recipe.output is OutputFormat.QDQ_TENSORRT:
@@ -312,12 +350,15 @@ def quantize_run(
         return _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
 
     attempts, sensitivity, chosen, met = search_float_layers(
-        reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say)
+        reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say
+    )
     final = best_model if not chosen.float_layers else build(chosen.float_layers)
 
     shape = _input_chw(model)
-    latency = {"fp32": _p50_ms(model, shape, config.latency_iterations, config.threads),
-               "int8_all_layers": _p50_ms(best_model, shape, config.latency_iterations, config.threads)}
+    latency = {
+        "fp32": _p50_ms(model, shape, config.latency_iterations, config.threads),
+        "int8_all_layers": _p50_ms(best_model, shape, config.latency_iterations, config.threads),
+    }
     if chosen.float_layers:
         latency["int8_final"] = _p50_ms(final, shape, config.latency_iterations, config.threads)
     else:
@@ -327,16 +368,21 @@ def quantize_run(
     status = {True: "passing", False: "failing", None: "no-budget"}[met]
     name = onnx_int8(recipe.name)
     details = dict(source.details)
-    details.update({
-        "source": SOURCE_ARTIFACT,
-        "recipe": recipe.to_dict(),
-        "calibration": calib_info,
-        "quantized_layers": len(quantized_layers) - len(chosen.float_layers),
-        "float_layers": list(chosen.float_layers),
-        "status": status,
-        "tool_versions": tool_versions("onnx", "onnxruntime"),
-        "ops": {op: sum(1 for n in final.graph.node if n.op_type == op) for op in sorted({n.op_type for n in final.graph.node})},
-    })
+    details.update(
+        {
+            "source": SOURCE_ARTIFACT,
+            "recipe": recipe.to_dict(),
+            "calibration": calib_info,
+            "quantized_layers": len(quantized_layers) - len(chosen.float_layers),
+            "float_layers": list(chosen.float_layers),
+            "status": status,
+            "tool_versions": tool_versions("onnx", "onnxruntime"),
+            "ops": {
+                op: sum(1 for n in final.graph.node if n.op_type == op)
+                for op in sorted({n.op_type for n in final.graph.node})
+            },
+        }
+    )
     metrics = {
         "val_top1": chosen.top1,
         "reference_top1": reference,
@@ -349,14 +395,27 @@ def quantize_run(
         "latency_p50_ms_onnxruntime_cpu_b1": latency,
         "latency_cost_of_float_layers": latency["int8_final"] / latency["int8_all_layers"],
     }
-    run.add_artifact(name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics)
+    run.add_artifact(
+        name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics
+    )
     artifacts.insert(0, name)
     if recipe.output is OutputFormat.QDQ_TENSORRT and _builds_strongly_typed(config):
         artifacts.insert(1, _strongly_typed_variant(run, name, final, details, reference, val, prep, config, say))
     result = QuantizeResult(
-        run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), model_path=model_path, table_path=table_path,
-        reference_top1=reference, top1=chosen.top1, drop_points=chosen.drop_points, budget_points=budget,
-        budget_met=met, float_layers=chosen.float_layers, sensitivity=tuple(sensitivity), attempts=tuple(attempts),
+        run.root,
+        recipe.name,
+        QuantPrecision.INT8,
+        tuple(artifacts),
+        model_path=model_path,
+        table_path=table_path,
+        reference_top1=reference,
+        top1=chosen.top1,
+        drop_points=chosen.drop_points,
+        budget_points=budget,
+        budget_met=met,
+        float_layers=chosen.float_layers,
+        sensitivity=tuple(sensitivity),
+        attempts=tuple(attempts),
         latency_p50_ms=latency,
     )
     if met is False:
@@ -381,8 +440,17 @@ def _builds_strongly_typed(config: QuantizeConfig) -> bool:
     return load_target(config.target).release(config.tensorrt).version.major >= 11
 
 
-def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, Any], reference: float, val: Sequence[Any],
-                            prep: Any, config: QuantizeConfig, say: Callable[[str], None]) -> str:
+def _strongly_typed_variant(
+    run: Run,
+    name: str,
+    final: Any,
+    details: dict[str, Any],
+    reference: float,
+    val: Sequence[Any],
+    prep: Any,
+    config: QuantizeConfig,
+    say: Callable[[str], None],
+) -> str:
     """``<name>-fp16``: the same Q/DQ model with an FP16 float part, for strongly typed builds (TensorRT 11)."""
     from edge_tl.quantize.fp16_float import FP16_OPSET, float_part_to_fp16, raise_small_scales
 
@@ -395,22 +463,46 @@ def _strongly_typed_variant(run: Run, name: str, final: Any, details: dict[str, 
     say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {drop:.2f} pt)")
     over = config.max_accuracy_drop is not None and drop > config.max_accuracy_drop
     if over:
-        say(f"WARNING: the FP16 float part drops {drop:.2f} pt, over the {config.max_accuracy_drop} pt budget: "
-            "a strongly typed (TensorRT 11) engine built from it would not meet the budget; `edge-tl verify` gates it")
-    path = atomic_write_bytes(run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")),
-                              model.SerializeToString())
+        say(
+            f"WARNING: the FP16 float part drops {drop:.2f} pt, over the {config.max_accuracy_drop} pt budget: "
+            "a strongly typed (TensorRT 11) engine built from it would not meet the budget; `edge-tl verify` gates it"
+        )
+    path = atomic_write_bytes(
+        run.path(STAGE, details["recipe"]["name"], MODEL_FILE.replace(".onnx", ".fp16.onnx")), model.SerializeToString()
+    )
     variant = f"{name}-fp16"
     info = dict(details)
-    info.update({"source": name, "opset": FP16_OPSET, "float_part": "float16", "kept_fp32": kept,
-                 # channels whose scale was under float16's smallest normal: raised to it (weights requantized)
-                 "scales_raised_to_fp16_min": raised,
-                 "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
-                 "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
-                 "ops": {op: sum(1 for n in model.graph.node if n.op_type == op) for op in sorted({n.op_type for n in model.graph.node})}})
-    run.add_artifact(variant, kind="onnx", path=path, stage=STAGE, precision="int8", details=info,
-                     metrics={"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": drop,
-                              "num_val_images": len(val),
-                              "accuracy_budget_met": None if config.max_accuracy_drop is None else not over})
+    info.update(
+        {
+            "source": name,
+            "opset": FP16_OPSET,
+            "float_part": "float16",
+            "kept_fp32": kept,
+            # channels whose scale was under float16's smallest normal: raised to it (weights requantized)
+            "scales_raised_to_fp16_min": raised,
+            "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
+            "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
+            "ops": {
+                op: sum(1 for n in model.graph.node if n.op_type == op)
+                for op in sorted({n.op_type for n in model.graph.node})
+            },
+        }
+    )
+    run.add_artifact(
+        variant,
+        kind="onnx",
+        path=path,
+        stage=STAGE,
+        precision="int8",
+        details=info,
+        metrics={
+            "val_top1": top1,
+            "reference_top1": reference,
+            "accuracy_drop_points": drop,
+            "num_val_images": len(val),
+            "accuracy_budget_met": None if config.max_accuracy_drop is None else not over,
+        },
+    )
     return variant
 
 
@@ -451,8 +543,14 @@ def search_float_layers(
     return attempts, sensitivity, chosen, met
 
 
-def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[str], samples: Sequence[Any],
-          prep: Any, config: QuantizeConfig) -> list[tuple[str, float]]:
+def _rank(
+    model: Any,
+    build: Callable[[Sequence[str]], Any],
+    layers: Sequence[str],
+    samples: Sequence[Any],
+    prep: Any,
+    config: QuantizeConfig,
+) -> list[tuple[str, float]]:
     """Layers by how much their quantization hurts: the KL divergence from FP32 logits on
     calibration images with that one layer in float (lower = floating it helps more)."""
     from edge_tl.data import iter_batches
@@ -463,28 +561,59 @@ def _rank(model: Any, build: Callable[[Sequence[str]], Any], layers: Sequence[st
     return sorted(scores, key=lambda item: item[1])
 
 
-def _write_cache(run: Run, recipe: Recipe, model: Any, ranges: dict[str, TensorRange], config: QuantizeConfig,
-                 for_target: int | None, out_dir: Path, table_path: Path, calib_info: dict[str, Any], artifacts: list[str]) -> QuantizeResult:
+def _write_cache(
+    run: Run,
+    recipe: Recipe,
+    model: Any,
+    ranges: dict[str, TensorRange],
+    config: QuantizeConfig,
+    for_target: int | None,
+    out_dir: Path,
+    table_path: Path,
+    calib_info: dict[str, Any],
+    artifacts: list[str],
+) -> QuantizeResult:
     if recipe.cache is None:
         raise ConfigError(f"recipe {recipe.source}: output 'tensorrt-cache' needs a [cache] table")
     version = config.cache_version or for_target or recipe.cache.cache_version
-    cache = trt_cache.cache_from_amax({n: r.amax for n, r in ranges.items()}, version=version, algorithm=recipe.cache.algorithm)
+    cache = trt_cache.cache_from_amax(
+        {n: r.amax for n, r in ranges.items()}, version=version, algorithm=recipe.cache.algorithm
+    )
     known = set(graph.float_activations(model))
     unknown = [n for n in cache.scales if n not in known]
     if unknown:
         raise RunError(f"calibration produced names that are not tensors of the FP32 ONNX: {unknown[:5]}")
     path = trt_cache.write_cache(out_dir / CACHE_FILE, cache)
     name = calib_cache(recipe.name)
-    run.add_artifact(name, kind="calibration-cache", path=path, stage=STAGE, precision="int8", details={
-        "recipe": recipe.to_dict(), "source": SOURCE_ARTIFACT, "calibration": calib_info,
-        "header": f"TRT-{version}-{recipe.cache.algorithm}", "num_tensors": len(cache.scales),
-        "cache_version_from": "--cache-version" if config.cache_version else (f"target {config.target}" if for_target else "recipe"),
-        "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
-                "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
-    })
+    run.add_artifact(
+        name,
+        kind="calibration-cache",
+        path=path,
+        stage=STAGE,
+        precision="int8",
+        details={
+            "recipe": recipe.to_dict(),
+            "source": SOURCE_ARTIFACT,
+            "calibration": calib_info,
+            "header": f"TRT-{version}-{recipe.cache.algorithm}",
+            "num_tensors": len(cache.scales),
+            "cache_version_from": "--cache-version"
+            if config.cache_version
+            else (f"target {config.target}" if for_target else "recipe"),
+            "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
+            "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
+        },
+    )
     artifacts.insert(0, name)
-    return QuantizeResult(run.root, recipe.name, QuantPrecision.INT8, tuple(artifacts), table_path=table_path, cache_path=path,
-                          notes=("implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",))
+    return QuantizeResult(
+        run.root,
+        recipe.name,
+        QuantPrecision.INT8,
+        tuple(artifacts),
+        table_path=table_path,
+        cache_path=path,
+        notes=("implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",),
+    )
 
 
 def _target_cache_version(config: QuantizeConfig) -> int | None:
@@ -511,8 +640,14 @@ def _fp16(run: Run, say: Callable[[str], None]) -> QuantizeResult:
     if run.has_artifact(ONNX_FP16):
         say("onnx-fp16 already exists (made by export); nothing to do")
         art = run.artifact(ONNX_FP16)
-        return QuantizeResult(run.root, "fp16", QuantPrecision.FP16, (ONNX_FP16,), model_path=run.root / art.path,
-                              notes=("already produced by export",))
+        return QuantizeResult(
+            run.root,
+            "fp16",
+            QuantPrecision.FP16,
+            (ONNX_FP16,),
+            model_path=run.root / art.path,
+            notes=("already produced by export",),
+        )
     say("producing onnx-fp16 with export's FP16 conversion and parity check")
     result = export_run(run.root, config=ExportConfig(precisions=(Precision.FP16,)), progress=say)
     path = next(m.path for m in result.models if m.name == ONNX_FP16)

@@ -63,7 +63,9 @@ def samples_from_dir(root: str | os.PathLike[str], classes: Sequence[str]) -> li
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"--calib-data {str(root)!r} is not a directory; give a folder of images (optionally one subfolder per class)")
+        raise DataError(
+            f"--calib-data {str(root)!r} is not a directory; give a folder of images (optionally one subfolder per class)"
+        )
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     labelled = bool(subdirs) and set(subdirs) <= set(classes)
     index = {c: i for i, c in enumerate(classes)}
@@ -80,7 +82,9 @@ def samples_from_dir(root: str | os.PathLike[str], classes: Sequence[str]) -> li
     return out
 
 
-def calibration_samples(run: Run, *, calib_data: str | os.PathLike[str] | None, num_samples: int, seed: int = 0) -> list[Sample]:
+def calibration_samples(
+    run: Run, *, calib_data: str | os.PathLike[str] | None, num_samples: int, seed: int = 0
+) -> list[Sample]:
     """The calibration images: from ``calib_data`` or the run's training split (never validation)."""
     from edge_tl.data import split_from_run
 
@@ -97,7 +101,9 @@ def calibration_samples(run: Run, *, calib_data: str | os.PathLike[str] | None, 
     return balanced_subset(pool, num_samples, seed=seed)
 
 
-def image_batches(samples: Sequence[Sample], prep: Preprocessing, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:
+def image_batches(
+    samples: Sequence[Sample], prep: Preprocessing, batch_size: int
+) -> Callable[[], Iterator[np.ndarray]]:
     """A re-iterable source of preprocessed image batches (labels dropped)."""
     from edge_tl.data import iter_batches
 

@@ -112,7 +112,9 @@ def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[An
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+                    attr.t.CopyFrom(
+                        numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name)
+                    )
 
     # float32 I/O through Casts: the graph input is cast to float16 first, the output cast back last.
     casts_in, casts_out = [], []
@@ -124,7 +126,9 @@ def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[An
             for i, name in enumerate(node.input):
                 if name == value.name:
                     node.input[i] = half
-        casts_in.append(helper.make_node("Cast", [value.name], [half], name=f"{value.name}_to_fp16", to=TensorProto.FLOAT16))
+        casts_in.append(
+            helper.make_node("Cast", [value.name], [half], name=f"{value.name}_to_fp16", to=TensorProto.FLOAT16)
+        )
         kept[value.name] = "graph input stays float32 (a Cast to float16 follows it)"
     for value in graph.output:
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:
@@ -137,7 +141,9 @@ def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[An
             for i, name in enumerate(node.input):
                 if name == value.name:
                     node.input[i] = half
-        casts_out.append(helper.make_node("Cast", [half], [value.name], name=f"{value.name}_to_fp32", to=TensorProto.FLOAT))
+        casts_out.append(
+            helper.make_node("Cast", [half], [value.name], name=f"{value.name}_to_fp32", to=TensorProto.FLOAT)
+        )
         kept[value.name] = "graph output stays float32 (cast back from float16)"
     nodes = [*casts_in, *graph.node, *casts_out]
     del graph.node[:]

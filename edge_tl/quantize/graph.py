@@ -40,7 +40,10 @@ def float_activations(model: Any) -> list[str]:
     """
     onnx = lazy_import("onnx", purpose="quantization")
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    }
     inits = initializer_names(model)
     names = [v.name for v in model.graph.input if v.name not in inits]
     for node in model.graph.node:

@@ -28,7 +28,9 @@ def quantizable_layers(model: Any, recipe: Recipe, *, float_layers: Iterable[str
     for node in weighted_nodes(model):
         if node.op_type not in recipe.placement.op_types:
             continue
-        (floats if node.name in kept or matches(node.name, recipe.placement.keep_float) else quantized).append(node.name)
+        (floats if node.name in kept or matches(node.name, recipe.placement.keep_float) else quantized).append(
+            node.name
+        )
     return quantized, floats
 
 

@@ -122,12 +122,18 @@ def write(model: Any, ranges: dict[str, TensorRange], placement: Placement) -> A
             if tensor not in ranges:
                 raise ConfigError(f"no calibrated range for activation {tensor!r}; calibration must observe it")
             scale_name, zp_name = f"{tensor}_qdq_scale", f"{tensor}_qdq_zero_point"
-            new_inits.append(numpy_helper.from_array(np.array(_scale(ranges[tensor].amax), dtype=np.float32), scale_name))
+            new_inits.append(
+                numpy_helper.from_array(np.array(_scale(ranges[tensor].amax), dtype=np.float32), scale_name)
+            )
             new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zp_name))
             q_out, dq_out = f"{tensor}_quantized", f"{tensor}_dequantized"
             qdq_after[tensor] = [
-                helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [q_out], name=f"{tensor}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=f"{tensor}_DequantizeLinear"),
+                helper.make_node(
+                    "QuantizeLinear", [tensor, scale_name, zp_name], [q_out], name=f"{tensor}_QuantizeLinear"
+                ),
+                helper.make_node(
+                    "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=f"{tensor}_DequantizeLinear"
+                ),
             ]
             dq_of[tensor] = dq_out
         nodes[node_name].input[index] = dq_of[tensor]
@@ -153,7 +159,9 @@ def write(model: Any, ranges: dict[str, TensorRange], placement: Placement) -> A
             ]
             dq_out = f"{name}_dequantized"
             dq_nodes.append(
-                helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=f"{name}_DequantizeLinear", axis=axis)
+                helper.make_node(
+                    "DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=f"{name}_DequantizeLinear", axis=axis
+                )
             )
             weight_dq[name] = dq_out
         nodes[node_name].input[index] = weight_dq[name]
@@ -209,22 +217,30 @@ def check_tensorrt_qdq(model: Any, *, float_layers: Iterable[str] = ()) -> list[
     for add_name, skip in skips.items():
         src = producer.get(skip)
         if add_name not in floats and (src is None or src.op_type != "DequantizeLinear"):
-            problems.append(f"{add_name}: the skip input {skip!r} of this residual Add must come through DequantizeLinear")
+            problems.append(
+                f"{add_name}: the skip input {skip!r} of this residual Add must come through DequantizeLinear"
+            )
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zp_name = node.input[2] if len(node.input) > 2 else ""
             zp = inits.get(zp_name)
             if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
-                problems.append(f"{node.name}: zero point must be INT8 zeros, got {None if zp is None else (zp.dtype, zp)}")
+                problems.append(
+                    f"{node.name}: zero point must be INT8 zeros, got {None if zp is None else (zp.dtype, zp)}"
+                )
         if node.op_type == "QuantizeLinear":
             scale = inits.get(node.input[1])
             if scale is None or scale.size != 1:
                 problems.append(f"{node.name}: activation scale must be per tensor (one value)")
             for dq in consumers.get(node.output[0], []):
                 for reader in consumers.get(dq.output[0], []):
-                    weighted_input = reader.op_type in ("Conv", "Gemm", "MatMul") and list(reader.input).index(dq.output[0]) < 2
+                    weighted_input = (
+                        reader.op_type in ("Conv", "Gemm", "MatMul") and list(reader.input).index(dq.output[0]) < 2
+                    )
                     if not (weighted_input or reader.op_type == "Add" and reader.name in residual):
-                        problems.append(f"{node.name}: feeds {reader.op_type} {reader.name}, which the placement rules leave in float")
+                        problems.append(
+                            f"{node.name}: feeds {reader.op_type} {reader.name}, which the placement rules leave in float"
+                        )
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue

@@ -130,7 +130,9 @@ class _Fields:
     def _err(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"recipe {self.where}: field {self.prefix + key!r} {msg}")
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices: type[Enum] | None = None) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices: type[Enum] | None = None
+    ) -> Any:
         self.seen.add(key)
         if key not in self.data:
             if default is ...:
@@ -206,7 +208,9 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
     )
     c.no_unknown()
     if not 50.0 < calibration.percentile <= 100.0:
-        raise ConfigError(f"recipe {where}: field 'calibration.percentile' is {calibration.percentile}; give a value in (50, 100]")
+        raise ConfigError(
+            f"recipe {where}: field 'calibration.percentile' is {calibration.percentile}; give a value in (50, 100]"
+        )
     if calibration.num_bins < 128:
         raise ConfigError(f"recipe {where}: field 'calibration.num_bins' is {calibration.num_bins}; it must be >= 128")
     if calibration.num_samples < 1 or calibration.batch_size < 1:
@@ -228,7 +232,9 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
     cache = None
     if "cache" in data or output is OutputFormat.TENSORRT_CACHE:
         k = top.table("cache")
-        cache = CacheSpec(algorithm=k.get("algorithm", str, "EntropyCalibration2"), cache_version=k.get("cache_version", int))
+        cache = CacheSpec(
+            algorithm=k.get("algorithm", str, "EntropyCalibration2"), cache_version=k.get("cache_version", int)
+        )
         k.no_unknown()
     top.no_unknown()
 
@@ -273,14 +279,18 @@ def load_recipe(name_or_path: str | os.PathLike[str]) -> Recipe:
     looks_like_path = value.endswith(".toml") or os.sep in value or "/" in value
     if looks_like_path:
         if not path.is_file():
-            raise ConfigError(f"recipe file {value!r} does not exist; give a shipped recipe name ({', '.join(list_recipes())}) or a TOML path")
+            raise ConfigError(
+                f"recipe file {value!r} does not exist; give a shipped recipe name ({', '.join(list_recipes())}) or a TOML path"
+            )
         text, where = path.read_text(encoding="utf-8"), str(path)
     else:
         known = list_recipes()
         if value not in known:
             close = difflib.get_close_matches(value, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown recipe {value!r}.{hint} Shipped recipes: {', '.join(known)}; or give a path to a TOML file.")
+            raise ConfigError(
+                f"unknown recipe {value!r}.{hint} Shipped recipes: {', '.join(known)}; or give a path to a TOML file."
+            )
         resource = resources.files(RECIPE_PACKAGE) / f"{value}.toml"
         text, where = resource.read_text(encoding="utf-8"), f"{value}.toml"
     toml = _tomllib()
@@ -290,5 +300,7 @@ def load_recipe(name_or_path: str | os.PathLike[str]) -> Recipe:
         raise ConfigError(f"recipe {where} is not valid TOML: {exc}") from exc
     recipe = parse_recipe(data, where=where)
     if not looks_like_path and recipe.name != value:
-        raise ConfigError(f"recipe {where}: field 'name' is {recipe.name!r} but the file is named {value!r}; make them equal")
+        raise ConfigError(
+            f"recipe {where}: field 'name' is {recipe.name!r} but the file is named {value!r}; make them equal"
+        )
     return recipe

@@ -51,7 +51,9 @@ class CalibrationCache:
         return "\n".join(lines) + "\n"
 
 
-def cache_from_amax(amax: dict[str, float], *, version: int, algorithm: str = "EntropyCalibration2") -> CalibrationCache:
+def cache_from_amax(
+    amax: dict[str, float], *, version: int, algorithm: str = "EntropyCalibration2"
+) -> CalibrationCache:
     return CalibrationCache(version, algorithm, {name: float(value) / INT8_LEVELS for name, value in amax.items()})
 
 
@@ -65,7 +67,9 @@ def parse_cache(text: str, *, where: str = "cache") -> CalibrationCache:
         raise ConfigError(f"{where} is empty; a TensorRT cache starts with 'TRT-<version>-<algorithm>'")
     match = _HEADER.match(lines[0].strip())
     if not match:
-        raise ConfigError(f"{where}: first line {lines[0]!r} is not a TensorRT cache header 'TRT-<version>-<algorithm>'")
+        raise ConfigError(
+            f"{where}: first line {lines[0]!r} is not a TensorRT cache header 'TRT-<version>-<algorithm>'"
+        )
     scales: dict[str, float] = {}
     for number, line in enumerate(lines[1:], start=2):
         # Tensor names may themselves contain ':' (e.g. 'onnx::Conv_12'): split at the last one.

@@ -106,7 +106,9 @@ def _probe_facts(probe: dict[str, Any], results: list[dict[str, Any]]) -> dict[s
         "clocks locked": "yes" if clocks else ("no" if clocks is not None else "not recorded"),
         "arch / kernel": " / ".join(str(v) for v in (probe.get("arch"), probe.get("kernel")) if v),
         "Python": probe.get("python"),
-        "memory (MB total / available)": " / ".join(str(probe.get(k)) for k in ("mem_total_mb", "mem_available_mb")) if probe.get("mem_total_mb") else None,
+        "memory (MB total / available)": " / ".join(str(probe.get(k)) for k in ("mem_total_mb", "mem_available_mb"))
+        if probe.get("mem_total_mb")
+        else None,
         "probed": probe.get("probed"),
     }
 
@@ -120,7 +122,9 @@ def _device_view(device: Device, confidence: str) -> dict[str, Any]:
         "results": device.results,
         "rows": rows,
         "files": device.files,
-        "plot": _data_uri(plots.accuracy_latency(rows, title=f"{device.name}: top-1 against latency", confidence=confidence)),
+        "plot": _data_uri(
+            plots.accuracy_latency(rows, title=f"{device.name}: top-1 against latency", confidence=confidence)
+        ),
     }
 
 
@@ -148,7 +152,9 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
         if gates.get("min_agreement") is not None:
             given.append(f"--min-agreement {gates['min_agreement']:g}")
         if given:
-            verdict = "Gates passed" if verify.get("passed") else "Gates FAILED: " + "; ".join(verify.get("failures") or [])
+            verdict = (
+                "Gates passed" if verify.get("passed") else "Gates FAILED: " + "; ".join(verify.get("failures") or [])
+            )
             gate_line = f"{verdict} ({', '.join(given)})"
     detectable = None
     if reference is not None and reference.num_images:
@@ -156,8 +162,10 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
         k = images_needed_to_detect(n, level=data.level)
         detectable = f"What {n} images can tell: one image is {100 / n:.2f} pt; " + (
             f"a drop is distinguishable from noise (exact McNemar, level {data.level:g}) only from {k} images lost "
-            f"and none gained ({k * 100 / n:.2f} pt)." if k <= n else
-            f"no drop can be distinguishable from noise (exact McNemar, level {data.level:g}) on so few images.")
+            f"and none gained ({k * 100 / n:.2f} pt)."
+            if k <= n
+            else f"no drop can be distinguishable from noise (exact McNemar, level {data.level:g}) on so few images."
+        )
     context = {
         "version": __version__,
         "generated": now_iso(),
@@ -174,8 +182,11 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
         "missing": data.missing,
         "models": data.models,
         "int8": [m for m in data.models if m.precision == "int8" and m.kind == "onnx"],
-        "plot_accuracy_latency": _data_uri(plots.accuracy_latency(
-            data.models, title="top-1 against p50 latency at batch 1, this machine", confidence=confidence)),
+        "plot_accuracy_latency": _data_uri(
+            plots.accuracy_latency(
+                data.models, title="top-1 against p50 latency at batch 1, this machine", confidence=confidence
+            )
+        ),
         "plot_curves": _data_uri(plots.training_curves(data.curves)),
         "best_epoch": training.get("best_epoch"),
         "confusion": _data_uri(data.confusion_png.read_bytes()) if data.confusion_png else None,
@@ -184,13 +195,15 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
         "skipped": [s for s in dataset.get("skipped") or [] if isinstance(s, dict)],
         "model_facts": {
             "backbone": backbone.get("name"),
-            "source / architecture": " / ".join(str(v) for v in (backbone.get("source"), backbone.get("arch")) if v) or None,
+            "source / architecture": " / ".join(str(v) for v in (backbone.get("source"), backbone.get("arch")) if v)
+            or None,
             "weights": backbone.get("weights"),
             "input size": prep.get("input_size"),
             "classes": len(manifest.get("classes") or []) or None,
             "epochs run": training.get("epochs_run"),
             "best epoch": training.get("best_epoch"),
-            "device / AMP": " / ".join(str(training.get(k)) for k in ("device", "amp") if training.get(k) is not None) or None,
+            "device / AMP": " / ".join(str(training.get(k)) for k in ("device", "amp") if training.get(k) is not None)
+            or None,
             "best validation top-1": _pct((manifest.get("metrics") or {}).get("val_top1")),
         },
         "data_facts": {
@@ -218,16 +231,43 @@ def render_fleet(data: RunData) -> str:
             continue
         device = by_name.get(str(entry.get("label")))
         row = next((r for r in device.rows if r.precision == entry.get("precision")), None) if device else None
-        devices.append({
-            **{k: entry.get(k) for k in ("label", "host", "precision", "jetpack", "tensorrt", "p50_ms", "p99_ms",
-                                         "throughput_ips", "top1", "delta_top1_pts", "status", "reason")},
-            # A device that failed before its profile was read shows the profile as given (a name or a TOML path).
-            "target": Path(str(entry.get("target"))).stem if str(entry.get("target")).endswith(".toml") else entry.get("target"),
-            "change": row.change if row and entry.get("status") == "ok" else None,
-        })
+        devices.append(
+            {
+                **{
+                    k: entry.get(k)
+                    for k in (
+                        "label",
+                        "host",
+                        "precision",
+                        "jetpack",
+                        "tensorrt",
+                        "p50_ms",
+                        "p99_ms",
+                        "throughput_ips",
+                        "top1",
+                        "delta_top1_pts",
+                        "status",
+                        "reason",
+                    )
+                },
+                # A device that failed before its profile was read shows the profile as given (a name or a TOML path).
+                "target": Path(str(entry.get("target"))).stem
+                if str(entry.get("target")).endswith(".toml")
+                else entry.get("target"),
+                "change": row.change if row and entry.get("status") == "ok" else None,
+            }
+        )
         if row is not None and entry.get("status") == "ok":
-            points.append(ModelRow(name=str(entry.get("label")), kind=row.kind, precision=row.precision, top1=row.top1,
-                                   top1_ci=row.top1_ci, p50_ms=row.p50_ms))
+            points.append(
+                ModelRow(
+                    name=str(entry.get("label")),
+                    kind=row.kind,
+                    precision=row.precision,
+                    top1=row.top1,
+                    top1_ci=row.top1_ci,
+                    p50_ms=row.p50_ms,
+                )
+            )
     confidence = f"{(1 - data.level) * 100:g}%"
     context = {
         "version": __version__,
@@ -238,7 +278,9 @@ def render_fleet(data: RunData) -> str:
         "devices": devices,
         "ok_count": sum(1 for d in devices if d["status"] == "ok"),
         "failed_count": sum(1 for d in devices if d["status"] != "ok"),
-        "plot": _data_uri(plots.accuracy_latency(points, title="top-1 against latency per device", confidence=confidence)),
+        "plot": _data_uri(
+            plots.accuracy_latency(points, title="top-1 against latency per device", confidence=confidence)
+        ),
     }
     return _environment().get_template("fleet.html.j2").render(**context)
 
@@ -247,7 +289,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> ReportResult:
     """Write ``RUN/report/index.html`` (and ``fleet.html`` when a fleet deploy ran) from the run directory alone."""
     root = Path(run_dir)
     if not (root / MANIFEST_NAME).is_file():
-        raise RunError(f"{str(root)!r} is not a run directory (no {MANIFEST_NAME}); pass the directory finetune created")
+        raise RunError(
+            f"{str(root)!r} is not a run directory (no {MANIFEST_NAME}); pass the directory finetune created"
+        )
     try:
         data = collect(root)
     except ValueError as exc:

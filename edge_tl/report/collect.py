@@ -81,7 +81,9 @@ def _why_float(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The layers an INT8 model kept in float, each with the measurement that put it there."""
     details, metrics = record.get("details") or {}, record.get("metrics") or {}
     layers = details.get("float_layers") or []
-    sensitivity = {s.get("layer"): s.get("kl_with_layer_in_float") for s in metrics.get("sensitivity") or [] if isinstance(s, dict)}
+    sensitivity = {
+        s.get("layer"): s.get("kl_with_layer_in_float") for s in metrics.get("sensitivity") or [] if isinstance(s, dict)
+    }
     ranked = [s.get("layer") for s in metrics.get("sensitivity") or [] if isinstance(s, dict)]
     budget = metrics.get("max_accuracy_drop_points")
     attempts = [a for a in metrics.get("attempts") or [] if isinstance(a, dict)]
@@ -94,17 +96,26 @@ def _why_float(record: dict[str, Any]) -> list[dict[str, Any]]:
         if layer in ranked:
             kl = sensitivity.get(layer)
             rank = ranked.index(layer) + 1
-            why.append(f"sensitivity rank {rank} of {len(ranked)}" + (f" (KL {kl:.2e} with only this layer in float)" if _num(kl) is not None else ""))
+            why.append(
+                f"sensitivity rank {rank} of {len(ranked)}"
+                + (f" (KL {kl:.2e} with only this layer in float)" if _num(kl) is not None else "")
+            )
         out.append({"layer": layer, "why": "; ".join(why) or "kept in float by the quantize recipe"})
     return out
 
 
 def _per_class_counts(run_dir: Path, classes: list[str], split_file: str) -> list[dict[str, Any]]:
     split = read_json(run_dir / split_file) or {}
-    counts = {part: Counter(e[1] for e in split.get(part) or [] if isinstance(e, list) and len(e) == 2) for part in ("train", "val")}
+    counts = {
+        part: Counter(e[1] for e in split.get(part) or [] if isinstance(e, list) and len(e) == 2)
+        for part in ("train", "val")
+    }
     if not counts["train"] and not counts["val"]:
         return []
-    return [{"name": name, "train": counts["train"].get(i, 0), "val": counts["val"].get(i, 0)} for i, name in enumerate(classes)]
+    return [
+        {"name": name, "train": counts["train"].get(i, 0), "val": counts["val"].get(i, 0)}
+        for i, name in enumerate(classes)
+    ]
 
 
 def _worst_classes(run_dir: Path, evaluation: dict[str, Any], limit: int = 5) -> list[dict[str, Any]]:
@@ -117,10 +128,15 @@ def _worst_classes(run_dir: Path, evaluation: dict[str, Any], limit: int = 5) ->
             continue
         errors = [(c, classes[j]) for j, c in enumerate(counts) if j != i and c]
         worst = max(errors) if errors else None
-        rows.append({
-            "name": name, "images": total, "correct": counts[i], "accuracy": counts[i] / total,
-            "confused_with": f"{worst[1]} ({worst[0]} image{'s' if worst[0] != 1 else ''})" if worst else "-",
-        })
+        rows.append(
+            {
+                "name": name,
+                "images": total,
+                "correct": counts[i],
+                "accuracy": counts[i] / total,
+                "confused_with": f"{worst[1]} ({worst[0]} image{'s' if worst[0] != 1 else ''})" if worst else "-",
+            }
+        )
     rows.sort(key=lambda r: (r["accuracy"], -r["images"]))
     return rows[:limit]
 
@@ -143,11 +159,19 @@ def _curves(run_dir: Path) -> list[dict[str, Any]]:
 
 def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir: Path, level: float) -> list[ModelRow]:
     artifacts = manifest.get("artifacts") or {}
-    verified = {r.get("name"): r for r in (verify or {}).get("rows") or [] if isinstance(r, dict) and r.get("origin") == "local"}
+    verified = {
+        r.get("name"): r for r in (verify or {}).get("rows") or [] if isinstance(r, dict) and r.get("origin") == "local"
+    }
     warnings = (verify or {}).get("latency_warnings") or {}
-    reference_name = (verify or {}).get("reference") or (manifest.get(SOURCE_SECTION) or {}).get("reference") or CHECKPOINT_BEST
+    reference_name = (
+        (verify or {}).get("reference") or (manifest.get(SOURCE_SECTION) or {}).get("reference") or CHECKPOINT_BEST
+    )
     names = [reference_name] if reference_name in artifacts else []
-    names += [n for n, a in artifacts.items() if a.get("kind") in MODEL_KINDS and n != reference_name and a.get("kind") != "checkpoint"]
+    names += [
+        n
+        for n, a in artifacts.items()
+        if a.get("kind") in MODEL_KINDS and n != reference_name and a.get("kind") != "checkpoint"
+    ]
     rows = []
     for name in names:
         record = artifacts[name]
@@ -156,14 +180,28 @@ def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir
         n = v.get("num_images") or None
         top1 = _num(v.get("top1"))
         row = ModelRow(
-            name=name, kind=str(record.get("kind")), precision=str(record.get("precision") or v.get("precision") or "-"),
-            size_bytes=v.get("size_bytes") if v.get("size_bytes") is not None else (path.stat().st_size if path.is_file() else None),
-            backend=str(v.get("backend") or "-"), num_images=n, top1=top1, top1_ci=top1_interval(top1, n, level),
-            change=v.get("change"), agreement=_num(v.get("top1_agreement")), mean_kl=_num(v.get("mean_kl")),
-            max_abs_diff=_num(v.get("max_abs_diff")), p50_ms=_num(v.get("latency_p50_ms")), p99_ms=_num(v.get("latency_p99_ms")),
-            latency_batch=v.get("latency_batch"), noisy=[w for w in warnings.get(name) or [] if "noisy" in w],
-            skipped=v.get("skipped") or (None if v or name == reference_name else "not verified yet: run `edge-tl verify RUN`"),
-            is_reference=name == reference_name, float_layers=_why_float(record) if record.get("precision") == "int8" else [],
+            name=name,
+            kind=str(record.get("kind")),
+            precision=str(record.get("precision") or v.get("precision") or "-"),
+            size_bytes=v.get("size_bytes")
+            if v.get("size_bytes") is not None
+            else (path.stat().st_size if path.is_file() else None),
+            backend=str(v.get("backend") or "-"),
+            num_images=n,
+            top1=top1,
+            top1_ci=top1_interval(top1, n, level),
+            change=v.get("change"),
+            agreement=_num(v.get("top1_agreement")),
+            mean_kl=_num(v.get("mean_kl")),
+            max_abs_diff=_num(v.get("max_abs_diff")),
+            p50_ms=_num(v.get("latency_p50_ms")),
+            p99_ms=_num(v.get("latency_p99_ms")),
+            latency_batch=v.get("latency_batch"),
+            noisy=[w for w in warnings.get(name) or [] if "noisy" in w],
+            skipped=v.get("skipped")
+            or (None if v or name == reference_name else "not verified yet: run `edge-tl verify RUN`"),
+            is_reference=name == reference_name,
+            float_layers=_why_float(record) if record.get("precision") == "int8" else [],
             status=(record.get("details") or {}).get("status"),
         )
         rows.append(row)
@@ -184,8 +222,12 @@ def _energy(entry: dict[str, Any], power: dict[str, Any] | None) -> dict[str, An
     mean_mw = _num(entry.get("power_mean_mw"))
     if not keyed and mean_mw is None and not power:
         return None
-    return {"fields": keyed, "power_mean_mw": mean_mw, "hottest_c": _num(entry.get("hottest_c")),
-            "samples": (power or {}).get("samples")}
+    return {
+        "fields": keyed,
+        "power_mean_mw": mean_mw,
+        "hottest_c": _num(entry.get("hottest_c")),
+        "samples": (power or {}).get("samples"),
+    }
 
 
 @dataclass
@@ -203,7 +245,11 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
     devices = []
     for folder in sorted(p for p in deploy.glob("*") if p.is_dir() and not p.name.startswith(".")):
         data = read_json(folder / ACCURACY_FILE)
-        entries = data.get("results") if isinstance(data, dict) and "results" in data else ([data] if isinstance(data, dict) else [])
+        entries = (
+            data.get("results")
+            if isinstance(data, dict) and "results" in data
+            else ([data] if isinstance(data, dict) else [])
+        )
         results, rows = [], []
         for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or "artifact" not in entry:
@@ -212,30 +258,54 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
             top1 = _num(entry.get("top1"))
             ref = _num(entry.get("reference_top1"))
             ref = ref if ref is not None else reference_top1
-            change = comparison_from_result(entry, top1 - ref, level=level) if top1 is not None and ref is not None else None
+            change = (
+                comparison_from_result(entry, top1 - ref, level=level) if top1 is not None and ref is not None else None
+            )
             latencies = [(label, _latency_block(entry.get(key))) for key, label in DEVICE_LATENCIES]
-            results.append({
-                "entry": entry,
-                "latencies": [(label, block) for label, block in latencies if block],
-                "energy": _energy(entry, read_json(folder / "tegrastats.json")),
-                "reference_top1": ref,
-                "build": entry.get("build") if isinstance(entry.get("build"), dict) else None,
-            })
+            results.append(
+                {
+                    "entry": entry,
+                    "latencies": [(label, block) for label, block in latencies if block],
+                    "energy": _energy(entry, read_json(folder / "tegrastats.json")),
+                    "reference_top1": ref,
+                    "build": entry.get("build") if isinstance(entry.get("build"), dict) else None,
+                }
+            )
             lat = _latency_block(entry.get("latency_ms")) or next((b for _, b in latencies if b), None) or {}
-            rows.append(ModelRow(
-                name=str(entry["artifact"]), kind=str(entry.get("kind") or "engine"), precision=str(entry.get("precision") or "-"),
-                size_bytes=entry.get("size_bytes"), backend=str(entry.get("backend") or "-"), num_images=n, top1=top1,
-                top1_ci=top1_interval(top1, n, level), change=change.to_dict() if change else None,
-                agreement=_num(entry.get("top1_agreement")), mean_kl=_num(entry.get("mean_kl")),
-                max_abs_diff=_num(entry.get("max_abs_diff")), p50_ms=lat.get("p50"), p99_ms=lat.get("p99"),
-                latency_batch=lat.get("batch_size"), is_device=True,
-            ))
+            rows.append(
+                ModelRow(
+                    name=str(entry["artifact"]),
+                    kind=str(entry.get("kind") or "engine"),
+                    precision=str(entry.get("precision") or "-"),
+                    size_bytes=entry.get("size_bytes"),
+                    backend=str(entry.get("backend") or "-"),
+                    num_images=n,
+                    top1=top1,
+                    top1_ci=top1_interval(top1, n, level),
+                    change=change.to_dict() if change else None,
+                    agreement=_num(entry.get("top1_agreement")),
+                    mean_kl=_num(entry.get("mean_kl")),
+                    max_abs_diff=_num(entry.get("max_abs_diff")),
+                    p50_ms=lat.get("p50"),
+                    p99_ms=lat.get("p99"),
+                    latency_batch=lat.get("batch_size"),
+                    is_device=True,
+                )
+            )
         probe = read_json(folder / "probe.json")
         if not results and not isinstance(probe, dict):
             continue
         files = sorted(p.name for p in folder.iterdir() if p.is_file())
-        devices.append(Device(folder.name, probe if isinstance(probe, dict) else None, results, rows,
-                              read_json(folder / "tegrastats.json"), files))
+        devices.append(
+            Device(
+                folder.name,
+                probe if isinstance(probe, dict) else None,
+                results,
+                rows,
+                read_json(folder / "tegrastats.json"),
+                files,
+            )
+        )
     return devices
 
 
@@ -274,9 +344,17 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
     reference_top1 = next((m.top1 for m in models if m.is_reference), None)
     fleet = read_json(run_dir / "deploy" / FLEET_FILE)
     commands = [
-        {"name": name, "kind": a.get("kind"), "stage": a.get("stage"), "created": a.get("created"), "path": a.get("path"),
-         "sha256": (a.get("sha256") or "")[:12], "command": a.get("command")}
-        for name, a in (manifest.get("artifacts") or {}).items() if isinstance(a, dict)
+        {
+            "name": name,
+            "kind": a.get("kind"),
+            "stage": a.get("stage"),
+            "created": a.get("created"),
+            "path": a.get("path"),
+            "sha256": (a.get("sha256") or "")[:12],
+            "command": a.get("command"),
+        }
+        for name, a in (manifest.get("artifacts") or {}).items()
+        if isinstance(a, dict)
     ]
     missing = []
     if not (run_dir / "metrics.jsonl").is_file():
@@ -286,9 +364,17 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
     if verify is None:
         missing.append("No comparison with the original yet: run `edge-tl verify RUN`.")
     return RunData(
-        root=run_dir, manifest=manifest, level=level, curves=_curves(run_dir),
+        root=run_dir,
+        manifest=manifest,
+        level=level,
+        curves=_curves(run_dir),
         per_class=_per_class_counts(run_dir, classes, str(data.get("split_file") or "split.json")),
-        worst_classes=_worst_classes(run_dir, evaluation), confusion_png=confusion_png if confusion_png.is_file() else None,
-        verify=verify, models=models, devices=_devices(run_dir, reference_top1, level),
-        fleet=fleet if isinstance(fleet, dict) else None, commands=commands, missing=missing,
+        worst_classes=_worst_classes(run_dir, evaluation),
+        confusion_png=confusion_png if confusion_png.is_file() else None,
+        verify=verify,
+        models=models,
+        devices=_devices(run_dir, reference_top1, level),
+        fleet=fleet if isinstance(fleet, dict) else None,
+        commands=commands,
+        missing=missing,
     )

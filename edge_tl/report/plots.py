@@ -40,7 +40,9 @@ def training_curves(curves: Sequence[dict[str, Any]]) -> bytes | None:
     for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "validation", "-s")):
         loss_ax.plot(epochs, [c.get(key) for c in curves], style, label=label, markersize=4)
     for key, label, style in (("train_top1", "train", "-o"), ("val_top1", "validation", "-s")):
-        acc_ax.plot(epochs, [None if c.get(key) is None else c[key] * 100 for c in curves], style, label=label, markersize=4)
+        acc_ax.plot(
+            epochs, [None if c.get(key) is None else c[key] * 100 for c in curves], style, label=label, markersize=4
+        )
     # Mark where the backbone was unfrozen: the curves change slope there for a reason.
     phases = [c.get("phase") for c in curves]
     for i in range(1, len(phases)):
@@ -67,8 +69,13 @@ def accuracy_latency(rows: Sequence[ModelRow], *, title: str, confidence: str) -
     for i, r in enumerate(points):
         low, high = r.top1_ci if r.top1_ci else (r.top1, r.top1)
         ax.errorbar(
-            r.p50_ms, r.top1 * 100, yerr=[[(r.top1 - low) * 100], [(high - r.top1) * 100]],
-            fmt=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)], markersize=8, capsize=3,
+            r.p50_ms,
+            r.top1 * 100,
+            yerr=[[(r.top1 - low) * 100], [(high - r.top1) * 100]],
+            fmt=MARKERS[i % len(MARKERS)],
+            color=PALETTE[i % len(PALETTE)],
+            markersize=8,
+            capsize=3,
             label=f"{r.name} ({r.precision})",
         )
     ax.set_xlabel("latency p50 (ms)")

@@ -45,7 +45,10 @@ class InputSpec:
         return (batch_size, self.channels, self.height, self.width)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch if self.batch is not None else "dynamic", "chw": [self.channels, self.height, self.width]}
+        return {
+            "batch": self.batch if self.batch is not None else "dynamic",
+            "chw": [self.channels, self.height, self.width],
+        }
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ def _load(names: tuple[str, ...], what: str) -> ctypes.CDLL:
             return ctypes.CDLL(path)
         except OSError:
             continue
-    raise MissingDependency(f"{what} could not be loaded (tried {', '.join(names)}); install the CUDA runtime or torch with CUDA")
+    raise MissingDependency(
+        f"{what} could not be loaded (tried {', '.join(names)}); install the CUDA runtime or torch with CUDA"
+    )
 
 
 def local_gpu(device: int = 0) -> GpuInfo | None:

@@ -126,7 +126,9 @@ class OnnxRuntimeRunner(Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
-            providers=list(self.providers), threads=self.options.threads, path=str(self.path),
+            providers=list(self.providers),
+            threads=self.options.threads,
+            path=str(self.path),
             graph_optimization=self.optimization.value,
         )
         return info

@@ -125,7 +125,9 @@ def resolve_source(target: str | os.PathLike[str] | Run, *, artifact: str | None
     if isinstance(target, Run) or Run.exists(target):
         run = target if isinstance(target, Run) else Run.open(target)
         record = run.artifact(artifact or reference_artifact(run))
-        return ModelSource(kind=record.kind, name=record.name, path=run.artifact_path(record.name), run=run, artifact=record)
+        return ModelSource(
+            kind=record.kind, name=record.name, path=run.artifact_path(record.name), run=run, artifact=record
+        )
     path = Path(target)
     if artifact is not None:
         raise ConfigError(f"--artifact {artifact!r} needs a run directory, but {str(path)!r} is not one")
@@ -179,4 +181,3 @@ def open_onnxruntime(source: ModelSource, options: RunnerOptions) -> Runner:
     from edge_tl.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(source.path, name=source.name, options=options)
-

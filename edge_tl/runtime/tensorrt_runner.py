@@ -59,7 +59,9 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
     clock = "perf_counter_ns"
 
-    def __init__(self, path: str | os.PathLike[str], *, name: str | None = None, options: RunnerOptions = RunnerOptions()):
+    def __init__(
+        self, path: str | os.PathLike[str], *, name: str | None = None, options: RunnerOptions = RunnerOptions()
+    ):
         self.path = Path(path)
         super().__init__(name=name or self.path.name)
         if not self.path.is_file():
@@ -67,7 +69,9 @@ class TensorRTRunner(Runner):
         # A thread count is for CPU backends; bench and verify pass one option set to every
         # runner, so it is ignored here rather than refused.
         if options.fp16 or options.channels_last or options.cuda_graph:
-            raise ConfigError("fp16/channels_last/cuda_graph do not apply to a TensorRT engine: its precision is built in")
+            raise ConfigError(
+                "fp16/channels_last/cuda_graph do not apply to a TensorRT engine: its precision is built in"
+            )
         self.options = options
         self.meta = read_sidecar(self.path)
         self._api: TrtApi | None = None
@@ -92,8 +96,11 @@ class TensorRTRunner(Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
-            path=str(self.path), tensorrt=self.meta.tensorrt_version, precision=self.meta.precision,
-            gpu=self._gpu.name if self._gpu else self.meta.gpu_name, memory=self._buffers.backend if self._buffers else None,
+            path=str(self.path),
+            tensorrt=self.meta.tensorrt_version,
+            precision=self.meta.precision,
+            gpu=self._gpu.name if self._gpu else self.meta.gpu_name,
+            memory=self._buffers.backend if self._buffers else None,
         )
         return info
 
@@ -146,7 +153,9 @@ class TensorRTRunner(Runner):
     def prepare(self, batch: np.ndarray) -> Any:
         self._require_active()
         if batch.shape[0] > self._max_batch:
-            raise ConfigError(f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; rebuild with a larger --batch")
+            raise ConfigError(
+                f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; rebuild with a larger --batch"
+            )
         ptr, dtype = self._inputs[self.meta.input_name]
         self._buffers.to_device(ptr, np.ascontiguousarray(batch, dtype=dtype))
         if not self._api.get(self._context, "set_input_shape")(self.meta.input_name, tuple(batch.shape)):

@@ -26,7 +26,9 @@ class TorchRunner(Runner):
 
     backend = "torch"
 
-    def __init__(self, model: Any, *, input_spec: InputSpec, name: str = "torch", options: RunnerOptions = RunnerOptions()):
+    def __init__(
+        self, model: Any, *, input_spec: InputSpec, name: str = "torch", options: RunnerOptions = RunnerOptions()
+    ):
         super().__init__(name=name)
         self._source_model = model
         self._spec = input_spec
@@ -54,7 +56,9 @@ class TorchRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(fp16=self.options.fp16, channels_last=self.options.channels_last, cuda_graph=self.options.cuda_graph)
+        info.update(
+            fp16=self.options.fp16, channels_last=self.options.channels_last, cuda_graph=self.options.cuda_graph
+        )
         if self._device == "cuda" and self._torch is not None:
             info["gpu"] = self._torch.cuda.get_device_name()
         return info

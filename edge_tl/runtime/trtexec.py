@@ -128,6 +128,7 @@ def parse_log(text: str) -> TrtexecResult:
 
 def stats_from_summary(summary: Summary, *, batch_size: int, iterations: int) -> LatencyStats:
     """A bench record from trtexec's printed summary (no standard deviation in it: ``nan``)."""
+
     def pct(p: float) -> float:
         return summary.percentiles.get(p, math.nan)
 
@@ -194,12 +195,16 @@ def to_bench_results(
     exact statistics from ``times`` when given, else from the text summary.
     """
     if times is not None:
-        stats = parse_times(drop_warmup(times, tensorrt=result.tensorrt_version, warmup_ms=warmup_ms), batch_size=batch_size)
+        stats = parse_times(
+            drop_warmup(times, tensorrt=result.tensorrt_version, warmup_ms=warmup_ms), batch_size=batch_size
+        )
         source = "exportTimes"
     else:
         missing = [k for k in ("gpu_compute", "latency") if k not in result.metrics]
         if missing:
-            raise RunError(f"trtexec output has no {', '.join(missing)} summary; was the engine timed (no --skipInference)?")
+            raise RunError(
+                f"trtexec output has no {', '.join(missing)} summary; was the engine timed (no --skipInference)?"
+            )
         n = result.queries or 0
         stats = {
             "gpu_compute": stats_from_summary(result.metrics["gpu_compute"], batch_size=batch_size, iterations=n),
@@ -229,8 +234,14 @@ def find_trtexec() -> str:
     return found
 
 
-def run_trtexec(argv: list[str], *, log_path: str | os.PathLike[str], times_path: str | os.PathLike[str] | None,
-                batch_size: int, timeout_s: float | None = None) -> dict[str, Any]:
+def run_trtexec(
+    argv: list[str],
+    *,
+    log_path: str | os.PathLike[str],
+    times_path: str | os.PathLike[str] | None,
+    batch_size: int,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
     """Run a trtexec command, keep its log, and return :func:`to_bench_results` of its output.
 
     Success is exit 0 *and* trtexec's ``&&&& PASSED`` line (``sample::gLogger.reportPass``); a
@@ -288,11 +299,21 @@ def trtexec_bench_report(
             raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
         times = workdir / f"times-b{batch}.json"
         argv = bench_command(
-            str(engine), TrtVersion.parse(meta.tensorrt_version), input_name=meta.input_name, chw=meta.chw,
-            batch=batch if meta.batch is not None else None, export_times=str(times), duration_s=duration_s,
-            iterations=iterations, cuda_graph=cuda_graph, dla_core=meta.dla_core, trtexec=binary,
+            str(engine),
+            TrtVersion.parse(meta.tensorrt_version),
+            input_name=meta.input_name,
+            chw=meta.chw,
+            batch=batch if meta.batch is not None else None,
+            export_times=str(times),
+            duration_s=duration_s,
+            iterations=iterations,
+            cuda_graph=cuda_graph,
+            dla_core=meta.dla_core,
+            trtexec=binary,
         )
-        out = run_trtexec(argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s)
+        out = run_trtexec(
+            argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s
+        )
         gpu_results.append(out["gpu_compute"])
         end_to_end.append(out["end_to_end"].to_dict())
         e2e_stats.append(out["end_to_end"])
@@ -310,7 +331,16 @@ def trtexec_bench_report(
         "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
     }
     config = BenchConfig(
-        batch_sizes=tuple(batch_sizes), warmup=Budget(seconds=0.5), measure=Budget(seconds=float(duration_s), min_iterations=iterations)
+        batch_sizes=tuple(batch_sizes),
+        warmup=Budget(seconds=0.5),
+        measure=Budget(seconds=float(duration_s), min_iterations=iterations),
     )
-    return BenchReport(target=str(engine), runner=runner, config=config, results=tuple(gpu_results), environment=fingerprint(),
-                       gpu_compute=tuple(gpu_results), end_to_end=tuple(e2e_stats))
+    return BenchReport(
+        target=str(engine),
+        runner=runner,
+        config=config,
+        results=tuple(gpu_results),
+        environment=fingerprint(),
+        gpu_compute=tuple(gpu_results),
+        end_to_end=tuple(e2e_stats),
+    )

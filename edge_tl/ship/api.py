@@ -68,7 +68,9 @@ class ShipResult:
         rows = [("stage", "status", "seconds", "result")]
         for r in self.stages:
             status = "gate failed" if r.gate else r.outcome.value
-            rows.append((r.name, status, f"{r.seconds:.1f}" if r.outcome is Outcome.RAN else "-", self.notes.get(r.name, "")))
+            rows.append(
+                (r.name, status, f"{r.seconds:.1f}" if r.outcome is Outcome.RAN else "-", self.notes.get(r.name, ""))
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths)), row[3]]).rstrip() for row in rows)
 
@@ -150,7 +152,9 @@ def plan(request: ShipRequest, target: Target, precision: Precision) -> list[Sta
     stages: list[Stage] = []
     kind = request.import_kind
     if kind is None:
-        kwargs = _kwargs(request, "finetune", {"data": str(request.data), "out": str(out), "resume": False, "quiet": quiet})
+        kwargs = _kwargs(
+            request, "finetune", {"data": str(request.data), "out": str(out), "resume": False, "quiet": quiet}
+        )
         files = {"data": folder_fingerprint(request.data, ignore=frozenset({DATA_CONFIG_NAME}))}
         for key in ("val_data", "finetune_weights"):
             if o.get(key) is not None and Path(str(o[key])).exists():
@@ -237,7 +241,7 @@ def _notes(out: Path) -> dict[str, str]:
         elif artifact.kind == "deploy-result" and m.get("p50_ms") is not None:
             top = f", top-1 {m['top1'] * 100:.2f}%" if m.get("top1") is not None else ""
             notes["deploy"] = (notes.get("deploy", "") + "; " if "deploy" in notes else "") + (
-                f"{artifact.name[len('deploy-'):]}: p50 {m['p50_ms']:.3f} ms{top}"
+                f"{artifact.name[len('deploy-') :]}: p50 {m['p50_ms']:.3f} ms{top}"
             )
     verify = run.path("verify", "report.md")
     if verify.is_file():

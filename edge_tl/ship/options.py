@@ -49,7 +49,9 @@ SET_BY_SHIP: dict[str, frozenset[str]] = {
 }
 
 #: ship's own option names (a stage option of the same name takes its stage's prefix).
-SHIP_OWN = frozenset({"data", "out", "target", "precision", "host", "fleet", "max_accuracy_drop", "config", "force", "quiet"})
+SHIP_OWN = frozenset(
+    {"data", "out", "target", "precision", "host", "fleet", "max_accuracy_drop", "config", "force", "quiet"}
+)
 
 
 def stage_command(stage: str) -> click.Command:
@@ -76,7 +78,7 @@ def _prefixed(param: click.Option, stage: str) -> click.Option:
     clone.name = f"{stage}_{param.name}"
     clone.opts = [f"--{stage}-{o.lstrip('-')}" for o in param.opts]
     clone.secondary_opts = [
-        f"--no-{stage}-{o[len('--no-'):]}" if o.startswith("--no-") else f"--{stage}-{o.lstrip('-')}"
+        f"--no-{stage}-{o[len('--no-') :]}" if o.startswith("--no-") else f"--{stage}-{o.lstrip('-')}"
         for o in param.secondary_opts
     ]
     return clone

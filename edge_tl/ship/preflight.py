@@ -34,7 +34,9 @@ def choose_precision(target: Target, precision: str | None) -> Precision:
     for candidate in (Precision.INT8, Precision.FP16, Precision.FP32):
         if candidate in target.fast_precisions:
             return candidate
-    raise ConfigError(f"target {target.name!r} lists no precision in fast_precisions ({target.source}); fix the profile")
+    raise ConfigError(
+        f"target {target.name!r} lists no precision in fast_precisions ({target.source}); fix the profile"
+    )
 
 
 def check_target(target: str, precision: str | None) -> tuple[Target, Precision]:
@@ -72,8 +74,15 @@ def check_labelled(data: str) -> None:
     _scan_folder(Path(data).expanduser().resolve(), role="data")
 
 
-def check_host(host: str, *, ssh_config: Path | None, identity_file: Path | None, known_hosts: Path | None,
-               accept_new_host_key: bool, connect_timeout: int) -> None:
+def check_host(
+    host: str,
+    *,
+    ssh_config: Path | None,
+    identity_file: Path | None,
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    connect_timeout: int,
+) -> None:
     """One `true` over ssh as deploy will connect: BatchMode, the host key checked, no retries."""
     from edge_tl.deploy.ssh import HostKeyPolicy, SshOptions, SshTransport
 
@@ -106,7 +115,6 @@ def check_run_dir(out: Path) -> None:
     if not out.is_dir():
         raise RunError(f"--out {str(out)!r} is a file; give a directory for the run")
     from edge_tl.runs import MANIFEST_NAME
-
     from edge_tl.ship.config import RUN_CONFIG_NAME
 
     if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() and not (out / RUN_CONFIG_NAME).is_file():

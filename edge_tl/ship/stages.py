@@ -116,7 +116,9 @@ class Pipeline:
         self.force = force
         self.say = say
         self.results: list[StageResult] = []
-        self._seen: dict[tuple[str, int, int], str] = {}  # every stage reads the earlier ones' artifacts: hash each once
+        self._seen: dict[
+            tuple[str, int, int], str
+        ] = {}  # every stage reads the earlier ones' artifacts: hash each once
 
     def inputs(self, run: Run | None, stage: Stage, before: list[str]) -> dict[str, Any]:
         previous = before[-1] if before else None
@@ -139,7 +141,12 @@ class Pipeline:
         run = Run.open(self.out) if Run.exists(self.out) else None
         inputs = self.inputs(run, stage, before)
         record = run.stage_record(stage.name) if run is not None else None
-        if record is not None and record.get("status") == "done" and record.get("inputs") == inputs and stage.name not in self.force:
+        if (
+            record is not None
+            and record.get("status") == "done"
+            and record.get("inputs") == inputs
+            and stage.name not in self.force
+        ):
             return StageResult(stage.name, Outcome.UP_TO_DATE, 0.0, record.get("gate"))
         self.say(f"== {stage.name}")
         if run is not None:

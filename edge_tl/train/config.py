@@ -113,13 +113,17 @@ class FinetuneConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not isinstance(self.patience, int) or self.patience < 0:
-            raise ConfigError(f"--patience must be a non-negative integer (0 disables early stopping), got {self.patience!r}")
+            raise ConfigError(
+                f"--patience must be a non-negative integer (0 disables early stopping), got {self.patience!r}"
+            )
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
             raise ConfigError(f"--workers must be a non-negative integer, got {self.workers!r}")
         if self.val_data is None and not 0 < self.val_split < 1:
             raise ConfigError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split!r}")
         if self.sync_bn and self.freeze_bn:
-            raise ConfigError("--sync-bn and --freeze-bn exclude each other: frozen BatchNorm has nothing to synchronise")
+            raise ConfigError(
+                "--sync-bn and --freeze-bn exclude each other: frozen BatchNorm has nothing to synchronise"
+            )
 
     @property
     def out_path(self) -> Path:

@@ -64,7 +64,9 @@ def init_from_env(device_type: str, *, timeout_s: int = DEFAULT_TIMEOUT_S) -> Di
     dist = lazy_import("torch.distributed", purpose="distributed fine-tuning")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):
-        raise ConfigError(f"this PyTorch build has no {backend} backend for distributed training; use --device cpu (gloo)")
+        raise ConfigError(
+            f"this PyTorch build has no {backend} backend for distributed training; use --device cpu (gloo)"
+        )
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"backend": backend, "timeout": _dt.timedelta(seconds=timeout_s)}
         if backend == "nccl":

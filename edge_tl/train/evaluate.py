@@ -77,7 +77,9 @@ def accumulate(
 def result_from_sums(sums: Any, num_classes: int) -> EvalResult:
     values = sums.detach().cpu().double().tolist()
     loss_sum, top5_hits = values[0], values[1]
-    matrix = [[int(round(v)) for v in values[2 + r * num_classes : 2 + (r + 1) * num_classes]] for r in range(num_classes)]
+    matrix = [
+        [int(round(v)) for v in values[2 + r * num_classes : 2 + (r + 1) * num_classes]] for r in range(num_classes)
+    ]
     count = sum(sum(row) for row in matrix)
     correct = sum(matrix[i][i] for i in range(num_classes))
     per_class = tuple((row[i] / sum(row)) if sum(row) else None for i, row in enumerate(matrix))
@@ -159,7 +161,12 @@ def evaluate_run(
     metrics_path = atomic_write_json(out / "metrics.json", metrics)
     confusion_json = atomic_write_json(
         out / "confusion_matrix.json",
-        {"classes": list(classes), "rows": "true class", "columns": "predicted class", "matrix": [list(r) for r in result.confusion]},
+        {
+            "classes": list(classes),
+            "rows": "true class",
+            "columns": "predicted class",
+            "matrix": [list(r) for r in result.confusion],
+        },
     )
     confusion_png = _plot_confusion(out / "confusion_matrix.png", result, classes)
     run.update(
@@ -196,8 +203,15 @@ def _plot_confusion(path: Path, result: EvalResult, classes: tuple[str, ...]) ->
             for i in range(n):
                 for j in range(n):
                     if matrix[i, j]:
-                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                                color="white" if matrix[i, j] > threshold else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(matrix[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="white" if matrix[i, j] > threshold else "black",
+                        )
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)

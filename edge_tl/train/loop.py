@@ -85,8 +85,11 @@ class TrainingProgress:
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> TrainingProgress:
         return cls(
-            epoch=int(state["epoch"]), best_top1=float(state["best_top1"]), best_epoch=int(state["best_epoch"]),
-            bad_epochs=int(state["bad_epochs"]), best_summary=dict(state["best_summary"]),
+            epoch=int(state["epoch"]),
+            best_top1=float(state["best_top1"]),
+            best_epoch=int(state["best_epoch"]),
+            bad_epochs=int(state["bad_epochs"]),
+            best_summary=dict(state["best_summary"]),
         )
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -236,7 +239,14 @@ class EpochSampler:
 
 
 def make_loader(
-    dataset: Any, *, batch_size: int, train: bool, seed: int, ctx: dist_util.DistContext, workers: int, pin_memory: bool,
+    dataset: Any,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    ctx: dist_util.DistContext,
+    workers: int,
+    pin_memory: bool,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> Any:
     """The one place loaders are built.
@@ -252,7 +262,9 @@ def make_loader(
     data = lazy_import("torch.utils.data")
     if train:
         sampler: Any = EpochSampler(
-            data.DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False)
+            data.DistributedSampler(
+                dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False
+            )
         )
     else:
         sampler = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -335,7 +347,13 @@ class TrainStep:
     def totals(self, ctx: dist_util.DistContext) -> tuple[float, float]:
         """Mean training loss and top-1 over the epoch, over all processes (one host sync)."""
         torch = self._torch
-        sums = torch.stack([self.loss_sum, self.correct.double(), torch.tensor(float(self.count), dtype=torch.float64, device=self.device)])
+        sums = torch.stack(
+            [
+                self.loss_sum,
+                self.correct.double(),
+                torch.tensor(float(self.count), dtype=torch.float64, device=self.device),
+            ]
+        )
         dist_util.all_reduce_sum(sums, ctx)
         loss_sum, correct, count = sums.tolist()
         return (loss_sum / count, correct / count) if count else (0.0, 0.0)
@@ -417,8 +435,14 @@ class _Trainer:
         # The launcher's own .launch-config files are written there before the workers start, and
         # `edge-tl ship` its ship.toml (and superseded/, a run it moved aside) before fine-tuning.
         if self.out.exists():
-            foreign = [] if not self.out.is_dir() else sorted(
-                p.name for p in self.out.iterdir() if not p.name.startswith(".launch-config.") and p.name not in PRE_RUN_NAMES
+            foreign = (
+                []
+                if not self.out.is_dir()
+                else sorted(
+                    p.name
+                    for p in self.out.iterdir()
+                    if not p.name.startswith(".launch-config.") and p.name not in PRE_RUN_NAMES
+                )
             )
             if not self.out.is_dir() or foreign:
                 listed = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
@@ -444,7 +468,9 @@ class _Trainer:
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
             )
         if config.sync_bn and hw.device.type != "cuda":
-            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU")
+            raise ConfigError(
+                "--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU"
+            )
         resuming = self._check_out()
         spec = get_backbone(config.backbone)
         prep = spec.preprocessing.with_input_size(config.img_size or spec.preprocessing.input_size)
@@ -458,7 +484,9 @@ class _Trainer:
             split = load_split(split_path)
         else:
             if ctx.is_main:
-                split = load_dataset(config.data, val_source=config.val_data, val_split=config.val_split, seed=config.seed)
+                split = load_dataset(
+                    config.data, val_source=config.val_data, val_split=config.val_split, seed=config.seed
+                )
         run: Run | None = None
         if ctx.is_main and not resuming:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -484,20 +512,35 @@ class _Trainer:
         model = model.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.preserve_format)
 
         hflip = config.hflip
-        augment = AugmentConfig.for_source(split.source, enabled=config.augment, **({} if hflip is None else {"hflip": hflip}))
+        augment = AugmentConfig.for_source(
+            split.source, enabled=config.augment, **({} if hflip is None else {"hflip": hflip})
+        )
         workers = config.workers if config.workers is not None else default_workers(ctx.world_size)
         local_batch = config.batch_size // ctx.world_size
         pin = hw.device.type == "cuda"
         train_ds, self.batch_input, collate = self._train_data(split.train, prep, augment, workers)
-        val_cache = open_cache(split.val, BaseSpec.for_training(prep, augment, train=False), config.cache, world_size=ctx.world_size)
+        val_cache = open_cache(
+            split.val, BaseSpec.for_training(prep, augment, train=False), config.cache, world_size=ctx.world_size
+        )
         val_ds = TorchImageDataset(split.val, prep, train=False, cache=val_cache)
         train_loader = make_loader(
-            train_ds, batch_size=local_batch, train=True, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin, collate_fn=collate
+            train_ds,
+            batch_size=local_batch,
+            train=True,
+            seed=config.seed,
+            ctx=ctx,
+            workers=workers,
+            pin_memory=pin,
+            collate_fn=collate,
         )
-        val_loader = make_loader(val_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin)
+        val_loader = make_loader(
+            val_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin
+        )
 
         optimizer = torch.optim.AdamW(
-            param_groups(model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay)
+            param_groups(
+                model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay
+            )
         )
         steps_per_epoch = len(train_loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -524,7 +567,14 @@ class _Trainer:
                 # DDP registers gradient hooks for the parameters that require grad when it is
                 # built, so unfreezing the backbone means building a new wrapper.
                 step = None  # drop the old wrapper (and its hooks) first
-                step = TrainStep(model=self._wrap(module), optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, hardware=hw)
+                step = TrainStep(
+                    model=self._wrap(module),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    criterion=criterion,
+                    hardware=hw,
+                )
                 phase = new_phase
             step.reset()
             train_ds.set_epoch(epoch)
@@ -534,14 +584,25 @@ class _Trainer:
             train_seconds = time.perf_counter() - started
             train_loss, train_top1 = step.totals(ctx)
             val = evaluate_model(
-                module, val_loader, num_classes=len(split.classes), device=hw.device, ctx=ctx,
-                amp_dtype=hw.amp_dtype, channels_last=hw.channels_last,
+                module,
+                val_loader,
+                num_classes=len(split.classes),
+                device=hw.device,
+                ctx=ctx,
+                amp_dtype=hw.amp_dtype,
+                channels_last=hw.channels_last,
             )
             lrs = {g["part"]: g["lr"] for g in optimizer.param_groups}
             record = EpochRecord(
-                epoch=epoch + 1, phase=phase.value, train_loss=train_loss, train_top1=train_top1,
-                val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
-                lr_head=lrs.get("head", 0.0), lr_backbone=lrs.get("backbone", 0.0),
+                epoch=epoch + 1,
+                phase=phase.value,
+                train_loss=train_loss,
+                train_top1=train_top1,
+                val_loss=val.loss,
+                val_top1=val.top1,
+                val_top5=val.top5,
+                lr_head=lrs.get("head", 0.0),
+                lr_backbone=lrs.get("backbone", 0.0),
                 images_per_s=step.count * ctx.world_size / max(train_seconds, 1e-9),
                 seconds=time.perf_counter() - started,
             )
@@ -586,16 +647,22 @@ class _Trainer:
                 },
                 metrics={k: progress.best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
             )
-            self.say(f"best validation top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch}; run directory: {self.out}")
+            self.say(
+                f"best validation top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch}; run directory: {self.out}"
+            )
         return FinetuneResult(
-            run_dir=self.out, best_epoch=progress.best_epoch, best_val_top1=progress.best_top1, epochs_run=epochs_run,
-            stopped_early=stopped_early, history=tuple(history),
+            run_dir=self.out,
+            best_epoch=progress.best_epoch,
+            best_val_top1=progress.best_top1,
+            epochs_run=epochs_run,
+            stopped_early=stopped_early,
+            history=tuple(history),
         )
 
     def _train_data(self, samples: Sequence[Any], prep: Any, augment: Any, workers: int) -> tuple[Any, Any, Any]:
         """The training dataset, the per-batch step that finishes its batches on the device,
         and the collate function: CPU decoding (through the cache) or GPU decoding."""
-        from edge_tl.data.cache import BaseSpec, open_cache
+        from edge_tl.data.cache import open_cache
         from edge_tl.data.gpu import EncodedDataset, GpuAugmenter, collate_encoded, first_non_jpeg
         from edge_tl.data.torch_dataset import BatchNormalizer, NormalizingCollate, TorchImageDataset
         from edge_tl.train.config import GpuData
@@ -603,25 +670,35 @@ class _Trainer:
         config, hw = self.config, self.hw
         cpu_ds = TorchImageDataset(samples, prep, train=True, augment=augment, seed=config.seed, dtype="uint8")
         if config.gpu_data is GpuData.ON and hw.device.type != "cuda":
-            raise ConfigError("--gpu-data on decodes on a CUDA GPU, and this run trains on the CPU; use --gpu-data off or auto")
+            raise ConfigError(
+                "--gpu-data on decodes on a CUDA GPU, and this run trains on the CPU; use --gpu-data off or auto"
+            )
         if config.gpu_data is GpuData.ON and not augment.enabled:
-            raise ConfigError("--gpu-data on augments on the GPU, and --no-augment turns augmentation off; use --gpu-data off or auto")
+            raise ConfigError(
+                "--gpu-data on augments on the GPU, and --no-augment turns augmentation off; use --gpu-data off or auto"
+            )
         on_gpu = False
         if hw.device.type == "cuda" and config.gpu_data is not GpuData.OFF and augment.enabled:
             other = first_non_jpeg(samples)
             if config.gpu_data is GpuData.ON:
                 if other is not None:
-                    raise ConfigError(f"--gpu-data on decodes JPEG files only, and {other!r} is not one; use --gpu-data off or auto")
+                    raise ConfigError(
+                        f"--gpu-data on decodes JPEG files only, and {other!r} is not one; use --gpu-data off or auto"
+                    )
                 on_gpu = True
             elif other is None:
                 rate = cpu_loader_rate(cpu_ds, workers)
                 on_gpu = rate < GPU_DATA_MIN_RATE
-                self.say(f"CPU loader: about {rate:.0f} img/s with {workers} workers; decoding on the {'GPU' if on_gpu else 'CPU'}")
+                self.say(
+                    f"CPU loader: about {rate:.0f} img/s with {workers} workers; decoding on the {'GPU' if on_gpu else 'CPU'}"
+                )
         if on_gpu:
             dataset = EncodedDataset(samples, augment=augment, seed=config.seed)
             return dataset, GpuAugmenter(prep, hw.device, channels_last=hw.channels_last), collate_encoded
         cache = open_cache(samples, cpu_ds.spec, config.cache, world_size=self.ctx.world_size)
-        dataset = TorchImageDataset(samples, prep, train=True, augment=augment, seed=config.seed, cache=cache, dtype="uint8")
+        dataset = TorchImageDataset(
+            samples, prep, train=True, augment=augment, seed=config.seed, cache=cache, dtype="uint8"
+        )
         collate = NormalizingCollate(prep) if hw.device.type == "cpu" and workers > 0 else None
         return dataset, BatchNormalizer(prep, hw.device, channels_last=hw.channels_last), collate
 
@@ -636,14 +713,22 @@ class _Trainer:
         tqdm = lazy_import("tqdm")
         world = self.ctx.world_size
         with tqdm.tqdm(
-            total=len(loader.sampler) * world, unit="img", unit_scale=True, dynamic_ncols=True, leave=False,
-            desc=f"epoch {epoch + 1}/{self.config.epochs} [{phase.value}]", disable=not self.show, file=sys.stderr,
+            total=len(loader.sampler) * world,
+            unit="img",
+            unit_scale=True,
+            dynamic_ncols=True,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{self.config.epochs} [{phase.value}]",
+            disable=not self.show,
+            file=sys.stderr,
         ) as bar:
             for images, labels in loader:
                 step(self.batch_input(images), labels)
                 bar.update(labels.shape[0] * world)
 
-    def _restore(self, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> tuple[TrainingProgress, list[EpochRecord]]:
+    def _restore(
+        self, model: Any, optimizer: Any, scheduler: Any, scaler: Any
+    ) -> tuple[TrainingProgress, list[EpochRecord]]:
         """Load ``last.pt`` into the training objects; the progress and the metrics lines up to its epoch."""
         from edge_tl.models.checkpoint import load_checkpoint
 
@@ -660,7 +745,13 @@ class _Trainer:
         return progress, history
 
     def _payload(
-        self, module: Any, optimizer: Any, scheduler: Any, scaler: Any, progress: TrainingProgress, classes: Sequence[str]
+        self,
+        module: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        progress: TrainingProgress,
+        classes: Sequence[str],
     ) -> dict[str, Any]:
         """What ``last.pt`` holds: everything ``_restore`` needs to continue exactly."""
         return {
@@ -686,11 +777,20 @@ class _Trainer:
             # The best checkpoint holds the weights only: it is what later stages load.
             best_path = save_checkpoint(
                 self.out / BEST_PATH,
-                {"model": payload["model"], "epoch": record.epoch, "backbone": payload["backbone"], "classes": payload["classes"]},
+                {
+                    "model": payload["model"],
+                    "epoch": record.epoch,
+                    "backbone": payload["backbone"],
+                    "classes": payload["classes"],
+                },
             )
-            run.add_artifact(BEST, kind="checkpoint", path=best_path, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+            run.add_artifact(
+                BEST, kind="checkpoint", path=best_path, stage=STAGE, precision="fp32", details=details, metrics=metrics
+            )
         last = save_checkpoint(self.out / LAST_PATH, payload)
-        run.add_artifact(LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics)
+        run.add_artifact(
+            LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics
+        )
 
 
 def _read_history(path: Path) -> list[EpochRecord]:

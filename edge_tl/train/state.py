@@ -37,7 +37,9 @@ def capture_rng() -> dict[str, Any]:
         "numpy_has_gauss": int(np_has_gauss),
         "numpy_gauss": float(np_gauss),
         "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "cuda": list(torch.cuda.get_rng_state_all())
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else [],
     }
     return state
 

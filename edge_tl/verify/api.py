@@ -56,11 +56,11 @@ class VerifyConfig:
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise ConfigError(f"--max-accuracy-drop is in points and >= 0, got {self.max_accuracy_drop}")
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
-            raise ConfigError(
-                f"--min-agreement is a fraction in [0, 1] (e.g. 0.99 for 99%), got {self.min_agreement}"
-            )
+            raise ConfigError(f"--min-agreement is a fraction in [0, 1] (e.g. 0.99 for 99%), got {self.min_agreement}")
         if not 0.0 < self.significance_level < 1.0:
-            raise ConfigError(f"--significance-level is a probability in (0, 1) (e.g. 0.05), got {self.significance_level}")
+            raise ConfigError(
+                f"--significance-level is a probability in (0, 1) (e.g. 0.05), got {self.significance_level}"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,10 @@ def verify_run(
 
         samples = unlabelled_samples(run, stage=STAGE)
         if config.max_accuracy_drop is not None:
-            raise ConfigError(f"--max-accuracy-drop needs labelled images and run {str(run.root)!r} has none; "
-                              "gate on --min-agreement, or import again with --val-data DIR")
+            raise ConfigError(
+                f"--max-accuracy-drop needs labelled images and run {str(run.root)!r} has none; "
+                "gate on --min-agreement, or import again with --val-data DIR"
+            )
     if config.max_images is not None:
         samples = samples[: config.max_images]
 
@@ -136,13 +138,18 @@ def verify_run(
         known = {a.name for a in records}
         unknown = [n for n in config.artifacts if n not in known]
         if unknown:
-            raise RunError(f"no verifiable artifact(s) {unknown} in {str(run.root)!r}; it has {sorted(known) or 'none'}")
+            raise RunError(
+                f"no verifiable artifact(s) {unknown} in {str(run.root)!r}; it has {sorted(known) or 'none'}"
+            )
         records = [a for a in records if a.name in config.artifacts]
 
     options = RunnerOptions(device=config.device, threads=config.threads)
     reference_record = run.artifact(reference_name)
     reference = _Candidate(
-        reference_record.name, reference_record.kind, "fp32", run.artifact_path(reference_record.name),
+        reference_record.name,
+        reference_record.kind,
+        "fp32",
+        run.artifact_path(reference_record.name),
         open_runner(run, artifact=reference_record.name, options=options),
     )
     candidates = []
@@ -152,7 +159,9 @@ def verify_run(
             skipped = None
         except EdgeTLError as exc:  # e.g. an engine where no TensorRT backend is available
             runner, skipped = None, str(exc)
-        candidates.append(_Candidate(record.name, record.kind, record.precision, run.root / record.path, runner, skipped))
+        candidates.append(
+            _Candidate(record.name, record.kind, record.precision, run.root / record.path, runner, skipped)
+        )
 
     with ExitStack() as stack:
         stack.enter_context(reference.runner)  # type: ignore[arg-type]
@@ -178,7 +187,12 @@ def verify_run(
             for cand in [reference, *active]:
                 say(f"latency of {cand.name}")
                 fixed = cand.runner.input_spec.batch  # type: ignore[union-attr]
-                bench_cfg = BenchConfig(batch_sizes=(fixed or 1,), warmup=config.latency.warmup, measure=config.latency.measure, seed=config.latency.seed)
+                bench_cfg = BenchConfig(
+                    batch_sizes=(fixed or 1,),
+                    warmup=config.latency.warmup,
+                    measure=config.latency.measure,
+                    seed=config.latency.seed,
+                )
                 latency[cand.name] = (benchmark(cand.runner, bench_cfg)[0], cand.runner.describe())  # type: ignore[arg-type]
         backends = {c.name: c.runner.backend for c in [reference, *active]}  # type: ignore[union-attr]
 
@@ -228,7 +242,9 @@ def verify_run(
         "speed-up = reference p50 / artifact p50. Rows `@ host` were measured on that device (no local speed-up).",
         "Size: file size; for the PyTorch checkpoint the size of the model's tensors (without optimizer state).",
     ]
-    notes += [f"latency of {name}: {w}" for name, (stats, _) in latency.items() for w in stats.warnings() if "noisy" in w]
+    notes += [
+        f"latency of {name}: {w}" for name, (stats, _) in latency.items() for w in stats.warnings() if "noisy" in w
+    ]
     detectable = images_needed_to_detect(ref_acc.num_images, level=config.significance_level)
     notes.append(
         f"Δ top-1 intervals: paired bootstrap over the same images at {(1 - config.significance_level) * 100:g}%; "
@@ -245,8 +261,12 @@ def verify_run(
         "run": str(run.root),
         "reference": reference.name,
         "num_images": ref_acc.num_images,
-        "gates": {"max_accuracy_drop_pts": config.max_accuracy_drop, "min_agreement": config.min_agreement,
-                  "gate": config.gate.value, "significance_level": config.significance_level},
+        "gates": {
+            "max_accuracy_drop_pts": config.max_accuracy_drop,
+            "min_agreement": config.min_agreement,
+            "gate": config.gate.value,
+            "significance_level": config.significance_level,
+        },
         "passed": not failures,
         "failures": list(failures),
         "rows": [r.to_dict() for r in rows],
@@ -257,7 +277,10 @@ def verify_run(
     title = f"edge-tl verify: {run.get('backbone', {}).get('name', 'model')} ({run.root.name})"
     paths = write_reports(run.path("verify"), rows=rows, payload=payload, title=title, notes=notes)
     run.add_artifact(
-        REPORT_ARTIFACT, kind="report", path=paths["json"], stage=STAGE,
+        REPORT_ARTIFACT,
+        kind="report",
+        path=paths["json"],
+        stage=STAGE,
         details={"markdown": run.relpath(paths["markdown"]), "png": run.relpath(paths["png"])},
         metrics={"passed": not failures, "rows": len(rows)},
     )
@@ -284,7 +307,11 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
         if r.skipped:
             continue
         label = r.label
-        if config.max_accuracy_drop is not None and r.delta_top1_pts is not None and -r.delta_top1_pts > config.max_accuracy_drop:
+        if (
+            config.max_accuracy_drop is not None
+            and r.delta_top1_pts is not None
+            and -r.delta_top1_pts > config.max_accuracy_drop
+        ):
             over = f"{label}: top-1 drop {-r.delta_top1_pts:.2f} pts > --max-accuracy-drop {config.max_accuracy_drop:g}"
             if config.gate is Gate.POINT:
                 failures.append(over)
@@ -293,8 +320,14 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
                 failures.append(over + " (no paired data to test significance; point estimate judged)")
             elif r.change["significant"]:
                 failures.append(f"{over}, {r.change['verdict']}")
-        if config.min_agreement is not None and r.top1_agreement is not None and r.top1_agreement < config.min_agreement:
-            failures.append(f"{label}: top-1 agreement {r.top1_agreement:.4f} < --min-agreement {config.min_agreement:g}")
+        if (
+            config.min_agreement is not None
+            and r.top1_agreement is not None
+            and r.top1_agreement < config.min_agreement
+        ):
+            failures.append(
+                f"{label}: top-1 agreement {r.top1_agreement:.4f} < --min-agreement {config.min_agreement:g}"
+            )
     return failures
 
 
@@ -308,8 +341,15 @@ def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAU
             raise RunError(f"{str(path)!r} is not readable JSON ({exc}); re-run deploy for {path.parent.name}") from exc
         entries = data.get("results") if isinstance(data, dict) and "results" in data else [data]
         for entry in entries if isinstance(entries, list) else []:
-            rows.append(_deploy_row(entry, host=str(data.get("host") or path.parent.name), path=path,
-                                    reference_top1=reference_top1, level=level))
+            rows.append(
+                _deploy_row(
+                    entry,
+                    host=str(data.get("host") or path.parent.name),
+                    path=path,
+                    reference_top1=reference_top1,
+                    level=level,
+                )
+            )
     return rows
 
 

@@ -104,7 +104,9 @@ def markdown(rows: Sequence[VerifyRow], *, title: str, notes: Sequence[str]) -> 
     return "\n".join(out) + "\n"
 
 
-def write_reports(out_dir: Path, *, rows: Sequence[VerifyRow], payload: dict[str, Any], title: str, notes: Sequence[str]) -> dict[str, Path]:
+def write_reports(
+    out_dir: Path, *, rows: Sequence[VerifyRow], payload: dict[str, Any], title: str, notes: Sequence[str]
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": atomic_write_json(out_dir / "report.json", payload),

@@ -44,8 +44,12 @@ def test_constant_samples_are_quiet_and_single_sample_has_zero_std() -> None:
 def test_budget_parsing_and_stopping() -> None:
     assert Budget.parse("25") == Budget(iterations=25)
     assert Budget.parse("1.5s", min_iterations=3) == Budget(seconds=1.5, min_iterations=3)
-    for bad, why in (("abc", "is not a budget"), ("2.5", "iterations are a whole number"), ("-1", "is not a budget"),
-                     ("3ms", "is not a budget")):
+    for bad, why in (
+        ("abc", "is not a budget"),
+        ("2.5", "iterations are a whole number"),
+        ("-1", "is not a budget"),
+        ("3ms", "is not a budget"),
+    ):
         with pytest.raises(ConfigError, match=f"^'{bad}'.*{why}"):
             Budget.parse(bad)
     timed = Budget(seconds=1.0, min_iterations=5)
@@ -94,7 +98,9 @@ class ScriptedRunner(Runner):
 def test_warmup_iterations_are_never_counted() -> None:
     runner = ScriptedRunner(slow_calls=5, slow_s=0.05)
     with runner:
-        [stats] = benchmark(runner, BenchConfig(batch_sizes=(2,), warmup=Budget(iterations=5), measure=Budget(iterations=40)))
+        [stats] = benchmark(
+            runner, BenchConfig(batch_sizes=(2,), warmup=Budget(iterations=5), measure=Budget(iterations=40))
+        )
     assert runner.calls == 45
     assert stats.iterations == 40
     assert stats.max_ms < 25  # none of the 50 ms warm-up calls
@@ -129,7 +135,9 @@ def test_report_json_and_table(tmp_path) -> None:
     config = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=2), measure=Budget(iterations=5))
     with runner:
         results = benchmark(runner, config)
-    report = BenchReport(target="x", runner=runner.describe(), config=config, results=tuple(results), environment=fingerprint(threads=2))
+    report = BenchReport(
+        target="x", runner=runner.describe(), config=config, results=tuple(results), environment=fingerprint(threads=2)
+    )
     data = json.loads(report.write_json(tmp_path / "b.json").read_text())
     assert data["results"][0]["iterations"] == 5
     assert {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "cv", "std_ms"} <= set(data["results"][0])

@@ -37,7 +37,10 @@ def test_dry_run_writes_one_json_with_the_selected_stages(tmp_path: Path) -> Non
     assert list(json.loads(every.read_text())["stages"]) == ["tests", "finetune", "latency", "data"]
 
 
-@pytest.mark.parametrize("args,message", [(["--only", "tests,nope"], "unknown stage 'nope'"), (["--fast"], "unknown argument"), (["--out"], "--out needs")])
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--only", "tests,nope"], "unknown stage 'nope'"), (["--fast"], "unknown argument"), (["--out"], "--out needs")],
+)
 def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str) -> None:
     done = _run(*args)
     assert done.returncode == 2 and message in done.stderr

@@ -43,7 +43,18 @@ def _device_row(run: Path, *, top1: float, reference_top1: float, agreement: flo
     }]}))  # fmt: skip
 
 
-VERIFY = ["--max-images", "8", "--no-latency", "--artifact", "onnx-fp32", "--quiet", "--device", "cpu", "--threads", "1"]
+VERIFY = [
+    "--max-images",
+    "8",
+    "--no-latency",
+    "--artifact",
+    "onnx-fp32",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 def test_verify_exit_code_follows_max_accuracy_drop(run_copy: Path, capsys) -> None:
@@ -53,12 +64,19 @@ def test_verify_exit_code_follows_max_accuracy_drop(run_copy: Path, capsys) -> N
     assert "engine-orin-fp16" in out
     report = json.loads((run_copy / "verify" / "report.json").read_text())
     assert report["passed"] is True
-    assert report["gates"] == {"max_accuracy_drop_pts": 50.0, "min_agreement": None, "gate": "point", "significance_level": 0.05}
+    assert report["gates"] == {
+        "max_accuracy_drop_pts": 50.0,
+        "min_agreement": None,
+        "gate": "point",
+        "significance_level": 0.05,
+    }
     assert [r["name"] for r in report["rows"]][:2] == ["checkpoint-best", "onnx-fp32"] and report["num_images"] == 8
 
     code, out, err = _cli(capsys, "verify", str(run_copy), *VERIFY, "--max-accuracy-drop", "49.9")
     assert code == 1
-    assert err.startswith("Error: verification failed: engine-orin-fp16 @ jetson-1: top-1 drop 50.00 pts > --max-accuracy-drop 49.9.")
+    assert err.startswith(
+        "Error: verification failed: engine-orin-fp16 @ jetson-1: top-1 drop 50.00 pts > --max-accuracy-drop 49.9."
+    )
     assert json.loads((run_copy / "verify" / "report.json").read_text())["passed"] is False
 
     code, _, err = _cli(capsys, "verify", str(run_copy), *VERIFY)  # no budget: nothing to fail
@@ -78,7 +96,12 @@ def test_verify_exit_code_follows_min_agreement_and_the_significance_gate(run_co
                         "--significance-level", "0.01")  # fmt: skip
     assert code == 0, err
     gates = json.loads((run_copy / "verify" / "report.json").read_text())["gates"]
-    assert gates == {"max_accuracy_drop_pts": 10.0, "min_agreement": None, "gate": "significant", "significance_level": 0.01}
+    assert gates == {
+        "max_accuracy_drop_pts": 10.0,
+        "min_agreement": None,
+        "gate": "significant",
+        "significance_level": 0.01,
+    }
     code, _, err = _cli(capsys, "verify", str(run_copy), *VERIFY, "--max-accuracy-drop", "10", "--gate", "significant",
                         "--significance-level", "0.5")  # fmt: skip
     assert code == 1 and "distinguishable from noise on 8 images (exact McNemar p = 0.125)" in err  # p < 0.5
@@ -95,11 +118,15 @@ def harsh_recipe(tmp_path: Path) -> Path:
     text = (files("edge_tl.recipes") / "tensorrt-int8-qdq.toml").read_text()  # the shipped recipe
     assert 'name = "tensorrt-int8-qdq"' in text and "percentile = 99.99" in text
     path = tmp_path / "harsh.toml"
-    path.write_text(text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 99.0"))
+    path.write_text(
+        text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 99.0")
+    )
     return path
 
 
-def test_quantize_exit_code_follows_max_accuracy_drop(trained_run: Path, harsh_recipe: Path, tmp_path: Path, capsys) -> None:
+def test_quantize_exit_code_follows_max_accuracy_drop(
+    trained_run: Path, harsh_recipe: Path, tmp_path: Path, capsys
+) -> None:
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     args = ["quantize", str(run), "--recipe", str(harsh_recipe), "--calib-samples", "32", "--max-float-layers", "0",
             "--threads", "1", "--quiet"]  # fmt: skip
@@ -123,7 +150,9 @@ def test_quantize_exit_code_follows_max_accuracy_drop(trained_run: Path, harsh_r
 def test_quantize_recipe_comes_from_the_target_unless_one_is_given(run_copy: Path, capsys) -> None:
     common = ["--calib-samples", "16", "--max-accuracy-drop", "100", "--threads", "1", "--quiet"]
     # A Jetson target quantizes for TensorRT (Q/DQ placement), recorded with the budget it met.
-    code, out, err = _cli(capsys, "quantize", str(run_copy), "--target", "jetson-agx-orin-64gb", "--tensorrt", "10.3", *common)
+    code, out, err = _cli(
+        capsys, "quantize", str(run_copy), "--target", "jetson-agx-orin-64gb", "--tensorrt", "10.3", *common
+    )
     assert code == 0, err
     record = Run.open(run_copy).artifact("onnx-int8-tensorrt-int8-qdq")
     assert record.metrics["accuracy_budget_met"] is True and "(budget 100 pt)" in out
@@ -138,7 +167,9 @@ def test_quantize_recipe_comes_from_the_target_unless_one_is_given(run_copy: Pat
 # --------------------------------------------------------------------------- overwrite refusal
 
 
-def test_finetune_refuses_an_existing_run_and_a_folder_of_someone_elses_files(run_copy: Path, tmp_path: Path, capsys) -> None:
+def test_finetune_refuses_an_existing_run_and_a_folder_of_someone_elses_files(
+    run_copy: Path, tmp_path: Path, capsys
+) -> None:
     before = _files(run_copy)
     base = ["finetune", "--data", "digits", "--backbone", "timm:test_efficientnet", "--no-pretrained", "--img-size", "16",
             "--epochs", "1", "--quiet"]  # fmt: skip
@@ -157,7 +188,9 @@ def test_finetune_refuses_an_existing_run_and_a_folder_of_someone_elses_files(ru
 
 def test_import_refuses_an_existing_run(run_copy: Path, capsys) -> None:
     before = _files(run_copy)
-    code, _, err = _cli(capsys, "import", "--out", str(run_copy), "--onnx", str(run_copy / "export" / "model.fp32.onnx"))
+    code, _, err = _cli(
+        capsys, "import", "--out", str(run_copy), "--onnx", str(run_copy / "export" / "model.fp32.onnx")
+    )
     assert code == 1 and "is already an edge-tl run; import into a new directory" in err
     assert _files(run_copy) == before
 
@@ -214,7 +247,6 @@ def test_the_targets_recipe_follows_the_chosen_tensorrt_release(tmp_path: Path) 
     (11.x has no implicit-quantization calibrator; see Target.calibration_recipe_for), the default
     release the cache. A user's own target TOML may be written so; no shipped target is."""
     from edge_tl.cli.quantize import quantize_config
-
     from edge_tl.targets import _shipped_files
 
     text = _shipped_files()["jetson-agx-orin-64gb"].read_text(encoding="utf-8")
@@ -227,4 +259,8 @@ def test_the_targets_recipe_follows_the_chosen_tensorrt_release(tmp_path: Path) 
                                calib_method=None, calib_samples=None, calib_data=None, max_accuracy_drop=None,
                                max_float_layers=16, seed=0, threads=None).recipe  # fmt: skip
 
-    assert (recipe(None), recipe("11.4.1"), recipe("8.5.2")) == ("tensorrt-int8-cache", "tensorrt-int8-qdq", "tensorrt-int8-cache")
+    assert (recipe(None), recipe("11.4.1"), recipe("8.5.2")) == (
+        "tensorrt-int8-cache",
+        "tensorrt-int8-qdq",
+        "tensorrt-int8-cache",
+    )

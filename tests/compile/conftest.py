@@ -28,13 +28,20 @@ def _tiny_onnx(path: Path, *, fp16: bool = False, qdq: bool = False, opset: int 
         nodes.append(helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16))
         src = "x16"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, dtype=np.int8), "z")]
-        nodes += [helper.make_node("QuantizeLinear", [src, "s", "z"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), "z"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", [src, "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"]),
+        ]
         src = "xdq"
-    nodes += [helper.make_node("Conv", [src, "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
-              helper.make_node("Flatten", ["p"], ["f" if fp16 else "logits"])]
+    nodes += [
+        helper.make_node("Conv", [src, "w"], ["c"]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f" if fp16 else "logits"]),
+    ]
     if fp16:
         nodes.append(helper.make_node("Cast", ["f"], ["logits"], to=TensorProto.FLOAT))
     graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=inits)
@@ -53,34 +60,61 @@ def _details(opset: int = 17, dynamic: bool = True) -> dict:
     }
 
 
-def make_run(root: Path, *, with_qdq: bool = True, with_cache: bool = True, opset: int = 17, dynamic: bool = True) -> Run:
+def make_run(
+    root: Path, *, with_qdq: bool = True, with_cache: bool = True, opset: int = 17, dynamic: bool = True
+) -> Run:
     run = Run.create(root, classes=["a", "b", "c", "d"])
     _tiny_onnx(root / "export/model.fp32.onnx", opset=opset, dynamic=dynamic)
-    run.add_artifact("onnx-fp32", kind="onnx", path="export/model.fp32.onnx", stage="export", precision="fp32",
-                     details=_details(opset, dynamic))
+    run.add_artifact(
+        "onnx-fp32",
+        kind="onnx",
+        path="export/model.fp32.onnx",
+        stage="export",
+        precision="fp32",
+        details=_details(opset, dynamic),
+    )
     _tiny_onnx(root / "export/model.fp16.onnx", fp16=True, opset=opset, dynamic=dynamic)
-    run.add_artifact("onnx-fp16", kind="onnx", path="export/model.fp16.onnx", stage="export", precision="fp16",
-                     details=_details(opset, dynamic))
+    run.add_artifact(
+        "onnx-fp16",
+        kind="onnx",
+        path="export/model.fp16.onnx",
+        stage="export",
+        precision="fp16",
+        details=_details(opset, dynamic),
+    )
     if with_qdq:
         _tiny_onnx(root / "quantize/tensorrt-int8-qdq/model.int8.onnx", qdq=True, opset=opset, dynamic=dynamic)
-        run.add_artifact("onnx-int8-tensorrt-int8-qdq", kind="onnx", path="quantize/tensorrt-int8-qdq/model.int8.onnx",
-                         stage="quantize", precision="int8", details=_details(opset, dynamic))
+        run.add_artifact(
+            "onnx-int8-tensorrt-int8-qdq",
+            kind="onnx",
+            path="quantize/tensorrt-int8-qdq/model.int8.onnx",
+            stage="quantize",
+            precision="int8",
+            details=_details(opset, dynamic),
+        )
         import onnx
 
         from edge_tl.quantize.fp16_float import float_part_to_fp16
 
         half, _ = float_part_to_fp16(onnx.load(str(root / "quantize/tensorrt-int8-qdq/model.int8.onnx")))
         onnx.save(half, root / "quantize/tensorrt-int8-qdq/model.int8.fp16.onnx")
-        run.add_artifact("onnx-int8-tensorrt-int8-qdq-fp16", kind="onnx", path="quantize/tensorrt-int8-qdq/model.int8.fp16.onnx",
-                         stage="quantize", precision="int8", details={**_details(max(opset, 19), dynamic), "opset": max(opset, 19)})
+        run.add_artifact(
+            "onnx-int8-tensorrt-int8-qdq-fp16",
+            kind="onnx",
+            path="quantize/tensorrt-int8-qdq/model.int8.fp16.onnx",
+            stage="quantize",
+            precision="int8",
+            details={**_details(max(opset, 19), dynamic), "opset": max(opset, 19)},
+        )
     if with_cache:
         cache = root / "quantize/tensorrt-int8-cache/calibration.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         scale = struct.pack(">f", 2.0 / 127).hex()
         # 8602: TensorRT 8.6.2 (JetPack 6.0), major*1000 + minor*100 + patch (include/NvInferRuntimeBase.h, release/8.6)
         cache.write_text(f"TRT-8602-EntropyCalibration2\ninput: {scale}\nc: {scale}\n")
-        run.add_artifact("calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=cache, stage="quantize",
-                         precision="int8")
+        run.add_artifact(
+            "calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=cache, stage="quantize", precision="int8"
+        )
     return run
 
 

@@ -33,13 +33,25 @@ from edge_tl.targets import Precision, TrtVersion, load_target
 
 # The releases JetPack 4.6.1+, 5.1, 6.0, 6.1/6.2 and 7.2.2 ship (NVIDIA JetPack release notes); 8.2 is the
 # last with --workspace only (release/8.2 samples/common/sampleOptions.cpp has no --memPoolSize).
-V82, V85, V86, V103, V114 = TrtVersion(8, 2, 1), TrtVersion(8, 5, 2), TrtVersion(8, 6, 2), TrtVersion(10, 3, 0), TrtVersion(11, 4, 1)
+V82, V85, V86, V103, V114 = (
+    TrtVersion(8, 2, 1),
+    TrtVersion(8, 5, 2),
+    TrtVersion(8, 6, 2),
+    TrtVersion(10, 3, 0),
+    TrtVersion(11, 4, 1),
+)
 
 
 def _spec(precision: Precision, kind: SourceKind, **kw) -> BuildSpec:
     base = dict(
-        onnx="export/model.fp32.onnx", engine="compile/t-p/model.engine", precision=precision, source_kind=kind,
-        input_name="input", chw=(3, 224, 224), workspace_mib=1024, batch=BatchRange(1, 1, 8),
+        onnx="export/model.fp32.onnx",
+        engine="compile/t-p/model.engine",
+        precision=precision,
+        source_kind=kind,
+        input_name="input",
+        chw=(3, 224, 224),
+        workspace_mib=1024,
+        batch=BatchRange(1, 1, 8),
     )
     base.update(kw)
     return BuildSpec(**base)
@@ -56,24 +68,69 @@ GOLDEN = [
     (V82, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--workspace=1024", "--fp16"]),
     # TensorRT 8.5/8.6: --memPoolSize (8.4 deprecated --workspace), weakly typed INT8, calibration cache
     (V85, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--memPoolSize=workspace:1024", "--fp16"]),
-    (V85, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx"),
-     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--int8", "--fp16"]),
-    (V86, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache", dla_core=1, timing_cache="t.cache",
-                batch=BatchRange(1, 1, 1)),
-     [*HEAD[:3], *STATIC, "--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache", "--useDLACore=1",
-      "--allowGPUFallback", "--timingCacheFile=t.cache"]),
+    (
+        V85,
+        _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx"),
+        [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--int8", "--fp16"],
+    ),
+    (
+        V86,
+        _spec(
+            Precision.INT8,
+            SourceKind.FP32,
+            calib_cache="c.cache",
+            dla_core=1,
+            timing_cache="t.cache",
+            batch=BatchRange(1, 1, 1),
+        ),
+        [
+            *HEAD[:3],
+            *STATIC,
+            "--memPoolSize=workspace:1024",
+            "--int8",
+            "--fp16",
+            "--calib=c.cache",
+            "--useDLACore=1",
+            "--allowGPUFallback",
+            "--timingCacheFile=t.cache",
+        ],
+    ),
     # TensorRT 10.x: memory pools; a Q/DQ ONNX weakly typed with --int8 --fp16 so float layers may run FP16
     (V103, _spec(Precision.FP16, SourceKind.FP32), HEAD + ["--memPoolSize=workspace:1024", "--fp16"]),
-    (V103, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx", export_times="times.json"),
-     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--int8", "--fp16", "--exportTimes=times.json"]),
-    (V103, _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache"),
-     HEAD + ["--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache"]),
+    (
+        V103,
+        _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx", export_times="times.json"),
+        [
+            HEAD[0],
+            "--onnx=q.onnx",
+            *HEAD[2:],
+            "--memPoolSize=workspace:1024",
+            "--int8",
+            "--fp16",
+            "--exportTimes=times.json",
+        ],
+    ),
+    (
+        V103,
+        _spec(Precision.INT8, SourceKind.FP32, calib_cache="c.cache"),
+        HEAD + ["--memPoolSize=workspace:1024", "--int8", "--fp16", "--calib=c.cache"],
+    ),
     # TensorRT 11.x: no precision flags at all, strongly typed from the ONNX
-    (V114, _spec(Precision.FP32, SourceKind.FP32, batch=None), HEAD[:3] + ["--memPoolSize=workspace:1024", "--stronglyTyped"]),
-    (V114, _spec(Precision.FP16, SourceKind.FP16, onnx="h.onnx"),
-     [HEAD[0], "--onnx=h.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--stronglyTyped"]),
-    (V114, _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx"),
-     [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--stronglyTyped"]),
+    (
+        V114,
+        _spec(Precision.FP32, SourceKind.FP32, batch=None),
+        HEAD[:3] + ["--memPoolSize=workspace:1024", "--stronglyTyped"],
+    ),
+    (
+        V114,
+        _spec(Precision.FP16, SourceKind.FP16, onnx="h.onnx"),
+        [HEAD[0], "--onnx=h.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--stronglyTyped"],
+    ),
+    (
+        V114,
+        _spec(Precision.INT8, SourceKind.QDQ, onnx="q.onnx"),
+        [HEAD[0], "--onnx=q.onnx", *HEAD[2:], "--memPoolSize=workspace:1024", "--stronglyTyped"],
+    ),
 ]
 
 
@@ -101,8 +158,17 @@ def test_impossible_flag_combinations_are_refused(version: TrtVersion, spec: Bui
 
 def test_bench_command_and_version_banner() -> None:
     argv = bench_command("m.engine", V103, input_name="input", chw=(3, 8, 8), batch=4, export_times="t.json")
-    assert argv == ["trtexec", "--loadEngine=m.engine", "--shapes=input:4x3x8x8", "--warmUp=500", "--duration=10",
-                    "--iterations=100", "--useSpinWait", "--useCudaGraph", "--exportTimes=t.json"]
+    assert argv == [
+        "trtexec",
+        "--loadEngine=m.engine",
+        "--shapes=input:4x3x8x8",
+        "--warmUp=500",
+        "--duration=10",
+        "--iterations=100",
+        "--useSpinWait",
+        "--useCudaGraph",
+        "--exportTimes=t.json",
+    ]
     # trtexec's banner prints NV_TENSORRT_VERSION: x1000 up to 9.x, x10000 from 10.0
     # (kNV_TENSORRT_VERSION_IMPL, include/NvInferRuntimeBase.h, NVIDIA/TensorRT release/8.6 and release/10.3)
     assert banner_code(V85) == "8502" and banner_code(V103) == "100300" and banner_code(V114) == "110401"
@@ -127,7 +193,9 @@ def test_jetson_nano_int8_fails_clearly(plan_run: Run) -> None:
 
 
 def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> None:
-    result = _edge_tl("compile", str(plan_run.root), "--target", "jetson-orin-nano-8gb", "--precision", "int8", "--quiet")
+    result = _edge_tl(
+        "compile", str(plan_run.root), "--target", "jetson-orin-nano-8gb", "--precision", "int8", "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     assert "--int8 --fp16" in result.stdout
     run = Run.open(plan_run.root)
@@ -137,17 +205,26 @@ def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> No
     plan = json.loads(run.path(record.details["plan"]).read_text())
     argv = plan["trtexec_argv"]
     assert argv == [
-        "trtexec", "--onnx=quantize/tensorrt-int8-qdq/model.int8.onnx",
+        "trtexec",
+        "--onnx=quantize/tensorrt-int8-qdq/model.int8.onnx",
         "--saveEngine=compile/jetson-orin-nano-8gb-int8/model.engine",
-        "--minShapes=input:1x3x8x8", "--optShapes=input:1x3x8x8", "--maxShapes=input:8x3x8x8",
-        "--memPoolSize=workspace:1024", "--int8", "--fp16",
+        "--minShapes=input:1x3x8x8",
+        "--optShapes=input:1x3x8x8",
+        "--maxShapes=input:8x3x8x8",
+        "--memPoolSize=workspace:1024",
+        "--int8",
+        "--fp16",
         "--timingCacheFile=compile/timing-jetson-orin-nano-8gb-trt10.3.0.cache",
         "--exportTimes=compile/jetson-orin-nano-8gb-int8/build_times.json",
     ]
     assert "--stronglyTyped" not in argv and "--workspace=1024" not in argv
     # every plan states how its engine is timed, so a latency means the same on every release
-    assert plan["timing"] == {"flags": ["--useSpinWait", "--useCudaGraph"], "data_transfers": True, "spin_wait": True,
-                              "cuda_graph": True}
+    assert plan["timing"] == {
+        "flags": ["--useSpinWait", "--useCudaGraph"],
+        "data_transfers": True,
+        "spin_wait": True,
+        "cuda_graph": True,
+    }
     script = run.path(record.path).read_text()
     assert shlex.join(argv[1:]) in script
     assert not run.has_artifact("engine-jetson-orin-nano-8gb-int8")  # no TensorRT here: plan only
@@ -170,17 +247,29 @@ def test_orin_release_override_and_dla_cache_path(plan_run: Run) -> None:
     assert plan.release.version == V86 and plan.release.jetpack == "6.0"
     assert plan.source.onnx.name == "onnx-fp32" and plan.source.calib_cache.name == "calib-cache-tensorrt-int8-cache"
     assert "--calib=quantize/tensorrt-int8-cache/calibration.cache" in plan.argv
-    assert "--useDLACore=1" in plan.argv and "--allowGPUFallback" in plan.argv and "--memPoolSize=workspace:4096" in plan.argv
+    assert (
+        "--useDLACore=1" in plan.argv
+        and "--allowGPUFallback" in plan.argv
+        and "--memPoolSize=workspace:4096" in plan.argv
+    )
     # DLA: static shape (min = opt = max), never the default 1,1,8 range
     assert plan.spec.batch == BatchRange(1, 1, 1) and "--maxShapes=input:1x3x8x8" in plan.argv
     # the run's cache says TRT-8602 (8.6.2): TensorRT 10.3.0 (the default release) would refuse it, so the plan does
-    with pytest.raises(RunError, match=r"written for TensorRT 8.6.2 \(TRT-8602-EntropyCalibration2\) but the plan is for TensorRT 10.3.0") as err:
+    with pytest.raises(
+        RunError,
+        match=r"written for TensorRT 8.6.2 \(TRT-8602-EntropyCalibration2\) but the plan is for TensorRT 10.3.0",
+    ) as err:
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True))
     assert "TRT-100300-" in str(err.value)
     assert "--recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3.0" in str(err.value)
     # another patch release of the same minor is refused too (JetPack 5.1 ships 8.5.2, not 8.5.1)
-    plan_run.path("quantize/tensorrt-int8-cache/calibration.cache").write_text("TRT-8501-EntropyCalibration2\ninput: 3c810204\n")
-    with pytest.raises(RunError, match=r"written for TensorRT 8.5.1 \(TRT-8501-EntropyCalibration2\) but the plan is for TensorRT 8.5.2"):
+    plan_run.path("quantize/tensorrt-int8-cache/calibration.cache").write_text(
+        "TRT-8501-EntropyCalibration2\ninput: 3c810204\n"
+    )
+    with pytest.raises(
+        RunError,
+        match=r"written for TensorRT 8.5.1 \(TRT-8501-EntropyCalibration2\) but the plan is for TensorRT 8.5.2",
+    ):
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, tensorrt="8.5.2"))
     with pytest.raises(ConfigError, match="--dla-core 2 does not exist"):
         make_plan(plan_run, agx, CompileRequest(precision=Precision.INT8, dla=True, dla_core=2, tensorrt="8.6"))
@@ -191,7 +280,9 @@ def test_orin_release_override_and_dla_cache_path(plan_run: Run) -> None:
 
 def test_missing_qdq_artifact_names_the_quantize_command(tmp_path: Path, run_factory) -> None:
     run = run_factory(tmp_path / "run", with_qdq=False)
-    with pytest.raises(RunError, match=r"no 'onnx-int8-tensorrt-int8-qdq' artifact.*edge-tl quantize .* --recipe tensorrt-int8-qdq"):
+    with pytest.raises(
+        RunError, match=r"no 'onnx-int8-tensorrt-int8-qdq' artifact.*edge-tl quantize .* --recipe tensorrt-int8-qdq"
+    ):
         compile_run(run, target="jetson-orin-nano-8gb", request=CompileRequest(precision=Precision.INT8))
 
 
@@ -210,11 +301,15 @@ def test_cpu_target_and_torch_tensorrt_on_jetson_are_refused(plan_run: Run) -> N
     with pytest.raises(ConfigError, match="runs ONNX Runtime on the CPU"):
         compile_run(plan_run, target="x86-64", request=CompileRequest(precision=Precision.INT8))
     with pytest.raises(ConfigError, match="not a Jetson"):
-        compile_run(plan_run, target="jetson-agx-thor", request=CompileRequest(precision=Precision.FP16), via=Via.TORCH_TENSORRT)
+        compile_run(
+            plan_run, target="jetson-agx-thor", request=CompileRequest(precision=Precision.FP16), via=Via.TORCH_TENSORRT
+        )
     with pytest.raises(ConfigError, match="cannot build the engine here"):
         compile_run(plan_run, target="t4", request=CompileRequest(precision=Precision.FP16), mode=BuildMode.BUILD)
     shown = CliRunner().invoke(cli, ["compile", "--help"])
-    assert shown.exit_code == 0 and all(opt in shown.output for opt in ("--target", "--precision", "--dla", "--batch", "--tensorrt"))
+    assert shown.exit_code == 0 and all(
+        opt in shown.output for opt in ("--target", "--precision", "--dla", "--batch", "--tensorrt")
+    )
 
 
 # --------------------------------------------------------------------------- build_engine.sh, run for real
@@ -246,14 +341,20 @@ def _log_for(tmp_path: Path, fixtures: Path, banner: str) -> Path:
     return path
 
 
-needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sha256sum") is None, reason="needs bash and sha256sum")
+needs_bash = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("sha256sum") is None, reason="needs bash and sha256sum"
+)
 
 
 @needs_bash
 def test_build_engine_script_builds_and_writes_the_sidecar(plan_run: Run, tmp_path: Path, fixtures_dir: Path) -> None:
     result = compile_run(plan_run, target="ada", request=CompileRequest(precision=Precision.FP16))
     script = plan_run.path(result.plan_artifact.path)
-    env = {**os.environ, "TRTEXEC": str(_fake_trtexec(tmp_path)), "FAKE_LOG": str(_log_for(tmp_path, fixtures_dir, "v100300"))}
+    env = {
+        **os.environ,
+        "TRTEXEC": str(_fake_trtexec(tmp_path)),
+        "FAKE_LOG": str(_log_for(tmp_path, fixtures_dir, "v100300")),
+    }
     # Run from elsewhere: the script finds the run's root itself.
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -269,7 +370,9 @@ def test_build_engine_script_builds_and_writes_the_sidecar(plan_run: Run, tmp_pa
 
 
 @needs_bash
-def test_build_engine_script_refuses_another_tensorrt_and_a_changed_onnx(plan_run: Run, tmp_path: Path, fixtures_dir: Path) -> None:
+def test_build_engine_script_refuses_another_tensorrt_and_a_changed_onnx(
+    plan_run: Run, tmp_path: Path, fixtures_dir: Path
+) -> None:
     result = compile_run(plan_run, target="ada", request=CompileRequest(precision=Precision.FP16))
     script = plan_run.path(result.plan_artifact.path)
     trtexec = _fake_trtexec(tmp_path)
@@ -300,6 +403,8 @@ def test_run_build_script_records_the_engine_for_bench_and_verify(
     monkeypatch.setenv("FAKE_LOG", str(_log_for(tmp_path, fixtures_dir, "v100300")))
     record = run_build_script(plan_run, result.plan)
     assert record.name == "engine-ada-int8" and record.kind == "engine"
-    assert record.details["builder"] == "trtexec" and record.details["source"]["artifact"] == "onnx-int8-tensorrt-int8-qdq"
+    assert (
+        record.details["builder"] == "trtexec" and record.details["source"]["artifact"] == "onnx-int8-tensorrt-int8-qdq"
+    )
     runner = open_runner(Run.open(plan_run.root), artifact="engine-ada-int8")
     assert isinstance(runner, TensorRTRunner) and runner.meta.compute_capability == "8.9"

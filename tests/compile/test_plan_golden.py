@@ -23,17 +23,29 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def _orin_dla_plan(run: Run):
-    return make_plan(run, load_target("jetson-agx-orin-64gb"),
-                     CompileRequest(precision=Precision.INT8, dla=True, dla_core=1, tensorrt="8.6"))
+    return make_plan(
+        run,
+        load_target("jetson-agx-orin-64gb"),
+        CompileRequest(precision=Precision.INT8, dla=True, dla_core=1, tensorrt="8.6"),
+    )
 
 
 def test_plan_record_has_every_decision(plan_run: Run) -> None:
     plan = _orin_dla_plan(plan_run)
     argv = [
-        "trtexec", "--onnx=export/model.fp32.onnx", "--saveEngine=compile/jetson-agx-orin-64gb-int8/model.engine",
-        "--minShapes=input:1x3x8x8", "--optShapes=input:1x3x8x8", "--maxShapes=input:1x3x8x8",
-        "--memPoolSize=workspace:4096", "--int8", "--fp16", "--calib=quantize/tensorrt-int8-cache/calibration.cache",
-        "--useDLACore=1", "--allowGPUFallback", "--timingCacheFile=compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
+        "trtexec",
+        "--onnx=export/model.fp32.onnx",
+        "--saveEngine=compile/jetson-agx-orin-64gb-int8/model.engine",
+        "--minShapes=input:1x3x8x8",
+        "--optShapes=input:1x3x8x8",
+        "--maxShapes=input:1x3x8x8",
+        "--memPoolSize=workspace:4096",
+        "--int8",
+        "--fp16",
+        "--calib=quantize/tensorrt-int8-cache/calibration.cache",
+        "--useDLACore=1",
+        "--allowGPUFallback",
+        "--timingCacheFile=compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
         "--exportTimes=compile/jetson-agx-orin-64gb-int8/build_times.json",
     ]
     assert plan.to_dict() == {
@@ -42,10 +54,16 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "tensorrt": {"version": "8.6.2", "cuda": "12.2", "jetpack": "6.0"},
         "precision": "int8",
         "source": {
-            "artifact": "onnx-fp32", "path": "export/model.fp32.onnx", "sha256": plan_run.artifact("onnx-fp32").sha256,
-            "kind": "fp32", "recipe": "tensorrt-int8-cache",
-            "calib_cache": {"artifact": "calib-cache-tensorrt-int8-cache", "path": "quantize/tensorrt-int8-cache/calibration.cache",
-                            "sha256": plan_run.artifact("calib-cache-tensorrt-int8-cache").sha256},
+            "artifact": "onnx-fp32",
+            "path": "export/model.fp32.onnx",
+            "sha256": plan_run.artifact("onnx-fp32").sha256,
+            "kind": "fp32",
+            "recipe": "tensorrt-int8-cache",
+            "calib_cache": {
+                "artifact": "calib-cache-tensorrt-int8-cache",
+                "path": "quantize/tensorrt-int8-cache/calibration.cache",
+                "sha256": plan_run.artifact("calib-cache-tensorrt-int8-cache").sha256,
+            },
         },
         "engine": "compile/jetson-agx-orin-64gb-int8/model.engine",
         "sidecar": "compile/jetson-agx-orin-64gb-int8/model.engine.json",
@@ -57,21 +75,39 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "dla_core": 1,
         "timing_cache": "compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
         "trtexec_argv": argv,
-        "timing": {"flags": ["--useSpinWait", "--useCudaGraph"], "data_transfers": True, "spin_wait": True, "cuda_graph": True},
-        "dla": {"core": 1, "gpu_fallback_ops": {}, "rules": "static shape (min = opt = max); FP16/INT8 only",
-                "source": "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/dla-layer-restrictions.html"},
+        "timing": {
+            "flags": ["--useSpinWait", "--useCudaGraph"],
+            "data_transfers": True,
+            "spin_wait": True,
+            "cuda_graph": True,
+        },
+        "dla": {
+            "core": 1,
+            "gpu_fallback_ops": {},
+            "rules": "static shape (min = opt = max); FP16/INT8 only",
+            "source": "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/dla-layer-restrictions.html",
+        },
         "working_directory": "the run directory",
     }
     assert plan.flags() == argv[1:]
 
     record = write_plan(plan_run, plan)
     assert (record.name, record.kind, record.stage, record.precision) == (
-        "build-plan-jetson-agx-orin-64gb-int8", "build-plan", "compile", "int8")
+        "build-plan-jetson-agx-orin-64gb-int8",
+        "build-plan",
+        "compile",
+        "int8",
+    )
     assert record.path == "compile/jetson-agx-orin-64gb-int8/build_engine.sh"
     assert record.details == {
-        "target": "jetson-agx-orin-64gb", "tensorrt": "8.6.2", "jetpack": "6.0",
-        "plan": "compile/jetson-agx-orin-64gb-int8/build_plan.json", "engine": "compile/jetson-agx-orin-64gb-int8/model.engine",
-        "source": "onnx-fp32", "calib_cache": "calib-cache-tensorrt-int8-cache", "trtexec": " ".join(argv),
+        "target": "jetson-agx-orin-64gb",
+        "tensorrt": "8.6.2",
+        "jetpack": "6.0",
+        "plan": "compile/jetson-agx-orin-64gb-int8/build_plan.json",
+        "engine": "compile/jetson-agx-orin-64gb-int8/model.engine",
+        "source": "onnx-fp32",
+        "calib_cache": "calib-cache-tensorrt-int8-cache",
+        "trtexec": " ".join(argv),
     }
     script = plan_run.path(record.path)
     assert script.stat().st_mode & 0o111 == 0o111  # runnable as ./build_engine.sh too
@@ -81,8 +117,11 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
 def test_build_script_is_the_golden_one(plan_run: Run) -> None:
     plan = _orin_dla_plan(plan_run)
     expected = (GOLDEN / "build_engine-orin-int8-dla-trt8.6.2.sh").read_text()
-    expected = (expected.replace("{onnx_sha256}", plan.source.onnx.sha256)
-                .replace("{cache_sha256}", plan.source.calib_cache.sha256).replace("{version}", __version__))
+    expected = (
+        expected.replace("{onnx_sha256}", plan.source.onnx.sha256)
+        .replace("{cache_sha256}", plan.source.calib_cache.sha256)
+        .replace("{version}", __version__)
+    )
     assert render_script(plan) == expected
 
 
@@ -111,12 +150,15 @@ def test_dla_range_refused_in_process(plan_run: Run) -> None:
     orin = load_target("jetson-agx-orin-64gb")
     with pytest.raises(ConfigError) as err:
         make_plan(plan_run, orin, CompileRequest(precision=Precision.FP16, dla=True, batch=BatchRange(1, 2, 8)))
-    assert str(err.value) == ("DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape); "
-                              "--batch 1,2,8 is a range: give one batch size, e.g. --batch 2")
+    assert str(err.value) == (
+        "DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape); "
+        "--batch 1,2,8 is a range: give one batch size, e.g. --batch 2"
+    )
     with pytest.raises(ConfigError) as err:
         make_plan(plan_run, orin, CompileRequest(precision=Precision.FP16, dla=True, dla_core=2))
-    assert str(err.value) == ("--dla-core 2 does not exist on 'jetson-agx-orin-64gb': it has 2 DLA core(s), "
-                              "numbered from 0")
+    assert str(err.value) == (
+        "--dla-core 2 does not exist on 'jetson-agx-orin-64gb': it has 2 DLA core(s), numbered from 0"
+    )
 
 
 def test_missing_artifacts_name_the_command_that_makes_them(tmp_path: Path, run_factory) -> None:
@@ -126,19 +168,24 @@ def test_missing_artifacts_name_the_command_that_makes_them(tmp_path: Path, run_
         make_plan(run, load_target("jetson-agx-thor"), CompileRequest(precision=Precision.INT8))
     assert str(err.value) == (
         f"run {root!r} has no 'onnx-int8-tensorrt-int8-qdq-fp16' artifact (ONNX artifacts it has: onnx-fp32, onnx-fp16). "
-        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-qdq")
+        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-qdq"
+    )
     with pytest.raises(RunError) as err:
         make_plan(run, load_target("jetson-agx-orin-64gb"), CompileRequest(precision=Precision.INT8, dla=True))
     assert str(err.value) == (
         f"run {root!r} has no 'calib-cache-tensorrt-int8-cache' artifact (ONNX artifacts it has: onnx-fp32, onnx-fp16). "
-        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3.0")
+        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3.0"
+    )
 
 
 def test_a_custom_target_is_named_by_its_file(tmp_path: Path, run_factory) -> None:
     run = run_factory(tmp_path / "run", with_cache=False)
     custom = tmp_path / "my-orin.toml"
-    custom.write_text(Path(load_target("jetson-agx-orin-64gb").source).read_text().replace(
-        'name = "jetson-agx-orin-64gb"', 'name = "my-orin"'))
+    custom.write_text(
+        Path(load_target("jetson-agx-orin-64gb").source)
+        .read_text()
+        .replace('name = "jetson-agx-orin-64gb"', 'name = "my-orin"')
+    )
     with pytest.raises(RunError, match=rf"--target {custom} --tensorrt 10.3.0$"):
         make_plan(run, load_target(custom), CompileRequest(precision=Precision.INT8, dla=True))
 
@@ -150,8 +197,10 @@ def test_cache_header_must_be_a_header(plan_run: Run) -> None:
         _orin_dla_plan(plan_run)
     assert str(err.value) == (
         f"{str(cache)!r} does not start with a TensorRT calibration-cache header (got 'not a cache at all, and a long first lin'); "
-        "re-run: edge-tl quantize " + str(plan_run.root)
-        + " --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 8.6.2")
+        "re-run: edge-tl quantize "
+        + str(plan_run.root)
+        + " --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 8.6.2"
+    )
 
 
 def test_opset_refusal_asks_to_quantize_again_for_qdq(tmp_path: Path, run_factory) -> None:
@@ -160,29 +209,41 @@ def test_opset_refusal_asks_to_quantize_again_for_qdq(tmp_path: Path, run_factor
     xavier_nx, root = load_target("jetson-xavier-nx"), str(run.root)
     with pytest.raises(RunError) as err:
         make_plan(run, xavier_nx, CompileRequest(precision=Precision.INT8))
-    assert str(err.value) == ("'onnx-int8-tensorrt-int8-qdq' is opset 18 but 'jetson-xavier-nx' (TensorRT 8.5.2) parses up "
-                              f"to opset 17; re-export with `edge-tl export {root} --opset 17` and quantize again")
+    assert str(err.value) == (
+        "'onnx-int8-tensorrt-int8-qdq' is opset 18 but 'jetson-xavier-nx' (TensorRT 8.5.2) parses up "
+        f"to opset 17; re-export with `edge-tl export {root} --opset 17` and quantize again"
+    )
     with pytest.raises(RunError) as err:
         make_plan(run, xavier_nx, CompileRequest(precision=Precision.FP16))
-    assert str(err.value) == ("'onnx-fp32' is opset 18 but 'jetson-xavier-nx' (TensorRT 8.5.2) parses up to opset 17; "
-                              f"re-export with `edge-tl export {root} --opset 17`")
+    assert str(err.value) == (
+        "'onnx-fp32' is opset 18 but 'jetson-xavier-nx' (TensorRT 8.5.2) parses up to opset 17; "
+        f"re-export with `edge-tl export {root} --opset 17`"
+    )
 
 
 def test_onnx_details_are_checked(tmp_path: Path, run_factory) -> None:
     run = run_factory(tmp_path / "run", with_qdq=False, with_cache=False)
     record = run.artifact("onnx-fp32")
-    run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32",
-                     details={**record.details, "input_shape": ["batch", 3, 8]})
+    run.add_artifact(
+        "onnx-fp32",
+        kind="onnx",
+        path=record.path,
+        stage="export",
+        precision="fp32",
+        details={**record.details, "input_shape": ["batch", 3, 8]},
+    )
     with pytest.raises(RunError) as err:
         make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
-    assert str(err.value) == ("artifact 'onnx-fp32' has input shape ['batch', 3, 8]; edge-tl builds NCHW images of a "
-                              "fixed size")
+    assert str(err.value) == (
+        "artifact 'onnx-fp32' has input shape ['batch', 3, 8]; edge-tl builds NCHW images of a fixed size"
+    )
     details = {k: v for k, v in record.details.items() if k != "input_name"}
     run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32", details=details)
     with pytest.raises(RunError) as err:
         make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
-    assert str(err.value) == ("artifact 'onnx-fp32' lacks details['input_name'] (input name/shape); re-run the stage "
-                              "that made it")
+    assert str(err.value) == (
+        "artifact 'onnx-fp32' lacks details['input_name'] (input name/shape); re-run the stage that made it"
+    )
     no_output = {k: v for k, v in record.details.items() if k != "output_name"}
     run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32", details=no_output)
     assert make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16)).output_name == "logits"
@@ -200,8 +261,10 @@ def test_missing_float_onnx_names_the_export_command(tmp_path: Path) -> None:
     for target, request, name, how in cases:
         with pytest.raises(RunError) as err:
             make_plan(run, load_target(target), request)
-        assert str(err.value) == (f"run {root!r} has no {name!r} artifact (ONNX artifacts it has: none). "
-                                  f"First run: edge-tl export {root} {how}")
+        assert str(err.value) == (
+            f"run {root!r} has no {name!r} artifact (ONNX artifacts it has: none). "
+            f"First run: edge-tl export {root} {how}"
+        )
 
 
 def test_only_onnx_artifacts_are_listed_as_what_the_run_has(tmp_path: Path, run_factory) -> None:
@@ -229,7 +292,9 @@ def test_source_choice_defaults_to_the_gpu_and_refuses_other_precisions(plan_run
 def test_a_binary_cache_is_refused_as_no_header(plan_run: Run) -> None:
     cache = plan_run.path("quantize/tensorrt-int8-cache/calibration.cache")
     cache.write_bytes(b"\xff\xfeTRT\n")
-    with pytest.raises(RunError, match=r"does not start with a TensorRT calibration-cache header \(got '\ufffd\ufffdTRT'\)"):
+    with pytest.raises(
+        RunError, match=r"does not start with a TensorRT calibration-cache header \(got '\ufffd\ufffdTRT'\)"
+    ):
         _orin_dla_plan(plan_run)
 
 
@@ -243,13 +308,25 @@ def test_fixed_batch_plans_record_no_batch(tmp_path: Path, run_factory) -> None:
 def test_onnx_details_give_names_and_layout(tmp_path: Path, run_factory) -> None:
     run = run_factory(tmp_path / "run", with_qdq=False, with_cache=False)
     record = run.artifact("onnx-fp32")
-    run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32",
-                     details={**record.details, "output_name": "probs", "input_shape": ["batch", 3, 8, 16]})
+    run.add_artifact(
+        "onnx-fp32",
+        kind="onnx",
+        path=record.path,
+        stage="export",
+        precision="fp32",
+        details={**record.details, "output_name": "probs", "input_shape": ["batch", 3, 8, 16]},
+    )
     plan = make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
     assert plan.output_name == "probs" and plan.spec.chw == (3, 8, 16)
     assert "--maxShapes=input:8x3x8x16" in plan.argv
-    run.add_artifact("onnx-fp32", kind="onnx", path=record.path, stage="export", precision="fp32",
-                     details={**record.details, "input_shape": ["batch", "channels", 8, 8]})
+    run.add_artifact(
+        "onnx-fp32",
+        kind="onnx",
+        path=record.path,
+        stage="export",
+        precision="fp32",
+        details={**record.details, "input_shape": ["batch", "channels", 8, 8]},
+    )
     with pytest.raises(RunError, match="has input shape"):
         make_plan(run, load_target("ada"), CompileRequest(precision=Precision.FP16))
 
@@ -259,7 +336,9 @@ def test_release_override_sets_the_opset_limit(tmp_path: Path, run_factory) -> N
     run = run_factory(tmp_path / "run", opset=18, with_qdq=False, with_cache=False)
     orin = load_target("jetson-agx-orin-64gb")
     assert make_plan(run, orin, CompileRequest(precision=Precision.FP16)).release.version.major == 10
-    with pytest.raises(RunError, match="is opset 18 but 'jetson-agx-orin-64gb' \\(TensorRT 8.6.2\\) parses up to opset 17"):
+    with pytest.raises(
+        RunError, match="is opset 18 but 'jetson-agx-orin-64gb' \\(TensorRT 8.6.2\\) parses up to opset 17"
+    ):
         make_plan(run, orin, CompileRequest(precision=Precision.FP16, tensorrt="8.6"))
 
 

@@ -22,9 +22,24 @@ from edge_tl.targets import (
 )
 
 REQUIRED = {
-    "jetson-nano", "jetson-tx2", "jetson-xavier-nx", "jetson-agx-xavier", "jetson-orin-nano-4gb",
-    "jetson-orin-nano-8gb", "jetson-orin-nx-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-32gb",
-    "jetson-agx-orin-64gb", "jetson-agx-thor", "t4", "a100", "rtx-ampere", "ada", "h100", "x86-64", "arm64",
+    "jetson-nano",
+    "jetson-tx2",
+    "jetson-xavier-nx",
+    "jetson-agx-xavier",
+    "jetson-orin-nano-4gb",
+    "jetson-orin-nano-8gb",
+    "jetson-orin-nx-8gb",
+    "jetson-orin-nx-16gb",
+    "jetson-agx-orin-32gb",
+    "jetson-agx-orin-64gb",
+    "jetson-agx-thor",
+    "t4",
+    "a100",
+    "rtx-ampere",
+    "ada",
+    "h100",
+    "x86-64",
+    "arm64",
 }
 
 
@@ -41,7 +56,9 @@ def test_every_shipped_profile_loads_and_the_required_ones_exist() -> None:
 
 
 def test_facts_of_the_reference_table() -> None:
-    nano, orin, xavier, thor = (load_target(n) for n in ("jetson-nano", "jetson-orin-nano-8gb", "jetson-agx-xavier", "jetson-agx-thor"))
+    nano, orin, xavier, thor = (
+        load_target(n) for n in ("jetson-nano", "jetson-orin-nano-8gb", "jetson-agx-xavier", "jetson-agx-thor")
+    )
     assert nano.gpu.compute_capability == (5, 3) and Precision.INT8 not in nano.fast_precisions
     # JetPack 6.1/6.2 ship TensorRT 10.3.0 and JetPack 5.1 ships 8.5.2 (NVIDIA JetPack release notes)
     assert orin.gpu.sm == "8.7" and orin.gpu.dla_cores == 0 and orin.default_tensorrt == TrtVersion(10, 3, 0)
@@ -97,14 +114,34 @@ def _orin_text() -> str:
 @pytest.mark.parametrize(
     "edit, field, message",
     [
-        (lambda t: t.replace('compute_capability = "8.7"', "compute_capability = 8.7"), "gpu.compute_capability", "MAJOR.MINOR"),
+        (
+            lambda t: t.replace('compute_capability = "8.7"', "compute_capability = 8.7"),
+            "gpu.compute_capability",
+            "MAJOR.MINOR",
+        ),
         (lambda t: t.replace('kind = "jetson"', 'kind = "phone"'), "kind", "choose one of: jetson, dgpu, cpu"),
         (lambda t: t.replace("dla_cores = 0", "dla_cores = -1"), "gpu.dla_cores", "must be >= 0"),
-        (lambda t: t.replace('fast_precisions = ["fp32", "fp16", "int8"]', 'fast_precisions = ["fp16", "int9"]'), "fast_precisions", "item 1 is 'int9'"),
+        (
+            lambda t: t.replace('fast_precisions = ["fp32", "fp16", "int8"]', 'fast_precisions = ["fp16", "int9"]'),
+            "fast_precisions",
+            "item 1 is 'int9'",
+        ),
         (lambda t: t.replace('default = "10.3.0"', 'default = "9.9.0"'), "tensorrt.default", "not among the releases"),
-        (lambda t: t.replace('version = "8.5.2"', 'version = "eight"'), "tensorrt.releases[3].version", "not a TensorRT version"),
-        (lambda t: t.replace('version = "8.5.2"', 'version = "8.5"'), "tensorrt.releases[3].version", "must be the full release MAJOR.MINOR.PATCH"),
-        (lambda t: t.replace("workspace_mib", "max_opsett = 17\nworkspace_mib"), None, "unknown field(s) 'max_opsett' (did you mean 'max_opset'?)"),
+        (
+            lambda t: t.replace('version = "8.5.2"', 'version = "eight"'),
+            "tensorrt.releases[3].version",
+            "not a TensorRT version",
+        ),
+        (
+            lambda t: t.replace('version = "8.5.2"', 'version = "8.5"'),
+            "tensorrt.releases[3].version",
+            "must be the full release MAJOR.MINOR.PATCH",
+        ),
+        (
+            lambda t: t.replace("workspace_mib", "max_opsett = 17\nworkspace_mib"),
+            None,
+            "unknown field(s) 'max_opsett' (did you mean 'max_opset'?)",
+        ),
         (lambda t: t.replace("workspace_mib = 1024", "workspace_mib = true"), "workspace_mib", "must be an integer"),
     ],
 )
@@ -123,7 +160,9 @@ def test_user_profile_by_path_and_name_must_match_file(tmp_path: Path) -> None:
     ok = _write(tmp_path, "jetson-orin-nano-8gb", _orin_text())
     assert load_target(str(ok)).name == "jetson-orin-nano-8gb"
     wrong = _write(tmp_path, "my-board", _orin_text())
-    with pytest.raises(ConfigError, match=r"field 'name' is 'jetson-orin-nano-8gb' but the file is named 'my-board.toml'"):
+    with pytest.raises(
+        ConfigError, match=r"field 'name' is 'jetson-orin-nano-8gb' but the file is named 'my-board.toml'"
+    ):
         load_target(wrong)
     bad_toml = _write(tmp_path, "x", "name = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -138,7 +177,10 @@ def test_cli_list_and_show() -> None:
     assert REQUIRED <= set(rows) and len(rows) >= 18
     shown = runner.invoke(cli, ["targets", "show", "jetson-agx-xavier"])
     assert shown.exit_code == 0
-    assert re.search(r"DLA cores 2", shown.output) and "TensorRT 8.5.2 (JetPack 5.1, CUDA 11.4), ONNX opset <= 17" in shown.output
+    assert (
+        re.search(r"DLA cores 2", shown.output)
+        and "TensorRT 8.5.2 (JetPack 5.1, CUDA 11.4), ONNX opset <= 17" in shown.output
+    )
     as_json = json.loads(runner.invoke(cli, ["targets", "show", "t4", "--json"]).output)
     assert as_json["gpu"]["compute_capability"] == "7.5"
     for args in (["targets", "--help"], ["targets", "list", "--help"], ["targets", "show", "--help"]):

@@ -20,9 +20,17 @@ from edge_tl.targets import Precision
 
 def _meta(**kw) -> EngineMetadata:
     base = dict(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="int8", input_name="input",
-        output_name="logits", chw=(3, 8, 8), batch={"min": 1, "opt": 1, "max": 8}, source={"artifact": "x"},
-        builder="trtexec", target="jetson-orin-nano-8gb",
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="int8",
+        input_name="input",
+        output_name="logits",
+        chw=(3, 8, 8),
+        batch={"min": 1, "opt": 1, "max": 8},
+        source={"artifact": "x"},
+        builder="trtexec",
+        target="jetson-orin-nano-8gb",
     )
     base.update(kw)
     return EngineMetadata(**base)
@@ -31,11 +39,19 @@ def _meta(**kw) -> EngineMetadata:
 def test_mismatched_tensorrt_or_gpu_is_refused_with_what_to_rebuild() -> None:
     orin = GpuInfo("Orin", "8.7")
     check_engine_compatible(_meta(), tensorrt_version="10.3.0.30", gpu=orin, engine="m.engine")  # patch level is fine
-    with pytest.raises(RunError, match=r"built with TensorRT 10.3.0 but this machine has TensorRT 8.6.2.*"
-                                       r"edge-tl compile RUN --target jetson-orin-nano-8gb --precision int8"):
+    with pytest.raises(
+        RunError,
+        match=r"built with TensorRT 10.3.0 but this machine has TensorRT 8.6.2.*"
+        r"edge-tl compile RUN --target jetson-orin-nano-8gb --precision int8",
+    ):
         check_engine_compatible(_meta(), tensorrt_version="8.6.2", gpu=orin, engine="m.engine")
-    with pytest.raises(RunError, match=r"built for Orin \(compute capability 8.7\) but this GPU is NVIDIA A100 \(8.0\).*build_engine.sh"):
-        check_engine_compatible(_meta(), tensorrt_version="10.3.0", gpu=GpuInfo("NVIDIA A100", "8.0"), engine="m.engine")
+    with pytest.raises(
+        RunError,
+        match=r"built for Orin \(compute capability 8.7\) but this GPU is NVIDIA A100 \(8.0\).*build_engine.sh",
+    ):
+        check_engine_compatible(
+            _meta(), tensorrt_version="10.3.0", gpu=GpuInfo("NVIDIA A100", "8.0"), engine="m.engine"
+        )
     with pytest.raises(RunError, match="needs a CUDA GPU"):
         check_engine_compatible(_meta(), tensorrt_version="10.3.0", gpu=None, engine="m.engine")
 
@@ -100,12 +116,17 @@ def trt_run(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, min_agreement", [("fp16", 0.98), ("int8", 0.95)])
-def test_engine_top1_agrees_with_onnxruntime(trt_run: Run, tmp_path: Path, precision: str, min_agreement: float) -> None:
+def test_engine_top1_agrees_with_onnxruntime(
+    trt_run: Run, tmp_path: Path, precision: str, min_agreement: float
+) -> None:
     from edge_tl.data import iter_batches, split_from_run
     from edge_tl.models import Preprocessing
 
     result = compile_run(
-        trt_run, target=_local_profile(tmp_path), request=CompileRequest(precision=Precision(precision)), mode=BuildMode.BUILD
+        trt_run,
+        target=_local_profile(tmp_path),
+        request=CompileRequest(precision=Precision(precision)),
+        mode=BuildMode.BUILD,
     )
     assert result.built
     engine = Run.open(trt_run.root).artifact_path(result.engine_artifact.name)
@@ -113,8 +134,10 @@ def test_engine_top1_agrees_with_onnxruntime(trt_run: Run, tmp_path: Path, preci
     prep = Preprocessing.from_dict(trt_run.require("preprocessing"))
     samples = split_from_run(trt_run).val[:128]
     agree = total = 0
-    with open_runner(trt_run, artifact=result.engine_artifact.name) as trt_runner, \
-            open_runner(trt_run, artifact="onnx-fp32") as ort_runner:
+    with (
+        open_runner(trt_run, artifact=result.engine_artifact.name) as trt_runner,
+        open_runner(trt_run, artifact="onnx-fp32") as ort_runner,
+    ):
         for images, _labels in iter_batches(samples, prep, 8):
             agree += int((trt_runner.run(images).argmax(1) == ort_runner.run(images).argmax(1)).sum())
             total += len(images)

@@ -32,7 +32,11 @@ BINDINGS = {
 # The release the `tensorrt` extra's torch-tensorrt pin names (report to pyproject).
 TORCH_TRT = ("torch-tensorrt", "2.14.0")
 
-CODE_USING_TRT = ("edge_tl/compile/trt_builder.py", "edge_tl/runtime/tensorrt_runner.py", "edge_tl/compile/torch_trt.py")
+CODE_USING_TRT = (
+    "edge_tl/compile/trt_builder.py",
+    "edge_tl/runtime/tensorrt_runner.py",
+    "edge_tl/compile/torch_trt.py",
+)
 
 
 def _cache_dir() -> Path:
@@ -50,8 +54,20 @@ def _wheel(package: str, version: str) -> Path:
     if found:
         return found[0]
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-        "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64", "-d", str(cache),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "-d",
+        str(cache),
         f"{package}=={version}",
     ]
     try:
@@ -128,7 +144,11 @@ def _string_args(tree: ast.AST) -> set[str]:
     """Names passed to TrtApi.get/set/mod/enum: the attributes the code really reaches for."""
     names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "set", "mod", "enum"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "set", "mod", "enum")
+        ):
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     names.add(arg.value)
@@ -163,7 +183,9 @@ def test_torch_tensorrt_extra_follows_the_installed_torch() -> None:
     torch = pytest.importorskip("torch")
 
     root = Path(__file__).resolve().parents[2]
-    pin = re.search(r'^torch-tensorrt = \["torch-tensorrt==(\d+)\.(\d+)\.\*"\]', (root / "pyproject.toml").read_text(), re.M)
+    pin = re.search(
+        r'^torch-tensorrt = \["torch-tensorrt==(\d+)\.(\d+)\.\*"\]', (root / "pyproject.toml").read_text(), re.M
+    )
     assert pin, "the torch-tensorrt extra must pin one torch-tensorrt series (2.N.*), the one of torch 2.N"
     series = tuple(int(v) for v in pin.groups())
     assert series == tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
@@ -171,7 +193,9 @@ def test_torch_tensorrt_extra_follows_the_installed_torch() -> None:
     from edge_tl.compile.torch_trt import check_torch_tensorrt_matches
 
     check_torch_tensorrt_matches("2.14.1", "2.14.0")
-    with pytest.raises(ConfigError, match=r"torch-tensorrt 2.9.0 is built for torch 2.9 but torch is 2.14.1.*torch-tensorrt==2.14.\*"):
+    with pytest.raises(
+        ConfigError, match=r"torch-tensorrt 2.9.0 is built for torch 2.9 but torch is 2.14.1.*torch-tensorrt==2.14.\*"
+    ):
         check_torch_tensorrt_matches("2.14.1+cu128", "2.9.0")
 
 

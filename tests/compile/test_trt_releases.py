@@ -34,9 +34,15 @@ NEEDS_BASH = pytest.mark.skipif(os.name != "posix", reason="build_engine.sh need
     "code, version",
     [
         # 8.x: major*1000 + minor*100 + patch (kNV_TENSORRT_VERSION_IMPL, include/NvInferRuntimeBase.h, release/8.6)
-        ("8201", "8.2.1"), ("8400", "8.4.0"), ("8502", "8.5.2"), ("8602", "8.6.2"),
+        ("8201", "8.2.1"),
+        ("8400", "8.4.0"),
+        ("8502", "8.5.2"),
+        ("8602", "8.6.2"),
         # 10.x and later: major*10000 + minor*100 + patch (same constant, release/10.3)
-        ("100300", "10.3.0"), ("101303", "10.13.3"), ("101600", "10.16.0"), ("110401", "11.4.1"),
+        ("100300", "10.3.0"),
+        ("101303", "10.13.3"),
+        ("101600", "10.16.0"),
+        ("110401", "11.4.1"),
     ],
 )
 def test_banner_and_cache_codes_decode_per_release(code: str, version: str) -> None:
@@ -48,16 +54,27 @@ def test_profiles_carry_the_exact_jetpack_releases() -> None:
     # JetPack 4.6 ships TensorRT 8.0.1 and 4.6.1+ ships 8.2.1; 5.1 ships 8.5.2; 6.0 ships 8.6.2; 6.1/6.2 ship
     # 10.3.0 (NVIDIA JetPack release notes, developer.nvidia.com/embedded/jetpack-archive); TensorRT 11.4.1 on
     # JetPack 7.2.2+ for AGX Orin (docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
-    nano, xavier, orin = load_target("jetson-nano"), load_target("jetson-agx-xavier"), load_target("jetson-agx-orin-32gb")
+    nano, xavier, orin = (
+        load_target("jetson-nano"),
+        load_target("jetson-agx-xavier"),
+        load_target("jetson-agx-orin-32gb"),
+    )
     assert [(str(r.version), r.jetpack) for r in nano.releases] == [("8.2.1", "4.6.1")]
     assert {(str(r.version), r.jetpack) for r in xavier.releases} == {("8.5.2", "5.1"), ("8.2.1", "4.6.1")}
     assert {(str(r.version), r.jetpack) for r in orin.releases} == {
-        ("10.3.0", "6.2"), ("10.3.0", "6.1"), ("8.6.2", "6.0"), ("8.5.2", "5.1"), ("11.4.1", "7.2.2")}
+        ("10.3.0", "6.2"),
+        ("10.3.0", "6.1"),
+        ("8.6.2", "6.0"),
+        ("8.5.2", "5.1"),
+        ("11.4.1", "7.2.2"),
+    }
     assert orin.release("11.4").version == TrtVersion(11, 4, 1)  # MAJOR.MINOR names the one listed patch
     with pytest.raises(ConfigError, match="does not list TensorRT 11.4.0"):
         orin.release("11.4.0")
     # TX2 modes 0-4 (Jetson Linux R32.7 developer guide, "Power Management for Jetson TX2 Series Devices")
-    assert "1 = MAXQ, 2 = MAXP_CORE_ALL, 3 = MAXP_CORE_ARM, 4 = MAXP_CORE_DENVER" in load_target("jetson-tx2").power_notes
+    assert (
+        "1 = MAXQ, 2 = MAXP_CORE_ALL, 3 = MAXP_CORE_ARM, 4 = MAXP_CORE_DENVER" in load_target("jetson-tx2").power_notes
+    )
     # desktop 8.6.1 runs CUDA 11.0 to 12.1 (TensorRT 8.6.1 support matrix,
     # docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/support-matrix/index.html)
     assert load_target("t4").release("8.6").cuda == "11.0-12.1"
@@ -67,7 +84,14 @@ def test_profiles_carry_the_exact_jetpack_releases() -> None:
 def test_max_opset_follows_the_release_not_the_device() -> None:
     # onnx/onnx-tensorrt docs/operators.md: 8.2-GA "up to Opset 13"; 8.4-GA/8.5-GA/8.6-GA "up to Opset 17";
     # 10.0-GA "opset 9 to opset 20". HardSwish (opset 14) is "N" on 8.2-GA and "Y" on 8.4-GA.
-    assert [TrtVersion.parse(v).max_opset for v in ("8.2.1", "8.4.0", "8.5.2", "8.6.2", "10.3.0", "11.4.1")] == [13, 17, 17, 17, 20, 20]
+    assert [TrtVersion.parse(v).max_opset for v in ("8.2.1", "8.4.0", "8.5.2", "8.6.2", "10.3.0", "11.4.1")] == [
+        13,
+        17,
+        17,
+        17,
+        20,
+        20,
+    ]
     xavier = load_target("jetson-agx-xavier")
     assert xavier.export_opset(tensorrt="8.2.1") == 13 and xavier.export_opset() == 17
     with pytest.raises(ConfigError, match="opset 14 is above what target 'jetson-agx-xavier' parses"):
@@ -81,13 +105,25 @@ def _cache(run: Run, code: int) -> None:
     """Re-record the run's calibration cache with the header of TensorRT ``code``, as quantize would."""
     path = run.path("quantize/tensorrt-int8-cache/calibration.cache")
     path.write_text(f"TRT-{code}-EntropyCalibration2\ninput: 3c810204\n")
-    run.add_artifact("calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=path, stage="quantize", precision="int8")
+    run.add_artifact(
+        "calib-cache-tensorrt-int8-cache", kind="calibration-cache", path=path, stage="quantize", precision="int8"
+    )
 
 
 def test_dla_cli_plans_a_static_shape_and_refuses_a_range(plan_run: Run) -> None:
     _cache(plan_run, 100300)  # JetPack 6.x, the AGX Orin default
-    base = [sys.executable, "-m", "edge_tl", "compile", str(plan_run.root), "--target", "jetson-agx-orin-32gb",
-            "--precision", "int8", "--dla"]
+    base = [
+        sys.executable,
+        "-m",
+        "edge_tl",
+        "compile",
+        str(plan_run.root),
+        "--target",
+        "jetson-agx-orin-32gb",
+        "--precision",
+        "int8",
+        "--dla",
+    ]
     ok = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     plan = json.loads(plan_run.path("compile/jetson-agx-orin-32gb-int8/build_plan.json").read_text())
@@ -118,7 +154,9 @@ def test_dla_recipe_rules_per_release(plan_run: Run, tmp_path: Path) -> None:
     text = Path(orin.source).read_text().replace('version = "11.4.1"', 'version = "11.4.0"')
     custom = tmp_path / "jetson-agx-orin-64gb.toml"
     custom.write_text(text)
-    with pytest.raises(ConfigError, match=r"TensorRT 11.4.0 has no DLA on Jetson .* use --tensorrt 10.3.0 or drop --dla"):
+    with pytest.raises(
+        ConfigError, match=r"TensorRT 11.4.0 has no DLA on Jetson .* use --tensorrt 10.3.0 or drop --dla"
+    ):
         make_plan(plan_run, load_target(custom), CompileRequest(precision=Precision.FP16, dla=True, tensorrt="11.4.0"))
     with pytest.raises(ConfigError, match="DLA runs FP16 and INT8 only"):
         make_plan(plan_run, orin, CompileRequest(precision=Precision.FP32, dla=True))
@@ -153,15 +191,21 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     log = tmp_path / "build.log"
     # Layer placement as TensorRT's builder logs it on a DLA build (info level, "---------- Layers Running on
     # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs)
-    log.write_text("[I] [TRT] ---------- Layers Running on DLA ----------\n[I] [TRT] [DlaLayer] {ForeignNode[conv]}\n"
-                   "[I] [TRT] ---------- Layers Running on GPU ----------\n[I] [TRT] [GpuLayer] SHUFFLE: flatten\n"
-                   "[I] [TRT] [GpuLayer] COPY: reformat\n")
+    log.write_text(
+        "[I] [TRT] ---------- Layers Running on DLA ----------\n[I] [TRT] [DlaLayer] {ForeignNode[conv]}\n"
+        "[I] [TRT] ---------- Layers Running on GPU ----------\n[I] [TRT] [GpuLayer] SHUFFLE: flatten\n"
+        "[I] [TRT] [GpuLayer] COPY: reformat\n"
+    )
     env = {**os.environ, "TRTEXEC": str(fake), "FAKE_LOG": str(log), "FAKE_CODE": "8201"}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4
-    assert ("the calibration cache quantize/tensorrt-int8-cache/calibration.cache is for TensorRT v8502 but this trtexec "
-            "is v8201") in proc.stderr
-    assert "edge-tl quantize RUN --recipe tensorrt-int8-cache --target jetson-agx-xavier --tensorrt X.Y.Z" in proc.stderr
+    assert (
+        "the calibration cache quantize/tensorrt-int8-cache/calibration.cache is for TensorRT v8502 but this trtexec "
+        "is v8201"
+    ) in proc.stderr
+    assert (
+        "edge-tl quantize RUN --recipe tensorrt-int8-cache --target jetson-agx-xavier --tensorrt X.Y.Z" in proc.stderr
+    )
     assert not plan_run.path(plan.spec.engine).exists()  # stopped before the build
     env["FAKE_CODE"] = "8502"
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
@@ -187,8 +231,18 @@ def test_tensorrt_8_2_summary_keeps_latency_apart_from_end_to_end_host_latency(f
 
 def _trace(starts: list[float]) -> list[dict[str, float]]:
     """exportJSONTrace records (keys of release/8.2 samples/common/sampleReporting.cpp)."""
-    return [{"startComputeMs": s, "endComputeMs": s + 1.0, "h2dMs": 0.1, "computeMs": 1.0 if s >= 200 else 9.0,
-             "d2hMs": 0.1, "latencyMs": 1.2 if s >= 200 else 9.2, "endToEndMs": 1.3} for s in starts]
+    return [
+        {
+            "startComputeMs": s,
+            "endComputeMs": s + 1.0,
+            "h2dMs": 0.1,
+            "computeMs": 1.0 if s >= 200 else 9.0,
+            "d2hMs": 0.1,
+            "latencyMs": 1.2 if s >= 200 else 9.2,
+            "endToEndMs": 1.3,
+        }
+        for s in starts
+    ]
 
 
 def test_pre_8_5_times_drop_their_warmup_records() -> None:
@@ -211,8 +265,10 @@ def test_pre_8_5_times_drop_their_warmup_records() -> None:
         # exit 0 without "&&&& PASSED": not a success (trtexec reports PASSED last, gLogger.reportPass)
         ("echo '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec'; exit 0", r"trtexec failed \(exit 0\)"),
         # trtexec's own failure on an unknown flag (release/11.0 samples/trtexec/trtexec.cpp: "Unknown option")
-        ("echo '[E] Unknown option: --fp16 '; echo '&&&& FAILED TensorRT.trtexec [TensorRT v110401] # trtexec --fp16'; exit 1",
-         r"(?s)trtexec failed \(exit 1\).*Unknown option: --fp16"),
+        (
+            "echo '[E] Unknown option: --fp16 '; echo '&&&& FAILED TensorRT.trtexec [TensorRT v110401] # trtexec --fp16'; exit 1",
+            r"(?s)trtexec failed \(exit 1\).*Unknown option: --fp16",
+        ),
     ],
 )
 def test_trtexec_runs_that_did_not_pass_are_refused(tmp_path: Path, script: str, message: str) -> None:
@@ -221,7 +277,9 @@ def test_trtexec_runs_that_did_not_pass_are_refused(tmp_path: Path, script: str,
     fake.chmod(0o755)
     with pytest.raises(RunError, match=message):
         run_trtexec([str(fake)], log_path=tmp_path / "t.log", times_path=None, batch_size=1)
-    assert (tmp_path / "t.log").read_text().startswith("&&&& RUNNING") or "Unknown option" in (tmp_path / "t.log").read_text()
+    assert (tmp_path / "t.log").read_text().startswith("&&&& RUNNING") or "Unknown option" in (
+        tmp_path / "t.log"
+    ).read_text()
 
 
 # --------------------------------------------------------------------------- the runner's shape check
@@ -233,10 +291,22 @@ def test_runner_refuses_a_shape_outside_the_profile(tmp_path: Path) -> None:
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plain")
-    write_sidecar(engine, EngineMetadata(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="fp16", input_name="input",
-        output_name="logits", chw=(3, 8, 8), batch={"min": 2, "opt": 2, "max": 4}, source={}, builder="trtexec",
-        target="jetson-orin-nano-8gb"))
+    write_sidecar(
+        engine,
+        EngineMetadata(
+            tensorrt_version="10.3.0",
+            gpu_name="Orin",
+            compute_capability="8.7",
+            precision="fp16",
+            input_name="input",
+            output_name="logits",
+            chw=(3, 8, 8),
+            batch={"min": 2, "opt": 2, "max": 4},
+            source={},
+            builder="trtexec",
+            target="jetson-orin-nano-8gb",
+        ),
+    )
     runner = TensorRTRunner(engine)
 
     class Context:  # IExecutionContext.set_input_shape returns false for a shape outside the profile
@@ -266,9 +336,19 @@ def test_engine_checks_compare_the_patch_release() -> None:
     from edge_tl.runtime.cuda import GpuInfo
     from edge_tl.runtime.tensorrt_runner import check_engine_compatible
 
-    meta = EngineMetadata(tensorrt_version="8.6.2", gpu_name="Orin", compute_capability="8.7", precision="int8",
-                          input_name="input", output_name="logits", chw=(3, 8, 8), batch=None, source={},
-                          builder="trtexec", target="jetson-agx-orin-32gb")
+    meta = EngineMetadata(
+        tensorrt_version="8.6.2",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="int8",
+        input_name="input",
+        output_name="logits",
+        chw=(3, 8, 8),
+        batch=None,
+        source={},
+        builder="trtexec",
+        target="jetson-agx-orin-32gb",
+    )
     check_engine_compatible(meta, tensorrt_version="8.6.2.3", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
     with pytest.raises(RunError, match="built with TensorRT 8.6.2 but this machine has TensorRT 8.6.1"):
         check_engine_compatible(meta, tensorrt_version="8.6.1", gpu=GpuInfo("Orin", "8.7"), engine="m.engine")
@@ -283,7 +363,9 @@ def test_timing_flags_state_one_latency_definition_per_release() -> None:
     assert timing_flags(TrtVersion(8, 2, 1), cuda_graph=True) == (["--useSpinWait", "--useCudaGraph"], meaning)
     assert timing_flags(TrtVersion(10, 3, 0), cuda_graph=False) == (["--useSpinWait"], {**meaning, "cuda_graph": False})
     assert timing_flags(TrtVersion(11, 4, 1), cuda_graph=True) == (["--includeDataTransfers"], meaning)
-    assert timing_flags(TrtVersion(11, 4, 1), cuda_graph=False) == (["--includeDataTransfers", "--noCudaGraph"],
-                                                                     {**meaning, "cuda_graph": False})
+    assert timing_flags(TrtVersion(11, 4, 1), cuda_graph=False) == (
+        ["--includeDataTransfers", "--noCudaGraph"],
+        {**meaning, "cuda_graph": False},
+    )
     with pytest.raises(ConfigError, match="TensorRT 9.2.0 is not supported"):
         timing_flags(TrtVersion(9, 2, 0), cuda_graph=True)

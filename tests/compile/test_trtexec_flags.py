@@ -27,12 +27,22 @@ OPTIONS = Path(__file__).parent / "trtexec_options"
 
 
 def _options(release: str) -> set[str]:
-    return {line.strip() for line in (OPTIONS / f"trtexec-{release}.txt").read_text().splitlines() if line.startswith("--")}
+    return {
+        line.strip() for line in (OPTIONS / f"trtexec-{release}.txt").read_text().splitlines() if line.startswith("--")
+    }
 
 
 def _spec(precision: Precision = Precision.FP16, kind: SourceKind = SourceKind.FP32, **kw) -> BuildSpec:
-    base = dict(onnx="m.onnx", engine="m.engine", precision=precision, source_kind=kind, input_name="x",
-                chw=(3, 32, 64), workspace_mib=512, batch=BatchRange(1, 2, 4))
+    base = dict(
+        onnx="m.onnx",
+        engine="m.engine",
+        precision=precision,
+        source_kind=kind,
+        input_name="x",
+        chw=(3, 32, 64),
+        workspace_mib=512,
+        batch=BatchRange(1, 2, 4),
+    )
     base.update(kw)
     return BuildSpec(**base)
 
@@ -51,13 +61,15 @@ def test_workspace_flag_changes_at_8_4() -> None:
 def test_shapes_keep_height_and_width_apart() -> None:
     argv = build_command(_spec(), TrtVersion(10, 3, 0))
     assert argv[3:6] == ["--minShapes=x:1x3x32x64", "--optShapes=x:2x3x32x64", "--maxShapes=x:4x3x32x64"]
-    assert "--shapes=x:2x3x32x64" in bench_command("e", TrtVersion(10, 3, 0), input_name="x", chw=(3, 32, 64), batch=2,
-                                                    export_times="t.json")
+    assert "--shapes=x:2x3x32x64" in bench_command(
+        "e", TrtVersion(10, 3, 0), input_name="x", chw=(3, 32, 64), batch=2, export_times="t.json"
+    )
 
 
 def test_bench_command_names_the_dla_core() -> None:
-    argv = bench_command("e", TrtVersion(8, 5, 2), input_name="x", chw=(3, 8, 8), batch=None, export_times="t.json",
-                         dla_core=0)
+    argv = bench_command(
+        "e", TrtVersion(8, 5, 2), input_name="x", chw=(3, 8, 8), batch=None, export_times="t.json", dla_core=0
+    )
     assert argv[-2:] == ["--useDLACore=0", "--exportTimes=t.json"]
     assert "--useDLACore" in _options("8.5")
 
@@ -68,7 +80,10 @@ def test_timing_flags_flip_from_11_0() -> None:
     for flag in ("--includeDataTransfers", "--noCudaGraph"):
         assert flag in _options("11.0") and flag not in _options("10.13")
     meaning = {"data_transfers": True, "spin_wait": True, "cuda_graph": False}
-    assert timing_flags(TrtVersion(11, 0, 0), cuda_graph=False) == (["--includeDataTransfers", "--noCudaGraph"], meaning)
+    assert timing_flags(TrtVersion(11, 0, 0), cuda_graph=False) == (
+        ["--includeDataTransfers", "--noCudaGraph"],
+        meaning,
+    )
     assert timing_flags(TrtVersion(10, 16, 0), cuda_graph=False) == (["--useSpinWait"], meaning)
     for release, version in (("10.13", TrtVersion(10, 13, 3)), ("11.0", TrtVersion(11, 0, 0))):
         for cuda_graph in (True, False):
@@ -89,23 +104,70 @@ V103, V114 = TrtVersion(10, 3, 0), TrtVersion(11, 4, 1)
     "version, precision, source, calib, message",
     [
         (V103, Precision.FP32, SourceKind.QDQ, None, "an FP32 engine is built from the FP32 ONNX, not a qdq one"),
-        (V114, Precision.FP16, SourceKind.FP32, None,
-         "TensorRT 11.4.1 has no --fp16 flag: FP16 engines are built strongly typed from the FP16 ONNX (onnx-fp16); "
-         "run `edge-tl export RUN --precision fp16`"),
-        (V103, Precision.FP16, SourceKind.FP16, None,
-         "TensorRT 10.3.0 builds FP16 from the FP32 ONNX with --fp16, not from a fp16 ONNX"),
-        (V103, Precision.INT8, SourceKind.QDQ, "c.cache",
-         "a Q/DQ ONNX carries its own scales: do not pass a calibration cache with it"),
-        (V114, Precision.INT8, SourceKind.FP32, "c.cache",
-         "TensorRT 11.4.1 removed calibrators and --int8: build INT8 from the Q/DQ ONNX (recipe tensorrt-int8-qdq)"),
-        (V103, Precision.INT8, SourceKind.FP32, None,
-         "INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)"),
-        (V103, Precision.INT8, SourceKind.FP16, None,
-         "INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache"),
-        (V103, Precision.FP8, SourceKind.FP32, None, "trtexec builds fp32, fp16 or int8 engines; fp8 is not supported yet"),
-        (V103, Precision.FP4, SourceKind.FP32, None, "trtexec builds fp32, fp16 or int8 engines; fp4 is not supported yet"),
-        (TrtVersion(9, 3, 0), Precision.FP16, SourceKind.FP32, None,
-         "TensorRT 9.3.0 is not supported: edge-tl writes build flags for TensorRT 8.x, 10.x, 11.x"),
+        (
+            V114,
+            Precision.FP16,
+            SourceKind.FP32,
+            None,
+            "TensorRT 11.4.1 has no --fp16 flag: FP16 engines are built strongly typed from the FP16 ONNX (onnx-fp16); "
+            "run `edge-tl export RUN --precision fp16`",
+        ),
+        (
+            V103,
+            Precision.FP16,
+            SourceKind.FP16,
+            None,
+            "TensorRT 10.3.0 builds FP16 from the FP32 ONNX with --fp16, not from a fp16 ONNX",
+        ),
+        (
+            V103,
+            Precision.INT8,
+            SourceKind.QDQ,
+            "c.cache",
+            "a Q/DQ ONNX carries its own scales: do not pass a calibration cache with it",
+        ),
+        (
+            V114,
+            Precision.INT8,
+            SourceKind.FP32,
+            "c.cache",
+            "TensorRT 11.4.1 removed calibrators and --int8: build INT8 from the Q/DQ ONNX (recipe tensorrt-int8-qdq)",
+        ),
+        (
+            V103,
+            Precision.INT8,
+            SourceKind.FP32,
+            None,
+            "INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)",
+        ),
+        (
+            V103,
+            Precision.INT8,
+            SourceKind.FP16,
+            None,
+            "INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache",
+        ),
+        (
+            V103,
+            Precision.FP8,
+            SourceKind.FP32,
+            None,
+            "trtexec builds fp32, fp16 or int8 engines; fp8 is not supported yet",
+        ),
+        (
+            V103,
+            Precision.FP4,
+            SourceKind.FP32,
+            None,
+            "trtexec builds fp32, fp16 or int8 engines; fp4 is not supported yet",
+        ),
+        (
+            TrtVersion(9, 3, 0),
+            Precision.FP16,
+            SourceKind.FP32,
+            None,
+            "TensorRT 9.3.0 is not supported: edge-tl writes build flags for TensorRT 8.x, 10.x, 11.x",
+        ),
     ],
 )
 def test_precision_refusals_word_for_word(version, precision, source, calib, message) -> None:
@@ -120,6 +182,11 @@ def test_dla_refusals_word_for_word() -> None:
     assert str(err.value) == "DLA runs FP16 and INT8 only: choose --precision fp16 or int8, or --no-dla"
     with pytest.raises(ConfigError) as err:
         build_command(_spec(dla_core=0), V103)
-    assert str(err.value) == ("DLA has no dynamic shapes: min = opt = max is required, got --batch 1,2,4; "
-                              "give one batch size (e.g. --batch 2)")
-    assert re.search(r"--useDLACore=1 --allowGPUFallback", " ".join(build_command(_spec(dla_core=1, batch=BatchRange(2, 2, 2)), V103)))
+    assert str(err.value) == (
+        "DLA has no dynamic shapes: min = opt = max is required, got --batch 1,2,4; "
+        "give one batch size (e.g. --batch 2)"
+    )
+    assert re.search(
+        r"--useDLACore=1 --allowGPUFallback",
+        " ".join(build_command(_spec(dla_core=1, batch=BatchRange(2, 2, 2)), V103)),
+    )

@@ -48,7 +48,13 @@ def test_tensorrt_10_log_with_device_and_percentiles(fixtures_dir: Path) -> None
     bench = to_bench_results(result, batch_size=1)
     gpu, e2e = bench["gpu_compute"], bench["end_to_end"]
     assert bench["source"] == "summary"
-    assert (gpu.mean_ms, gpu.p50_ms, gpu.p90_ms, gpu.p99_ms, gpu.iterations) == (0.0334352, 0.0297852, 0.0378418, 0.0952148, 55177)
+    assert (gpu.mean_ms, gpu.p50_ms, gpu.p90_ms, gpu.p99_ms, gpu.iterations) == (
+        0.0334352,
+        0.0297852,
+        0.0378418,
+        0.0952148,
+        55177,
+    )
     assert (e2e.mean_ms, e2e.p95_ms, e2e.max_ms) == (0.0431899, 0.0548096, 0.882324)
     assert math.isnan(gpu.std_ms)  # the summary does not print it; never invented
     assert gpu.throughput_ips == pytest.approx(1000 / 0.0334352)
@@ -89,7 +95,9 @@ exit "${FAKE_RC:-0}"
 """
 
 
-def _fake_trtexec_and_engine(tmp_path: Path, fixtures_dir: Path, monkeypatch, compute_ms: list[float]) -> tuple[Path, Path]:
+def _fake_trtexec_and_engine(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch, compute_ms: list[float]
+) -> tuple[Path, Path]:
     """A stand-in trtexec replaying the real 10.16 log (its times are ``compute_ms``) and an engine with a sidecar."""
     (tmp_path / "bin").mkdir()
     trtexec = tmp_path / "bin" / "trtexec"
@@ -101,15 +109,28 @@ def _fake_trtexec_and_engine(tmp_path: Path, fixtures_dir: Path, monkeypatch, co
     monkeypatch.setenv("FAKE_LOG", str(fixtures_dir / "trtexec-10.16-rtx6000-ada.log"))
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine")
-    write_sidecar(engine, EngineMetadata(
-        tensorrt_version="10.16.0", gpu_name="NVIDIA RTX 6000 Ada Generation", compute_capability="8.9", precision="fp16",
-        input_name="input", output_name="logits", chw=(3, 8, 8), batch={"min": 1, "opt": 1, "max": 8},
-        source={"artifact": "onnx-fp32"}, builder="trtexec", target="ada",
-    ))
+    write_sidecar(
+        engine,
+        EngineMetadata(
+            tensorrt_version="10.16.0",
+            gpu_name="NVIDIA RTX 6000 Ada Generation",
+            compute_capability="8.9",
+            precision="fp16",
+            input_name="input",
+            output_name="logits",
+            chw=(3, 8, 8),
+            batch={"min": 1, "opt": 1, "max": 8},
+            source={"artifact": "onnx-fp32"},
+            builder="trtexec",
+            target="ada",
+        ),
+    )
     return trtexec, engine
 
 
-def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(tmp_path: Path, fixtures_dir: Path, monkeypatch) -> None:
+def test_trtexec_runner_maps_a_real_process_onto_a_bench_report(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch
+) -> None:
     trtexec, engine = _fake_trtexec_and_engine(tmp_path, fixtures_dir, monkeypatch, [0.5, 0.6, 0.7, 0.8])
     report = trtexec_bench_report(engine, batch_sizes=(1, 4), duration_s=1, iterations=4, trtexec=str(trtexec))
     data = report.to_dict()
@@ -136,8 +157,22 @@ def test_bench_cli_with_trtexec_backend_times_an_engine(tmp_path: Path, fixtures
     _, engine = _fake_trtexec_and_engine(tmp_path, fixtures_dir, monkeypatch, [0.4, 0.5, 0.6])
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(engine), "--backend", "trtexec", "--batch-size", "1,2", "--iterations", "7",
-                                      "--cuda-graph", "--json", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(engine),
+            "--backend",
+            "trtexec",
+            "--batch-size",
+            "1,2",
+            "--iterations",
+            "7",
+            "--cuda-graph",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["runner"]["backend"] == "trtexec" and [r["batch_size"] for r in data["results"]] == [1, 2]

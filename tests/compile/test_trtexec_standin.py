@@ -21,7 +21,7 @@ from edge_tl.compile import CompileRequest, make_plan
 from edge_tl.compile.trtexec_flags import bench_command
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
-from edge_tl.targets import Precision, list_targets
+from edge_tl.targets import list_targets
 
 HERE = Path(__file__).parent
 OPTIONS = HERE / "trtexec_options"
@@ -99,7 +99,9 @@ def _every_plan(run: Run):
             for precision in target.fast_precisions:
                 for dla in (False, True) if target.gpu and target.gpu.dla_cores else (False,):
                     try:
-                        yield make_plan(run, target, CompileRequest(precision=precision, dla=dla, tensorrt=release.version))
+                        yield make_plan(
+                            run, target, CompileRequest(precision=precision, dla=dla, tensorrt=release.version)
+                        )
                     except (ConfigError, RunError):
                         continue  # a combination the release cannot build is refused by the plan itself
 
@@ -116,11 +118,18 @@ def test_every_generated_plan_passes_the_standin_of_its_release(tmp_path: Path, 
         Path("x.onnx").write_bytes(b"e")
         assert standin.refusal(bench[1:], _release(version), str(OPTIONS)) == ""
         if version.major >= 11:
-            assert not {"--fp16", "--int8", "--best"} & set(plan.argv) and not any(a.startswith("--calib") for a in plan.argv)
+            assert not {"--fp16", "--int8", "--best"} & set(plan.argv) and not any(
+                a.startswith("--calib") for a in plan.argv
+            )
         checked.add((plan.target.name, str(version), plan.precision.value, plan.spec.dla_core is not None))
     majors = {v.split(".")[0] for _, v, _, _ in checked}
     assert majors == {"8", "10", "11"} and len(checked) >= 60
-    assert ("jetson-agx-orin-64gb", "11.4.1", "int8", True) in checked and ("jetson-nano", "8.2.1", "fp16", False) in checked
+    assert ("jetson-agx-orin-64gb", "11.4.1", "int8", True) in checked and (
+        "jetson-nano",
+        "8.2.1",
+        "fp16",
+        False,
+    ) in checked
 
 
 def test_export_output_has_trtexecs_format_and_deploy_reads_it(tmp_path: Path) -> None:
@@ -130,7 +139,9 @@ def test_export_output_has_trtexecs_format_and_deploy_reads_it(tmp_path: Path) -
     out = tmp_path / "out.json"
     standin.export_output(str(out), "logits", logits)
     text = out.read_text()
-    assert text.startswith('[\n  { "name" : "logits"\n  , "dimensions" : "2x3"\n  , "values" : [ 1.23457, -2.5e-07, 3, ')
+    assert text.startswith(
+        '[\n  { "name" : "logits"\n  , "dimensions" : "2x3"\n  , "values" : [ 1.23457, -2.5e-07, 3, '
+    )
     assert json.loads(text)[0]["dimensions"] == "2x3"
     back = exported_logits(text.encode(), output="logits", count=2, classes=3, where="out.json")
     np.testing.assert_allclose(back, logits, rtol=5e-6)

@@ -31,7 +31,9 @@ _BLOCKER = textwrap.dedent(
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_every_light_module_imports_without_heavy_libraries() -> None:
@@ -107,11 +109,22 @@ def test_report_runs_without_torch(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "backbone": {"name": "efficientnet_lite0"}, "classes": ["a", "b"], "artifacts": {},
-    }))
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "phase": "head", "train_loss": 1.0, "val_loss": 0.9,
-                                                   "train_top1": 0.5, "val_top1": 0.6}) + "\n")
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "backbone": {"name": "efficientnet_lite0"},
+                "classes": ["a", "b"],
+                "artifacts": {},
+            }
+        )
+    )
+    (run / "metrics.jsonl").write_text(
+        json.dumps(
+            {"epoch": 1, "phase": "head", "train_loss": 1.0, "val_loss": 0.9, "train_top1": 0.5, "val_top1": 0.6}
+        )
+        + "\n"
+    )
     proc = _run(
         f"""
         import sys

@@ -14,7 +14,9 @@ def test_create_open_and_record_artifacts(tmp_path) -> None:
     (run.path("export")).mkdir()
     model = run.path("export", "m.onnx")
     model.write_bytes(b"onnx bytes")
-    art = run.add_artifact("onnx-fp32", kind="onnx", path=model, stage="export", precision="fp32", details={"opset": 17})
+    art = run.add_artifact(
+        "onnx-fp32", kind="onnx", path=model, stage="export", precision="fp32", details={"opset": 17}
+    )
     assert art.path == "export/m.onnx"
     assert art.sha256 == sha256_file(model)
 

@@ -68,5 +68,9 @@ def test_two_quantize_processes_started_together_both_keep_their_artifacts(digit
     for proc in procs:
         assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
     names = {a.name for a in Run.open(root).artifacts()}
-    assert {"onnx-int8-onnxruntime-cpu-int8", "calib-table-onnxruntime-cpu-int8", "calib-cache-tensorrt-int8-cache"} <= names
+    assert {
+        "onnx-int8-onnxruntime-cpu-int8",
+        "calib-table-onnxruntime-cpu-int8",
+        "calib-cache-tensorrt-int8-cache",
+    } <= names
     assert {"checkpoint-best", "onnx-fp32"} <= names

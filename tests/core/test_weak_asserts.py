@@ -18,7 +18,7 @@ def _tool():
     return module
 
 
-SAMPLE = '''
+SAMPLE = """
 import subprocess
 import pytest
 from edge_tl.errors import ConfigError
@@ -93,7 +93,7 @@ def test_through_a_helper():
 
 def test_weak_but_explained():  # weak-asserts: ok, a failure of this guarantee is an exception
     f()
-'''
+"""
 
 
 def test_each_pattern_is_found_and_pinned_tests_are_not(tmp_path: Path) -> None:

@@ -53,7 +53,9 @@ def mixed(tmp_path: Path) -> list[Sample]:
         _write(tmp_path / "rotated.jpg", 2, (320, 200), orientation=6),
         _write(tmp_path / "small.jpg", 3, (40, 30)),
     ]
-    Image.fromarray(np.arange(64 * 48, dtype=np.uint32).reshape(48, 64).astype(np.uint8), mode="L").save(tmp_path / "grey.png")
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint32).reshape(48, 64).astype(np.uint8), mode="L").save(
+        tmp_path / "grey.png"
+    )
     return samples + [Sample(label=1, path=str(tmp_path / "grey.png"))]
 
 
@@ -99,7 +101,9 @@ def test_batches_normalised_on_the_device_equal_per_image_normalisation(mixed) -
     out = BatchNormalizer(PREP, torch.device("cpu"), channels_last=False)(batch)
     assert out.dtype == torch.float32 and out.is_contiguous()
     assert torch.equal(out, expected)
-    assert BatchNormalizer(PREP, torch.device("cpu"), channels_last=True)(batch).is_contiguous(memory_format=torch.channels_last)
+    assert BatchNormalizer(PREP, torch.device("cpu"), channels_last=True)(batch).is_contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 def test_a_changed_file_is_decoded_again_not_read_from_the_cache(tmp_path: Path) -> None:

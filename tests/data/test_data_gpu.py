@@ -54,7 +54,13 @@ def test_workers_draw_what_the_cpu_path_draws(jpegs) -> None:
     assert label == 1 and data.dtype == torch.uint8 and bytes(data[:3].tolist()) == b"\xff\xd8\xff"
     upright = (240, 180)  # 180x240 stored, rotated by EXIF orientation 8
     expected = draw_augment(*upright, config, sample_rng(7, 2, 1))
-    assert draws.tolist() == [*expected.box, float(expected.flip), expected.brightness, expected.contrast, expected.saturation]
+    assert draws.tolist() == [
+        *expected.box,
+        float(expected.flip),
+        expected.brightness,
+        expected.contrast,
+        expected.saturation,
+    ]
     assert dataset[(3, 1)][0][1].tolist() != draws.tolist()
 
 

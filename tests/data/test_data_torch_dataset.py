@@ -93,6 +93,7 @@ def test_random_resized_crop_changes_scale_even_on_8x8_digits(digits) -> None:
 def test_colour_jitter_stays_small() -> None:
     image = Image.new("RGB", (16, 16), (120, 80, 40))
     config = AugmentConfig(hflip=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), color_jitter=0.2)
+
     def deviation(config: AugmentConfig, epoch: int) -> int:
         out = np.asarray(augment_image(image, PREP, config, sample_rng(0, epoch, 0))).astype(int)
         return int(np.abs(out - [120, 80, 40]).max())

@@ -175,13 +175,21 @@ def _build_small_run(root: Path) -> Path:
 
     split = load_dataset("digits", val_split=0.2, seed=0)
     prep = get_backbone("efficientnet_lite0").preprocessing.with_input_size(32)
-    run = Run.create(root, backbone={"name": "efficientnet_lite0"}, preprocessing=prep.to_dict(),
-                     classes=list(split.classes), data={"source": "digits", "split_file": "split.json"})
+    run = Run.create(
+        root,
+        backbone={"name": "efficientnet_lite0"},
+        preprocessing=prep.to_dict(),
+        classes=list(split.classes),
+        data={"source": "digits", "split_file": "split.json"},
+    )
     save_split(split, root / "split.json")
     model = build_model("efficientnet_lite0", len(split.classes), weights=Weights(WeightsSource.NONE))
     save_checkpoint(root / "checkpoints" / "best.pt", {"model": model.state_dict()})
     run.add_artifact("checkpoint-best", kind="checkpoint", path=root / "checkpoints" / "best.pt", stage="finetune")
-    export_run(root, config=ExportConfig(parity_images=16, fp16_tolerance=ParityTolerance(atol=None, rtol=0.0, min_agreement=0.0)))
+    export_run(
+        root,
+        config=ExportConfig(parity_images=16, fp16_tolerance=ParityTolerance(atol=None, rtol=0.0, min_agreement=0.0)),
+    )
     return root
 
 
@@ -232,7 +240,9 @@ def standin_xavier_profile(folder: Path) -> Path:
     """A Xavier profile that lists TensorRT 8.4.0, the version of the replayed trtexec log
     (tests/compile/fixtures/trtexec-8.4-jetson-agx-xavier.log)."""
     text = (HERE.parents[1] / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace(
+        'default = "8.5.2"', 'default = "8.4.0"'
+    )
     text += '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n'
     path = folder / "standin-xavier-trt84.toml"
     path.write_text(text)

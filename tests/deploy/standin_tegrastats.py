@@ -42,7 +42,10 @@ def main(argv):
         opts = dict(zip(rest[::2], rest[1::2]))
         child = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--loop", opts["--logfile"], opts.get("--interval", "1000")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         with open(PID_FILE, "w") as fh:
             fh.write(str(child.pid))

@@ -18,7 +18,6 @@ refuses what the TensorRT release it claims to be refuses:
   from tests/compile/fixtures/) so the parsing of real output is exercised.
 """
 
-import json
 import os
 import re
 import shutil
@@ -29,9 +28,27 @@ OPTIONS_DIR = os.environ.get("STANDIN_TRTEXEC_OPTIONS", "@OPTIONS_DIR@")
 
 # Flags that take no value (trtexec's getAndDelOption on a bool: "--flag" alone).
 _BOOLEAN = {
-    "--fp16", "--int8", "--best", "--bf16", "--fp8", "--int4", "--stronglyTyped", "--allowGPUFallback", "--verbose",
-    "--useSpinWait", "--useCudaGraph", "--noDataTransfers", "--includeDataTransfers", "--noCudaGraph", "--noSpinWait",
-    "--skipInference", "--separateProfileRun", "--dumpOutput", "--dumpProfile", "--dumpLayerInfo", "--help",
+    "--fp16",
+    "--int8",
+    "--best",
+    "--bf16",
+    "--fp8",
+    "--int4",
+    "--stronglyTyped",
+    "--allowGPUFallback",
+    "--verbose",
+    "--useSpinWait",
+    "--useCudaGraph",
+    "--noDataTransfers",
+    "--includeDataTransfers",
+    "--noCudaGraph",
+    "--noSpinWait",
+    "--skipInference",
+    "--separateProfileRun",
+    "--dumpOutput",
+    "--dumpProfile",
+    "--dumpLayerInfo",
+    "--help",
 }
 _INTEGER = {"--warmUp", "--duration", "--iterations", "--avgRuns", "--useDLACore", "--workspace", "--streams"}
 _POOLS = {"workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem"}  # MemoryPoolType names
@@ -134,7 +151,7 @@ def main(argv):
         inp = session.get_inputs()[0]
         name, _, path = opts["loadInputs"].partition(":")
         if name != inp.name:
-            print(f"[E] Cannot find input tensor with name \"{name}\" in the engine bindings!")
+            print(f'[E] Cannot find input tensor with name "{name}" in the engine bindings!')
             print(f"&&&& FAILED TensorRT.trtexec {banner} # {command}")
             return 1
         data = np.fromfile(path, dtype="<f4")

@@ -41,7 +41,9 @@ def test_deploy_refuses_an_unknown_host_key_unless_asked(untrained_run: Path, ss
         code, printed = _cli(capsys, *base, "--accept-new-host-key")
         assert code == 1 and "edge-tl did not make it" in printed  # connected: the key was accepted ...
         assert f"[127.0.0.1]:{server.port}" in known.read_text()  # ... and recorded in the file asked for
-        assert (foreign / "data.txt").read_text() == "theirs" and sorted(p.name for p in foreign.iterdir()) == ["data.txt"]
+        assert (foreign / "data.txt").read_text() == "theirs" and sorted(p.name for p in foreign.iterdir()) == [
+            "data.txt"
+        ]
     finally:
         server.stop()
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The loopback device's Python is the one under test, named explicitly: whatever `python3`
 # the login shell finds first (a pyenv shim, another venv) may lack onnxruntime.
 QUICK = dict(eval_images=64, iterations=20, warmup=2, remote_python=sys.executable)
-NASTY = "run dir; it's \"x\" $(id)"
+NASTY = 'run dir; it\'s "x" $(id)'
 
 
 @pytest.fixture
@@ -75,7 +75,9 @@ def test_bundle_contents_and_tar(run_copy, capsys):
     split = split_from_run(run)
     first = split.val[balanced_subset([s.label for s in split.val], 24)[0]]
     images, labels = next(pack.batches())
-    np.testing.assert_array_equal(images[0], preprocess(load_image(first), Preprocessing.from_dict(run.get("preprocessing"))))
+    np.testing.assert_array_equal(
+        images[0], preprocess(load_image(first), Preprocessing.from_dict(run.get("preprocessing")))
+    )
     assert labels[0] == first.label
     assert run.artifact("bundle-x86-64-fp32").details["digest"] == bundle.digest
     # Tampering is detected.
@@ -136,7 +138,14 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert not (Path.home() / "pwned").exists() and not (remote / "pwned").exists()
     # Remote writes stayed inside the remote directory.
     # (the marker that makes the folder edge-tl's, and the finished device jobs' status and output)
-    assert sorted(p.name for p in remote.iterdir()) == [".edge-tl-deploy", "current", "jobs", "releases", "results", "venv"]
+    assert sorted(p.name for p in remote.iterdir()) == [
+        ".edge-tl-deploy",
+        "current",
+        "jobs",
+        "releases",
+        "results",
+        "venv",
+    ]
     _assert_no_secrets(run_copy, ssh_lab)
     _assert_no_secrets(remote, ssh_lab)
 
@@ -147,8 +156,9 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert again.sync["up_to_date"] and again.top1 == entry["top1"]
 
 
-
-def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, xavier_profile):
+def test_trtexec_mode_with_standin_trtexec(
+    run_copy, ssh_lab, standin_trtexec, standin_tegrastats, tmp_path, xavier_profile
+):
     """trtexec mode orchestration against a STAND-IN trtexec that replays a real trtexec log."""
     server = ssh_lab.start()
     try:
@@ -156,7 +166,9 @@ def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, s
         standin_tegrastats(server)
         target = xavier_profile
         remote = tmp_path / "remote"
-        config = DeployConfig(target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK)
+        config = DeployConfig(
+            target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK
+        )
         # The profile is a Jetson; this device is not: refused with the reasons, unless overridden.
         with pytest.raises(RemoteError, match="is a Jetson but"):
             deploy(run_copy, server.alias, config)
@@ -184,7 +196,9 @@ def test_trtexec_mode_with_standin_trtexec(run_copy, ssh_lab, standin_trtexec, s
     assert vin[:2] == [5000, 7000][: len(vin)] and power["samples"] == len(vin) >= 1
     assert power["total_power_mean_mw"] == sum(vin) / len(vin) and power["power"]["VDD_IN"]["max_mw"] == max(vin)
     assert entry["hottest_c"] == 47.5 and entry["power_mean_mw"] == power["total_power_mean_mw"]
-    assert entry["gpu_compute"]["p50_ms"] == pytest.approx(0.388443) and entry["end_to_end"]["mean_ms"] == pytest.approx(0.402238)
+    assert entry["gpu_compute"]["p50_ms"] == pytest.approx(0.388443) and entry["end_to_end"][
+        "mean_ms"
+    ] == pytest.approx(0.402238)
     # energy per image: mean power (mW) x end-to-end mean (ms) / batch = uJ; / 1000 = mJ
     assert entry["energy_mj_per_image"] == pytest.approx(power["total_power_mean_mw"] * 0.402238 / 1 / 1000)
     # The engine and its sidecar were written by the build plan inside the remote release.
@@ -197,8 +211,10 @@ def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_
     stopped.stop()
     try:
         inventory = tmp_path / "fleet.toml"
-        lines = ['[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n'
-                 f'remote_python = "{sys.executable}"\n']
+        lines = [
+            '[defaults]\ntarget = "x86-64"\nprecision = "fp32"\neval_images = 64\niterations = 20\nwarmup = 2\n'
+            f'remote_python = "{sys.executable}"\n'
+        ]
         for i, server in enumerate((sshd, second, stopped)):
             lines.append(f'[[device]]\nname = "dev{i}"\nhost = "{server.alias}"\nremote_dir = "{tmp_path}/remote{i}"\n')
         inventory.write_text("\n".join(lines))
@@ -218,7 +234,9 @@ def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_
     assert by_name["dev0"]["top1"] == by_name["dev1"]["top1"] == by_name["dev0"]["local_top1"]
     # The same run's original model on the same images: one reference for both devices.
     assert by_name["dev0"]["reference_top1"] == by_name["dev1"]["reference_top1"]
-    assert by_name["dev0"]["delta_top1_pts"] == pytest.approx((by_name["dev0"]["top1"] - by_name["dev0"]["reference_top1"]) * 100)
+    assert by_name["dev0"]["delta_top1_pts"] == pytest.approx(
+        (by_name["dev0"]["top1"] - by_name["dev0"]["reference_top1"]) * 100
+    )
     assert by_name["dev0"]["p50_ms"] > 0
     assert {a.name for a in Run.open(run_copy).artifacts(kind="deploy-result")} == {"deploy-dev0", "deploy-dev1"}
 
@@ -226,10 +244,14 @@ def test_fleet_with_one_device_down(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_
 def test_tegrastats_summary_both_layouts():
     from edge_tl.deploy.tegrastats import summarize
 
-    jetpack6 = ("RAM 2344/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@729,1%@729] EMC_FREQ 0% "
-                "GR3D_FREQ 0% cpu@45.5C gpu@44.9C tj@45.5C VDD_IN 4855mW/4855mW VDD_SOC 1443mW/1443mW")
-    jetpack4 = ("RAM 1500/3964MB (lfb 100x4MB) SWAP 0/1982MB (cached 0MB) CPU [3%@102,off] EMC_FREQ 0% GR3D_FREQ 0% "
-                "PLL@20C CPU@23.5C GPU@21.5C POM_5V_IN 2000/2000 POM_5V_GPU 0/0")
+    jetpack6 = (
+        "RAM 2344/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@729,1%@729] EMC_FREQ 0% "
+        "GR3D_FREQ 0% cpu@45.5C gpu@44.9C tj@45.5C VDD_IN 4855mW/4855mW VDD_SOC 1443mW/1443mW"
+    )
+    jetpack4 = (
+        "RAM 1500/3964MB (lfb 100x4MB) SWAP 0/1982MB (cached 0MB) CPU [3%@102,off] EMC_FREQ 0% GR3D_FREQ 0% "
+        "PLL@20C CPU@23.5C GPU@21.5C POM_5V_IN 2000/2000 POM_5V_GPU 0/0"
+    )
     six = summarize(f"{jetpack6}\n{jetpack6.replace('4855mW/4855mW', '5855mW/5000mW')}\n")
     assert six["samples"] == 2 and six["total_power_mean_mw"] == 5355 and six["power"]["VDD_IN"]["max_mw"] == 5855
     assert six["hottest_c"] == 45.5 and "RAM" not in six["power"] and "SWAP" not in six["power"]
@@ -265,7 +287,9 @@ main()
 """
 
 
-def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, cut_link):
+def test_python_mode_under_a_cut_link_and_a_misbehaving_device(
+    run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, cut_link
+):
     """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing replaced."""
     import threading
     import time
@@ -273,7 +297,9 @@ def test_python_mode_under_a_cut_link_and_a_misbehaving_device(run_copy, sshd, s
     control, proxied = cut_link(sshd)
     remote = tmp_path / "remote"
     options = ssh_lab.options(config_file=proxied, retries=4, backoff_s=0.4)
-    config = DeployConfig(target="x86-64", precision="fp32", ssh=options, remote_dir=str(remote), wheel=edge_tl_wheel, **QUICK)
+    config = DeployConfig(
+        target="x86-64", precision="fp32", ssh=options, remote_dir=str(remote), wheel=edge_tl_wheel, **QUICK
+    )
     first = deploy(run_copy, sshd.alias, config)
     agent = next(remote.glob("venv/lib/python*/site-packages/edge_tl/deploy/remote_agent.py"))
     shutil.copy(agent, agent.with_name("remote_agent_real.py"))

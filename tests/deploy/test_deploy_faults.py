@@ -72,7 +72,9 @@ def test_a_smaller_existing_evaluation_pack_is_not_reused_for_a_larger_request(r
     run = Run.open(run_copy)
     target = load_target("x86-64")
     assert prepare_bundle(run, target, Precision.FP32, eval_images=8, tensorrt=None).manifest["eval"]["num_images"] == 8
-    assert prepare_bundle(run, target, Precision.FP32, eval_images=24, tensorrt=None).manifest["eval"]["num_images"] == 24
+    assert (
+        prepare_bundle(run, target, Precision.FP32, eval_images=24, tensorrt=None).manifest["eval"]["num_images"] == 24
+    )
 
 
 def test_remote_dir_not_made_by_edge_tl_is_refused_and_kept(sshd, ssh_lab, tmp_path):
@@ -106,7 +108,10 @@ def test_a_second_deploy_into_a_busy_device_folder_stops_with_a_clear_message(ss
     remote = str(tmp_path / "dev")
     with SshTransport(sshd.alias, ssh_lab.options()) as one, SshTransport(sshd.alias, ssh_lab.options()) as two:
         with hold_device_folder(one, remote):
-            with pytest.raises(RemoteError, match="is in use \\(another deploy holds it\\)"), hold_device_folder(two, remote):
+            with (
+                pytest.raises(RemoteError, match="is in use \\(another deploy holds it\\)"),
+                hold_device_folder(two, remote),
+            ):
                 pass
         with hold_device_folder(two, remote):  # released when the first one ended
             pass
@@ -266,7 +271,9 @@ def test_deploy_refuses_an_unknown_host_key_unless_asked(run_copy, ssh_lab, tmp_
         code, printed = _cli(capsys, *base, "--accept-new-host-key")
         assert code == 1 and "edge-tl did not make it" in printed  # connected: the key was accepted ...
         assert f"[127.0.0.1]:{server.port}" in known.read_text()  # ... and recorded
-        assert (foreign / "data.txt").read_text() == "theirs" and sorted(p.name for p in foreign.iterdir()) == ["data.txt"]
+        assert (foreign / "data.txt").read_text() == "theirs" and sorted(p.name for p in foreign.iterdir()) == [
+            "data.txt"
+        ]
     finally:
         server.stop()
 
@@ -328,7 +335,8 @@ def _faulty_jetson(ssh_lab, standin_trtexec, standin_tegrastats):
     server = ssh_lab.start()
     bin_dir = server.extra_path
     standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log").rename(
-        bin_dir / "trtexec-standin")
+        bin_dir / "trtexec-standin"
+    )
     standin_tegrastats(server).rename(bin_dir / "tegrastats-standin")
     _script(bin_dir / "trtexec", _FAULTY_TRTEXEC)
     _script(bin_dir / "tegrastats", _FAILING_STOP_TEGRASTATS)
@@ -343,7 +351,9 @@ def _standin_config(tmp_path: Path, ssh_lab, remote: Path, **overrides):
     from edge_tl.deploy import DeployConfig
 
     text = (REPO / "targets" / "jetson-agx-xavier.toml").read_text()
-    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace('default = "8.5.2"', 'default = "8.4.0"')
+    text = text.replace('name = "jetson-agx-xavier"', 'name = "standin-xavier-trt84"').replace(
+        'default = "8.5.2"', 'default = "8.4.0"'
+    )
     target = tmp_path / "standin-xavier-trt84.toml"
     target.write_text(text + '\n[[tensorrt.releases]]\njetpack = "5.0"\nversion = "8.4.0"\ncuda = "11.4"\n')
     settings = dict(target=str(target), precision="fp32", mode="trtexec", ssh=ssh_lab.options(), remote_dir=str(remote),

@@ -15,7 +15,6 @@ from edge_tl.errors import RemoteError
 pytestmark = pytest.mark.ssh
 
 
-
 # Counts its starts, then works for a while: a second start would show as a second line.
 _LONG = 'echo started >> ran; sleep "$1"; echo "finished after $1 s"; echo note >&2; exit 7'
 
@@ -56,7 +55,7 @@ def test_local_timeout_stops_the_whole_job_on_the_device(sshd, ssh_lab, tmp_path
     remote = tmp_path / "remote"
     remote.mkdir()
     # A child that would outlive a kill of its parent alone: the whole process group must go.
-    script = 'sleep 300 & echo $! > child; wait'
+    script = "sleep 300 & echo $! > child; wait"
     with SshTransport(sshd.alias, ssh_lab.options()) as ssh, pytest.raises(RemoteError) as info:
         run_job(ssh, str(remote), "slow", ["sh", "-c", script], timeout=2, what="engine build")
     message = str(info.value)

@@ -54,7 +54,9 @@ def test_remote_exit_status_is_an_error_with_stderr(sshd, ssh_lab):
 
 
 def _fingerprint(server) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", str(server.host_key) + ".pub"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(server.host_key) + ".pub"], capture_output=True, text=True, check=True
+    )
     return out.stdout.split()[1]
 
 
@@ -69,7 +71,9 @@ def test_unknown_host_key_refused_then_accept_new(ssh_lab, tmp_path):
         assert "not in known_hosts" in message and _fingerprint(server) in message
         assert "--accept-new-host-key" in message
         # Explicit accept-new: the key is recorded, and later strict connections work.
-        with SshTransport(server.alias, ssh_lab.options(known_hosts_file=fresh, host_key_policy=HostKeyPolicy.ACCEPT_NEW)) as ssh:
+        with SshTransport(
+            server.alias, ssh_lab.options(known_hosts_file=fresh, host_key_policy=HostKeyPolicy.ACCEPT_NEW)
+        ) as ssh:
             ssh.run(["true"])
         assert f"[127.0.0.1]:{server.port}" in fresh.read_text()
         with SshTransport(server.alias, ssh_lab.options(known_hosts_file=fresh)) as ssh:
@@ -84,7 +88,9 @@ def test_changed_host_key_refused_even_with_accept_new(sshd, ssh_lab, tmp_path):
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"[127.0.0.1]:{sshd.port} {impostor.with_suffix('.pub').read_text()}")
     with pytest.raises(RemoteError, match="CHANGED") as info:
-        with SshTransport(sshd.alias, ssh_lab.options(known_hosts_file=wrong, host_key_policy=HostKeyPolicy.ACCEPT_NEW)) as ssh:
+        with SshTransport(
+            sshd.alias, ssh_lab.options(known_hosts_file=wrong, host_key_policy=HostKeyPolicy.ACCEPT_NEW)
+        ) as ssh:
             ssh.run(["true"])
     assert _fingerprint(sshd) in str(info.value)
     # The known_hosts entry of a host off port 22 is "[host]:port": the fix names exactly that.
@@ -123,7 +129,9 @@ def test_unreachable_host(ssh_lab, tmp_path):
 def test_remote_exit_255_is_the_commands_status_not_a_lost_connection(sshd, ssh_lab, tmp_path):
     counter = tmp_path / "ran"
     with SshTransport(sshd.alias, ssh_lab.options(retries=2, backoff_s=0.05)) as ssh:
-        result = ssh.run(["sh", "-c", 'echo x >> "$1"; echo out; echo err >&2; exit 255', "sh", str(counter)], check=False)
+        result = ssh.run(
+            ["sh", "-c", 'echo x >> "$1"; echo out; echo err >&2; exit 255', "sh", str(counter)], check=False
+        )
         assert (result.returncode, result.text, result.stderr) == (255, "out\n", "err\n")
         with pytest.raises(RemoteError, match="failed with exit status 255: err"):
             ssh.run(["sh", "-c", "echo err >&2; exit 255"])
@@ -160,7 +168,9 @@ def test_known_hosts_path_with_a_space(ssh_lab, tmp_path):
         folder.mkdir()
         known = folder / "known hosts"
         # accept-new writes the key into that very file (not into a stray "my" file) ...
-        with SshTransport(server.alias, ssh_lab.options(known_hosts_file=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW)) as ssh:
+        with SshTransport(
+            server.alias, ssh_lab.options(known_hosts_file=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW)
+        ) as ssh:
             ssh.run(["true"])
         assert f"[127.0.0.1]:{server.port}" in known.read_text()
         assert sorted(p.name for p in folder.iterdir()) == ["known hosts"] and not (Path.cwd() / "my").exists()

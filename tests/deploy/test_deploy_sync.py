@@ -45,7 +45,7 @@ def local_bundle(tmp_path):
 
 def test_copy_skip_reuse_and_corruption(sshd, ssh_lab, tmp_path, local_bundle):
     root, spec, files = local_bundle
-    remote = tmp_path / "remote dir; it's \"quoted\""
+    remote = tmp_path / 'remote dir; it\'s "quoted"'
     with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
         first = sync_bundle(ssh, root, files, digest=_digest(files), remote_dir=str(remote))
         assert sorted(first.sent) == sorted(files) and first.bytes_sent == sum(s for _, s in files.values())
@@ -55,7 +55,9 @@ def test_copy_skip_reuse_and_corruption(sshd, ssh_lab, tmp_path, local_bundle):
         # A file damaged on the device is found by its checksum and sent again.
         victim = remote / "current" / "model.onnx"
         data = victim.read_bytes()
-        victim.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # always a change (a zero byte was 1 in 256 random files)
+        victim.write_bytes(
+            bytes([data[0] ^ 0xFF]) + data[1:]
+        )  # always a change (a zero byte was 1 in 256 random files)
         fixed = sync_bundle(ssh, root, files, digest=_digest(files), remote_dir=str(remote))
         assert fixed.resent == ("model.onnx",) and set(fixed.reused) == set(files) - {"model.onnx"}
         assert _remote_tree(remote) == spec

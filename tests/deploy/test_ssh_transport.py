@@ -20,7 +20,15 @@ from types import SimpleNamespace
 import pytest
 
 from edge_tl.deploy import ssh as ssh_module
-from edge_tl.deploy.ssh import HostKeyPolicy, RemoteResult, SshEndpoint, SshOptions, SshTransport, remote_command, sh_script
+from edge_tl.deploy.ssh import (
+    HostKeyPolicy,
+    RemoteResult,
+    SshEndpoint,
+    SshOptions,
+    SshTransport,
+    remote_command,
+    sh_script,
+)
 from edge_tl.errors import ConfigError, MissingDependency, RemoteError
 
 REAL_SSH = shutil.which("ssh")
@@ -225,7 +233,14 @@ def test_multiplexing_uses_a_private_short_socket_folder_and_close_removes_it(st
         assert folder is not None and Path(folder).is_dir()
         assert stat.S_IMODE(Path(folder).stat().st_mode) == 0o700  # the socket grants the connection
         argv = transport.ssh_argv("true")
-        assert argv[-9:-3] == ["-o", "ControlMaster=auto", "-o", f'ControlPath="{folder}"/%C', "-o", "ControlPersist=120"]
+        assert argv[-9:-3] == [
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f'ControlPath="{folder}"/%C',
+            "-o",
+            "ControlPersist=120",
+        ]
         transport.run(["true"])
     assert not Path(folder).exists() and transport._control_dir is None
     assert standin.calls()[-1][-4:] == ["-O", "exit", "--", "h"]  # the shared connection is closed
@@ -234,7 +249,9 @@ def test_multiplexing_uses_a_private_short_socket_folder_and_close_removes_it(st
         assert transport._control_dir is None and "ControlMaster=auto" not in transport.ssh_argv("true")
 
 
-def test_socket_folder_falls_back_to_tmp_when_the_temp_dir_is_too_long(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_socket_folder_falls_back_to_tmp_when_the_temp_dir_is_too_long(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     base = tmp_path / ("x" * max(1, 103 - len("/etl-xxxxxxxx") - 58 - len(str(tmp_path))))
     base.mkdir()
     assert len(str(base)) + len("/etl-xxxxxxxx") + 58 > 103
@@ -279,7 +296,9 @@ def test_a_failing_command_names_host_label_status_and_its_last_lines(standin: S
     assert len(standin.connections()) == 2  # a command's failure is not retried
 
 
-def test_a_command_that_runs_too_long_is_stopped_with_the_fix(standin: Standin, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_command_that_runs_too_long_is_stopped_with_the_fix(
+    standin: Standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STANDIN_SLEEP", "5")
     with SshTransport("h", _options()) as transport:
         with pytest.raises(RemoteError) as info:
@@ -291,14 +310,17 @@ def test_a_command_that_runs_too_long_is_stopped_with_the_fix(standin: Standin, 
     assert len(standin.connections()) == 1
 
 
-def test_refused_connections_are_retried_with_doubling_back_off(standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_connections_are_retried_with_doubling_back_off(
+    standin: Standin, caplog: pytest.LogCaptureFixture
+) -> None:
     standin.fail("debug1: x\\nssh: connect to host h port 22: Connection refused\n", times=2)
     with caplog.at_level("WARNING", logger="edge_tl.deploy"):
         with SshTransport("h", _options(retries=2, backoff_s=0.5)) as transport:
             assert transport.run(["echo", "up"]).text == "up\n"
     assert len(standin.connections()) == 3 and standin.sleeps == [0.5, 1.0]
     assert [r.getMessage() for r in caplog.records] == [  # what `edge-tl deploy` shows while it waits
-        f"h: unreachable (ssh: connect to host h port 22: Connection refused); retrying in {d} s" for d in ("0.5", "1.0")
+        f"h: unreachable (ssh: connect to host h port 22: Connection refused); retrying in {d} s"
+        for d in ("0.5", "1.0")
     ]
 
 
@@ -330,7 +352,9 @@ def test_what_cannot_be_repeated_is_tried_once(standin: Standin, how: str, tmp_p
     standin.fail("client_loop: send disconnect: Broken pipe\n")
     (tmp_path / "in").write_bytes(b"x")
     with SshTransport("h", _options(retries=3)) as transport, open(tmp_path / "in", "rb") as stream:
-        with pytest.raises(RemoteError, match=r"^h: connection lost after 1 attempt\(s\) \(client_loop: send disconnect: Broken pipe\)"):
+        with pytest.raises(
+            RemoteError, match=r"^h: connection lost after 1 attempt\(s\) \(client_loop: send disconnect: Broken pipe\)"
+        ):
             if how == "not idempotent":
                 transport.run(["true"], idempotent=False)
             else:
@@ -375,7 +399,9 @@ def test_ssh_failures_are_told_apart(stderr: str, failure: str) -> None:
 
 
 def test_an_unknown_host_key_is_refused_at_once_with_the_fix(standin: Standin, tmp_path: Path) -> None:
-    standin.fail("No ED25519 host key is known for [127.0.0.1]:1 and you have requested strict checking.\\nHost key verification failed.\n")
+    standin.fail(
+        "No ED25519 host key is known for [127.0.0.1]:1 and you have requested strict checking.\\nHost key verification failed.\n"
+    )
     known = tmp_path / "kh"
     with SshTransport("127.0.0.1:1", _options(known_hosts_file=known, connect_timeout_s=1)) as transport:
         with pytest.raises(RemoteError) as info:
@@ -390,12 +416,16 @@ def test_an_unknown_host_key_is_refused_at_once_with_the_fix(standin: Standin, t
     assert "StrictHostKeyChecking=yes" in standin.connections()[0]
 
 
-def test_a_changed_host_key_is_refused_with_the_offered_key_and_the_exact_forget_command(standin: Standin, tmp_path: Path) -> None:
+def test_a_changed_host_key_is_refused_with_the_offered_key_and_the_exact_forget_command(
+    standin: Standin, tmp_path: Path
+) -> None:
     standin.fail("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\\n"
                  "The fingerprint for the ED25519 key sent by the remote host is\\nSHA256:abc+/0=.\\n")  # fmt: skip
     config, known = tmp_path / "ssh config", tmp_path / "known hosts"
     config.write_text("Host dev\n  HostName 10.1.2.3\n  Port 2222\nHost plain\n  HostName 10.9.9.9\n")
-    with SshTransport("dev", _options(config_file=config, known_hosts_file=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW)) as t:
+    with SshTransport(
+        "dev", _options(config_file=config, known_hosts_file=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW)
+    ) as t:
         with pytest.raises(RemoteError) as info:
             t.run(["true"])
     assert str(info.value) == (
@@ -483,7 +513,9 @@ def test_closing_says_nothing_on_the_terminal(standin: Standin, capfd: pytest.Ca
 
 def test_connection_errors_quote_only_the_last_line_of_ssh(standin: Standin) -> None:
     standin.fail("debug: trying\\nssh: connect to host h port 22: Connection refused\n")
-    with pytest.raises(RemoteError, match=r"attempt\(s\) \(ssh: connect to host h port 22: Connection refused\)\. Check"):
+    with pytest.raises(
+        RemoteError, match=r"attempt\(s\) \(ssh: connect to host h port 22: Connection refused\)\. Check"
+    ):
         SshTransport("h", _options(retries=0)).run(["true"])
     standin.fail("Warning: something\\nclient_loop: send disconnect: Broken pipe\n")
     with pytest.raises(RemoteError, match=r"attempt\(s\) \(client_loop: send disconnect: Broken pipe\)\. Re-run"):
@@ -497,7 +529,9 @@ def test_unknown_key_message_without_a_known_hosts_option_names_no_file(standin:
     assert str(info.value).startswith("127.0.0.1:1: host key is not in known_hosts: the device offers ")
 
 
-def test_forget_command_falls_back_to_the_endpoint_when_ssh_cannot_read_the_config(standin: Standin, tmp_path: Path) -> None:
+def test_forget_command_falls_back_to_the_endpoint_when_ssh_cannot_read_the_config(
+    standin: Standin, tmp_path: Path
+) -> None:
     broken = tmp_path / "cfg"
     broken.write_text("Bogus nonsense\n")  # ssh -G refuses this file: nothing resolved
     assert SshTransport("u@h:2200", _options(config_file=broken)).resolved() == {}
@@ -527,7 +561,9 @@ def test_offered_fingerprints_are_asked_of_the_resolved_address_and_read_with_ss
     for name in ("k1", "k2"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
         keys.append("10.1.2.3 " + " ".join((tmp_path / f"{name}.pub").read_text().split()[:2]))
-        out = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / f"{name}.pub")], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["ssh-keygen", "-lf", str(tmp_path / f"{name}.pub")], capture_output=True, text=True, check=True
+        )
         fingerprints.append(out.stdout.split()[1])
     (tmp_path / "keys").write_text("# 10.1.2.3:2222 SSH-2.0-OpenSSH\n" + "\n".join(keys) + "\n")
     keyscan = standin.bin / "ssh-keyscan"
@@ -551,8 +587,9 @@ def test_offered_fingerprints_are_asked_of_the_resolved_address_and_read_with_ss
     assert transport.offered_fingerprints() == []
 
 
-def test_no_fingerprints_without_a_resolved_host_or_with_a_tool_missing(standin: Standin, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_fingerprints_without_a_resolved_host_or_with_a_tool_missing(
+    standin: Standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keyscan = standin.bin / "ssh-keyscan"
     keyscan.write_text(_KEYSCAN)
     keyscan.chmod(0o755)

@@ -23,7 +23,19 @@ from edge_tl.export.onnx_export import (  # noqa: E402
 from edge_tl.export.static_padding import make_same_padding_static  # noqa: E402
 
 # What shape-dependent padding arithmetic exports to; none of it may survive.
-SHAPE_ARITHMETIC = {"Shape", "Gather", "Ceil", "Div", "Sub", "Concat", "ConstantOfShape", "Slice", "Cast", "Reshape", "Pad"}
+SHAPE_ARITHMETIC = {
+    "Shape",
+    "Gather",
+    "Ceil",
+    "Div",
+    "Sub",
+    "Concat",
+    "ConstantOfShape",
+    "Slice",
+    "Cast",
+    "Reshape",
+    "Pad",
+}
 
 
 def _lite0() -> "torch.nn.Module":
@@ -100,8 +112,12 @@ def test_static_batch_and_fp16_keep_float32_io(tmp_path) -> None:
 
 def test_dynamo_exporter_writes_opset_18_but_not_17(tmp_path) -> None:
     # Pad has no 18 -> 17 adapter in ONNX's version converter: the reason torchscript is the default.
-    model = torch.nn.Sequential(torch.nn.ConstantPad2d((0, 1, 0, 1), 0.0), torch.nn.Conv2d(3, 4, 3, stride=2),
-                                torch.nn.Flatten(), torch.nn.LazyLinear(2)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.ConstantPad2d((0, 1, 0, 1), 0.0),
+        torch.nn.Conv2d(3, 4, 3, stride=2),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(2),
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model(x).numpy()

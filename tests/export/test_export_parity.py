@@ -119,8 +119,16 @@ def test_recorded_metrics_name_the_tolerance_applied() -> None:
     assert model.passed
     metrics = model.metrics()
     assert metrics["parity_tolerance"] == {"atol": 1e-4, "rtol": 1e-3, "min_agreement": 0.99}
-    assert (metrics["parity_num_images"], metrics["parity_top1_agreement"], metrics["parity_val_top1"]) == (100, 1.0, 1.0)
-    assert (metrics["parity_max_abs_diff"], metrics["parity_mean_abs_diff"], metrics["parity_num_outside_tolerance"]) == (0.0, 0.0, 0)
+    assert (metrics["parity_num_images"], metrics["parity_top1_agreement"], metrics["parity_val_top1"]) == (
+        100,
+        1.0,
+        1.0,
+    )
+    assert (
+        metrics["parity_max_abs_diff"],
+        metrics["parity_mean_abs_diff"],
+        metrics["parity_num_outside_tolerance"],
+    ) == (0.0, 0.0, 0)
     assert metrics["parity_mean_kl"] == 0.0
     assert metrics["parity_runtime"] == "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU"
     refused = ExportedModel("onnx-fp32", Precision.FP32, None, agree.result(), acc.result(), FP32_TOLERANCE, ("x",))

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge_tl.cli.main import main  # noqa: E402
-from edge_tl.errors import ToleranceError  # noqa: E402
-from edge_tl.export import ExportConfig, ParityTolerance, Precision, export_run  # noqa: E402
-from edge_tl.runs import Run, sha256_file  # noqa: E402
-from edge_tl.runtime import Device, RunnerOptions, open_runner  # noqa: E402
+from edge_tl.cli.main import main
+from edge_tl.errors import ToleranceError
+from edge_tl.export import ExportConfig, ParityTolerance, Precision, export_run
+from edge_tl.runs import Run, sha256_file
+from edge_tl.runtime import Device, RunnerOptions, open_runner
 
 PARITY_IMAGES = 48
 
@@ -78,7 +78,9 @@ def test_a_refused_fp16_keeps_the_good_fp32(run_dir: Path) -> None:
 
 
 def test_static_batch_export_runs_in_fixed_chunks(run_dir: Path) -> None:
-    export_run(run_dir, config=ExportConfig(precisions=(Precision.FP32,), dynamic_batch=False, batch_size=4, parity_images=10))
+    export_run(
+        run_dir, config=ExportConfig(precisions=(Precision.FP32,), dynamic_batch=False, batch_size=4, parity_images=10)
+    )
     art = Run.open(run_dir).artifact("onnx-fp32")
     size = _size(run_dir)
     assert art.details["input_shape"] == [4, 3, size, size] and art.details["dynamic_batch"] is False

@@ -67,8 +67,13 @@ def test_both_precisions_recorded_with_parity_recomputed_from_the_files(run_dir:
     assert said == ["exporting timm:test_efficientnet at 16px (opset 17)", f"parity on {IMAGES} validation images"]
     assert result.run_dir == run_dir and result.static_padding_layers == 0
     assert [(m.name, m.precision, m.passed, m.failures) for m in result.models] == [
-        ("onnx-fp32", Precision.FP32, True, ()), ("onnx-fp16", Precision.FP16, True, ())]
-    assert [m.path for m in result.models] == [run_dir / "export" / "model.fp32.onnx", run_dir / "export" / "model.fp16.onnx"]
+        ("onnx-fp32", Precision.FP32, True, ()),
+        ("onnx-fp16", Precision.FP16, True, ()),
+    ]
+    assert [m.path for m in result.models] == [
+        run_dir / "export" / "model.fp32.onnx",
+        run_dir / "export" / "model.fp16.onnx",
+    ]
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.fp16.onnx", "model.fp32.onnx"]
 
     run = Run.open(run_dir)
@@ -76,16 +81,31 @@ def test_both_precisions_recorded_with_parity_recomputed_from_the_files(run_dir:
     for name, precision, source in (("onnx-fp32", "fp32", "checkpoint-best"), ("onnx-fp16", "fp16", "onnx-fp32")):
         art = run.artifact(name)
         path = run.artifact_path(name, check_hash=True)
-        assert (art.kind, art.stage, art.precision, art.path) == ("onnx", "export", precision, f"export/model.{precision}.onnx")
+        assert (art.kind, art.stage, art.precision, art.path) == (
+            "onnx",
+            "export",
+            precision,
+            f"export/model.{precision}.onnx",
+        )
         assert art.sha256 == sha256_file(path)
         details = dict(art.details)
         versions = details.pop("tool_versions")
         assert set(versions) == {"edge-tl", "torch", "timm", "onnx", "onnxruntime", "onnxslim"}
         assert details == {
-            "input_name": "input", "output_name": "logits", "input_shape": ["batch", 3, 16, 16],
-            "input_dtype": "float32", "output_dtype": "float32", "opset": 17, "dynamic_batch": True, "source": source,
-            "exporter": "torchscript", "simplifier": "onnxslim", "static_padding_layers": 0, "num_classes": 10,
-            "preprocessing": run.get("preprocessing"), "ops": graph_op_types(onnx.load(str(path))),
+            "input_name": "input",
+            "output_name": "logits",
+            "input_shape": ["batch", 3, 16, 16],
+            "input_dtype": "float32",
+            "output_dtype": "float32",
+            "opset": 17,
+            "dynamic_batch": True,
+            "source": source,
+            "exporter": "torchscript",
+            "simplifier": "onnxslim",
+            "static_padding_layers": 0,
+            "num_classes": 10,
+            "preprocessing": run.get("preprocessing"),
+            "ops": graph_op_types(onnx.load(str(path))),
         }
         logits = _ort_logits(path, images)
         diff = np.abs(logits - torch_logits)
@@ -98,7 +118,9 @@ def test_both_precisions_recorded_with_parity_recomputed_from_the_files(run_dir:
         assert metrics["parity_top1_agreement"] == 1.0
         # top-1 of the exported model on these labelled images, not of another set or runner
         assert metrics["parity_val_top1"] == float((logits.argmax(axis=1) == labels).mean()) > 0.5
-        assert metrics["parity_runtime"] == "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU"
+        assert (
+            metrics["parity_runtime"] == "onnxruntime CPU, basic graph optimizations, vs PyTorch eager FP32 on the CPU"
+        )
     fp32, fp16 = run.artifact("onnx-fp32").metrics, run.artifact("onnx-fp16").metrics
     assert 0 < fp32["parity_max_abs_diff"] <= 1e-4 < fp16["parity_max_abs_diff"]
     # FP16 has no element-wise limit: its differences are counted against atol 0, and do not refuse it
@@ -109,11 +131,19 @@ def test_both_precisions_recorded_with_parity_recomputed_from_the_files(run_dir:
 
 
 def test_static_batch_fp32_only_and_float16_io(run_dir: Path) -> None:
-    result = export_run(run_dir, config=ExportConfig(precisions=(Precision.FP32,), dynamic_batch=False, batch_size=3,
-                                                     parity_images=None, opset=18))
+    result = export_run(
+        run_dir,
+        config=ExportConfig(
+            precisions=(Precision.FP32,), dynamic_batch=False, batch_size=3, parity_images=None, opset=18
+        ),
+    )
     assert [m.name for m in result.models] == ["onnx-fp32"]
     art = Run.open(run_dir).artifact("onnx-fp32")
-    assert (art.details["input_shape"], art.details["dynamic_batch"], art.details["opset"]) == ([3, 3, 16, 16], False, 18)
+    assert (art.details["input_shape"], art.details["dynamic_batch"], art.details["opset"]) == (
+        [3, 3, 16, 16],
+        False,
+        18,
+    )
     model = onnx.load(str(run_dir / art.path))
     assert model.opset_import[0].version == 18
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [3, 3, 16, 16]
@@ -140,7 +170,8 @@ def test_a_refused_fp32_is_named_with_its_numbers_and_the_fp16_is_kept(run_dir: 
         rf"export refused onnx-fp32 \(nothing written for it\): onnx-fp32: [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
         rf"\(max abs diff {number}\) on {IMAGES} images \(max abs diff {number}, mean {number}, agreement 1\.0000\)\. "
         r"Recorded: onnx-fp16\. Check the model for export-unfriendly layers, or loosen the tolerance if the difference is expected\.",
-        str(info.value)), str(info.value)
+        str(info.value),
+    ), str(info.value)
     assert set(_onnx_records(run_dir)) == {"onnx-fp16"}
     assert Run.open(run_dir).artifact("onnx-fp16").details["source"] == "checkpoint-best"  # no FP32 was recorded
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.fp16.onnx"]
@@ -178,17 +209,23 @@ def test_a_refused_run_or_checkpoint_names_the_stage_and_the_missing_part(run_di
 
 
 @pytest.mark.parametrize("labelled", [True, False])
-def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_run: Path, tiny_digits_folder: Path, tmp_path: Path,
-                                                                   labelled: bool) -> None:
+def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(
+    tiny_digits_run: Path, tiny_digits_folder: Path, tmp_path: Path, labelled: bool
+) -> None:
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
     source = Path(shutil.copytree(tiny_digits_run, tmp_path / "source"))
     export_run(source, config=ExportConfig(precisions=(Precision.FP32,), parity_images=4))
     prep = Run.open(source).get("preprocessing")
     images = tiny_digits_folder
-    request = ImportRequest(kind="onnx", out=tmp_path / "run", onnx=source / "export" / "model.fp32.onnx",
-                            labels=None, **({"val_data": images} if labelled else {"calib_data": images}),
-                            preprocessing=PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"])))
+    request = ImportRequest(
+        kind="onnx",
+        out=tmp_path / "run",
+        onnx=source / "export" / "model.fp32.onnx",
+        labels=None,
+        **({"val_data": images} if labelled else {"calib_data": images}),
+        preprocessing=PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"])),
+    )
     if not labelled:
         (tmp_path / "labels.txt").write_text("\n".join(str(d) for d in range(10)) + "\n")
         request = ImportRequest(**{**request.__dict__, "labels": tmp_path / "labels.txt"})
@@ -207,7 +244,12 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_r
     (model,) = result.models
     path = run_dir / "export" / "model.fp16.onnx"
     assert (model.name, model.precision, model.path, model.failures, result.static_padding_layers) == (
-        "onnx-fp16", Precision.FP16, path, (), 0)
+        "onnx-fp16",
+        Precision.FP16,
+        path,
+        (),
+        0,
+    )
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model.fp16.onnx", Path(reference.path).name]
     run = Run.open(run_dir)
     assert run.artifact("onnx-fp32").sha256 == reference.sha256  # kept as it is
@@ -217,20 +259,25 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_r
     details = dict(art.details)
     assert set(details.pop("tool_versions")) == {"edge-tl", "onnx", "onnxruntime"}
     expected = {k: v for k, v in reference.details.items() if k != "tool_versions"}
-    assert details == {**expected, "input_dtype": "float32", "output_dtype": "float32", "source": "onnx-fp32",
-                       "ops": graph_op_types(onnx.load(str(path)))}
-    from edge_tl.data import iter_batches
+    assert details == {
+        **expected,
+        "input_dtype": "float32",
+        "output_dtype": "float32",
+        "source": "onnx-fp32",
+        "ops": graph_op_types(onnx.load(str(path))),
+    }
+    from edge_tl.data import iter_batches, split_from_run
     from edge_tl.importers.api import unlabelled_samples
     from edge_tl.models import Preprocessing
-
-    from edge_tl.data import split_from_run
 
     samples = (list(split_from_run(run).val) if labelled else unlabelled_samples(run, stage="export"))[:20]
     ((batch, labels),) = list(iter_batches(samples, Preprocessing.from_dict(run.get("preprocessing")), 100))
     fp32_logits, fp16_logits = _ort_logits(run_dir / reference.path, batch), _ort_logits(path, batch)
     metrics = art.metrics
     assert metrics["parity_num_images"] == 20 and metrics["parity_top1_agreement"] == 1.0
-    assert metrics["parity_max_abs_diff"] == pytest.approx(np.abs(fp16_logits - fp32_logits).max(), rel=0.5)  # batch-dependent
+    assert metrics["parity_max_abs_diff"] == pytest.approx(
+        np.abs(fp16_logits - fp32_logits).max(), rel=0.5
+    )  # batch-dependent
     assert metrics["parity_tolerance"] == {"atol": None, "rtol": 0.0, "min_agreement": 0.98}
     assert metrics["parity_runtime"] == "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32"
     assert metrics["parity_val_top1"] == (float((fp16_logits.argmax(axis=1) == labels).mean()) if labelled else None)
@@ -240,13 +287,19 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(tiny_digits_r
     strict = ParityTolerance(atol=0.0, rtol=0.0, min_agreement=0.5)
     with pytest.raises(ToleranceError) as info:
         export_run(run_dir, config=ExportConfig(parity_images=6, fp16_tolerance=strict))
-    assert re.fullmatch(r"export refused onnx-fp16 \(nothing written for it\): [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
-                        r"\(max abs diff [0-9.e+-]+\) on 6 images against the imported onnx-fp32", str(info.value)), str(info.value)
+    assert re.fullmatch(
+        r"export refused onnx-fp16 \(nothing written for it\): [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
+        r"\(max abs diff [0-9.e+-]+\) on 6 images against the imported onnx-fp32",
+        str(info.value),
+    ), str(info.value)
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [Path(reference.path).name]
 
     # the imported model changed after import: refused, not converted
     changed = onnx.load(str(run_dir / reference.path))
     changed.doc_string = "edited by hand"
     onnx.save(changed, str(run_dir / reference.path))
-    with pytest.raises(RunError, match="^" + re.escape(f"artifact 'onnx-fp32' at {str(run_dir / reference.path)!r} does not match the sha256")):
+    with pytest.raises(
+        RunError,
+        match="^" + re.escape(f"artifact 'onnx-fp32' at {str(run_dir / reference.path)!r} does not match the sha256"),
+    ):
         export_run(run_dir, config=ExportConfig(parity_images=6))

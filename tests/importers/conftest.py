@@ -60,7 +60,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
 
     prep = Preprocessing(SIZE, MEAN, STD, "bilinear", 0.875)
-    x = torch.from_numpy(np.stack([preprocess(Image.fromarray(images[i], mode="L").convert("RGB"), prep) for i in train_idx]))
+    x = torch.from_numpy(
+        np.stack([preprocess(Image.fromarray(images[i], mode="L").convert("RGB"), prep) for i in train_idx])
+    )
     y = torch.from_numpy(digits.target[train_idx].astype(np.int64))
     # Training the whole network takes minutes on a busy CPU; a head trained on the randomly
     # initialised network's features reaches about 0.95 on digits in seconds, which is all the
@@ -80,8 +82,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         model.fc.weight.copy_(head.weight / sd)
         model.fc.bias.copy_(head.bias - (head.weight * mu / sd).sum(1))
     probe = np.stack([preprocess(Image.fromarray(images[i], mode="L").convert("RGB"), prep) for i in val_idx[:16]])
-    return Trained({k: v.detach().clone() for k, v in model.state_dict().items()}, root / "val", root / "calib",
-                   root / "labels.txt", probe)
+    return Trained(
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        root / "val",
+        root / "calib",
+        root / "labels.txt",
+        probe,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +99,14 @@ def resnet18_onnx(trained: Trained, tmp_path_factory: pytest.TempPathFactory) ->
     model = _model()
     model.load_state_dict(trained.state)
     path = tmp_path_factory.mktemp("onnx") / "resnet18.onnx"
-    torch.onnx.export(model.eval(), torch.zeros(1, 3, SIZE, SIZE), str(path), input_names=["pixels"], output_names=["scores"],
-                      dynamic_axes={"pixels": {0: "N"}, "scores": {0: "N"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model.eval(),
+        torch.zeros(1, 3, SIZE, SIZE),
+        str(path),
+        input_names=["pixels"],
+        output_names=["scores"],
+        dynamic_axes={"pixels": {0: "N"}, "scores": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return path

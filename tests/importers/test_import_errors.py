@@ -10,7 +10,9 @@ import pytest
 
 
 def _cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_tl", "import", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tl", "import", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -36,8 +38,18 @@ def test_a_head_of_the_wrong_size_for_the_labels_is_refused(resnet_state, tmp_pa
 
     torch.save(resnet_state, tmp_path / "w.pt")
     (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
-    proc = _cli("--out", tmp_path / "run", "--backbone", "resnet18", "--weights", tmp_path / "w.pt",
-                "--labels", tmp_path / "labels.txt", "--img-size", "32")
+    proc = _cli(
+        "--out",
+        tmp_path / "run",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        tmp_path / "w.pt",
+        "--labels",
+        tmp_path / "labels.txt",
+        "--img-size",
+        "32",
+    )
     _one_line_error(proc, "head has 5 outputs", "names 3 classes")
     assert not (tmp_path / "run").exists()
 
@@ -75,15 +87,32 @@ def _nhwc_onnx(path: Path) -> Path:
         def forward(self, x):  # (N, H, W, 3)
             return self.fc(x.mean(dim=(1, 2)))
 
-    torch.onnx.export(ChannelsLast().eval(), torch.zeros(1, 32, 32, 3), str(path), input_names=["image"], opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        ChannelsLast().eval(),
+        torch.zeros(1, 32, 32, 3),
+        str(path),
+        input_names=["image"],
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
 def test_an_nhwc_onnx_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     onnx_path = _nhwc_onnx(tmp_path / "nhwc.onnx")
-    proc = _cli("--out", tmp_path / "run", "--onnx", onnx_path, "--img-size", "32", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
+    proc = _cli(
+        "--out",
+        tmp_path / "run",
+        "--onnx",
+        onnx_path,
+        "--img-size",
+        "32",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+    )
     _one_line_error(proc, "NHWC", "'image'", "[1, 32, 32, 3]")
     assert not (tmp_path / "run").exists()
 

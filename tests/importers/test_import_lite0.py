@@ -52,16 +52,32 @@ def test_lite0_imagenet_ranks_espresso_and_a_cat_first_in_fp32_fp16_and_int8(pho
     from edge_tl.runtime import open_runner
 
     run = tmp_path / "lite0"
-    out = edge("import", "--out", run, "--backbone", "efficientnet_lite0", "--imagenet", "--val-data", photos / "val",
-               "--calib-data", photos / "calib")
+    out = edge(
+        "import",
+        "--out",
+        run,
+        "--backbone",
+        "efficientnet_lite0",
+        "--imagenet",
+        "--val-data",
+        photos / "val",
+        "--calib-data",
+        photos / "calib",
+    )
     assert "1000 classes, 2 validation images" in out
     opened = Run.open(run)
     classes = opened.get("classes")
     assert classes[ESPRESSO] == "espresso" and classes[281] == "tabby, tabby cat"
     assert opened.get("source")["kind"] == "pretrained"
     # Lite0's published contract (timm's tf_efficientnet_lite0 config), as finetune writes it.
-    assert opened.get("preprocessing") == {"input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                                           "interpolation": "bicubic", "crop_pct": 0.875, "resize_size": 256}
+    assert opened.get("preprocessing") == {
+        "input_size": 224,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+        "resize_size": 256,
+    }
     assert sorted(s.label for s in split_from_run(opened).val) == [282, ESPRESSO]
 
     edge("export", run, "--quiet")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-
 TARGET = "jetson-orin-nano-8gb"
 
 
@@ -39,20 +38,46 @@ def _write_layout(layout: str, state: dict, path: Path) -> str:
     if layout == "timm":
         # timm train.py with --model-ema under DDP: the live weights differ from the EMA ones,
         # and the EMA ones are the weights it validated and kept.
-        torch.save({"epoch": 3, "arch": "resnet18", "version": 2, "args": args, "metric": 0.9,
-                    "state_dict": {f"module.{k}": v for k, v in _perturbed(state).items()},
-                    "state_dict_ema": {f"module.{k}": v for k, v in state.items()},
-                    "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}}, path)
+        torch.save(
+            {
+                "epoch": 3,
+                "arch": "resnet18",
+                "version": 2,
+                "args": args,
+                "metric": 0.9,
+                "state_dict": {f"module.{k}": v for k, v in _perturbed(state).items()},
+                "state_dict_ema": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+            },
+            path,
+        )
         return "state_dict_ema"
     if layout == "torchvision":
         # references/classification/train.py, a torch.compile'd model: keys carry _orig_mod.
-        torch.save({"model": {f"_orig_mod.{k}": v for k, v in state.items()}, "optimizer": {"state": {}, "param_groups": []},
-                    "lr_scheduler": {"last_epoch": 3}, "epoch": 3, "args": args}, path)
+        torch.save(
+            {
+                "model": {f"_orig_mod.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": []},
+                "lr_scheduler": {"last_epoch": 3},
+                "epoch": 3,
+                "args": args,
+            },
+            path,
+        )
         return "model"
     if layout == "lightning":
-        torch.save({"epoch": 3, "global_step": 100, "pytorch-lightning_version": "2.4.0",
-                    "state_dict": {f"model.{k}": v for k, v in state.items()}, "optimizer_states": [], "lr_schedulers": [],
-                    "hyper_parameters": {"lr": 0.1, "num_classes": 10}}, path)
+        torch.save(
+            {
+                "epoch": 3,
+                "global_step": 100,
+                "pytorch-lightning_version": "2.4.0",
+                "state_dict": {f"model.{k}": v for k, v in state.items()},
+                "optimizer_states": [],
+                "lr_schedulers": [],
+                "hyper_parameters": {"lr": 0.1, "num_classes": 10},
+            },
+            path,
+        )
         return "state_dict"
     torch.save(state, path)
     return "(plain state dict)"
@@ -77,8 +102,23 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
     weights = tmp_path / f"{layout}.pt"
     key = _write_layout(layout, trained.state, weights)
     run = tmp_path / "run"
-    edge("import", "--out", run, "--backbone", "resnet18", "--weights", weights, "--labels", trained.labels,
-         "--val-data", trained.val, "--calib-data", trained.calib, *trained.prep_flags, "--quiet")
+    edge(
+        "import",
+        "--out",
+        run,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        weights,
+        "--labels",
+        trained.labels,
+        "--val-data",
+        trained.val,
+        "--calib-data",
+        trained.calib,
+        *trained.prep_flags,
+        "--quiet",
+    )
 
     manifest = Run.open(run).manifest
     assert manifest["source"]["kind"] == "pytorch" and manifest["source"]["reference"] == "checkpoint-best"
@@ -109,8 +149,21 @@ def test_onnx_source_is_its_own_reference_through_every_stage(trained, resnet18_
     from edge_tl.runs import Run, sha256_file
 
     run = tmp_path / "run"
-    edge("import", "--out", run, "--onnx", resnet18_onnx, "--labels", trained.labels, "--val-data", trained.val,
-         "--calib-data", trained.calib, *trained.prep_flags, "--quiet")
+    edge(
+        "import",
+        "--out",
+        run,
+        "--onnx",
+        resnet18_onnx,
+        "--labels",
+        trained.labels,
+        "--val-data",
+        trained.val,
+        "--calib-data",
+        trained.calib,
+        *trained.prep_flags,
+        "--quiet",
+    )
     opened = Run.open(run)
     assert opened.get("source")["kind"] == "onnx" and opened.get("source")["reference"] == "onnx-fp32"
     assert not opened.has_artifact("checkpoint-best")

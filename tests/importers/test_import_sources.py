@@ -77,7 +77,12 @@ def test_onnx_graph_size_must_match_img_size(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     import torchvision
 
-    path = _export(torchvision.models.resnet18(weights=None, num_classes=3), tmp_path / "r.onnx", (torch.zeros(1, 3, 48, 48),), ["x"])
+    path = _export(
+        torchvision.models.resnet18(weights=None, num_classes=3),
+        tmp_path / "r.onnx",
+        (torch.zeros(1, 3, 48, 48),),
+        ["x"],
+    )
     with pytest.raises(ConfigError, match="input height is 48 but --img-size is 32; give --img-size 48"):
         import_model(ImportRequest(kind="onnx", out=tmp_path / "run", onnx=path, preprocessing=PREP))
 
@@ -93,8 +98,14 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _request(tmp_path: Path, weights: Path, **kwargs) -> ImportRequest:
-    return ImportRequest(kind="pytorch", out=tmp_path / "run", backbone="resnet18", weights=weights,
-                         preprocessing=PreprocessingOptions(img_size=32), **kwargs)
+    return ImportRequest(
+        kind="pytorch",
+        out=tmp_path / "run",
+        backbone="resnet18",
+        weights=weights,
+        preprocessing=PreprocessingOptions(img_size=32),
+        **kwargs,
+    )
 
 
 def test_val_folders_match_classes_by_name_or_index(small_weights: Path, tmp_path: Path) -> None:
@@ -106,11 +117,21 @@ def test_val_folders_match_classes_by_name_or_index(small_weights: Path, tmp_pat
     result = import_model(_request(tmp_path, small_weights, labels=tmp_path / "labels.txt", val_data=val))
     assert result.classes == ("zero", "one", "two")
     split = split_from_run(Run.open(result.run_dir))
-    assert sorted((Path(s.path).parent.name, s.label) for s in split.val) == [("1", 1), ("1", 1), ("two", 2), ("two", 2),
-                                                                              ("zero", 0), ("zero", 0)]
+    assert sorted((Path(s.path).parent.name, s.label) for s in split.val) == [
+        ("1", 1),
+        ("1", 1),
+        ("two", 2),
+        ("two", 2),
+        ("zero", 0),
+        ("zero", 0),
+    ]
     # The preprocessing is resnet18's published contract with only the size replaced.
     prep = Run.open(result.run_dir).get("preprocessing")
-    assert prep["input_size"] == 32 and prep["mean"] == [0.485, 0.456, 0.406] and prep["crop_pct"] == pytest.approx(224 / 256)
+    assert (
+        prep["input_size"] == 32
+        and prep["mean"] == [0.485, 0.456, 0.406]
+        and prep["crop_pct"] == pytest.approx(224 / 256)
+    )
 
 
 def test_an_unknown_val_folder_is_refused_with_close_names(small_weights: Path, tmp_path: Path) -> None:
@@ -203,13 +224,26 @@ def test_a_timm_architecture_with_wrapped_keys_keeps_timms_contract(tmp_path: Pa
     model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()
     # DDP around a torch.compile'd model
     torch.save({f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pth")
-    result = import_model(ImportRequest(kind="pytorch", out=tmp_path / "run", backbone="timm:test_resnet",
-                                        weights=tmp_path / "w.pth", preprocessing=PreprocessingOptions(img_size=64)))
+    result = import_model(
+        ImportRequest(
+            kind="pytorch",
+            out=tmp_path / "run",
+            backbone="timm:test_resnet",
+            weights=tmp_path / "w.pth",
+            preprocessing=PreprocessingOptions(img_size=64),
+        )
+    )
     run = Run.open(result.run_dir)
     assert run.get("source")["stripped_prefixes"] == ["module.", "_orig_mod."]
     # timm's pretrained config for test_resnet, with only the size replaced
-    assert run.get("preprocessing") == {"input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                                        "interpolation": "bilinear", "crop_pct": 0.95, "resize_size": 67}
+    assert run.get("preprocessing") == {
+        "input_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bilinear",
+        "crop_pct": 0.95,
+        "resize_size": 67,
+    }
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(load_run_model(run)(x), model(x))

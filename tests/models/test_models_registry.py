@@ -57,7 +57,12 @@ def test_timm_names_resolve_and_unknown_timm_names_fail() -> None:
     cfg = timm.get_pretrained_cfg("resnet10t").to_dict()
     prep = spec.preprocessing
     assert spec.source == "timm" and spec.arch == "resnet10t" and prep.input_size == cfg["input_size"][-1] == 176
-    assert (prep.mean, prep.std, prep.interpolation, prep.crop_pct) == (cfg["mean"], cfg["std"], cfg["interpolation"], cfg["crop_pct"])
+    assert (prep.mean, prep.std, prep.interpolation, prep.crop_pct) == (
+        cfg["mean"],
+        cfg["std"],
+        cfg["interpolation"],
+        cfg["crop_pct"],
+    )
     with pytest.raises(ConfigError, match="timm has no model"):
         get_backbone("timm:resnet10tt")
 

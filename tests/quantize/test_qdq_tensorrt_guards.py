@@ -39,13 +39,20 @@ def _residual_model():
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "wg"], ["logits"], name="gemm", transB=1),
     ]
-    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], initializer=[w1, w2, b2, wg])
+    graph = helper.make_graph(
+        nodes,
+        "res",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        initializer=[w1, w2, b2, wg],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-RANGES = {t: TensorRange(amax=a, low=-a, high=a, method=CalibMethod.MINMAX) for t, a in
-          {"x": 2.0, "r1": 4.0, "f": 1.0}.items()}
+RANGES = {
+    t: TensorRange(amax=a, low=-a, high=a, method=CalibMethod.MINMAX)
+    for t, a in {"x": 2.0, "r1": 4.0, "f": 1.0}.items()
+}
 
 
 def test_writer_places_qdq_by_the_rules_and_the_checker_accepts_it() -> None:
@@ -68,7 +75,10 @@ def test_writer_places_qdq_by_the_rules_and_the_checker_accepts_it() -> None:
     # a layer kept in float reads float inputs, and the checker accepts it only when told
     floated = qdq_tensorrt.write(model, RANGES, qdq_tensorrt.plan(model, recipe, float_layers=["gemm"]))
     assert qdq_tensorrt.check_tensorrt_qdq(floated, float_layers=["gemm"]) == []
-    assert any("gemm: its inputs must both come through DequantizeLinear" in p for p in qdq_tensorrt.check_tensorrt_qdq(floated))
+    assert any(
+        "gemm: its inputs must both come through DequantizeLinear" in p
+        for p in qdq_tensorrt.check_tensorrt_qdq(floated)
+    )
 
 
 def test_writer_refuses_an_activation_without_a_calibrated_range() -> None:
@@ -91,13 +101,18 @@ def _set(model, name: str, array: np.ndarray) -> None:
         (lambda m: _set(m, "w1_zero_point", np.zeros(4, np.uint8)), "zero point must be INT8 zeros"),
         (lambda m: _set(m, "x_qdq_scale", np.full(3, 0.1, np.float32)), "activation scale must be per tensor"),
         (lambda m: _set(m, "w1_scale", np.full(1, 0.1, np.float32)), "conv1: weight scales must be per output channel"),
-        (lambda m: m.graph.node.__getitem__(
-            next(i for i, n in enumerate(m.graph.node) if n.name == "gap")).input.__setitem__(0, "r1_dequantized"),
-         "feeds GlobalAveragePool gap"),
+        (
+            lambda m: m.graph.node.__getitem__(
+                next(i for i, n in enumerate(m.graph.node) if n.name == "gap")
+            ).input.__setitem__(0, "r1_dequantized"),
+            "feeds GlobalAveragePool gap",
+        ),
     ],
 )
 def test_checker_names_each_broken_rule(break_it, problem: str) -> None:
-    out = qdq_tensorrt.write(_residual_model(), RANGES, qdq_tensorrt.plan(_residual_model(), load_recipe("tensorrt-int8-qdq")))
+    out = qdq_tensorrt.write(
+        _residual_model(), RANGES, qdq_tensorrt.plan(_residual_model(), load_recipe("tensorrt-int8-qdq"))
+    )
     break_it(out)
     problems = qdq_tensorrt.check_tensorrt_qdq(out)
     assert any(problem in p for p in problems), problems
@@ -108,10 +123,17 @@ def test_weight_axis_per_op_and_float_layers_recorded() -> None:
     rng = np.random.default_rng(1)
     wm = numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "wm")  # MatMul: [K, N]
     wg = numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "wg")  # Gemm transB=0: [K, N]
-    nodes = [helper.make_node("MatMul", ["x", "wm"], ["m"], name="matmul"),
-             helper.make_node("Gemm", ["m", "wg"], ["y"], name="gemm")]
-    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], initializer=[wm, wg])
+    nodes = [
+        helper.make_node("MatMul", ["x", "wm"], ["m"], name="matmul"),
+        helper.make_node("Gemm", ["m", "wg"], ["y"], name="gemm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[wm, wg],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     ranges = {t: TensorRange(amax=1.0, low=-1.0, high=1.0, method=CalibMethod.MINMAX) for t in ("x", "m")}
     recipe = load_recipe("tensorrt-int8-qdq")
@@ -165,16 +187,19 @@ def test_dequantized_weights_stay_within_half_a_step_of_the_float_weights() -> N
 def test_residual_skip_and_float_layers_in_the_checker() -> None:
     floated = _written(float_layers=("add",))
     assert "add: the skip input 'r1' of this residual Add must come through DequantizeLinear" in (
-        qdq_tensorrt.check_tensorrt_qdq(floated))
+        qdq_tensorrt.check_tensorrt_qdq(floated)
+    )
     assert qdq_tensorrt.check_tensorrt_qdq(floated, float_layers=["add"]) == []
     quantized = _written()
     assert qdq_tensorrt.check_tensorrt_qdq(quantized, float_layers=["conv1"]) == [
-        "conv1: is listed as a float layer but reads quantized inputs"]
+        "conv1: is listed as a float layer but reads quantized inputs"
+    ]
     # a float layer does not end the check: a broken weight after it is still found
     first_float = _written(float_layers=("conv1",))
     _set(first_float, "w2_scale", np.full(1, 0.1, np.float32))
     assert qdq_tensorrt.check_tensorrt_qdq(first_float, float_layers=["conv1"]) == [
-        "conv2: weight scales must be per output channel on axis 0, got axis 0 with scale shape (1,)"]
+        "conv2: weight scales must be per output channel on axis 0, got axis 0 with scale shape (1,)"
+    ]
 
 
 def test_zero_points_of_quantize_nodes_are_checked_too() -> None:
@@ -189,15 +214,21 @@ def test_zero_points_of_quantize_nodes_are_checked_too() -> None:
 
 def test_dangling_quantize_nodes_and_non_residual_adds() -> None:
     out = _written()
-    out.graph.node.extend([
-        helper.make_node("QuantizeLinear", ["x", "x_qdq_scale", "x_qdq_zero_point"], ["xq2"], name="lonely_q"),
-        helper.make_node("QuantizeLinear", ["x", "x_qdq_scale", "x_qdq_zero_point"], ["xq3"], name="q3"),
-        helper.make_node("DequantizeLinear", ["xq3", "x_qdq_scale", "x_qdq_zero_point"], ["xdq3"], name="unused_dq"),
-    ])
+    out.graph.node.extend(
+        [
+            helper.make_node("QuantizeLinear", ["x", "x_qdq_scale", "x_qdq_zero_point"], ["xq2"], name="lonely_q"),
+            helper.make_node("QuantizeLinear", ["x", "x_qdq_scale", "x_qdq_zero_point"], ["xq3"], name="q3"),
+            helper.make_node(
+                "DequantizeLinear", ["xq3", "x_qdq_scale", "x_qdq_zero_point"], ["xdq3"], name="unused_dq"
+            ),
+        ]
+    )
     assert qdq_tensorrt.check_tensorrt_qdq(out) == []
     # an Add with a constant operand is no residual join: a quantized tensor must not feed it
     out.graph.node.append(helper.make_node("Add", ["r1_dequantized", "b2"], ["biased"], name="bias_add"))
-    assert qdq_tensorrt.check_tensorrt_qdq(out) == ["r1_QuantizeLinear: feeds Add bias_add, which the placement rules leave in float"]
+    assert qdq_tensorrt.check_tensorrt_qdq(out) == [
+        "r1_QuantizeLinear: feeds Add bias_add, which the placement rules leave in float"
+    ]
 
 
 def test_bias_must_stay_a_float_initializer() -> None:
@@ -205,7 +236,8 @@ def test_bias_must_stay_a_float_initializer() -> None:
     _node(out, "conv2").input[2] = "x_dequantized"  # a quantized activation as bias
     assert qdq_tensorrt.check_tensorrt_qdq(out) == [
         "x_QuantizeLinear: feeds Conv conv2, which the placement rules leave in float",
-        "conv2: bias must stay a float initializer"]
+        "conv2: bias must stay a float initializer",
+    ]
     out = _written()
     _node(out, "conv2").input[2] = "c1"  # a computed tensor as bias
     assert qdq_tensorrt.check_tensorrt_qdq(out) == ["conv2: bias must stay a float initializer"]
@@ -219,23 +251,30 @@ def test_weight_dequantize_rules() -> None:
     dq = _node(out, "w1_DequantizeLinear")
     del dq.attribute[:]  # no axis attribute: ONNX reads axis 1
     assert qdq_tensorrt.check_tensorrt_qdq(out) == [
-        "conv1: weight scales must be per output channel on axis 0, got axis 1 with scale shape (4,)"]
+        "conv1: weight scales must be per output channel on axis 0, got axis 1 with scale shape (4,)"
+    ]
     out = _written()
     _node(out, "w2_DequantizeLinear").attribute[0].i = 1  # w2 is 4x4: the scale shape fits axis 1 too
     assert qdq_tensorrt.check_tensorrt_qdq(out) == [
-        "conv2: weight scales must be per output channel on axis 0, got axis 1 with scale shape (4,)"]
+        "conv2: weight scales must be per output channel on axis 0, got axis 1 with scale shape (4,)"
+    ]
     out = _written()
     _node(out, "w1_DequantizeLinear").input[1] = "missing_scale"
     assert qdq_tensorrt.check_tensorrt_qdq(out) == [
-        "conv1: weight scales must be per output channel on axis 0, got axis 0 with scale shape None"]
+        "conv1: weight scales must be per output channel on axis 0, got axis 0 with scale shape None"
+    ]
 
 
 def test_matmul_inputs_must_be_dequantized() -> None:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
     wm = numpy_helper.from_array(np.ones((4, 3), np.float32), "wm")
-    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "wm"], ["y"], name="matmul")], "mm",
-                                                [x], [y], initializer=[wm]), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "wm"], ["y"], name="matmul")], "mm", [x], [y], initializer=[wm]
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     ranges = {"x": TensorRange(amax=1.0, low=-1.0, high=1.0, method=CalibMethod.MINMAX)}
     floated = qdq_tensorrt.write(model, ranges, qdq_tensorrt.plan(model, RECIPE, float_layers=["matmul"]))
     assert qdq_tensorrt.check_tensorrt_qdq(floated) == ["matmul: its inputs must both come through DequantizeLinear"]
@@ -259,18 +298,29 @@ def test_recipe_op_types_and_keep_float_patterns_are_honoured() -> None:
 def _two_blocks():
     """x -> conv1 -> relu1 -> conv2 -> add1(c2, r1) -> relu2 -> conv3 -> add2(c3, r2) -> gap -> flatten -> gemm."""
     rng = np.random.default_rng(2)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("w1", (4, 3, 1, 1)), ("w2", (4, 4, 1, 1)), ("w3", (4, 4, 1, 1)), ("wg", (5, 4)))]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w1", (4, 3, 1, 1)), ("w2", (4, 4, 1, 1)), ("w3", (4, 4, 1, 1)), ("wg", (5, 4)))
+    ]
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"), helper.make_node("Add", ["c2", "r1"], ["a1"], name="add1"),
-        helper.make_node("Relu", ["a1"], ["r2"], name="relu2"), helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
-        helper.make_node("Add", ["c3", "r2"], ["a2"], name="add2"), helper.make_node("GlobalAveragePool", ["a2"], ["p"], name="gap"),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "r1"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+        helper.make_node("Add", ["c3", "r2"], ["a2"], name="add2"),
+        helper.make_node("GlobalAveragePool", ["a2"], ["p"], name="gap"),
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "wg"], ["logits"], name="gemm", transB=1),
     ]
-    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 5])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 5])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -22,16 +22,27 @@ def harsh_recipe(tmp_path: Path) -> Path:
     text = SHIPPED.read_text()
     assert 'name = "tensorrt-int8-qdq"' in text and "percentile = 99.99" in text
     path = tmp_path / "harsh.toml"
-    path.write_text(text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 99.0"))
+    path.write_text(
+        text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 99.0")
+    )
     return path
 
 
 def test_tight_budget_returns_the_most_sensitive_layers_to_float(run_copy: Path, harsh_recipe: Path) -> None:
     onnx = pytest.importorskip("onnx")
     budget = 2.0
-    result = quantize_run(run_copy, config=QuantizeConfig(recipe=str(harsh_recipe), calib_samples=64,
-                                                          max_accuracy_drop=budget, max_float_layers=8,
-                                                          sensitivity_images=32, latency_iterations=10, threads=1))
+    result = quantize_run(
+        run_copy,
+        config=QuantizeConfig(
+            recipe=str(harsh_recipe),
+            calib_samples=64,
+            max_accuracy_drop=budget,
+            max_float_layers=8,
+            sensitivity_images=32,
+            latency_iterations=10,
+            threads=1,
+        ),
+    )
     first, *rest = result.attempts
     assert first.float_layers == () and first.drop_points > budget  # the harsh recipe needs help
     assert result.budget_met is True and result.drop_points <= budget
@@ -54,7 +65,9 @@ def test_tight_budget_returns_the_most_sensitive_layers_to_float(run_copy: Path,
     assert len(record.metrics["attempts"]) == k + 1
     latency = record.metrics["latency_p50_ms_onnxruntime_cpu_b1"]
     assert set(latency) == {"fp32", "int8_all_layers", "int8_final"} and all(v > 0 for v in latency.values())
-    assert record.metrics["latency_cost_of_float_layers"] == pytest.approx(latency["int8_final"] / latency["int8_all_layers"])
+    assert record.metrics["latency_cost_of_float_layers"] == pytest.approx(
+        latency["int8_final"] / latency["int8_all_layers"]
+    )
     # The file holds exactly that: the float layers read float inputs, all others stay quantized.
     model = onnx.load(str(run.artifact_path("onnx-int8-harsh", check_hash=True)))
     assert check_tensorrt_qdq(model, float_layers=result.float_layers) == []
@@ -62,8 +75,17 @@ def test_tight_budget_returns_the_most_sensitive_layers_to_float(run_copy: Path,
 
 def test_budget_never_met_keeps_the_best_attempt_labelled_failing(run_copy: Path, harsh_recipe: Path) -> None:
     with pytest.raises(ToleranceError) as info:
-        quantize_run(run_copy, config=QuantizeConfig(recipe=str(harsh_recipe), calib_samples=32,
-                                                     max_accuracy_drop=0.5, max_float_layers=0, latency_iterations=10, threads=1))
+        quantize_run(
+            run_copy,
+            config=QuantizeConfig(
+                recipe=str(harsh_recipe),
+                calib_samples=32,
+                max_accuracy_drop=0.5,
+                max_float_layers=0,
+                latency_iterations=10,
+                threads=1,
+            ),
+        )
     message = str(info.value)
     assert "--max-accuracy-drop 0.5" in message and "failing" in message
     record = Run.open(run_copy).artifact("onnx-int8-harsh")
@@ -75,8 +97,19 @@ def test_budget_never_met_keeps_the_best_attempt_labelled_failing(run_copy: Path
 def test_cli_exit_codes_follow_the_budget(run_copy: Path, harsh_recipe: Path, capsys) -> None:
     from edge_tl.cli.main import main
 
-    args = ["quantize", str(run_copy), "--recipe", str(harsh_recipe), "--calib-samples", "32", "--max-float-layers", "0",
-            "--threads", "1", "--quiet"]
+    args = [
+        "quantize",
+        str(run_copy),
+        "--recipe",
+        str(harsh_recipe),
+        "--calib-samples",
+        "32",
+        "--max-float-layers",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     with pytest.raises(SystemExit) as info:
         main([*args, "--max-accuracy-drop", "0.5"])
     assert info.value.code == 1

@@ -19,15 +19,29 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     # One OpenMP thread: on a shared CI machine PyTorch's spin-waiting threads (export's
     # parity reference) are many times slower than one.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "edge_tl", "quantize", *args], capture_output=True, text=True,
-                          timeout=600, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tl", "quantize", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=env,
+    )
 
 
 def test_help_lists_the_options() -> None:
     out = _cli("--help")
     assert out.returncode == 0
-    for option in ("--precision", "--recipe", "--target", "--calib-method", "--calib-samples", "--calib-data",
-                   "--max-accuracy-drop", "--threads"):
+    for option in (
+        "--precision",
+        "--recipe",
+        "--target",
+        "--calib-method",
+        "--calib-samples",
+        "--calib-data",
+        "--max-accuracy-drop",
+        "--threads",
+    ):
         assert option in out.stdout
 
 
@@ -61,8 +75,17 @@ def test_calib_data_folder_and_user_errors(run_copy: Path, tmp_path: Path) -> No
         (folder / label).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (8, 8), color=(i * 40, 0, 255 - i * 40)).save(folder / label / f"{i}.png")
-    out = _cli(str(run_copy), "--recipe", "tensorrt-int8-cache", "--calib-data", str(folder), "--calib-samples", "4",
-               "--threads", "1")
+    out = _cli(
+        str(run_copy),
+        "--recipe",
+        "tensorrt-int8-cache",
+        "--calib-data",
+        str(folder),
+        "--calib-samples",
+        "4",
+        "--threads",
+        "1",
+    )
     assert out.returncode == 0, out.stderr
     table = json.loads(Run.open(run_copy).artifact_path("calib-table-tensorrt-int8-cache").read_text())
     assert table["calibration"]["data"] == str(folder) and table["calibration"]["num_samples"] == 4

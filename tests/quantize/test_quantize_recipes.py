@@ -39,7 +39,11 @@ def test_shipped_recipes_load_with_their_documented_settings() -> None:
     assert list_recipes() == ["onnxruntime-cpu-int8", "tensorrt-int8-cache", "tensorrt-int8-qdq"]
     qdq = load_recipe("tensorrt-int8-qdq")
     assert qdq.output is OutputFormat.QDQ_TENSORRT
-    assert (qdq.activations.dtype, qdq.activations.symmetric, qdq.activations.per_channel) == (QuantDType.INT8, True, False)
+    assert (qdq.activations.dtype, qdq.activations.symmetric, qdq.activations.per_channel) == (
+        QuantDType.INT8,
+        True,
+        False,
+    )
     assert (qdq.weights.dtype, qdq.weights.symmetric, qdq.weights.per_channel) == (QuantDType.INT8, True, True)
     assert set(qdq.placement.op_types) == {"Conv", "Gemm", "MatMul"} and qdq.placement.residual_add
     cpu = load_recipe("onnxruntime-cpu-int8")
@@ -66,12 +70,15 @@ def test_recipe_from_a_path(tmp_path: Path) -> None:
     ("edit", "field"),
     [
         (('method = "mse"', 'method = "kl"'), "calibration.method"),
-        (('num_samples = 64', 'num_samples = "many"'), "calibration.num_samples"),
-        (('num_samples = 64', 'num_samples = true'), "calibration.num_samples"),
-        (('[placement]', '[placement]\nkeep_floats = []'), "placement.keep_floats"),
-        (('name = "mine"\n', ''), "name"),
-        (('dtype = "int8"\nsymmetric = true\n[weights]', 'dtype = "uint8"\nsymmetric = false\n[weights]'), "activations"),
-        (('schema = 1', 'schema = 2'), "schema"),
+        (("num_samples = 64", 'num_samples = "many"'), "calibration.num_samples"),
+        (("num_samples = 64", "num_samples = true"), "calibration.num_samples"),
+        (("[placement]", "[placement]\nkeep_floats = []"), "placement.keep_floats"),
+        (('name = "mine"\n', ""), "name"),
+        (
+            ('dtype = "int8"\nsymmetric = true\n[weights]', 'dtype = "uint8"\nsymmetric = false\n[weights]'),
+            "activations",
+        ),
+        (("schema = 1", "schema = 2"), "schema"),
         (('op_types = ["Conv"]', 'op_types = ["*"]'), "placement.op_types"),
     ],
 )

@@ -37,8 +37,9 @@ class Model:
 
 
 def search(model: Model, *, budget: float | None, max_float_layers: int = 16):
-    return search_float_layers(REFERENCE, budget=budget, max_float_layers=max_float_layers, rank=model.rank,
-                               measure=model.measure)
+    return search_float_layers(
+        REFERENCE, budget=budget, max_float_layers=max_float_layers, rank=model.rank, measure=model.measure
+    )
 
 
 def test_within_budget_at_once_keeps_all_int8_and_ranks_nothing() -> None:
@@ -72,9 +73,14 @@ def test_floats_the_most_sensitive_layers_one_at_a_time_and_stops_at_the_first_w
 def test_progress_names_each_attempt() -> None:
     model = Model([0.80, 0.85, 0.893])
     said: list[str] = []
-    search_float_layers(REFERENCE, budget=1.0, max_float_layers=16, rank=model.rank, measure=model.measure, say=said.append)
-    assert said == ["drop 10.00 pt > budget 1.00 pt", "  1 float layer(s) (conv_a): drop 5.00 pt",
-                    "  2 float layer(s) (conv_b): drop 0.70 pt"]
+    search_float_layers(
+        REFERENCE, budget=1.0, max_float_layers=16, rank=model.rank, measure=model.measure, say=said.append
+    )
+    assert said == [
+        "drop 10.00 pt > budget 1.00 pt",
+        "  1 float layer(s) (conv_a): drop 5.00 pt",
+        "  2 float layer(s) (conv_b): drop 0.70 pt",
+    ]
 
 
 def test_budget_not_met_keeps_the_best_attempt_not_the_last_or_the_worst() -> None:

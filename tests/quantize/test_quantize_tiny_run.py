@@ -9,8 +9,8 @@ model's budget in test_quantize_budget.py.
 from __future__ import annotations
 
 import json
-from importlib import resources
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,14 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from edge_tl.errors import ConfigError, DataError, ToleranceError  # noqa: E402
-from edge_tl.quantize import QuantizeConfig, quantize_run  # noqa: E402
-from edge_tl.quantize import api  # noqa: E402
+from edge_tl.quantize import (  # noqa: E402
+    QuantizeConfig,
+    api,
+    quantize_run,
+)
 from edge_tl.quantize.api import Attempt, QuantPrecision  # noqa: E402
-from edge_tl.quantize.recipes import CalibMethod  # noqa: E402
 from edge_tl.quantize.qdq_tensorrt import check_tensorrt_qdq  # noqa: E402
+from edge_tl.quantize.recipes import CalibMethod  # noqa: E402
 from edge_tl.quantize.trt_cache import read_cache  # noqa: E402
 from edge_tl.runs import Run, sha256_file  # noqa: E402
 
@@ -58,7 +61,9 @@ def harsh_recipe(tmp_path: Path) -> Path:
     text = (SHIPPED / "tensorrt-int8-qdq.toml").read_text()
     assert 'name = "tensorrt-int8-qdq"' in text and "percentile = 99.99" in text
     path = tmp_path / "harsh.toml"
-    path.write_text(text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 90.0"))
+    path.write_text(
+        text.replace('name = "tensorrt-int8-qdq"', 'name = "harsh"').replace("percentile = 99.99", "percentile = 90.0")
+    )
     return path
 
 
@@ -113,13 +118,23 @@ def test_int8_without_a_budget_records_the_model_its_accuracy_and_its_calibratio
     recipe = load_recipe("onnxruntime-cpu-int8")
     images, _ = _val(run_dir)
     n_val = images.shape[0]
-    assert said == [f"calibrating {len(graph.float_activations(fp32))} tensors on 32 images ({recipe.calibration.method.value})",
-                    f"measuring the original model and INT8 on {n_val} validation images"]
+    assert said == [
+        f"calibrating {len(graph.float_activations(fp32))} tensors on 32 images ({recipe.calibration.method.value})",
+        f"measuring the original model and INT8 on {n_val} validation images",
+    ]
 
     out = run_dir / "quantize" / "onnxruntime-cpu-int8"
     assert result.artifacts == ("onnx-int8-onnxruntime-cpu-int8", "calib-table-onnxruntime-cpu-int8")
-    assert (result.run_dir, result.recipe, result.precision) == (run_dir.resolve(), "onnxruntime-cpu-int8", QuantPrecision.INT8)
-    assert (result.model_path, result.table_path, result.cache_path) == (out / "model.int8.onnx", out / "calibration_table.json", None)
+    assert (result.run_dir, result.recipe, result.precision) == (
+        run_dir.resolve(),
+        "onnxruntime-cpu-int8",
+        QuantPrecision.INT8,
+    )
+    assert (result.model_path, result.table_path, result.cache_path) == (
+        out / "model.int8.onnx",
+        out / "calibration_table.json",
+        None,
+    )
     reference, top1 = _torch_top1(run_dir), _onnx_top1(out / "model.int8.onnx", run_dir)
     assert result.reference_top1 == reference > 0.9 and result.top1 == top1 > 0.9
     assert result.drop_points == pytest.approx((reference - top1) * 100)
@@ -127,57 +142,107 @@ def test_int8_without_a_budget_records_the_model_its_accuracy_and_its_calibratio
     assert result.attempts == (Attempt((), top1, result.drop_points),) and result.notes == ()
     assert set(result.latency_p50_ms) == {"fp32", "int8_all_layers", "int8_final"}
     assert all(v > 0 for v in result.latency_p50_ms.values())
-    assert result.latency_p50_ms["int8_final"] == result.latency_p50_ms["int8_all_layers"]  # the same model: measured once
+    assert (
+        result.latency_p50_ms["int8_final"] == result.latency_p50_ms["int8_all_layers"]
+    )  # the same model: measured once
 
     record = run.artifact("onnx-int8-onnxruntime-cpu-int8")
     written = onnx.load(str(run.artifact_path(record.name, check_hash=True)))
-    assert (record.kind, record.stage, record.precision, record.path) == ("onnx", "quantize", "int8", "quantize/onnxruntime-cpu-int8/model.int8.onnx")
+    assert (record.kind, record.stage, record.precision, record.path) == (
+        "onnx",
+        "quantize",
+        "int8",
+        "quantize/onnxruntime-cpu-int8/model.int8.onnx",
+    )
     details = dict(record.details)
     assert set(details.pop("tool_versions")) >= {"onnx", "onnxruntime"}
     source = dict(run.artifact("onnx-fp32").details)
     source.pop("tool_versions")
-    calibration = {"method": recipe.calibration.method.value, "percentile": None, "num_bins": recipe.calibration.num_bins,
-                   "num_samples": 32, "requested_samples": 32, "data": "run training split", "seed": 0}
-    assert details == {**source, "source": "onnx-fp32", "recipe": recipe.to_dict(), "calibration": calibration,
-                       "quantized_layers": len(qdq_onnxruntime.quantizable_layers(fp32, recipe)[0]), "float_layers": [],
-                       "status": "no-budget", "ops": _ops(written)}
+    calibration = {
+        "method": recipe.calibration.method.value,
+        "percentile": None,
+        "num_bins": recipe.calibration.num_bins,
+        "num_samples": 32,
+        "requested_samples": 32,
+        "data": "run training split",
+        "seed": 0,
+    }
+    assert details == {
+        **source,
+        "source": "onnx-fp32",
+        "recipe": recipe.to_dict(),
+        "calibration": calibration,
+        "quantized_layers": len(qdq_onnxruntime.quantizable_layers(fp32, recipe)[0]),
+        "float_layers": [],
+        "status": "no-budget",
+        "ops": _ops(written),
+    }
     assert details["ops"]["QuantizeLinear"] > 0
     latency = record.metrics.pop("latency_p50_ms_onnxruntime_cpu_b1")
     assert latency == result.latency_p50_ms
-    assert record.metrics == {"val_top1": top1, "reference_top1": reference, "accuracy_drop_points": result.drop_points,
-                              "max_accuracy_drop_points": None, "accuracy_budget_met": None, "num_val_images": n_val,
-                              "attempts": [{"float_layers": [], "top1": top1, "drop_points": result.drop_points}],
-                              "sensitivity": [], "latency_cost_of_float_layers": 1.0}
+    assert record.metrics == {
+        "val_top1": top1,
+        "reference_top1": reference,
+        "accuracy_drop_points": result.drop_points,
+        "max_accuracy_drop_points": None,
+        "accuracy_budget_met": None,
+        "num_val_images": n_val,
+        "attempts": [{"float_layers": [], "top1": top1, "drop_points": result.drop_points}],
+        "sensitivity": [],
+        "latency_cost_of_float_layers": 1.0,
+    }
 
     table = json.loads((out / "calibration_table.json").read_text())
     assert table.pop("created")
     tensors = table.pop("tensors")
-    assert table == {"format": "edge-tl-calibration-table", "version": 1, "recipe": "onnxruntime-cpu-int8",
-                     "model": "export/model.fp32.onnx", "model_sha256": sha256_file(run_dir / "export" / "model.fp32.onnx"),
-                     "calibration": calibration}
+    assert table == {
+        "format": "edge-tl-calibration-table",
+        "version": 1,
+        "recipe": "onnxruntime-cpu-int8",
+        "model": "export/model.fp32.onnx",
+        "model_sha256": sha256_file(run_dir / "export" / "model.fp32.onnx"),
+        "calibration": calibration,
+    }
     assert set(tensors) == set(graph.float_activations(fp32)) and all(t["amax"] > 0 for t in tensors.values())
     table_record = run.artifact("calib-table-onnxruntime-cpu-int8")
     assert (table_record.kind, table_record.stage, table_record.path) == (
-        "calibration-table", "quantize", "quantize/onnxruntime-cpu-int8/calibration_table.json")
-    assert table_record.details == {"recipe": "onnxruntime-cpu-int8", "source": "onnx-fp32", "calibration": calibration,
-                                    "num_tensors": len(tensors)}
+        "calibration-table",
+        "quantize",
+        "quantize/onnxruntime-cpu-int8/calibration_table.json",
+    )
+    assert table_record.details == {
+        "recipe": "onnxruntime-cpu-int8",
+        "source": "onnx-fp32",
+        "calibration": calibration,
+        "num_tensors": len(tensors),
+    }
 
 
 def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, harsh_recipe: Path) -> None:
     said: list[str] = []
     budget = 15.0  # all INT8 drops about 20 pt; one layer in float about 14
-    result = quantize_run(run_dir, config=QuantizeConfig(recipe=str(harsh_recipe), max_accuracy_drop=budget, max_float_layers=3,
-                                                         sensitivity_images=8, **FAST), progress=said.append)
+    result = quantize_run(
+        run_dir,
+        config=QuantizeConfig(
+            recipe=str(harsh_recipe), max_accuracy_drop=budget, max_float_layers=3, sensitivity_images=8, **FAST
+        ),
+        progress=said.append,
+    )
     first, *rest = result.attempts
     assert first.float_layers == () and first.drop_points > budget and rest
     assert all(a.drop_points > budget for a in result.attempts[:-1]) and result.attempts[-1].drop_points <= budget
     assert result.budget_met is True and result.budget_points == budget
     ranked = [name for name, _ in result.sensitivity]
     k = len(result.float_layers)
-    assert list(result.float_layers) == ranked[:k] and [a.float_layers for a in rest] == [tuple(ranked[:i]) for i in range(1, k + 1)]
+    assert list(result.float_layers) == ranked[:k] and [a.float_layers for a in rest] == [
+        tuple(ranked[:i]) for i in range(1, k + 1)
+    ]
     scores = [score for _, score in result.sensitivity]
     assert scores == sorted(scores) and scores[0] > 0 and len(scores) == len(set(scores))
-    assert said[2:4] == [f"drop {first.drop_points:.2f} pt > budget 15.00 pt", f"ranking {len(ranked)} layers by sensitivity"]
+    assert said[2:4] == [
+        f"drop {first.drop_points:.2f} pt > budget 15.00 pt",
+        f"ranking {len(ranked)} layers by sensitivity",
+    ]
     assert "measuring the original model and INT8 on" in said[1] and said[4].startswith("  1 float layer(s) (")
 
     run = Run.open(run_dir)
@@ -202,28 +267,48 @@ def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, hars
     variant_path = run.artifact_path(variant.name, check_hash=True)
     assert variant.path == "quantize/harsh/model.int8.fp16.onnx" and variant.precision == "int8"
     top1 = _onnx_top1(variant_path, run_dir)
-    assert variant.metrics == {"val_top1": top1, "reference_top1": result.reference_top1,
-                               "accuracy_drop_points": pytest.approx((result.reference_top1 - top1) * 100),
-                               "num_val_images": _val(run_dir)[0].shape[0],
-                               "accuracy_budget_met": (result.reference_top1 - top1) * 100 <= budget}
+    assert variant.metrics == {
+        "val_top1": top1,
+        "reference_top1": result.reference_top1,
+        "accuracy_drop_points": pytest.approx((result.reference_top1 - top1) * 100),
+        "num_val_images": _val(run_dir)[0].shape[0],
+        "accuracy_budget_met": (result.reference_top1 - top1) * 100 <= budget,
+    }
     from edge_tl.quantize.fp16_float import FP16_OPSET
 
     details = dict(variant.details)
     kept, raised = details.pop("kept_fp32"), details.pop("scales_raised_to_fp16_min")
     assert set(kept) >= {"input", "logits"} and isinstance(raised, dict)  # float32 graph I/O kept
-    assert details == {**record.details, "source": "onnx-int8-harsh", "opset": FP16_OPSET, "float_part": "float16",
-                       "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
-                       "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
-                       "ops": _ops(onnx.load(str(variant_path)))}
-    assert said[-1] == f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(result.reference_top1 - top1) * 100:.2f} pt)"
+    assert details == {
+        **record.details,
+        "source": "onnx-int8-harsh",
+        "opset": FP16_OPSET,
+        "float_part": "float16",
+        "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
+        "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",
+        "ops": _ops(onnx.load(str(variant_path))),
+    }
+    assert (
+        said[-1]
+        == f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(result.reference_top1 - top1) * 100:.2f} pt)"
+    )
 
 
 def test_budget_not_met_keeps_the_best_attempt_labelled_failing(run_dir: Path, harsh_recipe: Path) -> None:
     said: list[str] = []
     with pytest.raises(ToleranceError) as info:
-        quantize_run(run_dir, config=QuantizeConfig(recipe=str(harsh_recipe), max_accuracy_drop=0.0, max_float_layers=2,
-                                                    sensitivity_images=8, target="jetson-orin-nano-8gb", **FAST),
-                     progress=said.append)
+        quantize_run(
+            run_dir,
+            config=QuantizeConfig(
+                recipe=str(harsh_recipe),
+                max_accuracy_drop=0.0,
+                max_float_layers=2,
+                sensitivity_images=8,
+                target="jetson-orin-nano-8gb",
+                **FAST,
+            ),
+            progress=said.append,
+        )
     run = Run.open(run_dir)
     record = run.artifact("onnx-int8-harsh")
     attempts = [Attempt(tuple(a["float_layers"]), a["top1"], a["drop_points"]) for a in record.metrics["attempts"]]
@@ -240,9 +325,13 @@ def test_budget_not_met_keeps_the_best_attempt_labelled_failing(run_dir: Path, h
         f"INT8 (harsh) could not meet --max-accuracy-drop 0 pt: the best of 3 attempts drops {best.drop_points:.2f} pt "
         f"(top-1 {best.top1:.4f} vs {reference:.4f}) with {len(best.float_layers)} layer(s) in float after trying up to 2. "
         f"It is kept at {str(path)!r}, recorded as 'onnx-int8-harsh' with status 'failing'. Try more calibration images, "
-        "another --calib-method, a larger --max-float-layers, or FP16.")
+        "another --calib-method, a larger --max-float-layers, or FP16."
+    )
     # A TensorRT 10 target builds the FP32 Q/DQ model weakly typed: no FP16-float-part variant.
-    assert not run.has_artifact("onnx-int8-harsh-fp16") and not (run_dir / "quantize" / "harsh" / "model.int8.fp16.onnx").exists()
+    assert (
+        not run.has_artifact("onnx-int8-harsh-fp16")
+        and not (run_dir / "quantize" / "harsh" / "model.int8.fp16.onnx").exists()
+    )
     assert said[2] == f"drop {attempts[0].drop_points:.2f} pt > budget 0.00 pt"
 
 
@@ -250,13 +339,28 @@ def test_a_cache_recipe_writes_the_cache_for_the_targets_tensorrt(run_dir: Path)
     from edge_tl.quantize.recipes import load_recipe
 
     recipe = load_recipe("tensorrt-int8-cache")
-    result = quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", target="jetson-orin-nano-8gb",
-                                                         tensorrt="8.6.2", calib_method=MINMAX, **FAST))
+    result = quantize_run(
+        run_dir,
+        config=QuantizeConfig(
+            recipe="tensorrt-int8-cache", target="jetson-orin-nano-8gb", tensorrt="8.6.2", calib_method=MINMAX, **FAST
+        ),
+    )
     out = run_dir.resolve() / "quantize" / "tensorrt-int8-cache"
     assert result.artifacts == ("calib-cache-tensorrt-int8-cache", "calib-table-tensorrt-int8-cache")
-    assert (result.cache_path, result.table_path, result.model_path) == (out / "calibration.cache", out / "calibration_table.json", None)
-    assert result.notes == ("implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",)
-    assert (result.recipe, result.precision, result.top1, result.attempts) == ("tensorrt-int8-cache", QuantPrecision.INT8, None, ())
+    assert (result.cache_path, result.table_path, result.model_path) == (
+        out / "calibration.cache",
+        out / "calibration_table.json",
+        None,
+    )
+    assert result.notes == (
+        "implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",
+    )
+    assert (result.recipe, result.precision, result.top1, result.attempts) == (
+        "tensorrt-int8-cache",
+        QuantPrecision.INT8,
+        None,
+        (),
+    )
     run = Run.open(run_dir)
     cache = read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache", check_hash=True))
     assert (cache.version, cache.algorithm) == (8602, "EntropyCalibration2")
@@ -266,25 +370,48 @@ def test_a_cache_recipe_writes_the_cache_for_the_targets_tensorrt(run_dir: Path)
         assert cache.amax(name) == pytest.approx(entry["amax"], rel=1e-6)
     record = run.artifact("calib-cache-tensorrt-int8-cache")
     assert (record.kind, record.stage, record.precision, record.path) == (
-        "calibration-cache", "quantize", "int8", "quantize/tensorrt-int8-cache/calibration.cache")
+        "calibration-cache",
+        "quantize",
+        "int8",
+        "quantize/tensorrt-int8-cache/calibration.cache",
+    )
     assert record.details == {
-        "recipe": recipe.to_dict(), "source": "onnx-fp32", "calibration": table["calibration"],
-        "header": "TRT-8602-EntropyCalibration2", "num_tensors": len(cache.scales),
+        "recipe": recipe.to_dict(),
+        "source": "onnx-fp32",
+        "calibration": table["calibration"],
+        "header": "TRT-8602-EntropyCalibration2",
+        "num_tensors": len(cache.scales),
         "cache_version_from": "target jetson-orin-nano-8gb",
         "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
-                "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
+        "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
     }
     # --cache-version wins over the target's; without either, the recipe's.
-    quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", target="jetson-orin-nano-8gb", cache_version=100300,
-                                                 calib_method=MINMAX, **FAST))
+    quantize_run(
+        run_dir,
+        config=QuantizeConfig(
+            recipe="tensorrt-int8-cache",
+            target="jetson-orin-nano-8gb",
+            cache_version=100300,
+            calib_method=MINMAX,
+            **FAST,
+        ),
+    )
     record = Run.open(run_dir).artifact("calib-cache-tensorrt-int8-cache")
-    assert (record.details["header"], record.details["cache_version_from"]) == ("TRT-100300-EntropyCalibration2", "--cache-version")
+    assert (record.details["header"], record.details["cache_version_from"]) == (
+        "TRT-100300-EntropyCalibration2",
+        "--cache-version",
+    )
     quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_method=MINMAX, **FAST))
     record = Run.open(run_dir).artifact("calib-cache-tensorrt-int8-cache")
-    assert (record.details["header"], record.details["cache_version_from"]) == ("TRT-8502-EntropyCalibration2", "recipe")
+    assert (record.details["header"], record.details["cache_version_from"]) == (
+        "TRT-8502-EntropyCalibration2",
+        "recipe",
+    )
     assert read_cache(Run.open(run_dir).artifact_path(record.name)).version == 8502
     # --seed picks other calibration images (32 of the training split): other ranges
-    seeded = quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_method=MINMAX, seed=1, **FAST))
+    seeded = quantize_run(
+        run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_method=MINMAX, seed=1, **FAST)
+    )
     assert json.loads(seeded.table_path.read_text())["calibration"]["seed"] == 1
     assert read_cache(seeded.cache_path).scales != cache.scales
 
@@ -295,12 +422,12 @@ def test_a_tensorrt_11_target_is_refused_a_cache_before_any_work(run_dir: Path) 
         quantize_run(run_dir, config=QuantizeConfig(recipe="tensorrt-int8-cache", target="jetson-agx-thor", **FAST))
     assert str(info.value) == (
         "target 'jetson-agx-thor' builds with TensorRT 11.4.1, which cannot read a calibration cache (calibrators were "
-        "removed in TensorRT 11): use --recipe tensorrt-int8-qdq, or a TensorRT 10 release of the target (--tensorrt)")
+        "removed in TensorRT 11): use --recipe tensorrt-int8-qdq, or a TensorRT 10 release of the target (--tensorrt)"
+    )
     assert (run_dir / "manifest.json").read_text() == before and not (run_dir / "quantize").exists()
     # that target's TensorRT 10 release reads one
     assert api._target_cache_version(QuantizeConfig(target="jetson-agx-thor", tensorrt="10.13.3")) == 101303
     assert api._target_cache_version(QuantizeConfig()) is None
-
 
 
 def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
@@ -308,10 +435,18 @@ def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
     result = quantize_run(run_dir, config=QuantizeConfig(precision=QuantPrecision.FP16), progress=said.append)
     path = run_dir.resolve() / "export" / "model.fp16.onnx"
     assert (result.recipe, result.precision, result.artifacts, result.model_path, result.notes) == (
-        "fp16", QuantPrecision.FP16, ("onnx-fp16",), path, ())
+        "fp16",
+        QuantPrecision.FP16,
+        ("onnx-fp16",),
+        path,
+        (),
+    )
     n_val = _val(run_dir)[0].shape[0]  # export's default parity set (up to 1000 images): all of them
-    assert said == ["producing onnx-fp16 with export's FP16 conversion and parity check",
-                    "exporting timm:test_efficientnet at 16px (opset 17)", f"parity on {n_val} validation images"]
+    assert said == [
+        "producing onnx-fp16 with export's FP16 conversion and parity check",
+        "exporting timm:test_efficientnet at 16px (opset 17)",
+        f"parity on {n_val} validation images",
+    ]
     record = Run.open(run_dir).artifact("onnx-fp16")
     assert record.stage == "export" and record.metrics["parity_top1_agreement"] >= 0.98
     sha = record.sha256
@@ -319,17 +454,32 @@ def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
     again = quantize_run(run_dir, config=QuantizeConfig(precision=QuantPrecision.FP16), progress=said.append)
     assert said == ["onnx-fp16 already exists (made by export); nothing to do"]
     assert (again.recipe, again.precision, again.artifacts, again.model_path, again.notes) == (
-        "fp16", QuantPrecision.FP16, ("onnx-fp16",), path, ("already produced by export",))
+        "fp16",
+        QuantPrecision.FP16,
+        ("onnx-fp16",),
+        path,
+        ("already produced by export",),
+    )
     assert Run.open(run_dir).artifact("onnx-fp16").sha256 == sha
 
 
-def test_an_imported_onnx_run_is_judged_against_its_onnx_model(tiny_exported: Path, tiny_digits_folder: Path, tmp_path: Path) -> None:
+def test_an_imported_onnx_run_is_judged_against_its_onnx_model(
+    tiny_exported: Path, tiny_digits_folder: Path, tmp_path: Path
+) -> None:
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
     prep = Run.open(tiny_exported).get("preprocessing")
     options = PreprocessingOptions(img_size=16, mean=tuple(prep["mean"]), std=tuple(prep["std"]))
-    import_model(ImportRequest(kind="onnx", out=tmp_path / "run", onnx=tiny_exported / "export" / "model.fp32.onnx",
-                               val_data=tiny_digits_folder, calib_data=tiny_digits_folder, preprocessing=options))
+    import_model(
+        ImportRequest(
+            kind="onnx",
+            out=tmp_path / "run",
+            onnx=tiny_exported / "export" / "model.fp32.onnx",
+            val_data=tiny_digits_folder,
+            calib_data=tiny_digits_folder,
+            preprocessing=options,
+        )
+    )
     run_dir = tmp_path / "run"
     result = quantize_run(run_dir, config=QuantizeConfig(**FAST))
     # the reference is the imported ONNX model on the imported validation images
@@ -337,16 +487,29 @@ def test_an_imported_onnx_run_is_judged_against_its_onnx_model(tiny_exported: Pa
     assert result.top1 == _onnx_top1(result.model_path, run_dir)
     assert Run.open(run_dir).artifact("onnx-int8-onnxruntime-cpu-int8").metrics["num_val_images"] == 30
     # calibrated on the folder given at import, and recorded so
-    assert json.loads(result.table_path.read_text())["calibration"]["data"] == Run.open(run_dir).get("data")["calib_source"]
+    assert (
+        json.loads(result.table_path.read_text())["calibration"]["data"]
+        == Run.open(run_dir).get("data")["calib_source"]
+    )
     assert Path(Run.open(run_dir).get("data")["calib_source"]).resolve() == tiny_digits_folder.resolve()
 
     # imported without labelled images: INT8 accuracy cannot be measured, and is not made up
-    import_model(ImportRequest(kind="onnx", out=tmp_path / "unlabelled", onnx=tiny_exported / "export" / "model.fp32.onnx",
-                               calib_data=tiny_digits_folder, labels=_labels(tmp_path), preprocessing=options))
+    import_model(
+        ImportRequest(
+            kind="onnx",
+            out=tmp_path / "unlabelled",
+            onnx=tiny_exported / "export" / "model.fp32.onnx",
+            calib_data=tiny_digits_folder,
+            labels=_labels(tmp_path),
+            preprocessing=options,
+        )
+    )
     with pytest.raises(DataError) as info:
         quantize_run(tmp_path / "unlabelled", config=QuantizeConfig(**FAST))
-    assert str(info.value) == (f"run {str((tmp_path / 'unlabelled').resolve())!r} has no validation images; INT8 accuracy is "
-                               "measured on them (for an imported run: import again with --val-data DIR)")
+    assert str(info.value) == (
+        f"run {str((tmp_path / 'unlabelled').resolve())!r} has no validation images; INT8 accuracy is "
+        "measured on them (for an imported run: import again with --val-data DIR)"
+    )
     assert not Run.open(tmp_path / "unlabelled").has_artifact("onnx-int8-onnxruntime-cpu-int8")
 
 
@@ -396,7 +559,9 @@ def test_kl_is_from_the_reference_to_the_candidate_per_image_averaged() -> None:
     candidate = np.log(np.array([[0.9, 0.1], [0.9, 0.1]]))
     kl_first = 0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)
     assert api._kl(reference, candidate) == pytest.approx(kl_first / 2, rel=1e-12)
-    assert api._kl(reference + 7.0, candidate - 3.0) == pytest.approx(kl_first / 2, rel=1e-12)  # logits, not probabilities
+    assert api._kl(reference + 7.0, candidate - 3.0) == pytest.approx(
+        kl_first / 2, rel=1e-12
+    )  # logits, not probabilities
     assert api._kl(candidate, reference) != pytest.approx(api._kl(reference, candidate))
     big = np.array([[1000.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     assert api._kl(big, big) == 0.0  # no overflow on large logits, each image shifted by its own maximum

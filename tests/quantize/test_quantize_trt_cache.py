@@ -40,10 +40,15 @@ def test_round_trip_through_the_reader(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text,message",
-    [("", "cache is empty"),
-     ("TRT-x-EntropyCalibration2\n", "first line 'TRT-x-EntropyCalibration2' is not a TensorRT cache header"),
-     ("TRT-8510-EntropyCalibration2\ninput 3c810204\n", "line 2: 'input 3c810204' is not '<tensor>: <8 hex digits>'"),
-     ("TRT-8510-EntropyCalibration2\ninput: 3c8102\n", "line 2: 'input: 3c8102' is not '<tensor>: <8 hex digits>'")],
+    [
+        ("", "cache is empty"),
+        ("TRT-x-EntropyCalibration2\n", "first line 'TRT-x-EntropyCalibration2' is not a TensorRT cache header"),
+        (
+            "TRT-8510-EntropyCalibration2\ninput 3c810204\n",
+            "line 2: 'input 3c810204' is not '<tensor>: <8 hex digits>'",
+        ),
+        ("TRT-8510-EntropyCalibration2\ninput: 3c8102\n", "line 2: 'input: 3c8102' is not '<tensor>: <8 hex digits>'"),
+    ],
 )
 def test_malformed_caches_are_refused(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -73,7 +78,9 @@ def test_reader_keeps_the_header_version_and_splits_at_the_last_colon() -> None:
 
 
 def test_reader_errors_name_the_file_and_accept_uppercase_hex(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^cache is empty; a TensorRT cache starts with 'TRT-<version>-<algorithm>'$"):
+    with pytest.raises(
+        ConfigError, match=r"^cache is empty; a TensorRT cache starts with 'TRT-<version>-<algorithm>'$"
+    ):
         parse_cache("\n \n")
     with pytest.raises(ConfigError, match=r"line 2: ': 3c810204'"):
         parse_cache("TRT-8502-EntropyCalibration2\n: 3c810204\n")  # a scale without a tensor name

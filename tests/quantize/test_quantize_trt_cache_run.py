@@ -55,29 +55,68 @@ def test_target_names_the_cache_for_its_tensorrt_and_compile_accepts_it(run_copy
     assert TrtVersion(8, 5, 2).library_version == 8502 and TrtVersion(10, 3, 0).library_version == 100300
     assert TrtVersion(8, 6, 2).library_version == 8602 and TrtVersion(11, 4, 1).library_version == 110401
     orin = load_target("jetson-agx-orin-64gb")  # default TensorRT 10.3.0, also lists 8.6.2 (JetPack 6.0)
-    quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1,
-                                                 target="jetson-agx-orin-64gb", tensorrt="8.6.2"))
+    quantize_run(
+        run_copy,
+        config=QuantizeConfig(
+            recipe="tensorrt-int8-cache", calib_samples=32, threads=1, target="jetson-agx-orin-64gb", tensorrt="8.6.2"
+        ),
+    )
     run = Run.open(run_copy)
     assert read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache")).version == 8602
-    assert run.artifact("calib-cache-tensorrt-int8-cache").details["cache_version_from"] == "target jetson-agx-orin-64gb"
+    assert (
+        run.artifact("calib-cache-tensorrt-int8-cache").details["cache_version_from"] == "target jetson-agx-orin-64gb"
+    )
     plan = make_plan(run, orin, CompileRequest(precision=Precision.INT8, dla=True, tensorrt="8.6.2"))
     assert plan.source.calib_cache.name == "calib-cache-tensorrt-int8-cache"
 
     # The CLI: --target alone gives the default release's header, which the default plan accepts.
-    result = CliRunner().invoke(cli, ["quantize", str(run_copy), "--recipe", "tensorrt-int8-cache", "--target",
-                                      "jetson-agx-orin-64gb", "--calib-samples", "32", "--threads", "1", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "quantize",
+            str(run_copy),
+            "--recipe",
+            "tensorrt-int8-cache",
+            "--target",
+            "jetson-agx-orin-64gb",
+            "--calib-samples",
+            "32",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache")).version == 100300
     make_plan(Run.open(run_copy), orin, CompileRequest(precision=Precision.INT8, dla=True))
     # The exact header per JetPack: Xavier's default is JetPack 5.1 (TensorRT 8.5.2), Orin Nano's JetPack 6.x (10.3.0)
-    for target, header in (("jetson-agx-xavier", "TRT-8502-EntropyCalibration2"), ("jetson-orin-nano-8gb", "TRT-100300-EntropyCalibration2")):
-        result = CliRunner().invoke(cli, ["quantize", str(run_copy), "--recipe", "tensorrt-int8-cache", "--target", target,
-                                          "--calib-samples", "16", "--threads", "1", "--quiet"])
+    for target, header in (
+        ("jetson-agx-xavier", "TRT-8502-EntropyCalibration2"),
+        ("jetson-orin-nano-8gb", "TRT-100300-EntropyCalibration2"),
+    ):
+        result = CliRunner().invoke(
+            cli,
+            [
+                "quantize",
+                str(run_copy),
+                "--recipe",
+                "tensorrt-int8-cache",
+                "--target",
+                target,
+                "--calib-samples",
+                "16",
+                "--threads",
+                "1",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
         path = Run.open(run_copy).artifact_path("calib-cache-tensorrt-int8-cache")
         assert path.read_text().splitlines()[0] == header
 
     # TensorRT 11 reads no calibration cache: refused before calibrating, with the way out.
     with pytest.raises(ConfigError, match=r"TensorRT 11.4.1, which cannot read a calibration cache.*tensorrt-int8-qdq"):
-        quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1,
-                                                     target="jetson-agx-thor"))
+        quantize_run(
+            run_copy,
+            config=QuantizeConfig(recipe="tensorrt-int8-cache", calib_samples=32, threads=1, target="jetson-agx-thor"),
+        )

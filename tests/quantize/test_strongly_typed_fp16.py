@@ -18,7 +18,9 @@ def test_strongly_typed_plans_build_from_an_fp16_float_part_that_verify_measures
     from edge_tl.quantize.fp16_float import fp32_compute
     from edge_tl.verify.api import VerifyConfig, verify_run
 
-    quantize_run(run_copy, config=QuantizeConfig(recipe="tensorrt-int8-qdq", calib_samples=64, threads=1, max_accuracy_drop=0.5))
+    quantize_run(
+        run_copy, config=QuantizeConfig(recipe="tensorrt-int8-qdq", calib_samples=64, threads=1, max_accuracy_drop=0.5)
+    )
     run = Run.open(run_copy)
     # TensorRT 11 is always strongly typed and has no --fp16/--int8/--best/--calib (absent from release/11.0
     # samples/common/sampleOptions.cpp); both 11.x targets build from the FP16-float-part ONNX.
@@ -42,8 +44,11 @@ def test_strongly_typed_plans_build_from_an_fp16_float_part_that_verify_measures
     ten = make_plan(run, load_target("jetson-agx-orin-64gb"), CompileRequest(precision=Precision.INT8))
     assert ten.source.onnx.name == "onnx-int8-tensorrt-int8-qdq" and {"--int8", "--fp16"} <= set(ten.argv)
 
-    report = verify_run(run_copy, config=VerifyConfig(artifacts=("onnx-int8-tensorrt-int8-qdq-fp16",), measure_latency=False,
-                                                      threads=1), check=False)
+    report = verify_run(
+        run_copy,
+        config=VerifyConfig(artifacts=("onnx-int8-tensorrt-int8-qdq-fp16",), measure_latency=False, threads=1),
+        check=False,
+    )
     row = next(r for r in report.rows if r.name == "onnx-int8-tensorrt-int8-qdq-fp16")
     assert row.backend == "onnxruntime" and row.num_images > 0 and row.top1 is not None
     assert abs(row.delta_top1_pts) <= 0.5, f"FP16 float part moved top-1 by {row.delta_top1_pts:.2f} pt"
@@ -71,8 +76,11 @@ def _tiny_qdq_conv(weight_scale: "list[float]"):
         helper.make_node("Conv", ["xdq", "w"], ["logits"], name="conv"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 1, 1])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels, 1, 1])], initializer=inits,
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels, 1, 1])],
+        initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -136,5 +144,9 @@ def test_the_fp16_float_part_is_made_only_where_a_strongly_typed_build_reads_it(
 
     assert _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq"))
     assert not _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-orin-nano-8gb"))
-    assert not _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="10.3.0"))
-    assert _builds_strongly_typed(QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="11.4.1"))
+    assert not _builds_strongly_typed(
+        QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="10.3.0")
+    )
+    assert _builds_strongly_typed(
+        QuantizeConfig(recipe="tensorrt-int8-qdq", target="jetson-agx-orin-64gb", tensorrt="11.4.1")
+    )

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from browser_check import assert_renders_cleanly, assert_self_contained, check_in_chromium
 from staging import cli
 
@@ -61,10 +60,14 @@ def test_report_of_a_staged_run_in_headless_chromium(run_copy: Path) -> None:
     verify = json.loads((run_copy / "verify" / "report.json").read_text())
     int8 = next(r for r in verify["rows"] if r["precision"] == "int8")
     change = int8["change"]
-    assert change["total"] == 359 and change["delta_pts"] == pytest.approx((int8["top1"] - verify["rows"][0]["top1"]) * 100)
+    assert change["total"] == 359 and change["delta_pts"] == pytest.approx(
+        (int8["top1"] - verify["rows"][0]["top1"]) * 100
+    )
     assert change["text"] in html
-    assert re.search(r"[+-]\d+\.\d\d pt \(95% CI [+-]\d+\.\d\d to [+-]\d+\.\d\d\), (not )?distinguishable from noise on 359 images",
-                     change["text"])
+    assert re.search(
+        r"[+-]\d+\.\d\d pt \(95% CI [+-]\d+\.\d\d to [+-]\d+\.\d\d\), (not )?distinguishable from noise on 359 images",
+        change["text"],
+    )
     # The original's top-1 carries its Wilson interval, and the page says what 359 images can tell.
     assert "What 359 images can tell: one image is 0.28 pt" in html and "only from 6 images lost" in html
     # Every artifact's command line, from the manifest.

@@ -11,14 +11,21 @@ import pytest
 pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")
 
-from edge_tl.report import refresh_report, write_report  # noqa: E402
+from edge_tl.report import refresh_report, write_report
 
 
 def _run(root: Path) -> Path:
     root.mkdir()
-    (root / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "backbone": {"name": "efficientnet_lite0"}, "classes": ["a", "b"], "artifacts": {},
-    }))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "backbone": {"name": "efficientnet_lite0"},
+                "classes": ["a", "b"],
+                "artifacts": {},
+            }
+        )
+    )
     return root
 
 
@@ -33,19 +40,35 @@ def _device(root: Path, name: str, results: list[dict], **files: object) -> None
 def test_device_results_with_missing_and_new_fields(tmp_path: Path) -> None:
     root = _run(tmp_path / "run")
     _device(root, "bare", [{"artifact": "engine-x-fp16", "num_images": 10, "top1": 0.9}])
-    _device(root, "rich", [{
-        "artifact": "engine-orin-int8", "precision": "int8", "num_images": 400, "top1": 0.95, "reference_top1": 0.97,
-        "lost": 9, "gained": 1, "latency_ms": {"p50": 1.5, "p99": 2.0, "batch_size": 1},
-        "gpu_compute": {"p50_ms": 1.25, "p99_ms": 1.5, "mean_ms": 1.3}, "end_to_end": {"p50": 1.75, "p99": 2.25},
-        "energy_mj_per_image": 4.5, "power_mean_mw": 6000.0, "clocks_locked": True,
-        "build": {"seconds": 81.5, "layers_dla": 40, "layers_gpu": 3},
-    }], probe={"host": "orin", "jetpack": "6.1", "tensorrt": "10.3.0.30", "power_mode": "MAXN", "dla_cores": 2})
+    _device(
+        root,
+        "rich",
+        [
+            {
+                "artifact": "engine-orin-int8",
+                "precision": "int8",
+                "num_images": 400,
+                "top1": 0.95,
+                "reference_top1": 0.97,
+                "lost": 9,
+                "gained": 1,
+                "latency_ms": {"p50": 1.5, "p99": 2.0, "batch_size": 1},
+                "gpu_compute": {"p50_ms": 1.25, "p99_ms": 1.5, "mean_ms": 1.3},
+                "end_to_end": {"p50": 1.75, "p99": 2.25},
+                "energy_mj_per_image": 4.5,
+                "power_mean_mw": 6000.0,
+                "clocks_locked": True,
+                "build": {"seconds": 81.5, "layers_dla": 40, "layers_gpu": 3},
+            }
+        ],
+        probe={"host": "orin", "jetpack": "6.1", "tensorrt": "10.3.0.30", "power_mode": "MAXN", "dla_cores": 2},
+    )
     (root / "deploy" / "broken").mkdir()
     (root / "deploy" / "broken" / "accuracy.json").write_text("{not json")
 
     html = write_report(root).index.read_text()
     assert 'id="device-bare"' in html and 'id="device-rich"' in html and 'id="device-broken"' not in html
-    rich = html[html.index('id="device-rich"'):]
+    rich = html[html.index('id="device-rich"') :]
     # Both latency definitions, whichever key spelling (p50 or p50_ms) the result used.
     assert '<td>GPU compute</td><td class="num">1.250</td><td class="num">1.500</td>' in rich
     assert '<td>end to end (H2D + compute + D2H)</td><td class="num">1.750</td><td class="num">2.250</td>' in rich
@@ -54,7 +77,7 @@ def test_device_results_with_missing_and_new_fields(tmp_path: Path) -> None:
     assert "<dt>layers_dla</dt><dd>40</dd>" in rich
     # Exact paired counts: 9 lost, 1 gained of 400 is -2.00 pt, p = 2 * 11/1024 = 0.0215.
     assert "-2.00 pt (95% CI" in html and "distinguishable from noise on 400 images (exact McNemar p = 0.0215)" in html
-    bare = html[html.index('id="device-bare"'):html.index('id="device-rich"')]
+    bare = html[html.index('id="device-bare"') : html.index('id="device-rich"')]
     assert "no latency recorded" in bare and "No energy measured" in bare
 
 

@@ -44,7 +44,9 @@ def test_mcnemar_textbook_values() -> None:
     assert mcnemar_exact(1, 0) == 1.0  # min(1, 2 * 0.5)
 
 
-@pytest.mark.parametrize(("correct", "total"), [(0, 10), (10, 10), (352, 359), (359, 359), (81, 263), (1, 2), (975, 1000)])
+@pytest.mark.parametrize(
+    ("correct", "total"), [(0, 10), (10, 10), (352, 359), (359, 359), (81, 263), (1, 2), (975, 1000)]
+)
 @pytest.mark.parametrize("level", [0.05, 0.01, 0.2])
 def test_wilson_interval_equals_scipy(correct: int, total: int, level: float) -> None:
     ci = stats.binomtest(correct, total).proportion_ci(confidence_level=1 - level, method="wilson")
@@ -81,7 +83,10 @@ def test_the_quickstart_sentence() -> None:
     )
     assert not change.significant
     strong = PairedComparison.from_counts(359, 6, 0)
-    assert strong.significant and "distinguishable from noise on 359 images (exact McNemar p = 0.0313)" in strong.describe()
+    assert (
+        strong.significant
+        and "distinguishable from noise on 359 images (exact McNemar p = 0.0313)" in strong.describe()
+    )
     assert "not" not in strong.verdict()
 
 
@@ -118,8 +123,17 @@ def test_comparison_bounded_from_agreement_is_conservative() -> None:
 
 
 def _row(name: str, delta: float, change: PairedComparison | None) -> VerifyRow:
-    return VerifyRow(name, "onnx", "int8", "onnxruntime", "local", 359, top1=0.9, delta_top1_pts=delta,
-                     change=change.to_dict() if change else None)
+    return VerifyRow(
+        name,
+        "onnx",
+        "int8",
+        "onnxruntime",
+        "local",
+        359,
+        top1=0.9,
+        delta_top1_pts=delta,
+        change=change.to_dict() if change else None,
+    )
 
 
 def test_gate_significant_fails_only_over_the_limit_and_significant() -> None:

@@ -45,7 +45,9 @@ def batch(n: int) -> np.ndarray:
 
 def test_torch_runner_matches_the_module_and_needs_the_with_block() -> None:
     model = tiny_model()
-    runner = TorchRunner(model, input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CPU, threads=1))
+    runner = TorchRunner(
+        model, input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CPU, threads=1)
+    )
     x = batch(3)
     with pytest.raises(RunError, match="with"):
         runner.run(x)
@@ -63,7 +65,9 @@ def test_torch_runner_matches_the_module_and_needs_the_with_block() -> None:
 
 def test_torch_runner_refuses_cuda_options_on_cpu() -> None:
     with pytest.raises(ConfigError, match="CUDA"):
-        TorchRunner(tiny_model(), input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CPU, cuda_graph=True))
+        TorchRunner(
+            tiny_model(), input_spec=InputSpec(3, SIZE, SIZE), options=RunnerOptions(device=Device.CPU, cuda_graph=True)
+        )
 
 
 def test_onnxruntime_runner_matches_torch_and_describes_itself(onnx_files) -> None:
@@ -108,7 +112,10 @@ def test_provider_choice() -> None:
     assert choose_providers(Device.AUTO, everything) == everything
     assert choose_providers(Device.CPU, everything) == ["CPUExecutionProvider"]
     assert choose_providers(Device.AUTO, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers(Device.CUDA, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(Device.CUDA, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     with pytest.raises(ConfigError, match="onnxruntime-gpu"):
         choose_providers(Device.CUDA, ["CPUExecutionProvider"])
 

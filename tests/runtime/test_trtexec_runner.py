@@ -43,8 +43,17 @@ exit "${FAKE_RC:-0}"
 
 def _trace(starts: list[float]) -> list[dict[str, float]]:
     """exportJSONTrace records; a query's compute time is 1 ms plus a thousandth of its start."""
-    return [{"startComputeMs": s, "endComputeMs": s + 1.0, "h2dMs": 0.01, "computeMs": 1.0 + s / 1000, "d2hMs": 0.02,
-             "latencyMs": 1.03 + s / 1000} for s in starts]
+    return [
+        {
+            "startComputeMs": s,
+            "endComputeMs": s + 1.0,
+            "h2dMs": 0.01,
+            "computeMs": 1.0 + s / 1000,
+            "d2hMs": 0.02,
+            "latencyMs": 1.03 + s / 1000,
+        }
+        for s in starts
+    ]
 
 
 @pytest.fixture
@@ -73,12 +82,17 @@ def test_pre_8_5_warmup_comes_from_the_command_or_trtexecs_default(standin: Path
     # trtexec's default --warmUp is 200 ms (defaultWarmUp{200.F}, NVIDIA/TensorRT release/8.2
     # samples/common/sampleOptions.h); 8.2 exports the warm-up queries too, so they are dropped here.
     times = _times(tmp_path, monkeypatch, [0.0, 150.0, 200.0, 250.0, 300.0, 400.0])
-    default = run_trtexec([str(standin), f"--exportTimes={times}"], log_path=tmp_path / "a.log", times_path=times,
-                          batch_size=1)
+    default = run_trtexec(
+        [str(standin), f"--exportTimes={times}"], log_path=tmp_path / "a.log", times_path=times, batch_size=1
+    )
     assert default["source"] == "exportTimes" and default["gpu_compute"].iterations == 4  # 200 ms itself is timed
     assert default["gpu_compute"].min_ms == pytest.approx(1.2)
-    given = run_trtexec([str(standin), "--warmUp=300", f"--exportTimes={times}"], log_path=tmp_path / "b.log",
-                        times_path=times, batch_size=2)
+    given = run_trtexec(
+        [str(standin), "--warmUp=300", f"--exportTimes={times}"],
+        log_path=tmp_path / "b.log",
+        times_path=times,
+        batch_size=2,
+    )
     assert given["gpu_compute"].iterations == 2 and given["end_to_end"].min_ms == pytest.approx(1.33)
     assert given["gpu_compute"].batch_size == 2
     assert given["trtexec"]["tensorrt_version"] == "8.2.1"
@@ -96,13 +110,17 @@ def test_without_times_the_summary_is_used(standin: Path, tmp_path: Path, monkey
 
 def test_failures_keep_the_log_and_quote_its_last_15_lines(standin: Path, tmp_path: Path, monkeypatch) -> None:
     log = tmp_path / "failing.log"
-    log.write_text("".join(f"line {i}\n" for i in range(1, 21)) + "&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec\n")
+    log.write_text(
+        "".join(f"line {i}\n" for i in range(1, 21)) + "&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec\n"
+    )
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FAKE_RC", "1")
     kept = tmp_path / "kept.log"
     with pytest.raises(RunError) as err:
         run_trtexec([str(standin)], log_path=kept, times_path=None, batch_size=1)
-    tail = "\n".join([*(f"line {i}" for i in range(7, 21)), "&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec"])
+    tail = "\n".join(
+        [*(f"line {i}" for i in range(7, 21)), "&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec"]
+    )
     assert str(err.value) == f"trtexec failed (exit 1); log kept at {str(kept)!r}. Last lines:\n{tail}"
     assert kept.read_text().startswith("argv: \nline 1\n")
 
@@ -125,12 +143,16 @@ def test_find_trtexec_looks_on_path_then_where_jetpack_installs_it(tmp_path: Pat
     # JetPack's trtexec lives in /usr/src/tensorrt/bin, off PATH: the public Jetson Nano log in
     # tests/compile/fixtures/trtexec-8.2-jetson-nano.log was run as /usr/src/tensorrt/bin/trtexec
     for present in ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec"):
-        monkeypatch.setattr(trtexec_module.os, "access", lambda p, mode, present=present: p == present and mode == os.X_OK)
+        monkeypatch.setattr(
+            trtexec_module.os, "access", lambda p, mode, present=present: p == present and mode == os.X_OK
+        )
         assert find_trtexec() == present
     monkeypatch.setattr(trtexec_module.os, "access", lambda p, mode: False)
     with pytest.raises(ConfigError) as err:
         find_trtexec()
-    assert str(err.value) == "trtexec not found on PATH or in /usr/src/tensorrt/bin: install TensorRT (JetPack ships it)"
+    assert (
+        str(err.value) == "trtexec not found on PATH or in /usr/src/tensorrt/bin: install TensorRT (JetPack ships it)"
+    )
     monkeypatch.setattr(trtexec_module.os, "access", real_access)
 
 
@@ -155,21 +177,33 @@ def test_summary_mapping_keeps_every_field_and_invents_nothing() -> None:
     assert (gpu.batch_size, e2e.batch_size, gpu.min_ms, e2e.min_ms) == (16, 16, 0.375977, result.latency.min_ms)
     assert gpu.iterations == e2e.iterations == (result.queries or 0)
     assert bench["trtexec"] == {
-        "tensorrt_version": "8.4.0", "gpu_name": result.gpu_name, "compute_capability": result.compute_capability,
-        "throughput_qps": 41087.7, "queries": result.queries, "gpu_compute_cv": result.gpu_compute_cv,
+        "tensorrt_version": "8.4.0",
+        "gpu_name": result.gpu_name,
+        "compute_capability": result.compute_capability,
+        "throughput_qps": 41087.7,
+        "queries": result.queries,
+        "gpu_compute_cv": result.gpu_compute_cv,
     }
     ada = to_bench_results(parse_log((FIXTURES / "trtexec-10.16-rtx6000-ada.log").read_text()), batch_size=1)
-    assert ada["trtexec"] == {"tensorrt_version": "10.16.0", "gpu_name": "NVIDIA RTX 6000 Ada Generation",
-                              "compute_capability": "8.9", "throughput_qps": 18392.0, "queries": 55177,
-                              "gpu_compute_cv": pytest.approx(0.620202)}
+    assert ada["trtexec"] == {
+        "tensorrt_version": "10.16.0",
+        "gpu_name": "NVIDIA RTX 6000 Ada Generation",
+        "compute_capability": "8.9",
+        "throughput_qps": 18392.0,
+        "queries": 55177,
+        "gpu_compute_cv": pytest.approx(0.620202),
+    }
     assert ada["end_to_end"].iterations == 55177
     zero = stats_from_summary(Summary(0.0, 0.0, 0.0, 0.0), batch_size=1, iterations=1)
     assert zero.throughput_ips == math.inf and math.isnan(zero.p99_ms)
 
 
 def test_summary_without_a_query_count_reports_zero_iterations() -> None:
-    log = "\n".join(line for line in (FIXTURES / "trtexec-10.16-rtx6000-ada.log").read_text().splitlines()
-                    if "Timing trace has" not in line)
+    log = "\n".join(
+        line
+        for line in (FIXTURES / "trtexec-10.16-rtx6000-ada.log").read_text().splitlines()
+        if "Timing trace has" not in line
+    )
     bench = to_bench_results(parse_log(log), batch_size=1)
     assert bench["gpu_compute"].iterations == 0 and bench["end_to_end"].iterations == 0
 
@@ -183,8 +217,9 @@ def test_times_records_refused_with_their_reason() -> None:
     assert str(err.value) == "--exportTimes records of TensorRT 8.2.1 lack 'startComputeMs': not a trtexec timing file"
     with pytest.raises(RunError) as err:
         to_bench_results(parse_log(""), batch_size=1)
-    assert str(err.value) == ("trtexec output has no gpu_compute, latency summary; was the engine timed "
-                              "(no --skipInference)?")
+    assert str(err.value) == (
+        "trtexec output has no gpu_compute, latency summary; was the engine timed (no --skipInference)?"
+    )
     # given no warm-up, a pre-8.5 trace keeps every record, the one that started at 0 ms included
     kept = to_bench_results(parse_log("[TensorRT v8201]"), batch_size=1, times=_trace([0.0, 0.5]))
     assert kept["gpu_compute"].iterations == 2 and kept["source"] == "exportTimes"
@@ -196,11 +231,23 @@ def test_times_records_refused_with_their_reason() -> None:
 def _engine(tmp_path: Path, *, batch: dict | None, dla_core: int | None = None) -> Path:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
-    write_sidecar(engine, EngineMetadata(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="int8", input_name="input",
-        output_name="logits", chw=(3, 8, 8), batch=batch, source={"artifact": "onnx-fp32"}, builder="trtexec",
-        target="jetson-agx-orin-64gb", dla_core=dla_core,
-    ))
+    write_sidecar(
+        engine,
+        EngineMetadata(
+            tensorrt_version="10.3.0",
+            gpu_name="Orin",
+            compute_capability="8.7",
+            precision="int8",
+            input_name="input",
+            output_name="logits",
+            chw=(3, 8, 8),
+            batch=batch,
+            source={"artifact": "onnx-fp32"},
+            builder="trtexec",
+            target="jetson-agx-orin-64gb",
+            dla_core=dla_core,
+        ),
+    )
     return engine
 
 
@@ -210,14 +257,29 @@ def test_bench_report_defaults_and_every_runner_field(standin: Path, tmp_path: P
     engine = _engine(tmp_path, batch={"min": 1, "opt": 2, "max": 4}, dla_core=1)
     report = trtexec_bench_report(engine, batch_sizes=(4,), trtexec=str(standin))  # the profile's max is allowed
     argv = (tmp_path / "trtexec-bench" / "bench-b4.log").read_text().splitlines()[0].split()[1:]
-    assert argv == [f"--loadEngine={engine}", "--shapes=input:4x3x8x8", "--warmUp=500", "--duration=10",
-                    "--iterations=100", "--useSpinWait", "--useCudaGraph", "--useDLACore=1",
-                    f"--exportTimes={tmp_path / 'trtexec-bench' / 'times-b4.json'}"]
+    assert argv == [
+        f"--loadEngine={engine}",
+        "--shapes=input:4x3x8x8",
+        "--warmUp=500",
+        "--duration=10",
+        "--iterations=100",
+        "--useSpinWait",
+        "--useCudaGraph",
+        "--useDLACore=1",
+        f"--exportTimes={tmp_path / 'trtexec-bench' / 'times-b4.json'}",
+    ]
     data = report.to_dict()
     runner = data["runner"]
-    assert {k: runner[k] for k in ("name", "backend", "device", "clock", "path", "tensorrt", "precision", "timing")} == {
-        "name": "m.engine", "backend": "trtexec", "device": "cuda", "clock": "trtexec-gpu-compute", "path": str(engine),
-        "tensorrt": "10.3.0", "precision": "int8",
+    assert {
+        k: runner[k] for k in ("name", "backend", "device", "clock", "path", "tensorrt", "precision", "timing")
+    } == {
+        "name": "m.engine",
+        "backend": "trtexec",
+        "device": "cuda",
+        "clock": "trtexec-gpu-compute",
+        "path": str(engine),
+        "tensorrt": "10.3.0",
+        "precision": "int8",
         "timing": {"data_transfers": True, "spin_wait": True, "cuda_graph": True},
     }
     assert data["target"] == str(engine) and data["environment"]
@@ -227,7 +289,9 @@ def test_bench_report_defaults_and_every_runner_field(standin: Path, tmp_path: P
     assert data["results"][0]["mean_ms"] == pytest.approx(1.305)
 
 
-def test_bench_report_passes_its_options_and_a_fixed_batch_has_no_shapes(standin: Path, tmp_path: Path, monkeypatch) -> None:
+def test_bench_report_passes_its_options_and_a_fixed_batch_has_no_shapes(
+    standin: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("FAKE_LOG", str(FIXTURES / "trtexec-10.16-rtx6000-ada.log"))
     engine = _engine(tmp_path, batch=None)
     report = trtexec_bench_report(engine, duration_s=3, iterations=7, cuda_graph=False, trtexec=str(standin))

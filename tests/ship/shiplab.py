@@ -13,7 +13,9 @@ from pathlib import Path
 if "deploy_fixtures" in sys.modules:
     deploy_fixtures = sys.modules["deploy_fixtures"]
 else:
-    _spec = importlib.util.spec_from_file_location("deploy_fixtures", Path(__file__).parents[1] / "deploy" / "conftest.py")
+    _spec = importlib.util.spec_from_file_location(
+        "deploy_fixtures", Path(__file__).parents[1] / "deploy" / "conftest.py"
+    )
     deploy_fixtures = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
     sys.modules["deploy_fixtures"] = deploy_fixtures  # its dataclasses look their module up there
     _spec.loader.exec_module(deploy_fixtures)  # type: ignore[union-attr]
@@ -73,5 +75,3 @@ class Shipped:
             option = "--" + key.replace("_", "-")
             args[args.index(option) + 1] = value
         return args
-
-

@@ -33,7 +33,9 @@ def test_the_data_folders_toml_is_read_and_the_command_line_wins(data, tmp_path)
     (data / "calib").mkdir()  # relative paths are the file's folder's
     values = resolve("--data", data)
     assert values["target"] == "x86-64" and values["epochs"] == 7 and values["backbone"] == "mobilenet_v3_small"
-    assert Path(values["calib_data"]) == data / "calib" and Path(values["out"]).resolve() == (tmp_path / "run").resolve()
+    assert (
+        Path(values["calib_data"]) == data / "calib" and Path(values["out"]).resolve() == (tmp_path / "run").resolve()
+    )
     values = resolve("--data", data, "--epochs", "2", "--out", tmp_path / "other")
     assert values["epochs"] == 2 and values["out"] == tmp_path / "other" and values["backbone"] == "mobilenet_v3_small"
 
@@ -43,7 +45,9 @@ def test_config_replaces_the_data_folders_toml(data, tmp_path):
     config = tmp_path / "mine.toml"
     config.write_text('target = "jetson-orin-nano-8gb"\nlr = 0.05\n')
     values = resolve("--data", data, "--config", config, "--out", tmp_path / "run")
-    assert values["target"] == "jetson-orin-nano-8gb" and values["lr"] == 0.05 and values["epochs"] == 10  # finetune's default
+    assert (
+        values["target"] == "jetson-orin-nano-8gb" and values["lr"] == 0.05 and values["epochs"] == 10
+    )  # finetune's default
 
 
 def test_config_keys_are_checked(data, tmp_path):
@@ -74,7 +78,9 @@ def test_contested_names_take_their_stages_prefix():
     assert names["export_precisions"].opts == ["--export-precision"]
     # one value for the names that mean the same in every stage
     assert {passthrough.sources[s]["tensorrt"] for s in ("quantize", "compile", "bundle", "deploy")} == {"tensorrt"}
-    assert len({p.name for p in passthrough.params}) + 1 == len(passthrough.params)  # compile's two --plan-only/--build flags
+    assert len({p.name for p in passthrough.params}) + 1 == len(
+        passthrough.params
+    )  # compile's two --plan-only/--build flags
     every_flag = [f for p in passthrough.params for f in (*p.opts, *p.secondary_opts)]
     assert len(every_flag) == len(set(every_flag))
 
@@ -90,7 +96,11 @@ def test_the_quantize_stage_takes_the_targets_recipe_as_the_cli_does(tmp_path):
     stages = plan(request, load_target("jetson-orin-nano-8gb"), Precision.INT8)
     assert [s.name for s in stages] == ["finetune", "export", "quantize", "compile", "bundle", "verify", "report"]
     quantize = next(s for s in stages if s.name == "quantize").options
-    assert quantize["target"] == "jetson-orin-nano-8gb" and quantize["recipe"] is None and quantize["max_accuracy_drop"] == 0.5
+    assert (
+        quantize["target"] == "jetson-orin-nano-8gb"
+        and quantize["recipe"] is None
+        and quantize["max_accuracy_drop"] == 0.5
+    )
     export = next(s for s in stages if s.name == "export").options
     assert export["opset"] == load_target("jetson-orin-nano-8gb").export_opset()
     finetune = next(s for s in stages if s.name == "finetune").options

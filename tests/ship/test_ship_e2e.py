@@ -78,7 +78,9 @@ def test_a_new_budget_reruns_quantize_and_what_follows(shipped, run_copy):
     for stage in ("finetune", "export"):
         assert after[stage] == before[stage], stage
     for stage in ("quantize", "bundle", "deploy", "verify", "report"):
-        assert after[stage]["token"] != before[stage]["token"] and after[stage]["created"] >= before[stage]["created"], stage
+        assert (
+            after[stage]["token"] != before[stage]["token"] and after[stage]["created"] >= before[stage]["created"]
+        ), stage
     int8 = manifest(run_copy)["artifacts"]["onnx-int8-onnxruntime-cpu-int8"]
     assert int8["metrics"]["max_accuracy_drop_points"] == 2.0
 
@@ -126,7 +128,10 @@ def test_killed_during_quantize_then_continued_gives_the_same_artifacts(shipped,
     for name in MODELS:
         path = manifest(run_copy)["artifacts"][name]["path"]
         assert sha256_file(run_copy / path) == sha256_file(shipped.run / path), name
-    tables = [json.loads((run / manifest(run)["artifacts"][CALIB_TABLE]["path"]).read_text()) for run in (run_copy, shipped.run)]
+    tables = [
+        json.loads((run / manifest(run)["artifacts"][CALIB_TABLE]["path"]).read_text())
+        for run in (run_copy, shipped.run)
+    ]
     assert tables[0].pop("created") >= tables[1].pop("created") and tables[0] == tables[1]
     bundle = manifest(run_copy)["artifacts"]["bundle-x86-64-int8"]["details"]["digest"]
     assert bundle == manifest(shipped.run)["artifacts"]["bundle-x86-64-int8"]["details"]["digest"]
@@ -184,7 +189,9 @@ def test_images_the_run_was_trained_on_are_not_checked_again(shipped, tmp_path):
     data = Path(shutil.copytree(shipped.data, tmp_path / "images"))  # the same names, sizes and times
     values = {"data": data, "val_data": None}
     assert checked_before(shipped.run, _image_fingerprints(values))
-    (data / "digit1" / "extra.png").write_bytes((data / "digit1").joinpath(sorted(p.name for p in (data / "digit1").iterdir())[0]).read_bytes())
+    (data / "digit1" / "extra.png").write_bytes(
+        (data / "digit1").joinpath(sorted(p.name for p in (data / "digit1").iterdir())[0]).read_bytes()
+    )
     assert not checked_before(shipped.run, _image_fingerprints(values))
     (data / "digit1" / "extra.png").unlink()
     (data / "edge-tl.toml").write_text("epochs = 3\n")  # options are not images
@@ -202,5 +209,7 @@ def test_an_interrupted_fine_tune_with_other_settings_is_refused_by_name(shipped
     done = run_ship(*shipped.args_with(lr="0.02"), "--out", run_copy)
     assert done.returncode == 1
     # (finetune also names --out: the copy lies elsewhere than the run it interrupted)
-    assert "holds an interrupted fine-tune made with other settings (" in done.stderr and "lr: 0.01 -> 0.02" in done.stderr
+    assert (
+        "holds an interrupted fine-tune made with other settings (" in done.stderr and "lr: 0.01 -> 0.02" in done.stderr
+    )
     assert "--force finetune" in done.stderr and not (run_copy / "superseded").exists()

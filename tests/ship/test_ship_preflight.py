@@ -38,7 +38,9 @@ def _closed_port() -> int:
 
 
 def test_int8_on_jetson_nano_is_refused(images, tmp_path):
-    line, seconds = _refused("--data", images, "--target", "jetson-nano", "--precision", "int8", "--out", tmp_path / "run")
+    line, seconds = _refused(
+        "--data", images, "--target", "jetson-nano", "--precision", "int8", "--out", tmp_path / "run"
+    )
     assert "'jetson-nano'" in line and "no fast INT8" in line and "--precision fp16" in line
     assert seconds < REFUSAL_SECONDS and not (tmp_path / "run").exists()
     print(f"INT8 on jetson-nano refused in {seconds:.2f} s")
@@ -103,6 +105,8 @@ def test_unknown_config_keys_are_refused_by_name(images, tmp_path):
 
 def test_a_fleet_device_that_cannot_run_its_precision_is_refused(images, tmp_path):
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text('[[device]]\nname = "nano"\nhost = "user@nano.local"\ntarget = "jetson-nano"\nprecision = "int8"\n')
+    fleet.write_text(
+        '[[device]]\nname = "nano"\nhost = "user@nano.local"\ntarget = "jetson-nano"\nprecision = "int8"\n'
+    )
     line, _ = _refused("--data", images, "--target", "x86-64", "--fleet", fleet, "--out", tmp_path / "run")
     assert "device 'nano'" in line and "no fast INT8" in line and not (tmp_path / "run").exists()

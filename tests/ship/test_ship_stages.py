@@ -63,7 +63,10 @@ def test_up_to_date_stages_are_skipped_and_changes_run_what_follows(run_dir):
     stages[1] = Stage("second", stages[1].action, {"b": "2", "quiet": True})
     assert outcomes(Pipeline(run_dir, force=frozenset(), say=say).run(stages)) == ["up to date"] * 3
     # --force first runs everything after it too.
-    assert outcomes(Pipeline(run_dir, force=frozenset({"first"}), say=say).run(chain(run_dir, calls, b="2"))) == ["ran"] * 3
+    assert (
+        outcomes(Pipeline(run_dir, force=frozenset({"first"}), say=say).run(chain(run_dir, calls, b="2")))
+        == ["ran"] * 3
+    )
 
 
 def test_a_changed_artifact_runs_the_stages_that_read_it(run_dir):
@@ -121,7 +124,10 @@ def test_a_failed_gate_is_the_stages_result_and_later_stages_still_run(run_dir):
         return [Stage("quantize", over_budget, {}), Stage("third", writer(run_dir, "third", "three", "y", calls), {})]
 
     results = Pipeline(run_dir, force=frozenset(), say=lambda _m: None).run(stages())
-    assert [r.gate for r in results] == ["INT8 loses 3.1 pt, over the 1 pt budget", None] and calls == ["quantize", "third"]
+    assert [r.gate for r in results] == ["INT8 loses 3.1 pt, over the 1 pt budget", None] and calls == [
+        "quantize",
+        "third",
+    ]
     # Unchanged, the verdict is repeated without running the stage again.
     results = Pipeline(run_dir, force=frozenset(), say=lambda _m: None).run(stages())
     assert outcomes(results) == ["up to date", "up to date"] and results[0].gate and calls == ["quantize", "third"]

@@ -39,7 +39,9 @@ def _photo_folder(root: Path) -> Path:
             w, h = (400, 300) if i % 2 else (200, 150)
             yy, xx = np.mgrid[0:h, 0:w]
             tint = np.array([200, 60, 60]) if label else np.array([60, 60, 200])
-            pixels = np.clip(tint + 40 * np.sin(xx[..., None] / (7 + i) + yy[..., None] / 11) + rng.normal(0, 15, (h, w, 3)), 0, 255)
+            pixels = np.clip(
+                tint + 40 * np.sin(xx[..., None] / (7 + i) + yy[..., None] / 11) + rng.normal(0, 15, (h, w, 3)), 0, 255
+            )
             Image.fromarray(pixels.astype(np.uint8)).save(root / str(label) / (f"{i}.jpg" if i % 2 else f"{i}.png"))
     return root
 
@@ -65,14 +67,18 @@ def uncached_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.mark.parametrize("first,then", [("off", "off"), ("disk", "disk"), ("ram", "off")])
-def test_resume_is_bitwise_with_the_cache_on_and_off(photos: Path, uncached_run: Path, tmp_path: Path, first: str, then: str) -> None:
+def test_resume_is_bitwise_with_the_cache_on_and_off(
+    photos: Path, uncached_run: Path, tmp_path: Path, first: str, then: str
+) -> None:
     def stop_after_epoch_1(record) -> None:
         if record.epoch == 1:
             raise KeyboardInterrupt
 
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        finetune(FinetuneConfig(data=str(photos), out=out, epochs=2, cache=first, **TINY), callbacks=[stop_after_epoch_1])
+        finetune(
+            FinetuneConfig(data=str(photos), out=out, epochs=2, cache=first, **TINY), callbacks=[stop_after_epoch_1]
+        )
     finetune(FinetuneConfig(data=str(photos), out=out, epochs=2, cache=then, resume=True, **TINY))
     # The cache changes no pixel, so every combination ends where the uncached, uninterrupted run does.
     assert _equal(_weights(Path(out)), _weights(uncached_run))
@@ -99,7 +105,9 @@ def test_gpu_data_on_is_refused_without_cuda(photos: Path, tmp_path: Path) -> No
     from edge_tl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--gpu-data on"):
-        finetune(FinetuneConfig(data=str(photos), out=str(tmp_path / "r"), epochs=1, device="cpu", gpu_data="on", **TINY))
+        finetune(
+            FinetuneConfig(data=str(photos), out=str(tmp_path / "r"), epochs=1, device="cpu", gpu_data="on", **TINY)
+        )
 
 
 @pytest.mark.gpu

@@ -25,9 +25,23 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 def test_finetune_mobilenet_v3_large_from_scratch_runs(tmp_path: Path, digit_folder, capsys) -> None:
     out = tmp_path / "r"
     code, stdout, err = _cli(
-        capsys, "finetune", "--data", str(digit_folder(per_class=10)), "--backbone", "mobilenet_v3_large",
-        "--no-pretrained", "--epochs", "1", "--freeze-epochs", "0", "--img-size", "32", "--batch-size", "20",
-        "--out", str(out),
+        capsys,
+        "finetune",
+        "--data",
+        str(digit_folder(per_class=10)),
+        "--backbone",
+        "mobilenet_v3_large",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--freeze-epochs",
+        "0",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "20",
+        "--out",
+        str(out),
     )
     assert code == 0, err
     assert "epoch 1/1 [full]" in err and "img/s" in err  # progress and per-epoch lines go to stderr
@@ -45,8 +59,20 @@ def test_finetune_mobilenet_v3_large_from_scratch_runs(tmp_path: Path, digit_fol
 
 def test_quiet_prints_nothing(tmp_path: Path, digit_folder, capsys) -> None:
     code, stdout, err = _cli(
-        capsys, "finetune", "--data", str(digit_folder(per_class=10)), "--backbone", "timm:test_efficientnet",
-        "--no-pretrained", "--epochs", "1", "--img-size", "32", "--out", str(tmp_path / "r"), "--quiet",
+        capsys,
+        "finetune",
+        "--data",
+        str(digit_folder(per_class=10)),
+        "--backbone",
+        "timm:test_efficientnet",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
     )
     assert code == 0 and stdout == "" and "img/s" not in err
 
@@ -81,10 +107,17 @@ def test_evaluate_omits_top5_below_five_classes(tmp_path: Path, digit_folder) ->
     from edge_tl.train import FinetuneConfig, evaluate_run, finetune
 
     out = tmp_path / "r"
-    finetune(FinetuneConfig(
-        data=str(digit_folder(per_class=10, classes=3)), out=str(out), backbone="timm:test_efficientnet",
-        weights="none", img_size=32, epochs=1, quiet=True,
-    ))
+    finetune(
+        FinetuneConfig(
+            data=str(digit_folder(per_class=10, classes=3)),
+            out=str(out),
+            backbone="timm:test_efficientnet",
+            weights="none",
+            img_size=32,
+            epochs=1,
+            quiet=True,
+        )
+    )
     assert Run.open(out).get("metrics")["val_top5"] is None
     report = evaluate_run(out)
     assert report.result.top5 is None and len(report.result.per_class) == 3
@@ -93,9 +126,15 @@ def test_evaluate_omits_top5_below_five_classes(tmp_path: Path, digit_folder) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--data", "digits", "--backbone", "efficientnet_lite00"], "unknown backbone 'efficientnet_lite00'. Did you mean: efficientnet_lite0"),
+        (
+            ["--data", "digits", "--backbone", "efficientnet_lite00"],
+            "unknown backbone 'efficientnet_lite00'. Did you mean: efficientnet_lite0",
+        ),
         (["--data", "/nonexistent/images"], "data directory '/nonexistent/images' does not exist"),
-        (["--data", "digits", "--freeze-epochs", "9", "--epochs", "2"], "--freeze-epochs must be between 0 and --epochs (2)"),
+        (
+            ["--data", "digits", "--freeze-epochs", "9", "--epochs", "2"],
+            "--freeze-epochs must be between 0 and --epochs (2)",
+        ),
         (["--data", "digits", "--weights", "/nonexistent/w.pt"], "--weights '/nonexistent/w.pt' is neither"),
     ],
 )
@@ -114,8 +153,18 @@ def test_issue_done_when_command_reaches_095(tmp_path: Path, capsys) -> None:
     # The foundation issue's acceptance command, verbatim (about 20 s on 2 idle cores).
     out = tmp_path / "R"
     code, _, err = _cli(
-        capsys, "finetune", "--data", "digits", "--backbone", "efficientnet_lite0", "--epochs", "2", "--img-size", "64",
-        "--out", str(out),
+        capsys,
+        "finetune",
+        "--data",
+        "digits",
+        "--backbone",
+        "efficientnet_lite0",
+        "--epochs",
+        "2",
+        "--img-size",
+        "64",
+        "--out",
+        str(out),
     )
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["metrics"]["val_top1"] >= 0.95

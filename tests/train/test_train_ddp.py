@@ -63,7 +63,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path, digit_folder) -> N
     one = tmp_path / "one"
     finetune(FinetuneConfig(data=data, out=str(one), quiet=True, **SETTINGS))
     two = tmp_path / "two"
-    proc = _edge_tl("finetune", "--data", data, "--out", str(two), "--quiet", "--nproc-per-node", "2", *_cli_args(SETTINGS))
+    proc = _edge_tl(
+        "finetune", "--data", data, "--out", str(two), "--quiet", "--nproc-per-node", "2", *_cli_args(SETTINGS)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     run = Run.open(two)
@@ -95,7 +97,9 @@ def test_a_launched_world_of_one_joins_a_process_group_and_equals_the_plain_run(
     data = str(digit_folder(per_class=6))
     plain, launched = tmp_path / "plain", tmp_path / "launched"
     finetune(FinetuneConfig(data=data, out=str(plain), quiet=True, **SETTINGS))
-    proc = _edge_tl("finetune", "--data", data, "--out", str(launched), "--quiet", "--nproc-per-node", "1", *_cli_args(SETTINGS))
+    proc = _edge_tl(
+        "finetune", "--data", data, "--out", str(launched), "--quiet", "--nproc-per-node", "1", *_cli_args(SETTINGS)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     training = Run.open(launched).get("training")
     assert training["world_size"] == 1 and training["backend"] == "gloo"
@@ -108,8 +112,17 @@ def test_a_launched_world_of_one_joins_a_process_group_and_equals_the_plain_run(
 def test_a_failing_worker_fails_the_job_with_a_clear_message(tmp_path: Path, digit_folder) -> None:
     data = str(digit_folder(per_class=10))
     proc = _edge_tl(
-        "finetune", "--data", data, "--out", str(tmp_path / "r"), "--quiet", "--nproc-per-node", "2",
-        "--backbone", "no_such_backbone", timeout=120,
+        "finetune",
+        "--data",
+        data,
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        "--nproc-per-node",
+        "2",
+        "--backbone",
+        "no_such_backbone",
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "unknown backbone 'no_such_backbone'" in proc.stderr
@@ -120,7 +133,9 @@ def test_a_failing_worker_fails_the_job_with_a_clear_message(tmp_path: Path, dig
         "rank 0 stopped with exit code 1. torchrun then stopped rank(s) 1.",
         "rank 1 stopped with exit code 1. torchrun then stopped rank(s) 0.",
     )
-    assert sum(f"distributed fine-tuning failed: {t} The worker's own error" in proc.stderr for t in told) == 1, proc.stderr
+    assert sum(f"distributed fine-tuning failed: {t} The worker's own error" in proc.stderr for t in told) == 1, (
+        proc.stderr
+    )
 
 
 def _worker_pids() -> dict[int, int]:
@@ -142,22 +157,41 @@ def _worker_pids() -> dict[int, int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds worker processes through /proc")
-def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrupted_run(tmp_path: Path, digit_folder) -> None:
+def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrupted_run(
+    tmp_path: Path, digit_folder
+) -> None:
     import signal
     import time
 
     data = str(digit_folder(per_class=20))
     settings = dict(SETTINGS, epochs=3)
     whole = tmp_path / "whole"
-    proc = _edge_tl("finetune", "--data", data, "--out", str(whole), "--quiet", "--nproc-per-node", "2", *_cli_args(settings))
+    proc = _edge_tl(
+        "finetune", "--data", data, "--out", str(whole), "--quiet", "--nproc-per-node", "2", *_cli_args(settings)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     split = tmp_path / "split"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     job = subprocess.Popen(
-        [sys.executable, "-m", "edge_tl.cli.main", "finetune", "--data", data, "--out", str(split), "--quiet",
-         "--nproc-per-node", "2", *_cli_args(settings)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "edge_tl.cli.main",
+            "finetune",
+            "--data",
+            data,
+            "--out",
+            str(split),
+            "--quiet",
+            "--nproc-per-node",
+            "2",
+            *_cli_args(settings),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     last = split / "checkpoints" / "last.pt"  # written atomically after epoch 1's metrics line
     deadline = time.monotonic() + 180
@@ -172,8 +206,18 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrup
     assert Run.open(split).get("training")["status"] == "running"
     assert load_checkpoint(split / "checkpoints" / "last.pt")["epoch"] == 1  # what was saved is kept
 
-    proc = _edge_tl("finetune", "--data", data, "--out", str(split), "--quiet", "--nproc-per-node", "2", "--resume",
-                    *_cli_args(settings))
+    proc = _edge_tl(
+        "finetune",
+        "--data",
+        data,
+        "--out",
+        str(split),
+        "--quiet",
+        "--nproc-per-node",
+        "2",
+        "--resume",
+        *_cli_args(settings),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_checkpoint(whole / "checkpoints" / "last.pt")
     b = load_checkpoint(split / "checkpoints" / "last.pt")
@@ -184,7 +228,10 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it_like_an_uninterrup
     # The best-checkpoint state crossed the kill too: best top-1, its epoch, the early-stopping count,
     # and the best checkpoint itself (file and manifest record).
     assert (a["best_top1"], a["best_epoch"], a["bad_epochs"]) == (b["best_top1"], b["best_epoch"], b["bad_epochs"])
-    best_a, best_b = load_checkpoint(whole / "checkpoints" / "best.pt"), load_checkpoint(split / "checkpoints" / "best.pt")
+    best_a, best_b = (
+        load_checkpoint(whole / "checkpoints" / "best.pt"),
+        load_checkpoint(split / "checkpoints" / "best.pt"),
+    )
     assert best_a["epoch"] == best_b["epoch"] == a["best_epoch"]
     assert Run.open(split).artifact("checkpoint-best").details["epoch"] == a["best_epoch"]
     assert Run.open(split).get("training")["best_epoch"] == Run.open(whole).get("training")["best_epoch"]

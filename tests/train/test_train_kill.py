@@ -42,7 +42,9 @@ _KILL_BETWEEN_WRITES = textwrap.dedent(
 )
 
 
-def test_kill_between_checkpoint_writes_leaves_a_consistent_run_and_resume_finishes_it(tmp_path: Path, digit_folder) -> None:
+def test_kill_between_checkpoint_writes_leaves_a_consistent_run_and_resume_finishes_it(
+    tmp_path: Path, digit_folder
+) -> None:
     import json
 
     settings = dict(TINY, data=str(digit_folder(per_class=10)))
@@ -91,10 +93,20 @@ def test_resume_keeps_the_best_checkpoint_state_and_the_early_stopping_count(tmp
     resumed = finetune(FinetuneConfig(out=str(split), resume=True, **settings))
     # Losing best top-1 would make epoch 3 "best"; losing the count would run epoch 5.
     assert (resumed.best_epoch, resumed.best_val_top1, resumed.epochs_run, resumed.stopped_early) == (
-        whole.best_epoch, whole.best_val_top1, whole.epochs_run, whole.stopped_early)
-    a, b = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
-    assert (a["best_top1"], a["best_epoch"], a["bad_epochs"]) == (b["best_top1"], b["best_epoch"], b["bad_epochs"]) == (
-        whole.best_val_top1, 1, 3)
+        whole.best_epoch,
+        whole.best_val_top1,
+        whole.epochs_run,
+        whole.stopped_early,
+    )
+    a, b = (
+        load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt"),
+        load_checkpoint(split / "checkpoints" / "last.pt"),
+    )
+    assert (
+        (a["best_top1"], a["best_epoch"], a["bad_epochs"])
+        == (b["best_top1"], b["best_epoch"], b["bad_epochs"])
+        == (whole.best_val_top1, 1, 3)
+    )
     assert load_checkpoint(split / "checkpoints" / "best.pt")["epoch"] == 1
     run = Run.open(split)
     assert run.artifact("checkpoint-best").details["epoch"] == 1

@@ -106,7 +106,9 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path, digit_folder) -
     data = str(digit_folder(per_class=10))
     # A learning rate this small cannot move a random network: top-1 plateaus at once.
     result = finetune(
-        FinetuneConfig(out=str(tmp_path / "r"), data=data, epochs=6, freeze_epochs=0, patience=1, **{**TINY, "lr": 1e-9})
+        FinetuneConfig(
+            out=str(tmp_path / "r"), data=data, epochs=6, freeze_epochs=0, patience=1, **{**TINY, "lr": 1e-9}
+        )
     )
     assert result.stopped_early and result.epochs_run < 6
     run = Run.open(tmp_path / "r")

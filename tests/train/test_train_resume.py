@@ -65,14 +65,23 @@ def test_early_stopping_after_patience_bad_epochs_and_never_at_zero(patience: in
 
 
 def test_the_checkpoint_record_round_trips_every_field() -> None:
-    progress = TrainingProgress(epoch=5, best_top1=0.875, best_epoch=3, bad_epochs=2, best_summary={"val_top1": 0.875, "num_val": 8})
+    progress = TrainingProgress(
+        epoch=5, best_top1=0.875, best_epoch=3, bad_epochs=2, best_summary={"val_top1": 0.875, "num_val": 8}
+    )
     record = progress.to_checkpoint()
     assert record == {"epoch": 5, "best_top1": 0.875, "best_epoch": 3, "bad_epochs": 2,
                       "best_summary": {"val_top1": 0.875, "num_val": 8}}  # fmt: skip
     assert TrainingProgress.from_checkpoint({**record, "model": {}, "rng": {}}) == progress
     # Stored numbers come back as the types the loop computes with (an int top-1 of 1 is 1.0).
-    loaded = TrainingProgress.from_checkpoint({**record, "best_top1": 1, "epoch": 5.0, "best_epoch": 3.0, "bad_epochs": 2.0})
-    assert [type(v) for v in (loaded.epoch, loaded.best_top1, loaded.best_epoch, loaded.bad_epochs)] == [int, float, int, int]
+    loaded = TrainingProgress.from_checkpoint(
+        {**record, "best_top1": 1, "epoch": 5.0, "best_epoch": 3.0, "bad_epochs": 2.0}
+    )
+    assert [type(v) for v in (loaded.epoch, loaded.best_top1, loaded.best_epoch, loaded.bad_epochs)] == [
+        int,
+        float,
+        int,
+        int,
+    ]
 
 
 # --------------------------------------------------------------------------- through finetune
@@ -106,8 +115,12 @@ def _interrupt_after(epoch: int, *, keep_last_of: int | None = None, out: Path |
 
 
 def _same_outcome(whole: Path, split: Path, whole_result, split_result) -> None:
-    assert (split_result.best_epoch, split_result.best_val_top1, split_result.epochs_run, split_result.stopped_early) == (
-        whole_result.best_epoch, whole_result.best_val_top1, whole_result.epochs_run, whole_result.stopped_early)
+    assert (
+        split_result.best_epoch,
+        split_result.best_val_top1,
+        split_result.epochs_run,
+        split_result.stopped_early,
+    ) == (whole_result.best_epoch, whole_result.best_val_top1, whole_result.epochs_run, whole_result.stopped_early)
     a, b = load_checkpoint(whole / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
     for key in ("epoch", "best_top1", "best_epoch", "bad_epochs", "best_summary"):
         assert a[key] == b[key], key
@@ -116,7 +129,11 @@ def _same_outcome(whole: Path, split: Path, whole_result, split_result) -> None:
     assert load_checkpoint(split / "checkpoints" / "best.pt")["epoch"] == a["best_epoch"]
     ta, tb = Run.open(whole).get("training"), Run.open(split).get("training")
     assert (tb["status"], tb["best_epoch"], tb["epochs_run"], tb["stopped_early"]) == (
-        "complete", ta["best_epoch"], ta["epochs_run"], ta["stopped_early"])
+        "complete",
+        ta["best_epoch"],
+        ta["epochs_run"],
+        ta["stopped_early"],
+    )
     assert Run.open(split).get("metrics") == Run.open(whole).get("metrics")
     for name in ("checkpoint-best", "checkpoint-last"):
         ra, rb = Run.open(whole).artifact(name), Run.open(split).artifact(name)
@@ -124,10 +141,26 @@ def _same_outcome(whole: Path, split: Path, whole_result, split_result) -> None:
                                             "backbone": "timm:test_efficientnet"}  # fmt: skip
         assert rb.metrics == ra.metrics and set(rb.metrics) == {"val_top1", "val_top5", "val_loss"}
         # What later stages look the checkpoints up by (reference_artifact, load_run_model).
-        assert (rb.kind, rb.stage, rb.precision, rb.path) == ("checkpoint", "finetune", "fp32", f"checkpoints/{name[11:]}.pt")
+        assert (rb.kind, rb.stage, rb.precision, rb.path) == (
+            "checkpoint",
+            "finetune",
+            "fp32",
+            f"checkpoints/{name[11:]}.pt",
+        )
     best = load_checkpoint(split / "checkpoints" / "best.pt")
-    assert set(best) == {"model", "epoch", "backbone", "classes", "format", "version"}  # save_checkpoint adds the last two
-    assert (best["backbone"], best["classes"]) == (a["backbone"], a["classes"]) == ("timm:test_efficientnet", Run.open(split).get("classes"))
+    assert set(best) == {
+        "model",
+        "epoch",
+        "backbone",
+        "classes",
+        "format",
+        "version",
+    }  # save_checkpoint adds the last two
+    assert (
+        (best["backbone"], best["classes"])
+        == (a["backbone"], a["classes"])
+        == ("timm:test_efficientnet", Run.open(split).get("classes"))
+    )
     for key, value in best["model"].items():
         assert torch.equal(value, load_checkpoint(whole / "checkpoints" / "best.pt")["model"][key]), key
     assert Run.open(split).artifact("checkpoint-best").metrics["val_top1"] == a["best_top1"]
@@ -165,7 +198,9 @@ def test_resume_keeps_the_best_and_the_early_stopping_count(tmp_path: Path, tiny
     assert f"resuming {split} after epoch 2\n" in err and "epoch 3/6 [full]" in err and "epoch 2/6" not in err
 
 
-def test_resume_after_a_kill_between_the_metrics_and_the_checkpoint_runs_that_epoch_once(tmp_path: Path, tiny_digits: str) -> None:
+def test_resume_after_a_kill_between_the_metrics_and_the_checkpoint_runs_that_epoch_once(
+    tmp_path: Path, tiny_digits: str
+) -> None:
     whole, whole_result = _plateau_whole(tmp_path, tiny_digits)
     split = tmp_path / "split"
     # metrics.jsonl has epochs 1-3, last.pt says epoch 2: epoch 3 runs again and is listed once.
@@ -236,7 +271,9 @@ def test_resume_refuses_a_finished_run_without_last_checkpoint_and_keeps_it(tmp_
     )
     (out / "checkpoints" / "last.pt").unlink()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(RunError, match=r"holds no interrupted run \(no checkpoints/last.pt\); drop --resume and choose another --out"):
+    with pytest.raises(
+        RunError, match=r"holds no interrupted run \(no checkpoints/last.pt\); drop --resume and choose another --out"
+    ):
         finetune(FinetuneConfig(data=tiny_digits, out=str(out), resume=True, **settings))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -283,7 +320,10 @@ def test_resume_names_what_is_missing(tmp_path: Path, tiny_digits: str) -> None:
     empty = tmp_path / "empty"
     with pytest.raises(RunError) as info:
         finetune(FinetuneConfig(data=tiny_digits, out=str(empty), **settings))
-    assert str(info.value) == f"--resume: {str(empty)!r} holds no interrupted run (no manifest); drop --resume to start a new run there"
+    assert (
+        str(info.value)
+        == f"--resume: {str(empty)!r} holds no interrupted run (no manifest); drop --resume to start a new run there"
+    )
     finished = tmp_path / "finished"
     finetune(FinetuneConfig(data=tiny_digits, out=str(finished), **{**settings, "resume": False}))
     (finished / "checkpoints" / "last.pt").unlink()
@@ -295,4 +335,6 @@ def test_resume_names_what_is_missing(tmp_path: Path, tiny_digits: str) -> None:
     Run.create(imported, backbone={"name": "timm:test_efficientnet"})  # a run finetune did not make
     with pytest.raises(RunError) as info:
         finetune(FinetuneConfig(data=tiny_digits, out=str(imported), **settings))
-    assert str(info.value).startswith(f"the manifest of {str(imported.resolve())!r} has no 'training' section, which --resume needs.")
+    assert str(info.value).startswith(
+        f"the manifest of {str(imported.resolve())!r} has no 'training' section, which --resume needs."
+    )

@@ -15,11 +15,13 @@ import pytest
 from edge_tl.verify.metrics import Accuracy, AccuracyAccumulator, Agreement, AgreementAccumulator
 
 # Six classes; each row's logits are distinct so the ranking is unambiguous.
-LOGITS = np.array([
-    [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # ranking 0,1,2,3,4,5
-    [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # ranking 5,4,3,2,1,0
-    [0.0, 9.0, 1.0, 2.0, 3.0, 4.0],  # ranking 1,5,4,3,2,0
-])
+LOGITS = np.array(
+    [
+        [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # ranking 0,1,2,3,4,5
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # ranking 5,4,3,2,1,0
+        [0.0, 9.0, 1.0, 2.0, 3.0, 4.0],  # ranking 1,5,4,3,2,0
+    ]
+)
 
 
 def test_top1_and_top5_count_exactly_over_batches() -> None:
@@ -79,8 +81,14 @@ def test_agreement_sums_known_differences() -> None:
     assert result.mean_abs_diff == pytest.approx(10.75 / 18)  # summed over both batches
     # 0.5 is within atol (<=, not <); 10 is not
     assert result.num_outside_tolerance == 1
-    assert set(result.to_dict()) == {"num_images", "top1_agreement", "max_abs_diff", "mean_abs_diff", "mean_kl",
-                                     "num_outside_tolerance"}
+    assert set(result.to_dict()) == {
+        "num_images",
+        "top1_agreement",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "mean_kl",
+        "num_outside_tolerance",
+    }
 
 
 def test_mean_kl_is_kl_of_reference_to_candidate_averaged_over_images() -> None:
@@ -147,4 +155,6 @@ def test_identical_logits_agree_completely() -> None:
 def test_empty_agreement_is_nan() -> None:
     result = AgreementAccumulator(atol=1.0).result()
     assert result.num_images == 0 and result.num_outside_tolerance == 0
-    assert all(math.isnan(v) for v in (result.top1_agreement, result.max_abs_diff, result.mean_abs_diff, result.mean_kl))
+    assert all(
+        math.isnan(v) for v in (result.top1_agreement, result.max_abs_diff, result.mean_abs_diff, result.mean_kl)
+    )

@@ -13,12 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
 
-from edge_tl.bench import BenchConfig, Budget  # noqa: E402
-from edge_tl.cli.main import main  # noqa: E402
-from edge_tl.errors import ConfigError, ToleranceError  # noqa: E402
-from edge_tl.export import ExportConfig, export_run  # noqa: E402
-from edge_tl.runs import Run  # noqa: E402
-from edge_tl.verify import AccuracyAccumulator, AgreementAccumulator, VerifyConfig, verify_run  # noqa: E402
+from edge_tl.bench import BenchConfig, Budget
+from edge_tl.cli.main import main
+from edge_tl.errors import ConfigError, ToleranceError
+from edge_tl.export import ExportConfig, export_run
+from edge_tl.runs import Run
+from edge_tl.verify import AccuracyAccumulator, AgreementAccumulator, VerifyConfig, verify_run
 
 IMAGES = 40
 QUICK = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=2), measure=Budget(iterations=10))
@@ -70,7 +70,13 @@ def test_verify_lists_original_and_both_onnx_with_every_column(run_dir: Path) ->
         assert 0 < r.latency_p50_ms <= r.latency_p99_ms
         assert r.speedup == pytest.approx(ref.latency_p50_ms / r.latency_p50_ms)
         assert r.size_bytes > 100_000  # efficientnet_lite0's weights, in FP16 or FP32
-    assert (ref.delta_top1_pts, ref.top1_agreement, ref.mean_kl, ref.max_abs_diff, ref.speedup) == (0.0, 1.0, 0.0, 0.0, 1.0)
+    assert (ref.delta_top1_pts, ref.top1_agreement, ref.mean_kl, ref.max_abs_diff, ref.speedup) == (
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+    )
     fp32, fp16 = report.row("onnx-fp32"), report.row("onnx-fp16")
     assert fp32.max_abs_diff <= 1e-4 and fp32.top1_agreement == 1.0 and fp32.delta_top1_pts == 0.0
     assert 0 <= fp32.mean_kl < 1e-8  # the same model up to float rounding
@@ -125,14 +131,27 @@ def test_new_kinds_plug_in_and_gates_name_the_failing_artifact(run_dir: Path) ->
 def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
     host = run_dir / "deploy" / "jetson-1"
     host.mkdir(parents=True)
-    (host / "accuracy.json").write_text(json.dumps({
-        "host": "jetson-1",
-        "results": [{
-            "artifact": "engine-orin-fp16", "kind": "engine", "precision": "fp16", "backend": "tensorrt",
-            "num_images": IMAGES, "top1": 0.0, "top5": 0.1, "top1_agreement": 0.99, "reference_top1": 0.75,
-            "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
-        }],
-    }))
+    (host / "accuracy.json").write_text(
+        json.dumps(
+            {
+                "host": "jetson-1",
+                "results": [
+                    {
+                        "artifact": "engine-orin-fp16",
+                        "kind": "engine",
+                        "precision": "fp16",
+                        "backend": "tensorrt",
+                        "num_images": IMAGES,
+                        "top1": 0.0,
+                        "top5": 0.1,
+                        "top1_agreement": 0.99,
+                        "reference_top1": 0.75,
+                        "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
+                    }
+                ],
+            }
+        )
+    )
     config = VerifyConfig(max_images=IMAGES, measure_latency=False, max_accuracy_drop=0.5)
     report = verify_run(run_dir, config=config, check=False)
     row = report.rows[-1]
@@ -152,7 +171,19 @@ def test_gate_values_are_checked() -> None:
 
 
 def test_cli_verify_exit_codes(run_dir: Path, capsys) -> None:
-    args = ["verify", str(run_dir), "--max-images", "16", "--latency-iterations", "5", "--device", "cpu", "--threads", "1", "--quiet"]
+    args = [
+        "verify",
+        str(run_dir),
+        "--max-images",
+        "16",
+        "--latency-iterations",
+        "5",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     with pytest.raises(SystemExit) as info:
         main(args + ["--min-agreement", "0.5"])
     assert info.value.code == 0
@@ -168,11 +199,27 @@ def test_cli_max_accuracy_drop_exit_codes(run_dir: Path, capsys) -> None:
     """A device row 75 points below the original: a budget of 75 holds (the drop must exceed it), 74.9 fails."""
     host = run_dir / "deploy" / "jetson-1"
     host.mkdir(parents=True)
-    (host / "accuracy.json").write_text(json.dumps({"host": "jetson-1", "results": [{
-        "artifact": "engine-orin-fp16", "kind": "engine", "precision": "fp16", "backend": "tensorrt",
-        "num_images": 8, "top1": 0.0, "top5": 0.5, "top1_agreement": 1.0, "reference_top1": 0.75,
-        "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
-    }]}))
+    (host / "accuracy.json").write_text(
+        json.dumps(
+            {
+                "host": "jetson-1",
+                "results": [
+                    {
+                        "artifact": "engine-orin-fp16",
+                        "kind": "engine",
+                        "precision": "fp16",
+                        "backend": "tensorrt",
+                        "num_images": 8,
+                        "top1": 0.0,
+                        "top5": 0.5,
+                        "top1_agreement": 1.0,
+                        "reference_top1": 0.75,
+                        "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
+                    }
+                ],
+            }
+        )
+    )
     args = ["verify", str(run_dir), "--max-images", "8", "--no-latency", "--artifact", "onnx-fp32", "--quiet"]
     with pytest.raises(SystemExit) as info:
         main(args + ["--max-accuracy-drop", "75"])
@@ -193,8 +240,24 @@ def test_cli_max_accuracy_drop_exit_codes(run_dir: Path, capsys) -> None:
 def test_cli_bench_on_a_run_artifact(run_dir: Path, capsys) -> None:
     out = run_dir / "bench.json"
     with pytest.raises(SystemExit) as info:
-        main(["bench", str(run_dir), "--artifact", "onnx-fp32", "--batch-size", "1,2", "--warmup", "2",
-              "--iterations", "5", "--threads", "1", "--json", str(out)])
+        main(
+            [
+                "bench",
+                str(run_dir),
+                "--artifact",
+                "onnx-fp32",
+                "--batch-size",
+                "1,2",
+                "--warmup",
+                "2",
+                "--iterations",
+                "5",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
     assert info.value.code == 0
     data = json.loads(out.read_text())
     assert [(r["batch_size"], r["iterations"]) for r in data["results"]] == [(1, 5), (2, 5)]
