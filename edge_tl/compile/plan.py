@@ -20,7 +20,6 @@ from typing import Any
 
 from edge_tl import __version__, artifacts
 from edge_tl.compile.dla import DLA_LAYERS_SOURCE
-from edge_tl.compile.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
     BuildSpec,
@@ -34,6 +33,7 @@ from edge_tl.compile.trtexec_flags import (
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
 from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, TrtVersion, target_names
+from edge_tl.trt.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 
 STAGE = "compile"
 ENGINE_NAME = "model.engine"

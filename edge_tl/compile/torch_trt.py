@@ -80,8 +80,7 @@ def build_with_torch_tensorrt(
 
 def _io_names(trt: object, serialized: bytes) -> tuple[str, str]:
     """torch-tensorrt names the engine's tensors itself: read them back for the sidecar."""
-    from edge_tl.compile.trt_api import TrtApi
-    from edge_tl.compile.trt_builder import make_logger
+    from edge_tl.trt.trt_api import TrtApi, make_logger
 
     api = TrtApi(trt)  # type: ignore[arg-type]
     logger, _ = make_logger(api)

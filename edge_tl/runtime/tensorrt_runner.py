@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 
 from edge_tl._lazy import lazy_import
-from edge_tl.compile.sidecar import EngineMetadata, read_sidecar
-from edge_tl.compile.trt_api import TrtApi
-from edge_tl.compile.trt_builder import make_logger
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runtime.base import InputSpec, Runner, RunnerOptions
-from edge_tl.runtime.cuda import DeviceBuffers, GpuInfo, local_gpu
 from edge_tl.runtime.registry import ModelSource
 from edge_tl.targets import TrtVersion
+from edge_tl.trt.cuda import DeviceBuffers, GpuInfo, local_gpu
+from edge_tl.trt.sidecar import EngineMetadata, read_sidecar
+from edge_tl.trt.trt_api import TrtApi, make_logger
 
 
 def check_engine_compatible(meta: EngineMetadata, *, tensorrt_version: str, gpu: GpuInfo | None, engine: str) -> None:

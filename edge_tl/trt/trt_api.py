@@ -171,3 +171,23 @@ class TrtApi:
 
     def enum(self, cls: str, member: str) -> Any:
         return self.get(self.mod(cls), member)
+
+
+def make_logger(api: TrtApi) -> tuple[Any, list[str]]:
+    """A TensorRT logger that keeps every message (they go into the run's build log)."""
+    lines: list[str] = []
+    severity = api.get(api.mod("ILogger"), "Severity")
+    names = {}
+    for label in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
+        names[api.get(severity, label)] = label
+
+    base = api.mod("ILogger")
+
+    class CapturingLogger(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+
+        def log(self, sev: Any, msg: str) -> None:
+            lines.append(f"[{names.get(sev, str(sev))}] {msg}")
+
+    return CapturingLogger(), lines
