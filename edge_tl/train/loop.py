@@ -21,10 +21,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text
-from edge_tl.train import distributed as dist_util
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
