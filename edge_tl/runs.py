@@ -407,18 +407,6 @@ class Run:
         self._change(lambda manifest: manifest["artifacts"].__setitem__(name, record))
         return artifact
 
-    def update_artifact_metrics(self, name: str, metrics: dict[str, Any]) -> Artifact:
-        def change(manifest: dict[str, Any]) -> None:
-            record = manifest["artifacts"].get(name)
-            if record is None:
-                raise RunError(
-                    f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(manifest['artifacts'])}"
-                )
-            record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
-
-        self._change(change)
-        return Artifact.from_dict(self._manifest["artifacts"][name])
-
     def artifact(self, name: str) -> Artifact:
         record = self._manifest["artifacts"].get(name)
         if record is None:

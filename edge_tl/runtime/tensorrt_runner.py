@@ -81,7 +81,6 @@ class TensorRTRunner(Runner):
         self._outputs: dict[str, tuple[int, Any]] = {}
         self._max_batch = 1
         self._gpu: GpuInfo | None = None
-        self._log: list[str] = []
 
     @property
     def input_spec(self) -> InputSpec:
@@ -108,7 +107,7 @@ class TensorRTRunner(Runner):
         api = TrtApi(trt)
         self._gpu = local_gpu()
         check_engine_compatible(self.meta, tensorrt_version=str(trt.__version__), gpu=self._gpu, engine=str(self.path))
-        logger, self._log = make_logger(api)
+        logger, _ = make_logger(api)
         runtime = api.mod("Runtime")(logger)
         if self.meta.dla_core is not None:
             # A DLA engine runs on the core the runtime names (IRuntime::setDLACore), default 0.
