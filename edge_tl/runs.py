@@ -429,7 +429,8 @@ class Run:
         full = self.root / art.path
         if not full.exists():
             raise RunError(
-                f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; re-run its stage ({art.stage})."
+                f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; "
+                f"re-run its stage ({art.stage})."
             )
         if check_hash and art.sha256 and sha256_file(full) != art.sha256:
             raise RunError(

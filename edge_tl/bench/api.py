@@ -149,15 +149,20 @@ class BenchReport:
         return atomic_write_json(path, self.to_dict())
 
     def table(self) -> str:
-        head = f"{'batch':>5} {'iters':>6} {'mean':>8} {'std':>7} {'min':>8} {'p50':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'max':>8} {'img/s':>9} {'cv':>5}"
+        head = (
+            f"{'batch':>5} {'iters':>6} {'mean':>8} {'std':>7} {'min':>8} {'p50':>8} "
+            f"{'p90':>8} {'p95':>8} {'p99':>8} {'max':>8} {'img/s':>9} {'cv':>5}"
+        )
         lines = [
-            f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, clock {self.runner.get('clock')}] latency in ms",
+            f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, "
+            f"clock {self.runner.get('clock')}] latency in ms",
             head,
         ]
         for r in self.results:
             lines.append(
-                f"{r.batch_size:>5} {r.iterations:>6} {r.mean_ms:>8.3f} {r.std_ms:>7.3f} {r.min_ms:>8.3f} {r.p50_ms:>8.3f} "
-                f"{r.p90_ms:>8.3f} {r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.max_ms:>8.3f} {r.throughput_ips:>9.1f} {r.cv:>5.2f}"
+                f"{r.batch_size:>5} {r.iterations:>6} {r.mean_ms:>8.3f} {r.std_ms:>7.3f} {r.min_ms:>8.3f} "
+                f"{r.p50_ms:>8.3f} {r.p90_ms:>8.3f} {r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.max_ms:>8.3f} "
+                f"{r.throughput_ips:>9.1f} {r.cv:>5.2f}"
             )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)

@@ -38,7 +38,8 @@ _QUERIES = re.compile(r"Timing trace has (\d+) queries over ([\d.]+) s")
 # "End-to-End Host Latency: ..." (release/8.2 samples/common/sampleReporting.cpp, printEpilog), which
 # a bare "Latency:" would match and let overwrite the real Latency line.
 _METRIC = re.compile(
-    r"^(?:\[[^\]\n]*\]\s*)*(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$",
+    r"^(?:\[[^\]\n]*\]\s*)*"
+    r"(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$",
     re.M,
 )
 _FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")

@@ -197,7 +197,8 @@ def _compile_torch_tensorrt(
     builder, why = _local_builder(target)
     if builder != "python":
         raise ConfigError(
-            f"--via torch-tensorrt cannot build here: {why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}"
+            "--via torch-tensorrt cannot build here: "
+            f"{why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}"
         )
     size = Preprocessing.from_dict(run.require("preprocessing", stage="compile")).input_size
     chw = (3, size, size)

@@ -152,7 +152,8 @@ class TensorRTRunner(Runner):
         self._require_active()
         if batch.shape[0] > self._max_batch:
             raise ConfigError(
-                f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; rebuild with a larger --batch"
+                f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; "
+                "rebuild with a larger --batch"
             )
         ptr, dtype = self._inputs[self.meta.input_name]
         self._buffers.to_device(ptr, np.ascontiguousarray(batch, dtype=dtype))

@@ -182,4 +182,7 @@ def _describe_failures(exc: Any) -> str:
     stopped = [r for r, _ in failures if all(r != c for c, _ in causes)]
     detail = "; ".join(f"rank {rank} stopped with {reason(f.exitcode)}" for rank, f in causes)
     others = f" torchrun then stopped rank(s) {', '.join(map(str, stopped))}." if stopped else ""
-    return f"{detail}.{others} The worker's own error, if it printed one, is above; the last checkpoint is kept (--resume)."
+    return (
+        f"{detail}.{others} The worker's own error, if it printed one, is above; "
+        "the last checkpoint is kept (--resume)."
+    )

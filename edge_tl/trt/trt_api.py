@@ -154,7 +154,8 @@ class TrtApi:
         if name not in self.names:
             # A programming error, not a user error: the table and the code disagree.
             raise RuntimeError(
-                f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} without declaring it in trt_api.TRT_NAMES"
+                f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} "
+                "without declaring it in trt_api.TRT_NAMES"
             )
 
     def get(self, obj: Any, name: str) -> Any:
