@@ -407,18 +407,6 @@ class Run:
         self._change(lambda manifest: manifest["artifacts"].__setitem__(name, record))
         return artifact
 
-    def update_artifact_metrics(self, name: str, metrics: dict[str, Any]) -> Artifact:
-        def change(manifest: dict[str, Any]) -> None:
-            record = manifest["artifacts"].get(name)
-            if record is None:
-                raise RunError(
-                    f"run {str(self.root)!r} has no artifact {name!r}; known: {sorted(manifest['artifacts'])}"
-                )
-            record.setdefault("metrics", {}).update(copy.deepcopy(metrics))
-
-        self._change(change)
-        return Artifact.from_dict(self._manifest["artifacts"][name])
-
     def artifact(self, name: str) -> Artifact:
         record = self._manifest["artifacts"].get(name)
         if record is None:
@@ -441,7 +429,8 @@ class Run:
         full = self.root / art.path
         if not full.exists():
             raise RunError(
-                f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; re-run its stage ({art.stage})."
+                f"artifact {name!r} is recorded at {str(full)!r} but the file is missing; "
+                f"re-run its stage ({art.stage})."
             )
         if check_hash and art.sha256 and sha256_file(full) != art.sha256:
             raise RunError(

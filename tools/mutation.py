@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "verify-metrics": ("edge_tl/verify/metrics.py", ["tests/verify/test_verify_metrics.py"]),
     "runtime-trtexec": (
-        "edge_tl/runtime/trtexec.py",
+        "edge_tl/bench/trtexec.py",
         [
             "tests/compile/test_trtexec_parse.py",
             "tests/compile/test_trt_releases.py",

@@ -149,15 +149,20 @@ class BenchReport:
         return atomic_write_json(path, self.to_dict())
 
     def table(self) -> str:
-        head = f"{'batch':>5} {'iters':>6} {'mean':>8} {'std':>7} {'min':>8} {'p50':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'max':>8} {'img/s':>9} {'cv':>5}"
+        head = (
+            f"{'batch':>5} {'iters':>6} {'mean':>8} {'std':>7} {'min':>8} {'p50':>8} "
+            f"{'p90':>8} {'p95':>8} {'p99':>8} {'max':>8} {'img/s':>9} {'cv':>5}"
+        )
         lines = [
-            f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, clock {self.runner.get('clock')}] latency in ms",
+            f"{self.runner.get('name')} [{self.runner.get('backend')} on {self.runner.get('device')}, "
+            f"clock {self.runner.get('clock')}] latency in ms",
             head,
         ]
         for r in self.results:
             lines.append(
-                f"{r.batch_size:>5} {r.iterations:>6} {r.mean_ms:>8.3f} {r.std_ms:>7.3f} {r.min_ms:>8.3f} {r.p50_ms:>8.3f} "
-                f"{r.p90_ms:>8.3f} {r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.max_ms:>8.3f} {r.throughput_ips:>9.1f} {r.cv:>5.2f}"
+                f"{r.batch_size:>5} {r.iterations:>6} {r.mean_ms:>8.3f} {r.std_ms:>7.3f} {r.min_ms:>8.3f} "
+                f"{r.p50_ms:>8.3f} {r.p90_ms:>8.3f} {r.p95_ms:>8.3f} {r.p99_ms:>8.3f} {r.max_ms:>8.3f} "
+                f"{r.throughput_ips:>9.1f} {r.cv:>5.2f}"
             )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -199,7 +204,6 @@ def _bench_with_trtexec(
     target: str | os.PathLike[str] | Run, *, artifact: str | None, options: RunnerOptions, config: BenchConfig
 ) -> BenchReport:
     from edge_tl.runtime.registry import resolve_source
-    from edge_tl.runtime.trtexec import trtexec_bench_report
 
     source = resolve_source(target, artifact=artifact)
     if source.kind != "engine":
@@ -215,4 +219,84 @@ def _bench_with_trtexec(
         duration_s=max(1, math.ceil(seconds)) if seconds is not None else 1,
         iterations=config.measure.iterations or max(config.measure.min_iterations, 10),
         cuda_graph=options.cuda_graph,
+    )
+
+
+def trtexec_bench_report(
+    engine: str | os.PathLike[str],
+    *,
+    batch_sizes: tuple[int, ...] = (1,),
+    duration_s: int = 10,
+    iterations: int = 100,
+    cuda_graph: bool = True,
+    trtexec: str | None = None,
+    timeout_s: float | None = 600,
+) -> BenchReport:
+    """Time an engine with trtexec and return an ``edge-tl bench`` :class:`BenchReport`.
+
+    ``results`` hold the GPU compute time (the same quantity the TensorRT runner
+    times around ``execute_async_v3``); the end-to-end latency (with H2D and D2H
+    copies) is kept apart in ``runner["end_to_end"]``, one record per batch size.
+    """
+    from edge_tl.bench.trtexec import run_trtexec
+    from edge_tl.compile.trtexec_flags import bench_command, timing_flags
+    from edge_tl.targets import TrtVersion
+    from edge_tl.trt.sidecar import read_sidecar
+    from edge_tl.trt.trtexec import find_trtexec
+
+    engine = Path(engine)
+    meta = read_sidecar(engine)
+    binary = trtexec or find_trtexec()
+    workdir = engine.parent / "trtexec-bench"
+    workdir.mkdir(exist_ok=True)
+    gpu_results, end_to_end, e2e_stats, reports = [], [], [], []
+    for batch in batch_sizes:
+        if meta.batch is not None and not meta.batch["min"] <= batch <= meta.batch["max"]:
+            raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
+        times = workdir / f"times-b{batch}.json"
+        argv = bench_command(
+            str(engine),
+            TrtVersion.parse(meta.tensorrt_version),
+            input_name=meta.input_name,
+            chw=meta.chw,
+            batch=batch if meta.batch is not None else None,
+            export_times=str(times),
+            duration_s=duration_s,
+            iterations=iterations,
+            cuda_graph=cuda_graph,
+            dla_core=meta.dla_core,
+            trtexec=binary,
+        )
+        out = run_trtexec(
+            argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s
+        )
+        gpu_results.append(out["gpu_compute"])
+        end_to_end.append(out["end_to_end"].to_dict())
+        e2e_stats.append(out["end_to_end"])
+        reports.append(out["trtexec"])
+    runner = {
+        "name": engine.name,
+        "backend": "trtexec",
+        "device": "cuda",
+        "clock": "trtexec-gpu-compute",
+        "path": str(engine),
+        "tensorrt": meta.tensorrt_version,
+        "precision": meta.precision,
+        "end_to_end": end_to_end,
+        "trtexec": reports,
+        "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
+    }
+    config = BenchConfig(
+        batch_sizes=tuple(batch_sizes),
+        warmup=Budget(seconds=0.5),
+        measure=Budget(seconds=float(duration_s), min_iterations=iterations),
+    )
+    return BenchReport(
+        target=str(engine),
+        runner=runner,
+        config=config,
+        results=tuple(gpu_results),
+        environment=fingerprint(),
+        gpu_compute=tuple(gpu_results),
+        end_to_end=tuple(e2e_stats),
     )

@@ -11,7 +11,6 @@ from edge_tl.compile.plan import (
     make_plan,
     write_plan,
 )
-from edge_tl.compile.sidecar import EngineMetadata, read_sidecar, sidecar_path
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
     BuildSpec,
@@ -19,6 +18,7 @@ from edge_tl.compile.trtexec_flags import (
     bench_command,
     build_command,
 )
+from edge_tl.trt.sidecar import EngineMetadata, read_sidecar, sidecar_path
 
 __all__ = [
     "BatchRange",

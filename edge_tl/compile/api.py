@@ -26,13 +26,13 @@ from edge_tl.compile.plan import (
     plan_dir,
     write_plan,
 )
-from edge_tl.compile.sidecar import EngineMetadata, read_sidecar, write_sidecar
-from edge_tl.compile.trt_api import api_path
 from edge_tl.compile.trt_builder import BuildOutcome
 from edge_tl.compile.trtexec_flags import BatchRange
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run, sha256_file
 from edge_tl.targets import Precision, Target, TargetKind, TrtVersion, load_target
+from edge_tl.trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
+from edge_tl.trt.trt_api import api_path
 
 
 class Via(str, Enum):
@@ -61,8 +61,8 @@ class CompileResult:
 def _local_builder(target: Target) -> tuple[str | None, str | None]:
     """(``"python"`` or ``"trtexec"``, None) when this machine can build for ``target``; else (None, the reason)."""
     from edge_tl.compile.trt_builder import local_tensorrt_version
-    from edge_tl.runtime.cuda import local_gpu
-    from edge_tl.runtime.trtexec import find_trtexec
+    from edge_tl.trt.cuda import local_gpu
+    from edge_tl.trt.trtexec import find_trtexec
 
     gpu = local_gpu()
     if gpu is None:
@@ -197,7 +197,8 @@ def _compile_torch_tensorrt(
     builder, why = _local_builder(target)
     if builder != "python":
         raise ConfigError(
-            f"--via torch-tensorrt cannot build here: {why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}"
+            "--via torch-tensorrt cannot build here: "
+            f"{why or 'torch-tensorrt needs TensorRT Python package, not only trtexec'}"
         )
     size = Preprocessing.from_dict(run.require("preprocessing", stage="compile")).input_size
     chw = (3, size, size)
@@ -239,7 +240,7 @@ def _record_engine(
     dla_core: int | None,
 ) -> Artifact:
     """Write the engine's build log and sidecar and record it in the manifest."""
-    from edge_tl.runtime.cuda import local_gpu
+    from edge_tl.trt.cuda import local_gpu
 
     gpu = local_gpu()
     (outcome.engine.parent / "build.log").write_text("\n".join(outcome.log) + "\n", encoding="utf-8")

@@ -20,7 +20,6 @@ from typing import Any
 
 from edge_tl import __version__, artifacts
 from edge_tl.compile.dla import DLA_LAYERS_SOURCE
-from edge_tl.compile.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
     BuildSpec,
@@ -34,6 +33,7 @@ from edge_tl.compile.trtexec_flags import (
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
 from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, TrtVersion, target_names
+from edge_tl.trt.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 
 STAGE = "compile"
 ENGINE_NAME = "model.engine"
@@ -127,7 +127,8 @@ def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: 
     match = re.fullmatch(r"TRT-(\d+)-\w+", header)
     if match is None:
         raise RunError(
-            f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); re-run: {how}"
+            f"{str(path)!r} does not start with a TensorRT calibration-cache header (got {header[:40]!r}); "
+            f"re-run: {how}"
         )
     code = int(match.group(1))
     if code != release.version.library_version:
@@ -270,7 +271,8 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         if not wanted.static:
             raise ConfigError(
                 f"DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape); "
-                f"--batch {wanted.min},{wanted.opt},{wanted.max} is a range: give one batch size, e.g. --batch {wanted.opt}"
+                f"--batch {wanted.min},{wanted.opt},{wanted.max} is a range: give one batch size, "
+                f"e.g. --batch {wanted.opt}"
             )
         batch = wanted
     elif dynamic:
@@ -346,7 +348,9 @@ def render_script(plan: BuildPlan) -> str:
         'cd "$(dirname "$0")/../.."',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
         'if [ ! -x "$TRTEXEC" ]; then',
-        f"  echo {q(['trtexec not found: install TensorRT (' + plan.release.describe() + ') or set TRTEXEC=/path/to/trtexec'])} >&2",
+        "  echo "
+        + q(["trtexec not found: install TensorRT (" + plan.release.describe() + ") or set TRTEXEC=/path/to/trtexec"])
+        + " >&2",
         "  exit 2",
         "fi",
         "# The ONNX (and cache) must be the ones this plan was made for.",
@@ -357,8 +361,9 @@ def render_script(plan: BuildPlan) -> str:
         "# An engine only runs on the TensorRT that built it: refuse a different one.",
         f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
         f'if [ "$built" != {q([expected])} ]; then',
-        f'  echo "this plan is for TensorRT {plan.release.version} (v{expected}) but trtexec is v$built: use the matching '
-        f'JetPack/TensorRT or re-plan with: edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
+        f'  echo "this plan is for TensorRT {plan.release.version} (v{expected}) but trtexec is v$built: '
+        f"use the matching JetPack/TensorRT or re-plan with: "
+        f'edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
         f"  rm -f {q([engine])}; exit 3",
         "fi",
         "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",

@@ -40,7 +40,8 @@ def check_torch_tensorrt_matches(torch_version: str, torch_tensorrt_version: str
     if series(torch_version) != series(torch_tensorrt_version):
         want = "{}.{}".format(*series(torch_version))
         raise ConfigError(
-            f"torch-tensorrt {torch_tensorrt_version} is built for torch {'{}.{}'.format(*series(torch_tensorrt_version))} "
+            f"torch-tensorrt {torch_tensorrt_version} is built for torch "
+            f"{'{}.{}'.format(*series(torch_tensorrt_version))} "
             f'but torch is {torch_version}: install the matching one, pip install "torch-tensorrt=={want}.*" '
             "(on a Jetson, from NVIDIA's Jetson index; --via torch-tensorrt builds on a workstation GPU anyway)"
         )
@@ -80,8 +81,7 @@ def build_with_torch_tensorrt(
 
 def _io_names(trt: object, serialized: bytes) -> tuple[str, str]:
     """torch-tensorrt names the engine's tensors itself: read them back for the sidecar."""
-    from edge_tl.compile.trt_api import TrtApi
-    from edge_tl.compile.trt_builder import make_logger
+    from edge_tl.trt.trt_api import TrtApi, make_logger
 
     api = TrtApi(trt)  # type: ignore[arg-type]
     logger, _ = make_logger(api)

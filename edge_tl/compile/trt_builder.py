@@ -2,8 +2,8 @@
 
 Thin by design: every decision (source ONNX, precision, shapes, workspace, DLA) was
 made by :func:`edge_tl.compile.plan.make_plan`; this module only carries it out
-with the code path of the TensorRT it finds (see :mod:`edge_tl.compile.trt_api`).
-All TensorRT names go through :class:`~edge_tl.compile.trt_api.TrtApi`.
+with the code path of the TensorRT it finds (see :mod:`edge_tl.trt.trt_api`).
+All TensorRT names go through :class:`~edge_tl.trt.trt_api.TrtApi`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl._lazy import lazy_import
-from edge_tl.compile.trt_api import ApiPath, TrtApi
 from edge_tl.compile.trtexec_flags import BatchRange, SourceKind
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import atomic_write_bytes
 from edge_tl.targets import Precision
+from edge_tl.trt.trt_api import ApiPath, TrtApi, make_logger
 
 _MIB = 1 << 20
 
@@ -46,26 +46,6 @@ class BuildOutcome:
     flags: tuple[str, ...]
     log: tuple[str, ...]
     io_names: tuple[str, str] | None = None  # (input, output) when the builder named them itself
-
-
-def make_logger(api: TrtApi) -> tuple[Any, list[str]]:
-    """A TensorRT logger that keeps every message (they go into the run's build log)."""
-    lines: list[str] = []
-    severity = api.get(api.mod("ILogger"), "Severity")
-    names = {}
-    for label in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
-        names[api.get(severity, label)] = label
-
-    base = api.mod("ILogger")
-
-    class CapturingLogger(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-
-        def log(self, sev: Any, msg: str) -> None:
-            lines.append(f"[{names.get(sev, str(sev))}] {msg}")
-
-    return CapturingLogger(), lines
 
 
 def _cache_calibrator(api: TrtApi, cache: Path, batch_size: int) -> Any:

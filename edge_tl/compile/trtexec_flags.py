@@ -163,7 +163,8 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
             # "DLA does not support dynamic dimensions ... min, max, and opt values must be equal"
             # (TensorRT developer guide, DLA Supported Layers and Restrictions).
             raise ConfigError(
-                f"DLA has no dynamic shapes: min = opt = max is required, got --batch {spec.batch.min},{spec.batch.opt},"
+                "DLA has no dynamic shapes: min = opt = max is required, "
+                f"got --batch {spec.batch.min},{spec.batch.opt},"
                 f"{spec.batch.max}; give one batch size (e.g. --batch {spec.batch.opt})"
             )
         cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]

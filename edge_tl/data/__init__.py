@@ -18,6 +18,7 @@ from edge_tl.data.dataset import (
     save_split,
     split_from_run,
     split_to_dict,
+    unlabelled_samples,
 )
 from edge_tl.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_image_file, open_image, to_rgb
 from edge_tl.data.preprocess import preprocess
@@ -42,4 +43,5 @@ __all__ = [
     "split_from_run",
     "split_to_dict",
     "to_rgb",
+    "unlabelled_samples",
 ]

@@ -42,6 +42,8 @@ BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 
 SPLIT_FILE = "split.json"
 SPLIT_FORMAT = 1
+#: the label of an image whose class is not known (calibration images)
+UNLABELED = -1
 
 #: ``progress(done, total)``: files checked so far out of the folder's total.
 Progress = Callable[[int, int], None]
@@ -475,6 +477,24 @@ def split_from_run(
         run = Run.open(run)
     data = run.require("data", stage="rebuilding the dataset split")
     return load_split(run.path(data.get("split_file") or SPLIT_FILE), data_root=data_root, val_root=val_root)
+
+
+def unlabelled_samples(run: "Run", *, stage: str) -> list[Sample]:
+    """The images of a run imported without labelled data: its calibration folder, unlabelled
+    (``UNLABELED``), so that models can still be compared by agreement with the reference."""
+    folder = (run.get("data") or {}).get("calib_source")
+    if not folder or not Path(folder).is_dir():
+        raise DataError(
+            f"run {str(run.root)!r} has no validation images, which {stage} needs; it compares on labelled images, "
+            "or on calibration images by agreement alone: import with --val-data DIR or --calib-data DIR"
+        )
+    paths = sorted(
+        os.path.join(d, f)
+        for d, _, names in os.walk(folder)
+        for f in names
+        if is_image_file(f) and not f.startswith(".")
+    )
+    return [Sample(label=UNLABELED, path=p) for p in paths]
 
 
 # --------------------------------------------------------------------------- batches

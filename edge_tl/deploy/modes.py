@@ -223,8 +223,8 @@ class TrtexecMode:
     def measure(self, session: DeviceSession) -> Measurement:
         import numpy as np
 
+        from edge_tl.bench.trtexec import parse_log, to_bench_results
         from edge_tl.compile.trtexec_flags import bench_command
-        from edge_tl.runtime.trtexec import parse_log, to_bench_results
         from edge_tl.targets import TrtVersion
 
         ssh, config, bundle, target, results = (

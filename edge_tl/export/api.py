@@ -168,7 +168,7 @@ def export_run(
     samples = list(split_from_run(run).val)
     labelled = bool(samples)
     if not labelled:  # a run imported without labelled images: parity needs images, not labels
-        from edge_tl.importers.api import unlabelled_samples
+        from edge_tl.data import unlabelled_samples
 
         samples = unlabelled_samples(run, stage=STAGE)
     if config.parity_images is not None:
@@ -309,7 +309,7 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
     samples = list(split_from_run(run).val)
     labelled = bool(samples)
     if not labelled:
-        from edge_tl.importers.api import unlabelled_samples
+        from edge_tl.data import unlabelled_samples
 
         samples = unlabelled_samples(run, stage=STAGE)
     if config.parity_images is not None:

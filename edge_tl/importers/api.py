@@ -191,27 +191,4 @@ def _check_calib(root: Path) -> None:
         raise DataError(f"--calib-data {str(root)!r} holds no images (searched recursively)")
 
 
-def unlabelled_samples(run: Run, *, stage: str) -> list:
-    """The images of a run imported without labelled data: its calibration folder, unlabelled
-    (``UNLABELED``), so that models can still be compared by agreement with the reference."""
-    from edge_tl.data import Sample, is_image_file
-
-    folder = (run.get("data") or {}).get("calib_source")
-    if not folder or not Path(folder).is_dir():
-        raise DataError(
-            f"run {str(run.root)!r} has no validation images, which {stage} needs; it compares on labelled images, "
-            "or on calibration images by agreement alone: import with --val-data DIR or --calib-data DIR"
-        )
-    paths = sorted(
-        os.path.join(d, f)
-        for d, _, names in os.walk(folder)
-        for f in names
-        if is_image_file(f) and not f.startswith(".")
-    )
-    return [Sample(label=UNLABELED, path=p) for p in paths]
-
-
-#: the label of an image whose class is not known (calibration images)
-UNLABELED = -1
-
-__all__ = ["UNLABELED", "ImportResult", "import_model", "read_labels", "unlabelled_samples", "STAGE"]
+__all__ = ["ImportResult", "import_model", "read_labels", "STAGE"]

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import edge_tl.report.plots as plots
 from edge_tl import __version__
 from edge_tl._lazy import lazy_import
 from edge_tl.deploy.fleet import FLEET_FILE
 from edge_tl.errors import RunError
-from edge_tl.report import plots
 from edge_tl.report.collect import Device, ModelRow, RunData, collect
 from edge_tl.runs import MANIFEST_NAME, atomic_write_text, now_iso
 from edge_tl.significance import images_needed_to_detect

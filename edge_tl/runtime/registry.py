@@ -154,7 +154,8 @@ def open_runner(
     chosen = get_backend(backend if backend is not None else str(default_backend_name(source.kind)))
     if source.kind not in chosen.kinds:
         raise ConfigError(
-            f"backend {chosen.name!r} cannot run {source.name!r} (kind {source.kind!r}); it runs {', '.join(chosen.kinds)}. "
+            f"backend {chosen.name!r} cannot run {source.name!r} (kind {source.kind!r}); "
+            f"it runs {', '.join(chosen.kinds)}. "
             f"Use --backend {default_backend_name(source.kind, missing_ok=True) or '<none registered>'}"
         )
     return chosen.load_opener()(source, options)

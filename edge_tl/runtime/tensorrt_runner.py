@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 
 from edge_tl._lazy import lazy_import
-from edge_tl.compile.sidecar import EngineMetadata, read_sidecar
-from edge_tl.compile.trt_api import TrtApi
-from edge_tl.compile.trt_builder import make_logger
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runtime.base import InputSpec, Runner, RunnerOptions
-from edge_tl.runtime.cuda import DeviceBuffers, GpuInfo, local_gpu
 from edge_tl.runtime.registry import ModelSource
 from edge_tl.targets import TrtVersion
+from edge_tl.trt.cuda import DeviceBuffers, GpuInfo, local_gpu
+from edge_tl.trt.sidecar import EngineMetadata, read_sidecar
+from edge_tl.trt.trt_api import TrtApi, make_logger
 
 
 def check_engine_compatible(meta: EngineMetadata, *, tensorrt_version: str, gpu: GpuInfo | None, engine: str) -> None:
@@ -82,7 +81,6 @@ class TensorRTRunner(Runner):
         self._outputs: dict[str, tuple[int, Any]] = {}
         self._max_batch = 1
         self._gpu: GpuInfo | None = None
-        self._log: list[str] = []
 
     @property
     def input_spec(self) -> InputSpec:
@@ -109,7 +107,7 @@ class TensorRTRunner(Runner):
         api = TrtApi(trt)
         self._gpu = local_gpu()
         check_engine_compatible(self.meta, tensorrt_version=str(trt.__version__), gpu=self._gpu, engine=str(self.path))
-        logger, self._log = make_logger(api)
+        logger, _ = make_logger(api)
         runtime = api.mod("Runtime")(logger)
         if self.meta.dla_core is not None:
             # A DLA engine runs on the core the runtime names (IRuntime::setDLACore), default 0.
@@ -154,7 +152,8 @@ class TensorRTRunner(Runner):
         self._require_active()
         if batch.shape[0] > self._max_batch:
             raise ConfigError(
-                f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; rebuild with a larger --batch"
+                f"batch of {batch.shape[0]} is above the engine's maximum {self._max_batch}; "
+                "rebuild with a larger --batch"
             )
         ptr, dtype = self._inputs[self.meta.input_name]
         self._buffers.to_device(ptr, np.ascontiguousarray(batch, dtype=dtype))

@@ -36,7 +36,8 @@ class TorchRunner(Runner):
         cuda_only = [flag for flag in ("fp16", "channels_last", "cuda_graph") if getattr(options, flag)]
         if options.device is Device.CPU and cuda_only:
             raise ConfigError(
-                f"{', '.join(cuda_only)} need(s) the CUDA device in the PyTorch runner; drop the option or use --device cuda"
+                f"{', '.join(cuda_only)} need(s) the CUDA device in the PyTorch runner; "
+                "drop the option or use --device cuda"
             )
         self._torch: Any = None
         self._model: Any = None

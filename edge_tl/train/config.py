@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from edge_tl.data.cache import CacheMode
@@ -124,10 +123,6 @@ class FinetuneConfig:
             raise ConfigError(
                 "--sync-bn and --freeze-bn exclude each other: frozen BatchNorm has nothing to synchronise"
             )
-
-    @property
-    def out_path(self) -> Path:
-        return Path(self.out)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,12 +1,15 @@
 """The worker entry point of a distributed fine-tune.
 
 ``edge-tl finetune --nproc-per-node N`` starts it through torchrun with ``--config FILE``
-(the run's settings as JSON). Under your own launcher give it the ``edge-tl finetune``
-options instead::
+(the run's settings as JSON). Under your own launcher run the command itself, which reads
+its rank from the environment torchrun sets::
 
-    torchrun --nproc-per-node 4 -m edge_tl.train.ddp_entry --data DIR --out RUN --epochs 10
+    torchrun --nproc-per-node 4 -m edge_tl finetune --data DIR --out RUN --epochs 10
 
-Each worker reads its rank from the environment torchrun sets.
+Given ``edge-tl finetune`` options instead of ``--config``, this module becomes that command
+(``python -m edge_tl finetune ...`` in the same process), so launch scripts written for
+``-m edge_tl.train.ddp_entry --data DIR ...`` keep working while the training package stays
+below the CLI.
 """
 
 from __future__ import annotations
@@ -34,9 +37,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Error (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
             sys.exit(1)
         return
-    from edge_tl.cli.main import main as cli_main
-
-    cli_main(["finetune", *argv])
+    # exec keeps the process torchrun started (pid, environment, stdio, exit status).
+    os.execv(sys.executable, [sys.executable, "-m", "edge_tl", "finetune", *argv])
 
 
 if __name__ == "__main__":

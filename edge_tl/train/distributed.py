@@ -97,18 +97,6 @@ def all_reduce_sum(tensor: Any, ctx: DistContext) -> Any:
     return tensor
 
 
-def broadcast_flag(value: bool, ctx: DistContext) -> bool:
-    """Rank 0's ``value`` on every rank (so all ranks take the same branch)."""
-    if not ctx.distributed:
-        return value
-    torch = lazy_import("torch")
-    dist = lazy_import("torch.distributed")
-    device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
-    flag = torch.tensor([1 if value else 0], device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
 # --------------------------------------------------------------------------- the launcher
 
 
@@ -194,4 +182,7 @@ def _describe_failures(exc: Any) -> str:
     stopped = [r for r, _ in failures if all(r != c for c, _ in causes)]
     detail = "; ".join(f"rank {rank} stopped with {reason(f.exitcode)}" for rank, f in causes)
     others = f" torchrun then stopped rank(s) {', '.join(map(str, stopped))}." if stopped else ""
-    return f"{detail}.{others} The worker's own error, if it printed one, is above; the last checkpoint is kept (--resume)."
+    return (
+        f"{detail}.{others} The worker's own error, if it printed one, is above; "
+        "the last checkpoint is kept (--resume)."
+    )

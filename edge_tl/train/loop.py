@@ -21,10 +21,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text
-from edge_tl.train import distributed as dist_util
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
@@ -377,6 +377,21 @@ def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ())
         dist_util.shutdown(ctx)
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """What the epochs work on: the model, its data and its optimisation."""
+
+    model: Any
+    classes: tuple[str, ...]
+    train_ds: Any
+    train_loader: Any
+    val_loader: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    criterion: Any
+
+
 class _Trainer:
     def __init__(self, config: FinetuneConfig, ctx: dist_util.DistContext, callbacks: Sequence[EpochCallback]) -> None:
         self.config = config
@@ -455,30 +470,61 @@ class _Trainer:
     # ---- main
 
     def run(self) -> FinetuneResult:
-        torch = lazy_import("torch")
-        nn = lazy_import("torch.nn")
-        from edge_tl.data import AugmentConfig, load_dataset, load_split, save_split
-        from edge_tl.data.cache import BaseSpec, open_cache
-        from edge_tl.data.torch_dataset import TorchImageDataset
-        from edge_tl.models import Weights, build_model, get_backbone
+        from edge_tl.models import Weights, get_backbone
 
-        config, ctx, hw = self.config, self.ctx, self.hw
-        if config.batch_size % ctx.world_size:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
-            )
-        if config.sync_bn and hw.device.type != "cuda":
-            raise ConfigError(
-                "--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU"
-            )
+        config = self.config
+        self._check_world()
         resuming = self._check_out()
         spec = get_backbone(config.backbone)
         prep = spec.preprocessing.with_input_size(config.img_size or spec.preprocessing.input_size)
         weights = Weights.parse(config.weights, pretrained=config.weights != "none")
-        dist_util.barrier(ctx)  # every rank has checked the output before rank 0 writes into it
+        dist_util.barrier(self.ctx)  # every rank has checked the output before rank 0 writes into it
+        split, run = self._split_and_run(resuming, spec=spec, prep=prep, weights=weights)
+        model = self._build_model(len(split.classes), weights)
+        fit = self._fit(model, split, prep)
+        progress, history = TrainingProgress(), []
+        if resuming:
+            progress, history = self._restore(model, fit.optimizer, fit.scheduler, fit.scaler)
+        start_epoch = progress.epoch
+        stopped_early = self._train_epochs(fit, run, progress, history)
+        epochs_run = history[-1].epoch if history else start_epoch
+        if run is not None:
+            self._record_completion(
+                run, progress, epochs_run=epochs_run, stopped_early=stopped_early, steps_per_epoch=len(fit.train_loader)
+            )
+        return FinetuneResult(
+            run_dir=self.out,
+            best_epoch=progress.best_epoch,
+            best_val_top1=progress.best_top1,
+            epochs_run=epochs_run,
+            stopped_early=stopped_early,
+            history=tuple(history),
+        )
 
-        # Data: rank 0 checks the images and writes split.json; the others read that file,
-        # so every process trains on exactly the recorded split.
+    # ---- the steps of a run, in order
+
+    def _check_world(self) -> None:
+        """Settings the processes and the device must agree with, refused before anything is read."""
+        config, ctx = self.config, self.ctx
+        if config.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                f"{ctx.world_size} processes"
+            )
+        if config.sync_bn and self.hw.device.type != "cuda":
+            raise ConfigError(
+                "--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use --freeze-bn on the CPU"
+            )
+
+    def _split_and_run(self, resuming: bool, *, spec: Any, prep: Any, weights: Any) -> tuple[Any, Run | None]:
+        """The data split every rank trains on, and (on rank 0) the run directory it is recorded in.
+
+        Rank 0 checks the images and writes split.json; the others read that file, so every
+        process trains on exactly the recorded split.
+        """
+        from edge_tl.data import load_dataset, load_split, save_split
+
+        config, ctx = self.config, self.ctx
         split_path = self.out / "split.json"
         if resuming:
             split = load_split(split_path)
@@ -504,13 +550,30 @@ class _Trainer:
         dist_util.barrier(ctx)
         if not ctx.is_main and not resuming:
             split = load_split(split_path)
+        return split, run
 
+    def _build_model(self, num_classes: int, weights: Any) -> Any:
+        """The seeded model on the device (SyncBatchNorm across processes when asked)."""
+        torch = lazy_import("torch")
+        nn = lazy_import("torch.nn")
+        from edge_tl.models import build_model
+
+        config, hw = self.config, self.hw
         seed_everything(config.seed)
-        model = build_model(config.backbone, len(split.classes), weights=weights)
-        if config.sync_bn and ctx.distributed:
+        model = build_model(config.backbone, num_classes, weights=weights)
+        if config.sync_bn and self.ctx.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.preserve_format)
+        return model.to(hw.device, memory_format=torch.channels_last if hw.channels_last else torch.preserve_format)
 
+    def _fit(self, model: Any, split: Any, prep: Any) -> _Fit:
+        """The loaders, optimiser, schedule, gradient scaler and loss the epochs use."""
+        torch = lazy_import("torch")
+        nn = lazy_import("torch.nn")
+        from edge_tl.data import AugmentConfig
+        from edge_tl.data.cache import BaseSpec, open_cache
+        from edge_tl.data.torch_dataset import TorchImageDataset
+
+        config, ctx, hw = self.config, self.ctx, self.hw
         hflip = config.hflip
         augment = AugmentConfig.for_source(
             split.source, enabled=config.augment, **({} if hflip is None else {"hflip": hflip})
@@ -547,116 +610,132 @@ class _Trainer:
             optimizer,
             warmup_cosine(config.epochs * steps_per_epoch, int(round(config.warmup_epochs * steps_per_epoch))),
         )
-        scaler = torch.amp.GradScaler("cuda", enabled=hw.use_scaler)
-        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        return _Fit(
+            model=model,
+            classes=tuple(split.classes),
+            train_ds=train_ds,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler("cuda", enabled=hw.use_scaler),
+            criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        )
 
-        progress, history = TrainingProgress(), []
-        if resuming:
-            progress, history = self._restore(model, optimizer, scheduler, scaler)
-        start_epoch = progress.epoch
-
-        module = model
+    def _train_epochs(self, fit: _Fit, run: Run | None, progress: TrainingProgress, history: list[EpochRecord]) -> bool:
+        """Train from ``progress.epoch`` to the last epoch; whether validation stopped it early."""
+        config = self.config
         step: TrainStep | None = None
         phase: Phase | None = None
-        stopped_early = False
-        epoch = start_epoch
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(progress.epoch, config.epochs):
             new_phase = Phase.HEAD if epoch < config.freeze_epochs else Phase.FULL
-            set_phase(module, new_phase, freeze_bn=config.freeze_bn)
+            set_phase(fit.model, new_phase, freeze_bn=config.freeze_bn)
             if new_phase is not phase:
                 # DDP registers gradient hooks for the parameters that require grad when it is
                 # built, so unfreezing the backbone means building a new wrapper.
                 step = None  # drop the old wrapper (and its hooks) first
-                step = TrainStep(
-                    model=self._wrap(module),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    criterion=criterion,
-                    hardware=hw,
-                )
+                step = self._train_step(fit)
                 phase = new_phase
-            step.reset()
-            train_ds.set_epoch(epoch)
-            train_loader.sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            self._train_epoch(step, train_loader, epoch, phase)
-            train_seconds = time.perf_counter() - started
-            train_loss, train_top1 = step.totals(ctx)
-            val = evaluate_model(
-                module,
-                val_loader,
-                num_classes=len(split.classes),
-                device=hw.device,
-                ctx=ctx,
-                amp_dtype=hw.amp_dtype,
-                channels_last=hw.channels_last,
-            )
-            lrs = {g["part"]: g["lr"] for g in optimizer.param_groups}
-            record = EpochRecord(
-                epoch=epoch + 1,
-                phase=phase.value,
-                train_loss=train_loss,
-                train_top1=train_top1,
-                val_loss=val.loss,
-                val_top1=val.top1,
-                val_top5=val.top5,
-                lr_head=lrs.get("head", 0.0),
-                lr_backbone=lrs.get("backbone", 0.0),
-                images_per_s=step.count * ctx.world_size / max(train_seconds, 1e-9),
-                seconds=time.perf_counter() - started,
-            )
+            record, val = self._run_epoch(fit, step, phase, epoch)
             history.append(record)
             improved = progress.finish_epoch(epoch + 1, val.top1, val.summary())
             stop = progress.should_stop(config.patience)
-            self.say(
-                f"epoch {epoch + 1}/{config.epochs} [{phase.value}] train loss {train_loss:.4f} top-1 {train_top1:.4f} | "
-                f"val loss {val.loss:.4f} top-1 {val.top1:.4f}"
-                + (f" top-5 {val.top5:.4f}" if val.top5 is not None else "")
-                + (" *" if improved else "")
-                + f" | {record.images_per_s:.0f} img/s"
-            )
+            self._say_epoch(record, improved=improved)
             if run is not None:
-                atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
-                payload = self._payload(module, optimizer, scheduler, scaler, progress, split.classes)
-                self._save(run, payload, best=improved, record=record)
-            dist_util.barrier(ctx)
+                self._record_epoch(run, fit, progress, history, improved=improved)
+            dist_util.barrier(self.ctx)
             for callback in self.callbacks:
                 callback(record)
             if stop:
-                stopped_early = True
                 self.say(f"early stop: validation top-1 has not improved for {config.patience} epochs")
-                break
-        epochs_run = history[-1].epoch if history else start_epoch
+                return True
+        return False
 
-        if run is not None:
-            run.update(
-                training={
-                    "config": config.to_dict(),
-                    "status": "complete",
-                    "epochs_run": epochs_run,
-                    "best_epoch": progress.best_epoch,
-                    "stopped_early": stopped_early,
-                    "device": str(hw.device.type),
-                    "precision": hw.precision,
-                    "channels_last": hw.channels_last,
-                    "world_size": ctx.world_size,
-                    "backend": ctx.backend,
-                    "steps_per_epoch": steps_per_epoch,
-                    "metrics_file": METRICS_FILE,
-                },
-                metrics={k: progress.best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
-            )
-            self.say(
-                f"best validation top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch}; run directory: {self.out}"
-            )
-        return FinetuneResult(
-            run_dir=self.out,
-            best_epoch=progress.best_epoch,
-            best_val_top1=progress.best_top1,
-            epochs_run=epochs_run,
-            stopped_early=stopped_early,
-            history=tuple(history),
+    def _train_step(self, fit: _Fit) -> TrainStep:
+        return TrainStep(
+            model=self._wrap(fit.model),
+            optimizer=fit.optimizer,
+            scheduler=fit.scheduler,
+            scaler=fit.scaler,
+            criterion=fit.criterion,
+            hardware=self.hw,
+        )
+
+    def _run_epoch(self, fit: _Fit, step: TrainStep, phase: Phase, epoch: int) -> tuple[EpochRecord, Any]:
+        """One epoch of training and its validation: the epoch's record and the validation result."""
+        ctx, hw = self.ctx, self.hw
+        step.reset()
+        fit.train_ds.set_epoch(epoch)
+        fit.train_loader.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        self._train_epoch(step, fit.train_loader, epoch, phase)
+        train_seconds = time.perf_counter() - started
+        train_loss, train_top1 = step.totals(ctx)
+        val = evaluate_model(
+            fit.model,
+            fit.val_loader,
+            num_classes=len(fit.classes),
+            device=hw.device,
+            ctx=ctx,
+            amp_dtype=hw.amp_dtype,
+            channels_last=hw.channels_last,
+        )
+        lrs = {g["part"]: g["lr"] for g in fit.optimizer.param_groups}
+        record = EpochRecord(
+            epoch=epoch + 1,
+            phase=phase.value,
+            train_loss=train_loss,
+            train_top1=train_top1,
+            val_loss=val.loss,
+            val_top1=val.top1,
+            val_top5=val.top5,
+            lr_head=lrs.get("head", 0.0),
+            lr_backbone=lrs.get("backbone", 0.0),
+            images_per_s=step.count * ctx.world_size / max(train_seconds, 1e-9),
+            seconds=time.perf_counter() - started,
+        )
+        return record, val
+
+    def _say_epoch(self, record: EpochRecord, *, improved: bool) -> None:
+        self.say(
+            f"epoch {record.epoch}/{self.config.epochs} [{record.phase}] train loss {record.train_loss:.4f} "
+            f"top-1 {record.train_top1:.4f} | val loss {record.val_loss:.4f} top-1 {record.val_top1:.4f}"
+            + (f" top-5 {record.val_top5:.4f}" if record.val_top5 is not None else "")
+            + (" *" if improved else "")
+            + f" | {record.images_per_s:.0f} img/s"
+        )
+
+    def _record_epoch(
+        self, run: Run, fit: _Fit, progress: TrainingProgress, history: list[EpochRecord], *, improved: bool
+    ) -> None:
+        """Rank 0: the metrics file and the checkpoints (best when it improved) after each epoch."""
+        atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
+        payload = self._payload(fit.model, fit.optimizer, fit.scheduler, fit.scaler, progress, list(fit.classes))
+        self._save(run, payload, best=improved, record=history[-1])
+
+    def _record_completion(
+        self, run: Run, progress: TrainingProgress, *, epochs_run: int, stopped_early: bool, steps_per_epoch: int
+    ) -> None:
+        config, ctx, hw = self.config, self.ctx, self.hw
+        run.update(
+            training={
+                "config": config.to_dict(),
+                "status": "complete",
+                "epochs_run": epochs_run,
+                "best_epoch": progress.best_epoch,
+                "stopped_early": stopped_early,
+                "device": str(hw.device.type),
+                "precision": hw.precision,
+                "channels_last": hw.channels_last,
+                "world_size": ctx.world_size,
+                "backend": ctx.backend,
+                "steps_per_epoch": steps_per_epoch,
+                "metrics_file": METRICS_FILE,
+            },
+            metrics={k: progress.best_summary.get(k) for k in ("val_top1", "val_top5", "val_loss")},
+        )
+        self.say(
+            f"best validation top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch}; run directory: {self.out}"
         )
 
     def _train_data(self, samples: Sequence[Any], prep: Any, augment: Any, workers: int) -> tuple[Any, Any, Any]:
@@ -690,7 +769,8 @@ class _Trainer:
                 rate = cpu_loader_rate(cpu_ds, workers)
                 on_gpu = rate < GPU_DATA_MIN_RATE
                 self.say(
-                    f"CPU loader: about {rate:.0f} img/s with {workers} workers; decoding on the {'GPU' if on_gpu else 'CPU'}"
+                    f"CPU loader: about {rate:.0f} img/s with {workers} workers; "
+                    f"decoding on the {'GPU' if on_gpu else 'CPU'}"
                 )
         if on_gpu:
             dataset = EncodedDataset(samples, augment=augment, seed=config.seed)

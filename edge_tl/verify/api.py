@@ -120,7 +120,7 @@ def verify_run(
     samples = list(split_from_run(run).val)
     labelled = bool(samples)
     if not labelled:  # a run imported without labelled images: agreement with the reference only
-        from edge_tl.importers.api import unlabelled_samples
+        from edge_tl.data import unlabelled_samples
 
         samples = unlabelled_samples(run, stage=STAGE)
         if config.max_accuracy_drop is not None:

@@ -25,11 +25,11 @@ from edge_tl.compile import (
     compile_run,
     make_plan,
 )
-from edge_tl.compile.sidecar import read_sidecar
 from edge_tl.compile.trtexec_flags import banner_code, bench_command
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
 from edge_tl.targets import Precision, TrtVersion, load_target
+from edge_tl.trt.sidecar import read_sidecar
 
 # The releases JetPack 4.6.1+, 5.1, 6.0, 6.1/6.2 and 7.2.2 ship (NVIDIA JetPack release notes); 8.2 is the
 # last with --workspace only (release/8.2 samples/common/sampleOptions.cpp has no --memPoolSize).

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from edge_tl.compile import BuildMode, CompileRequest, compile_run
-from edge_tl.compile.sidecar import EngineMetadata, read_sidecar, write_sidecar
 from edge_tl.errors import MissingDependency, RunError
 from edge_tl.runs import Run
 from edge_tl.runtime import open_runner
-from edge_tl.runtime.cuda import GpuInfo
 from edge_tl.runtime.tensorrt_runner import TensorRTRunner, check_engine_compatible
 from edge_tl.targets import Precision
+from edge_tl.trt.cuda import GpuInfo
+from edge_tl.trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
 
 
 def _meta(**kw) -> EngineMetadata:
@@ -81,7 +81,7 @@ def _local_profile(tmp_path: Path) -> Path:
     """A target profile for this machine's GPU and TensorRT: the user-TOML path, for real."""
     import tensorrt
 
-    from edge_tl.runtime.cuda import local_gpu
+    from edge_tl.trt.cuda import local_gpu
 
     gpu = local_gpu()
     assert gpu is not None

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from edge_tl.compile.torch_trt import TORCH_TRT_CALLS
-from edge_tl.compile.trt_api import TRT_ABSENT, TRT_NAMES, ApiPath, TrtApi, api_path
 from edge_tl.errors import ConfigError
 from edge_tl.targets import TrtVersion
+from edge_tl.trt.trt_api import TRT_ABSENT, TRT_NAMES, ApiPath, TrtApi, api_path
 
 # One release per code path: the version JetPack 6.0 / desktops ship, JetPack 6.1/6.2's, JetPack 7.2's.
 BINDINGS = {
@@ -33,6 +33,7 @@ BINDINGS = {
 TORCH_TRT = ("torch-tensorrt", "2.14.0")
 
 CODE_USING_TRT = (
+    "edge_tl/trt/trt_api.py",
     "edge_tl/compile/trt_builder.py",
     "edge_tl/runtime/tensorrt_runner.py",
     "edge_tl/compile/torch_trt.py",

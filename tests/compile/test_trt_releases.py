@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_tl.bench.trtexec import _version_from_banner, drop_warmup, parse_log, run_trtexec, to_bench_results
 from edge_tl.compile import BatchRange, CompileRequest, make_plan
-from edge_tl.compile.sidecar import read_sidecar
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
-from edge_tl.runtime.trtexec import _version_from_banner, drop_warmup, parse_log, run_trtexec, to_bench_results
 from edge_tl.targets import CalibrationRecipe, Precision, TrtVersion, load_target
+from edge_tl.trt.sidecar import read_sidecar
 
 NEEDS_BASH = pytest.mark.skipif(os.name != "posix", reason="build_engine.sh needs bash")
 
@@ -286,8 +286,8 @@ def test_trtexec_runs_that_did_not_pass_are_refused(tmp_path: Path, script: str,
 
 
 def test_runner_refuses_a_shape_outside_the_profile(tmp_path: Path) -> None:
-    from edge_tl.compile.sidecar import EngineMetadata, write_sidecar
     from edge_tl.runtime.tensorrt_runner import TensorRTRunner
+    from edge_tl.trt.sidecar import EngineMetadata, write_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plain")
@@ -332,9 +332,9 @@ def test_runner_refuses_a_shape_outside_the_profile(tmp_path: Path) -> None:
 def test_engine_checks_compare_the_patch_release() -> None:
     # "version numbers must match (in major, minor, patch, and build)" for a serialized engine
     # (TensorRT release notes, "Release Properties"): 8.6.1 (desktop) is not 8.6.2 (JetPack 6.0).
-    from edge_tl.compile.sidecar import EngineMetadata
-    from edge_tl.runtime.cuda import GpuInfo
     from edge_tl.runtime.tensorrt_runner import check_engine_compatible
+    from edge_tl.trt.cuda import GpuInfo
+    from edge_tl.trt.sidecar import EngineMetadata
 
     meta = EngineMetadata(
         tensorrt_version="8.6.2",

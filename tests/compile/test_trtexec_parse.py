@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tl.compile.sidecar import EngineMetadata, write_sidecar
-from edge_tl.errors import ConfigError, RunError
-from edge_tl.runtime.trtexec import (
+from edge_tl.bench.api import trtexec_bench_report
+from edge_tl.bench.trtexec import (
     parse_log,
     parse_times,
     run_trtexec,
     to_bench_results,
-    trtexec_bench_report,
 )
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.trt.sidecar import EngineMetadata, write_sidecar
 
 
 def _fixture(fixtures_dir: Path, name: str) -> str:

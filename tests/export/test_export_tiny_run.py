@@ -266,8 +266,7 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(
         "source": "onnx-fp32",
         "ops": graph_op_types(onnx.load(str(path))),
     }
-    from edge_tl.data import iter_batches, split_from_run
-    from edge_tl.importers.api import unlabelled_samples
+    from edge_tl.data import iter_batches, split_from_run, unlabelled_samples
     from edge_tl.models import Preprocessing
 
     samples = (list(split_from_run(run).val) if labelled else unlabelled_samples(run, stage="export"))[:20]

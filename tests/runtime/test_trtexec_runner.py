@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from edge_tl.compile.sidecar import EngineMetadata, write_sidecar
-from edge_tl.errors import ConfigError, RunError
-from edge_tl.runtime import trtexec as trtexec_module
-from edge_tl.runtime.trtexec import (
+from edge_tl.bench.api import trtexec_bench_report
+from edge_tl.bench.trtexec import (
     Summary,
     drop_warmup,
-    find_trtexec,
     parse_log,
     parse_times,
     run_trtexec,
     stats_from_summary,
     to_bench_results,
-    trtexec_bench_report,
 )
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.trt import trtexec as trtexec_module
+from edge_tl.trt.sidecar import EngineMetadata, write_sidecar
+from edge_tl.trt.trtexec import find_trtexec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "compile" / "fixtures"
 

@@ -1,4 +1,4 @@
-"""trtexec as a runner: run it, parse its output, map it onto ``edge-tl bench``'s result schema.
+"""trtexec as a timer: run it, parse its output, map it onto ``edge-tl bench``'s result schema.
 
 trtexec reports two different times and they must not be mixed up:
 
@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,8 @@ _QUERIES = re.compile(r"Timing trace has (\d+) queries over ([\d.]+) s")
 # "End-to-End Host Latency: ..." (release/8.2 samples/common/sampleReporting.cpp, printEpilog), which
 # a bare "Latency:" would match and let overwrite the real Latency line.
 _METRIC = re.compile(
-    r"^(?:\[[^\]\n]*\]\s*)*(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$",
+    r"^(?:\[[^\]\n]*\]\s*)*"
+    r"(?P<label>Latency|GPU Compute Time|H2D Latency|D2H Latency|Enqueue Time):\s*(?P<body>min\b.*)$",
     re.M,
 )
 _FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")
@@ -225,15 +225,6 @@ def to_bench_results(
     }
 
 
-def find_trtexec() -> str:
-    found = shutil.which("trtexec") or next(
-        (p for p in ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        raise ConfigError("trtexec not found on PATH or in /usr/src/tensorrt/bin: install TensorRT (JetPack ships it)")
-    return found
-
-
 def run_trtexec(
     argv: list[str],
     *,
@@ -264,83 +255,3 @@ def run_trtexec(
         times = json.loads(Path(times_path).read_text(encoding="utf-8"))
     warmup = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), 200.0)  # trtexec's default
     return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup)
-
-
-def trtexec_bench_report(
-    engine: str | os.PathLike[str],
-    *,
-    batch_sizes: tuple[int, ...] = (1,),
-    duration_s: int = 10,
-    iterations: int = 100,
-    cuda_graph: bool = True,
-    trtexec: str | None = None,
-    timeout_s: float | None = 600,
-) -> Any:
-    """Time an engine with trtexec and return an ``edge-tl bench`` :class:`~edge_tl.bench.api.BenchReport`.
-
-    ``results`` hold the GPU compute time (the same quantity the TensorRT runner
-    times around ``execute_async_v3``); the end-to-end latency (with H2D and D2H
-    copies) is kept apart in ``runner["end_to_end"]``, one record per batch size.
-    """
-    from edge_tl.bench.api import BenchConfig, BenchReport, Budget
-    from edge_tl.bench.env import fingerprint
-    from edge_tl.compile.sidecar import read_sidecar
-    from edge_tl.compile.trtexec_flags import bench_command, timing_flags
-    from edge_tl.targets import TrtVersion
-
-    engine = Path(engine)
-    meta = read_sidecar(engine)
-    binary = trtexec or find_trtexec()
-    workdir = engine.parent / "trtexec-bench"
-    workdir.mkdir(exist_ok=True)
-    gpu_results, end_to_end, e2e_stats, reports = [], [], [], []
-    for batch in batch_sizes:
-        if meta.batch is not None and not meta.batch["min"] <= batch <= meta.batch["max"]:
-            raise ConfigError(f"batch {batch} is outside the engine's profile {meta.batch}; rebuild with --batch")
-        times = workdir / f"times-b{batch}.json"
-        argv = bench_command(
-            str(engine),
-            TrtVersion.parse(meta.tensorrt_version),
-            input_name=meta.input_name,
-            chw=meta.chw,
-            batch=batch if meta.batch is not None else None,
-            export_times=str(times),
-            duration_s=duration_s,
-            iterations=iterations,
-            cuda_graph=cuda_graph,
-            dla_core=meta.dla_core,
-            trtexec=binary,
-        )
-        out = run_trtexec(
-            argv, log_path=workdir / f"bench-b{batch}.log", times_path=times, batch_size=batch, timeout_s=timeout_s
-        )
-        gpu_results.append(out["gpu_compute"])
-        end_to_end.append(out["end_to_end"].to_dict())
-        e2e_stats.append(out["end_to_end"])
-        reports.append(out["trtexec"])
-    runner = {
-        "name": engine.name,
-        "backend": "trtexec",
-        "device": "cuda",
-        "clock": "trtexec-gpu-compute",
-        "path": str(engine),
-        "tensorrt": meta.tensorrt_version,
-        "precision": meta.precision,
-        "end_to_end": end_to_end,
-        "trtexec": reports,
-        "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
-    }
-    config = BenchConfig(
-        batch_sizes=tuple(batch_sizes),
-        warmup=Budget(seconds=0.5),
-        measure=Budget(seconds=float(duration_s), min_iterations=iterations),
-    )
-    return BenchReport(
-        target=str(engine),
-        runner=runner,
-        config=config,
-        results=tuple(gpu_results),
-        environment=fingerprint(),
-        gpu_compute=tuple(gpu_results),
-        end_to_end=tuple(e2e_stats),
-    )

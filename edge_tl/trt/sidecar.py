@@ -103,7 +103,8 @@ def read_sidecar(engine: str | os.PathLike[str]) -> EngineMetadata:
     path = sidecar_path(engine)
     if not path.is_file():
         raise RunError(
-            f"engine {str(engine)!r} has no sidecar {str(path)!r}: edge-tl cannot tell which TensorRT and GPU built it. "
+            f"engine {str(engine)!r} has no sidecar {str(path)!r}: "
+            "edge-tl cannot tell which TensorRT and GPU built it. "
             "Build it with `edge-tl compile` (or the run's build_engine.sh)."
         )
     try:

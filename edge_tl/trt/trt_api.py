@@ -154,7 +154,8 @@ class TrtApi:
         if name not in self.names:
             # A programming error, not a user error: the table and the code disagree.
             raise RuntimeError(
-                f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} without declaring it in trt_api.TRT_NAMES"
+                f"edge-tl uses TensorRT attribute {name!r} on path {self.path.value} "
+                "without declaring it in trt_api.TRT_NAMES"
             )
 
     def get(self, obj: Any, name: str) -> Any:
@@ -171,3 +172,23 @@ class TrtApi:
 
     def enum(self, cls: str, member: str) -> Any:
         return self.get(self.mod(cls), member)
+
+
+def make_logger(api: TrtApi) -> tuple[Any, list[str]]:
+    """A TensorRT logger that keeps every message (they go into the run's build log)."""
+    lines: list[str] = []
+    severity = api.get(api.mod("ILogger"), "Severity")
+    names = {}
+    for label in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
+        names[api.get(severity, label)] = label
+
+    base = api.mod("ILogger")
+
+    class CapturingLogger(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+
+        def log(self, sev: Any, msg: str) -> None:
+            lines.append(f"[{names.get(sev, str(sev))}] {msg}")
+
+    return CapturingLogger(), lines
