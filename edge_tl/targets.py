@@ -24,7 +24,7 @@ from edge_tl import tomlfile
 from edge_tl.calibration import OutputFormat, load_recipe, looks_like_path
 from edge_tl.errors import ConfigError
 from edge_tl.tomlfile import Table
-from edge_tl.vocab import Precision, accept
+from edge_tl.vocab import TARGET_PRECISIONS, Precision, accept
 
 PROFILES_PACKAGE = "edge_tl.profiles"
 
@@ -38,10 +38,6 @@ class TargetKind(str, Enum):
 class Runtime(str, Enum):
     TENSORRT = "tensorrt"
     ONNXRUNTIME = "onnxruntime"
-
-
-#: The precisions a profile's ``fast_precisions`` may list (only fp32/fp16/int8 can be compiled today).
-TARGET_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.FP8, Precision.FP4)
 
 
 class CalibrationRecipe(str, Enum):

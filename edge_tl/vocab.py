@@ -45,6 +45,20 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
+# What each stage accepts, in the order its help and errors list them.
+#: A device profile's ``fast_precisions`` (only fp32/fp16/int8 can be compiled today).
+TARGET_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.FP8, Precision.FP4)
+#: What compile, bundle, deploy and ship build and run on a device.
+DEVICE_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
+#: What export writes.
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
+#: What quantize writes.
+QUANTIZE_PRECISIONS = (Precision.INT8, Precision.FP16)
+#: Training arithmetic. ``auto``: bf16 autocast on a CUDA GPU that supports it, else fp16
+#: with a gradient scaler on CUDA, fp32 on the CPU.
+TRAIN_PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16)
+
+
 class NotAccepted(ConfigError):
     """A value that is not one of what a stage accepts; ``allowed`` lists those, in order."""
 

@@ -7,9 +7,8 @@ from dataclasses import fields
 import click
 
 from edge_tl.cli import options
-
 from edge_tl.data.cache import CacheMode
-from edge_tl.train.config import TRAIN_PRECISIONS, FinetuneConfig, GpuData
+from edge_tl.train.config import TRAIN_PRECISIONS, Device, FinetuneConfig, GpuData, Precision
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 

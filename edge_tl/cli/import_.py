@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
     if value is None:
@@ -81,7 +83,7 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     default=None,
     help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).",
 )
-@click.option("--quiet", is_flag=True, help="Print only the result lines.")
+@options.quiet()
 def import_(
     out: Path,
     backbone: str | None,

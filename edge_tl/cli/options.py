@@ -15,12 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
-from edge_tl.vocab import Device, Precision
+from edge_tl.vocab import DEVICE_PRECISIONS, Device, Precision
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: What a device runs: compile, bundle, deploy and ship take these.
-DEVICE_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
 class Opt:

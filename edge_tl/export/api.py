@@ -34,13 +34,11 @@ from edge_tl.export.static_padding import make_same_padding_static
 from edge_tl.runs import Run, tool_versions
 from edge_tl.runtime.base import Device, InputSpec, RunnerOptions
 from edge_tl.verify.metrics import Accuracy, AccuracyAccumulator, Agreement, AgreementAccumulator
-from edge_tl.vocab import Precision, accept
+from edge_tl.vocab import EXPORT_PRECISIONS, Precision, accept
 
 STAGE = "export"
 
 
-#: The precisions export writes (in this order).
-EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
 ARTIFACT_NAMES = {Precision.FP32: ONNX_FP32, Precision.FP16: ONNX_FP16}
 FILE_NAMES = {Precision.FP32: "model.fp32.onnx", Precision.FP16: "model.fp16.onnx"}
 

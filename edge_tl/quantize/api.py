@@ -47,7 +47,7 @@ from edge_tl.runs import (
     now_iso,
     tool_versions,
 )
-from edge_tl.vocab import Precision, accept
+from edge_tl.vocab import QUANTIZE_PRECISIONS, Precision, accept
 
 STAGE = "quantize"
 SOURCE_ARTIFACT = ONNX_FP32
@@ -59,7 +59,6 @@ CACHE_FILE = "calibration.cache"
 
 #: The one :class:`~edge_tl.vocab.Precision` (this name is kept for callers); quantize writes these two.
 QuantPrecision = Precision
-QUANTIZE_PRECISIONS = (Precision.INT8, Precision.FP16)
 
 
 def accept_precision(value: Precision | str) -> Precision:

@@ -14,11 +14,7 @@ from typing import Any
 
 from edge_tl.data.cache import CacheMode
 from edge_tl.errors import ConfigError
-from edge_tl.vocab import Device, Precision, accept
-
-#: Training arithmetic. ``auto``: bf16 autocast on a CUDA GPU that supports it, else fp16
-#: with a gradient scaler on CUDA, fp32 on the CPU.
-TRAIN_PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16)
+from edge_tl.vocab import TRAIN_PRECISIONS, Device, Precision, accept
 
 
 class GpuData(str, Enum):
