@@ -77,14 +77,16 @@ def accept(
 ) -> E:
     """``value`` as a member of ``enum`` if it is among ``allowed`` (default: every member).
 
-    ``message(value, choices)`` words the refusal, ``choices`` being the allowed values joined
-    by ", ": each stage keeps its own wording (an option name, a profile field).
+    ``message(value, choices)`` words the refusal (``value`` as written, an enum member by its
+    value), ``choices`` being the allowed values joined by ", ": each stage keeps its own
+    wording (an option name, a profile field).
     """
     allowed = tuple(enum) if allowed is None else tuple(allowed)
+    raw = value.value if isinstance(value, Enum) else value
     try:
-        member = enum(value.value if isinstance(value, Enum) else value)
+        member = enum(raw)
     except ValueError:
         member = None
     if member is None or member not in allowed:
-        raise NotAccepted(message(value, ", ".join(str(m.value) for m in allowed)), value=value, allowed=allowed)
+        raise NotAccepted(message(raw, ", ".join(str(m.value) for m in allowed)), value=value, allowed=allowed)
     return member
