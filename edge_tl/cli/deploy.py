@@ -119,7 +119,8 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
            name: str | None, remote_dir: str | None, remote_python: str, accept_new_host_key: bool,
            ssh_config: Path | None, identity_file: Path | None, known_hosts: Path | None, connect_timeout: int,
            retries: int, eval_images: int, iterations: int, warmup: int, batch_size: int, threads: int | None,
-           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool, timeout_s: float, jobs: int,
+           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool,
+           timeout_s: float, jobs: int,
            json_path: Path | None, quiet: bool) -> None:  # fmt: skip
     """Deploy a run to a device (or a fleet) over SSH; build, time and check accuracy there."""
     from edge_tl.deploy import DeployConfig, Mode, deploy_fleet
@@ -133,7 +134,8 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
     say = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     ssh = ssh_options(accept_new_host_key=accept_new_host_key, ssh_config=ssh_config, identity_file=identity_file,
                       known_hosts=known_hosts, connect_timeout=connect_timeout, retries=retries)  # fmt: skip
-    settings = dict(mode=Mode(mode), remote_dir=remote_dir, remote_python=remote_python, ssh=ssh, eval_images=eval_images,
+    settings = dict(mode=Mode(mode), remote_dir=remote_dir, remote_python=remote_python, ssh=ssh,
+                    eval_images=eval_images,
                     iterations=iterations, warmup=warmup, batch_size=batch_size, threads=threads, tensorrt=tensorrt,
                     wheel=wheel, check_device=not no_device_check, lock_clocks=lock_clocks,
                     tegrastats=not no_tegrastats, timeout_s=timeout_s)  # fmt: skip
@@ -158,8 +160,9 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
         else ""
     )
     click.echo(
-        f"{result.label}: {result.mode} mode, {result.backend}; p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
-        f"{result.throughput_ips:.1f} img/s; top-1 {result.top1 * 100:.2f}%{delta}. Results in {run_dir / result.result_dir}"
+        f"{result.label}: {result.mode} mode, {result.backend}; p50 {result.p50_ms:.3f} ms, "
+        f"p99 {result.p99_ms:.3f} ms, {result.throughput_ips:.1f} img/s; top-1 {result.top1 * 100:.2f}%{delta}. "
+        f"Results in {run_dir / result.result_dir}"
     )
     if json_path is not None:
         atomic_write_json(json_path, result.to_dict())

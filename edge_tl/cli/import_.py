@@ -100,7 +100,8 @@ def import_(
     crop_pct: float | None,
     quiet: bool,
 ) -> None:
-    """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench accept."""
+    """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench
+    accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
     if onnx_file is not None:

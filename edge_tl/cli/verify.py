@@ -126,7 +126,8 @@ def verify(
     from edge_tl.verify import verify_run
 
     config = verify_config(
-        max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level, min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level,
+        min_agreement=min_agreement,
         artifacts=artifacts, reference=reference, batch_size=batch_size, max_images=max_images, device=device,
         threads=threads, latency_iterations=latency_iterations, no_latency=no_latency,
     )  # fmt: skip
