@@ -35,7 +35,7 @@ import torch
 from edge_tl.bench import fingerprint
 from edge_tl.models import Weights, WeightsSource, build_model
 from edge_tl.runs import atomic_write_json
-from edge_tl.train.config import Device, Precision
+from edge_tl.train.config import TRAIN_PRECISIONS, Device, Precision
 from edge_tl.train.loop import Phase, TrainStep, param_groups, resolve_hardware, set_phase
 from edge_tl.train.state import warmup_cosine
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=[p.value for p in Precision], default="auto")
+    parser.add_argument("--precision", choices=[p.value for p in TRAIN_PRECISIONS], default="auto")
     parser.add_argument("--img-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=10)

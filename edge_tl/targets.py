@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge_tl import tomlfile
+from edge_tl.calibration import OutputFormat, load_recipe, looks_like_path
 from edge_tl.errors import ConfigError
+from edge_tl.tomlfile import Table
+from edge_tl.vocab import TARGET_PRECISIONS, Precision, accept
 
 PROFILES_PACKAGE = "edge_tl.profiles"
 
@@ -37,22 +40,28 @@ class Runtime(str, Enum):
     ONNXRUNTIME = "onnxruntime"
 
 
-class Precision(str, Enum):
-    """Precisions a device may run fast (only fp32/fp16/int8 can be compiled today)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-    FP8 = "fp8"
-    FP4 = "fp4"
-
-
 class CalibrationRecipe(str, Enum):
-    """The calibration recipes of the quantize stage (``calibration/<name>.toml``)."""
+    """A calibration recipe's name: a string, checked by the recipe loader, not a closed list.
+
+    Any name is a value (``CalibrationRecipe("my-int8")`` is the same object each time): a profile
+    may name any recipe :func:`edge_tl.calibration.find_recipe` finds, shipped or in a folder of
+    ``$EDGE_TL_RECIPES``. The members are the shipped recipes that the TensorRT rules of
+    :meth:`Target.calibration_recipe_for` pick by name.
+    """
 
     TENSORRT_QDQ = "tensorrt-int8-qdq"  # symmetric S8S8 Q/DQ ONNX, every TensorRT from 8.5 to 11
     TENSORRT_CACHE = "tensorrt-int8-cache"  # FP32 ONNX + calibration cache, TensorRT < 11 only
     ONNXRUNTIME_CPU = "onnxruntime-cpu-int8"  # U8S8 Q/DQ for ONNX Runtime on a CPU
+
+    @classmethod
+    def _missing_(cls, value: object) -> CalibrationRecipe | None:
+        if not isinstance(value, str) or not value or looks_like_path(value):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        # Stored like a member's, so that the same name is the same object (``is`` compares).
+        return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, order=True)
@@ -156,6 +165,7 @@ class Target:
     default_runtime: Runtime
     max_opset: int
     calibration_recipe: CalibrationRecipe
+    calibration_output: OutputFormat  # what the recipe writes (a cache or Q/DQ)
     fast_precisions: tuple[Precision, ...]
     power_notes: str
     source: str  # the file the profile was read from
@@ -171,7 +181,12 @@ class Target:
 
     def check_precision(self, precision: Precision | str) -> Precision:
         """``precision`` if this target runs it fast, else a :class:`ConfigError` naming what it supports."""
-        precision = _enum(Precision, precision, what="precision")
+        precision = accept(
+            Precision,
+            precision,
+            TARGET_PRECISIONS,
+            message=lambda v, choices: f"precision {v!r} is not one of {choices}",
+        )
         if precision not in self.fast_precisions:
             supported = ", ".join(p.value for p in self.fast_precisions)
             hw = f" ({self.gpu.arch}, sm_{self.gpu.sm.replace('.', '')})" if self.gpu else ""
@@ -282,10 +297,9 @@ class Target:
             if release.version.major >= 11:
                 return CalibrationRecipe.TENSORRT_QDQ
             return CalibrationRecipe.TENSORRT_CACHE
-        recipe = self.calibration_recipe
-        if recipe is CalibrationRecipe.TENSORRT_CACHE and release.version.major >= 11:
+        if self.calibration_output is OutputFormat.TENSORRT_CACHE and release.version.major >= 11:
             return CalibrationRecipe.TENSORRT_QDQ
-        return recipe
+        return self.calibration_recipe
 
     # ---- display
 
@@ -318,72 +332,7 @@ class Target:
 # --------------------------------------------------------------------------- loading
 
 
-def _toml_loads(text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        from edge_tl._lazy import lazy_import
-
-        tomllib = lazy_import("tomli", purpose="reading target profiles on Python 3.10")
-    return tomllib.loads(text)
-
-
-class _Fields:
-    """Reads one table of a profile, naming ``file`` and the dotted field in every error."""
-
-    def __init__(self, data: dict[str, Any], *, source: str, known: frozenset[str], prefix: str = "") -> None:
-        self.data = data
-        self.source = source
-        self.prefix = prefix
-        # Unknown keys first: a misspelt field is a better message than "missing".
-        unknown = sorted(set(data) - known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(hints)} in '{prefix.rstrip('.') or 'top level'}'")
-
-    def where(self, key: str) -> str:
-        return f"{self.source}: field '{self.prefix}{key}'"
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)} {message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
-        if key not in self.data:
-            if required:
-                raise self.fail(key, "is missing")
-            return default
-        value = self.data[key]
-        # bool is an int in Python; a profile writing `dla_cores = true` is a mistake.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise self.fail(key, f"must be {_kind_name(kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise self.fail(key, f"must be {_kind_name(kind)}, got {value!r}")
-        return value
-
-    def enum(self, key: str, enum: type[Enum], *, required: bool = True) -> Any:
-        value = self.get(key, str, required=required)
-        if value is None:
-            return None
-        try:
-            return enum(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
-            raise self.fail(key, f"is {value!r}; choose one of: {choices}") from None
-
-    def table(self, key: str, known: frozenset[str]) -> "_Fields":
-        return _Fields(self.get(key, dict), source=self.source, known=known, prefix=f"{self.prefix}{key}.")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "a list", bool: "true/false"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _compute_capability(fields: _Fields, key: str) -> tuple[int, int]:
+def _compute_capability(fields: Table, key: str) -> tuple[int, int]:
     text = fields.get(key, (str, int, float))
     parts = text.split(".") if isinstance(text, str) else []
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -415,9 +364,24 @@ _RELEASE_FIELDS = frozenset({"version", "cuda", "jetpack"})
 _CPU_FIELDS = frozenset({"arch"})
 
 
+def _recipe(top: Table) -> tuple[CalibrationRecipe, OutputFormat]:
+    """The recipe a profile names, checked by the recipe loader, and what that recipe writes."""
+    name = top.get("calibration_recipe", str)
+    if not name or looks_like_path(name):
+        raise top.fail(
+            "calibration_recipe",
+            f"is {name!r}; name a recipe (shipped, or NAME.toml in a folder of $EDGE_TL_RECIPES), not a path",
+        )
+    try:
+        recipe = load_recipe(name)
+    except ConfigError as exc:
+        raise top.fail("calibration_recipe", f"names a recipe that does not load: {exc}") from None
+    return CalibrationRecipe(name), recipe.output
+
+
 def parse_target(data: dict[str, Any], *, source: str) -> Target:
     """Validate a profile's parsed TOML; errors name ``source`` and the field."""
-    top = _Fields(data, source=source, known=_TOP_FIELDS)
+    top = Table(data, source=source, known=_TOP_FIELDS)
     name = top.get("name", str)
     if not name or name != name.strip() or " " in name:
         raise top.fail("name", f"must be a non-empty name without spaces, got {name!r}")
@@ -427,33 +391,33 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     if memory <= 0:
         raise top.fail("memory_gb", f"must be > 0, got {memory}")
     # A GPU target's opset follows its TensorRT release; the field only caps it further.
-    max_opset = top.get("max_opset", int, required=kind is TargetKind.CPU)
+    max_opset = top.get("max_opset", int, tomlfile.REQUIRED if kind is TargetKind.CPU else None)
     if max_opset is not None and not 7 <= max_opset <= 30:
         raise top.fail("max_opset", f"must be an ONNX opset between 7 and 30, got {max_opset}")
-    recipe = top.enum("calibration_recipe", CalibrationRecipe)
+    recipe, recipe_output = _recipe(top)
     raw_precisions = top.get("fast_precisions", list)
     precisions = []
     for i, value in enumerate(raw_precisions):
-        try:
-            precisions.append(Precision(value))
-        except ValueError:
-            raise top.fail(
-                "fast_precisions", f"item {i} is {value!r}; choose from {', '.join(p.value for p in Precision)}"
-            ) from None
+        if value not in {p.value for p in TARGET_PRECISIONS}:
+            choices = ", ".join(p.value for p in TARGET_PRECISIONS)
+            raise top.fail("fast_precisions", f"item {i} is {value!r}; choose from {choices}")
+        precisions.append(Precision(value))
     if Precision.FP32 not in precisions:
         raise top.fail("fast_precisions", f"must include 'fp32' (every device runs FP32), got {raw_precisions}")
     power_notes = top.get("power_notes", str)
     description = top.get("description", str)
-    notes = top.get("notes", str, required=False, default="")
+    notes = top.get("notes", str, "")
 
     workspace = gpu = default_trt = cpu_arch = None
     releases: list[TrtRelease] = []
     if kind is TargetKind.CPU:
         if runtime is not Runtime.ONNXRUNTIME:
             raise top.fail("default_runtime", f"of a cpu target must be 'onnxruntime', got {runtime.value!r}")
-        if recipe is not CalibrationRecipe.ONNXRUNTIME_CPU:
+        if recipe_output is not OutputFormat.QDQ_ONNXRUNTIME:
             raise top.fail(
-                "calibration_recipe", f"of a cpu target must be 'onnxruntime-cpu-int8', got {recipe.value!r}"
+                "calibration_recipe",
+                f"of a cpu target must name a recipe with output 'qdq-onnxruntime' (e.g. 'onnxruntime-cpu-int8'), "
+                f"got {recipe.value!r} (output {recipe_output.value!r})",
             )
         cpu = top.table("cpu", _CPU_FIELDS)
         cpu_arch = cpu.get("arch", str)
@@ -468,13 +432,10 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
             raise g.fail("dla_cores", f"must be >= 0, got {dla}")
         gpu = GpuSpec(arch=g.get("arch", str), compute_capability=cc, dla_cores=dla)
         trt = top.table("tensorrt", _TRT_FIELDS)
-        raw_releases = trt.get("releases", list)
-        if not raw_releases:
+        release_tables = trt.tables("releases", _RELEASE_FIELDS)
+        if not release_tables:
             raise trt.fail("releases", "must list at least one TensorRT release")
-        for i, item in enumerate(raw_releases):
-            if not isinstance(item, dict):
-                raise trt.fail("releases", f"item {i} must be a table ([[tensorrt.releases]]), got {item!r}")
-            rel = _Fields(item, source=source, known=_RELEASE_FIELDS, prefix=f"tensorrt.releases[{i}].")
+        for rel in release_tables:
             text = rel.get("version", str)
             try:
                 version = TrtVersion.parse(text)
@@ -483,7 +444,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
             if text.count(".") != 2:
                 # The patch release decides the cache header and whether an engine loads.
                 raise rel.fail("version", f'must be the full release MAJOR.MINOR.PATCH (e.g. "8.5.2"), got {text!r}')
-            jetpack = rel.get("jetpack", str, required=kind is TargetKind.JETSON)
+            jetpack = rel.get("jetpack", str, tomlfile.REQUIRED if kind is TargetKind.JETSON else None)
             releases.append(TrtRelease(version=version, cuda=rel.get("cuda", str), jetpack=jetpack))
         try:
             default_trt = TrtVersion.parse(trt.get("default", str))
@@ -493,15 +454,17 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
             raise trt.fail(
                 "default", f"is {str(default_trt)!r}, which is not among the releases listed (write MAJOR.MINOR.PATCH)"
             )
-        if recipe is CalibrationRecipe.ONNXRUNTIME_CPU:
+        if recipe_output is OutputFormat.QDQ_ONNXRUNTIME:
             raise top.fail(
                 "calibration_recipe",
-                "of a GPU target must be a TensorRT recipe (tensorrt-int8-qdq or tensorrt-int8-cache)",
+                f"of a GPU target must be a TensorRT recipe (output 'qdq-tensorrt' or 'tensorrt-cache', e.g. "
+                f"tensorrt-int8-qdq or tensorrt-int8-cache), got {recipe.value!r}",
             )
-        if recipe is CalibrationRecipe.TENSORRT_CACHE and default_trt.major >= 11:
+        if recipe_output is OutputFormat.TENSORRT_CACHE and default_trt.major >= 11:
             raise top.fail(
                 "calibration_recipe",
-                f"is 'tensorrt-int8-cache' but the default TensorRT {default_trt} has no calibrators; use 'tensorrt-int8-qdq'",
+                f"is {recipe.value!r} (a calibration cache) but the default TensorRT {default_trt} has no "
+                "calibrators; use 'tensorrt-int8-qdq'",
             )
     opset_cap = None
     if default_trt is not None:
@@ -516,6 +479,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
         max_opset=max_opset,
         opset_cap=opset_cap,
         calibration_recipe=recipe,
+        calibration_output=recipe_output,
         fast_precisions=tuple(precisions),
         power_notes=power_notes,
         notes=notes,
@@ -531,15 +495,7 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
 def load_target_file(path: str | os.PathLike[str]) -> Target:
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read target profile {source!r}: {exc}") from exc
-    try:
-        data = _toml_loads(text)
-    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
-    target = parse_target(data, source=source)
+    target = parse_target(tomlfile.read(path, what="target profile"), source=source)
     if target.name != path.stem:
         raise ConfigError(
             f"{source}: field 'name' is {target.name!r} but the file is named {path.name!r}; make them match"
@@ -578,15 +534,6 @@ def load_target(name_or_path: str | os.PathLike[str] | Target) -> Target:
 
 def list_targets() -> list[Target]:
     return [load_target(name) for name in target_names()]
-
-
-def _enum(enum: type[Enum], value: Any, *, what: str) -> Any:
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        raise ConfigError(f"{what} {value!r} is not one of {', '.join(m.value for m in enum)}") from None  # type: ignore[attr-defined]
 
 
 def format_target(target: Target) -> str:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.group()
 def backbones() -> None:
@@ -13,7 +15,7 @@ def backbones() -> None:
 
 
 @backbones.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@options.as_json()
 def list_cmd(as_json: bool) -> None:
     """List registered backbones with their preprocessing contract."""
     from edge_tl.models import list_backbones

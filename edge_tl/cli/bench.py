@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
     sizes: list[int] = []
@@ -27,7 +29,8 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option(
     "--artifact",
     default=None,
-    help="With a run directory: the artifact to time (default: the original model, checkpoint-best or an imported ONNX).",
+    help="With a run directory: the artifact to time (default: the original model, checkpoint-best or an "
+    "imported ONNX).",
 )
 @click.option(
     "--backend",
@@ -35,7 +38,7 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
     help="Backend (default by the model's kind: torch, onnxruntime, tensorrt). 'trtexec' times an engine "
     "with NVIDIA's trtexec instead (with --cuda-graph: --useCudaGraph), to compare with our runner.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@options.device()
 @click.option(
     "--batch-size",
     "batch_sizes",
@@ -56,18 +59,12 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
     show_default=True,
     help="With --duration: at least this many iterations.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op CPU threads.")
+@options.threads(help="Intra-op CPU threads.")
 @click.option("--fp16", is_flag=True, help="PyTorch on CUDA: half precision.")
 @click.option("--channels-last", is_flag=True, help="PyTorch on CUDA: channels-last memory format.")
 @click.option("--cuda-graph", is_flag=True, help="PyTorch on CUDA: capture once, replay a CUDA graph.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input batch.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as JSON.",
-)
+@options.seed(help="Seed of the random input batch.")
+@options.json_file()
 def bench(
     target: Path,
     artifact: str | None,

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--target", required=True, help="Target profile name or TOML path (`edge-tl targets list`).")
-@click.option("--precision", required=True, type=click.Choice(["fp32", "fp16", "int8"]), help="Precision to ship.")
+@options.run_dir(exists=True)
+@options.target(required=True)
+@options.precision(required=True, help="Precision to ship.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -24,9 +26,7 @@ import click
     show_default=True,
     help="Validation images in the evaluation pack.",
 )
-@click.option(
-    "--tensorrt", default=None, help="TensorRT release to plan for (one the target lists; default: its default)."
-)
+@options.tensorrt(help="TensorRT release to plan for (one the target lists; default: its default).")
 @click.option("--tar", is_flag=True, help="Also write <bundle>.tar.gz.")
 def bundle(
     run_dir: Path, target: str, precision: str, out: Path | None, eval_images: int, tensorrt: str | None, tar: bool

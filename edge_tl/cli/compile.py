@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--target", required=True, help="Target profile name (edge-tl targets list) or path of a profile TOML.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), required=True, help="Engine precision.")
+@options.run_dir()
+@options.target(required=True)
+@options.precision(required=True, help="Engine precision.")
 @click.option(
     "--dla/--no-dla",
     default=False,
@@ -26,7 +28,7 @@ import click
     help="Builder workspace in MiB (default: the target's workspace_mib).",
 )
 @click.option("--batch", default=None, help="Dynamic batch profile MIN,OPT,MAX (default 1,1,8), or one size.")
-@click.option("--tensorrt", default=None, help="Plan for another TensorRT release the target lists (e.g. 8.5).")
+@options.tensorrt(help="Plan for another TensorRT release the target lists (e.g. 8.5).")
 @click.option(
     "--via",
     type=click.Choice(["onnx", "torch-tensorrt"]),
@@ -38,7 +40,7 @@ import click
 @click.option(
     "--build", "mode", flag_value="build", help="Build here or fail (default: build when possible, else plan)."
 )
-@click.option("--quiet", is_flag=True, help="Print only the result lines.")
+@options.quiet()
 def compile(
     run_dir: Path,
     target: str,

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from edge_tl.cli import options
+
 
 def ssh_options(
     *,
@@ -32,7 +34,7 @@ def ssh_options(
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@options.run_dir(exists=True)
 @click.option("--host", default=None, help="[user@]HOST[:PORT] or an alias from ~/.ssh/config.")
 @click.option(
     "--fleet",
@@ -40,8 +42,8 @@ def ssh_options(
     default=None,
     help="Inventory TOML of many devices ([[device]] name, host, target, precision...).",
 )
-@click.option("--target", default=None, help="Target profile (for --fleet: the default of devices that name none).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Precision to deploy.")
+@options.target(help="Target profile name or TOML path (for --fleet: the default of devices that name none).")
+@options.precision(help="Precision to deploy.")
 @click.option(
     "--mode",
     type=click.Choice(["auto", "python", "trtexec"]),
@@ -89,8 +91,8 @@ def ssh_options(
 @click.option("--iterations", type=click.IntRange(min=1), default=200, show_default=True, help="Timed iterations.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Warm-up iterations.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size timed.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime CPU threads on the device.")
-@click.option("--tensorrt", default=None, help="TensorRT release to plan for (default: the target's default).")
+@options.threads(help="ONNX Runtime CPU threads on the device.")
+@options.tensorrt(help="TensorRT release to plan for (default: the target's default).")
 @click.option(
     "--wheel",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -111,19 +113,14 @@ def ssh_options(
 @click.option(
     "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Devices deployed at once (--fleet)."
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as JSON.",
-)
-@click.option("--quiet", is_flag=True, help="Print only the result.")
+@options.json_file()
+@options.quiet("the result")
 def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | None, precision: str | None, mode: str,
            name: str | None, remote_dir: str | None, remote_python: str, accept_new_host_key: bool,
            ssh_config: Path | None, identity_file: Path | None, known_hosts: Path | None, connect_timeout: int,
            retries: int, eval_images: int, iterations: int, warmup: int, batch_size: int, threads: int | None,
-           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool, timeout_s: float, jobs: int,
+           tensorrt: str | None, wheel: Path | None, no_device_check: bool, lock_clocks: bool, no_tegrastats: bool,
+           timeout_s: float, jobs: int,
            json_path: Path | None, quiet: bool) -> None:  # fmt: skip
     """Deploy a run to a device (or a fleet) over SSH; build, time and check accuracy there."""
     from edge_tl.deploy import DeployConfig, Mode, deploy_fleet
@@ -137,7 +134,8 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
     say = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     ssh = ssh_options(accept_new_host_key=accept_new_host_key, ssh_config=ssh_config, identity_file=identity_file,
                       known_hosts=known_hosts, connect_timeout=connect_timeout, retries=retries)  # fmt: skip
-    settings = dict(mode=Mode(mode), remote_dir=remote_dir, remote_python=remote_python, ssh=ssh, eval_images=eval_images,
+    settings = dict(mode=Mode(mode), remote_dir=remote_dir, remote_python=remote_python, ssh=ssh,
+                    eval_images=eval_images,
                     iterations=iterations, warmup=warmup, batch_size=batch_size, threads=threads, tensorrt=tensorrt,
                     wheel=wheel, check_device=not no_device_check, lock_clocks=lock_clocks,
                     tegrastats=not no_tegrastats, timeout_s=timeout_s)  # fmt: skip
@@ -162,8 +160,9 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
         else ""
     )
     click.echo(
-        f"{result.label}: {result.mode} mode, {result.backend}; p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
-        f"{result.throughput_ips:.1f} img/s; top-1 {result.top1 * 100:.2f}%{delta}. Results in {run_dir / result.result_dir}"
+        f"{result.label}: {result.mode} mode, {result.backend}; p50 {result.p50_ms:.3f} ms, "
+        f"p99 {result.p99_ms:.3f} ms, {result.throughput_ips:.1f} img/s; top-1 {result.top1 * 100:.2f}%{delta}. "
+        f"Results in {run_dir / result.result_dir}"
     )
     if json_path is not None:
         atomic_write_json(json_path, result.to_dict())

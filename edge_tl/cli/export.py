@@ -6,16 +6,17 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+from edge_tl.vocab import EXPORT_PRECISIONS
+
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--precision",
-    "precisions",
+@options.run_dir()
+@options.precision(
+    EXPORT_PRECISIONS,
+    dest="precisions",
     multiple=True,
-    type=click.Choice(["fp32", "fp16"]),
     default=("fp32", "fp16"),
-    show_default=True,
     help="Precision(s) to write; repeat the option for several.",
 )
 @click.option(
@@ -59,7 +60,7 @@ import click
     show_default=True,
     help="FP16 parity: minimum share of images with the same top-1 class.",
 )
-@click.option("--quiet", is_flag=True, help="Print only the result lines.")
+@options.quiet()
 def export(
     run_dir: Path,
     precisions: tuple[str, ...],

@@ -6,8 +6,9 @@ from dataclasses import fields
 
 import click
 
+from edge_tl.cli import options
 from edge_tl.data.cache import CacheMode
-from edge_tl.train.config import Device, FinetuneConfig, GpuData, Precision
+from edge_tl.train.config import TRAIN_PRECISIONS, Device, FinetuneConfig, GpuData, Precision
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
@@ -74,15 +75,9 @@ def _default(name: str) -> object:
     show_default=True,
     help="Early stop after this many epochs without a better validation top-1 (0: off).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice([d.value for d in Device]), default="auto", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice([p.value for p in Precision]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU.",
-)
+@options.seed()
+@options.device()
+@options.precision(TRAIN_PRECISIONS, default="auto", help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option(
     "--workers", type=int, default=None, help="Data-loader worker processes (default: cores per process minus one)."
 )
@@ -107,7 +102,7 @@ def _default(name: str) -> object:
     help="Run directory to create (or continue with --resume).",
 )
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@options.quiet("the result (no progress bars or per-epoch lines)")
 @click.option("--nproc-per-node", type=int, default=None, help="Launch N DDP processes per node through torchrun.")
 @click.option("--nnodes", default="1", show_default=True, help="Number of nodes (torchrun --nnodes).")
 @click.option("--node-rank", type=int, default=0, show_default=True, help="This node's rank (torchrun --node-rank).")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
     if value is None:
@@ -81,7 +83,7 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     default=None,
     help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).",
 )
-@click.option("--quiet", is_flag=True, help="Print only the result lines.")
+@options.quiet()
 def import_(
     out: Path,
     backbone: str | None,
@@ -98,7 +100,8 @@ def import_(
     crop_pct: float | None,
     quiet: bool,
 ) -> None:
-    """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench accept."""
+    """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench
+    accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
     if onnx_file is not None:

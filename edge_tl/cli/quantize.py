@@ -7,6 +7,9 @@ from typing import Any
 
 import click
 
+from edge_tl.cli import options
+from edge_tl.vocab import QUANTIZE_PRECISIONS
+
 
 def quantize_config(
     *,
@@ -50,12 +53,10 @@ def quantize_config(
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--precision",
-    type=click.Choice(["int8", "fp16"]),
+@options.run_dir()
+@options.precision(
+    QUANTIZE_PRECISIONS,
     default="int8",
-    show_default=True,
     help="int8 by a recipe; fp16 reuses export's conversion when export did not already make it.",
 )
 @click.option(
@@ -65,23 +66,14 @@ def quantize_config(
     help="Calibration recipe: a shipped name (tensorrt-int8-qdq, tensorrt-int8-cache, onnxruntime-cpu-int8) "
     "or a TOML file. Default: the --target's recipe, else onnxruntime-cpu-int8.",
 )
-@click.option(
-    "--target",
-    default=None,
-    metavar="NAME|PATH",
-    help="Device profile: its INT8 recipe is the default, and its TensorRT names the calibration cache.",
-)
-@click.option(
-    "--tensorrt",
-    default=None,
-    metavar="MAJOR.MINOR",
-    help="One of the target's TensorRT releases (default: its default).",
-)
+@options.target(help="Device profile: its INT8 recipe is the default, and its TensorRT names the calibration cache.")
+@options.tensorrt(help="One of the target's TensorRT releases (default: its default).")
 @click.option(
     "--cache-version",
     type=click.IntRange(min=1),
     default=None,
-    help="Calibration-cache header version (TensorRT's getInferLibVersion(), e.g. 8502, 100300); default: from --target.",
+    help="Calibration-cache header version (TensorRT's getInferLibVersion(), e.g. 8502, 100300); "
+    "default: from --target.",
 )
 @click.option(
     "--calib-method",
@@ -116,14 +108,9 @@ def quantize_config(
     show_default=True,
     help="How many layers --max-accuracy-drop may return to float before giving up.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration image choice.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU threads for calibration, evaluation and latency (default: the libraries' own).",
-)
-@click.option("--quiet", is_flag=True, help="Print only the result lines.")
+@options.seed(help="Seed of the calibration image choice.")
+@options.threads(help="CPU threads for calibration, evaluation and latency (default: the libraries' own).")
+@options.quiet()
 def quantize(
     run_dir: Path,
     precision: str,

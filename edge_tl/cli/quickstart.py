@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.command()
 @click.option(
@@ -13,7 +15,7 @@ import click
     type=click.Path(file_okay=False),
     help="Run directory to create.",
 )
-@click.option("--quiet", is_flag=True, help="Only errors.")
+@options.quiet("errors")
 def quickstart(*, out: str, quiet: bool) -> None:
     """Fine-tune pretrained EfficientNet-Lite0 on the built-in digits (CPU-sized), evaluate, summarise."""
     from edge_tl.quickstart import run_quickstart

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@options.run_dir()
 def report(run_dir: Path) -> None:
     """Write RUN/report/index.html: training, every artifact against the original, devices, fleet.
 

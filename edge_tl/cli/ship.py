@@ -9,6 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from edge_tl.cli import options
 from edge_tl.ship.config import RUN_CONFIG_NAME, find_config, load_config
 from edge_tl.ship.options import gather
 from edge_tl.ship.stages import STAGE_ORDER
@@ -48,21 +49,24 @@ def _ship_params() -> list[click.Parameter]:
         click.Option(["--data"], required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Your images: one subfolder per class. With a model (--weights/--onnx/--imagenet), "
                           "its validation and calibration images."),
-        click.Option(["--target"], required=True, help="Device profile name (`edge-tl targets list`) or TOML path."),
+        options.target(required=True).param(),
         click.Option(["--out"], required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Run directory: made, or continued where it stopped."),
-        click.Option(["--host"], default=None, help="Deploy to this device: [user@]HOST[:PORT] or an ssh_config alias."),
+        click.Option(["--host"], default=None,
+                     help="Deploy to this device: [user@]HOST[:PORT] or an ssh_config alias."),
         click.Option(["--fleet"], default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Deploy to every device of this inventory TOML."),
-        click.Option(["--precision"], default=None, type=click.Choice(["int8", "fp16", "fp32"]),
-                     help="Precision on the device (default: int8 where the target runs it fast, else fp16, else fp32)."),
+        options.precision(help="Precision on the device (default: int8 where the target runs it fast, else fp16, "
+                                "else fp32).").param(),
         click.Option(["--max-accuracy-drop"], type=click.FloatRange(min=0), default=None, metavar="PTS",
-                     help="Top-1 points the shipped model may lose against the original: quantize's budget and verify's gate."),
+                     help="Top-1 points the shipped model may lose against the original: quantize's budget and "
+                          "verify's gate."),
         click.Option(["--config"], default=None, type=click.Path(dir_okay=False, path_type=Path),
-                     help=f"TOML file of options (default: DATA/edge-tl.toml when it exists); RUN/{RUN_CONFIG_NAME} repeats a run."),
+                     help="TOML file of options (default: DATA/edge-tl.toml when it exists); "
+                          f"RUN/{RUN_CONFIG_NAME} repeats a run."),
         click.Option(["--force"], multiple=True, type=click.Choice(list(STAGE_ORDER)),
                      help="Run this stage (and the ones after it) again even if it is up to date; repeatable."),
-        click.Option(["--quiet"], is_flag=True, help="Print only the summary."),
+        options.quiet("the summary").param(),
     ]  # fmt: skip
     return [*own, *PASSTHROUGH.params]
 

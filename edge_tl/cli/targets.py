@@ -6,6 +6,8 @@ import json
 
 import click
 
+from edge_tl.cli import options
+
 
 @click.group()
 def targets() -> None:
@@ -13,7 +15,7 @@ def targets() -> None:
 
 
 @targets.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@options.as_json()
 def list_cmd(as_json: bool) -> None:
     """List the shipped target profiles."""
     from edge_tl.targets import list_targets
@@ -29,13 +31,14 @@ def list_cmd(as_json: bool) -> None:
         trt = str(t.default_tensorrt) if t.default_tensorrt else "-"
         precisions = ",".join(p.value for p in t.fast_precisions)
         click.echo(
-            f"{t.name:<22} {t.kind.value:<7} {sm:<5} {dla:>3} {trt:<9} {t.max_opset:>5} {precisions:<24} {t.calibration_recipe.value}"
+            f"{t.name:<22} {t.kind.value:<7} {sm:<5} {dla:>3} {trt:<9} {t.max_opset:>5} {precisions:<24} "
+            f"{t.calibration_recipe.value}"
         )
 
 
 @targets.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.as_json(help="Print JSON.")
 def show_cmd(name: str, as_json: bool) -> None:
     """Show one profile: NAME of a shipped profile or the PATH of a TOML."""
     from edge_tl.targets import format_target, load_target

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from edge_tl.cli import options
+
 
 def verify_config(
     *,
@@ -49,7 +51,7 @@ def verify_config(
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@options.run_dir()
 @click.option(
     "--max-accuracy-drop",
     type=float,
@@ -93,8 +95,8 @@ def verify_config(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many validation images.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op CPU threads for every runner.")
+@options.device()
+@options.threads(help="Intra-op CPU threads for every runner.")
 @click.option(
     "--latency-iterations",
     type=click.IntRange(min=1),
@@ -103,7 +105,7 @@ def verify_config(
     help="Timed iterations at batch 1 per model (after 10 warm-up ones).",
 )
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
-@click.option("--quiet", is_flag=True, help="Print only the table.")
+@options.quiet("the table")
 def verify(
     run_dir: Path,
     max_accuracy_drop: float | None,
@@ -124,7 +126,8 @@ def verify(
     from edge_tl.verify import verify_run
 
     config = verify_config(
-        max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level, min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level,
+        min_agreement=min_agreement,
         artifacts=artifacts, reference=reference, batch_size=batch_size, max_images=max_images, device=device,
         threads=threads, latency_iterations=latency_iterations, no_latency=no_latency,
     )  # fmt: skip

@@ -18,7 +18,6 @@ fails is reported with its reason and does not stop the others.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_tl import tomlfile
 from edge_tl.deploy.api import (
     DeployConfig,
     DeployResult,
@@ -42,13 +42,25 @@ from edge_tl.deploy.ssh import SshEndpoint
 from edge_tl.errors import ConfigError, EdgeTLError
 from edge_tl.runs import Run, atomic_write_json, now_iso
 from edge_tl.targets import load_target
+from edge_tl.tomlfile import Table
 
 # Settings an inventory may give (in [defaults] or per device), with their types.
 _SETTINGS: dict[str, type] = {
-    "target": str, "precision": str, "mode": str, "remote_dir": str, "remote_python": str, "tensorrt": str,
-    "eval_images": int, "warmup": int, "iterations": int, "batch_size": int, "threads": int,
-    "check_device": bool, "lock_clocks": bool, "tegrastats": bool,
-}  # fmt: skip
+    "target": str,
+    "precision": str,
+    "mode": str,
+    "remote_dir": str,
+    "remote_python": str,
+    "tensorrt": str,
+    "eval_images": int,
+    "warmup": int,
+    "iterations": int,
+    "batch_size": int,
+    "threads": int,
+    "check_device": bool,
+    "lock_clocks": bool,
+    "tegrastats": bool,
+}
 FLEET_FILE = "fleet.json"
 
 
@@ -59,49 +71,33 @@ class Device:
     settings: dict[str, Any]
 
 
-def _settings(table: dict[str, Any], *, where: str) -> dict[str, Any]:
+def _settings(table: Table) -> dict[str, Any]:
     out = {}
-    for key, value in table.items():
-        if key in ("name", "host"):
-            continue
-        if key not in _SETTINGS:
-            raise ConfigError(f"{where}: unknown setting {key!r}; known: name, host, {', '.join(_SETTINGS)}")
-        if not isinstance(value, _SETTINGS[key]) or (isinstance(value, bool) and _SETTINGS[key] is not bool):
-            raise ConfigError(f"{where}: {key} = {value!r} should be a {_SETTINGS[key].__name__}")
-        if key == "mode" and value not in {m.value for m in Mode}:
-            raise ConfigError(f"{where}: mode = {value!r} is not one of {', '.join(m.value for m in Mode)}")
-        out[key] = Mode(value) if key == "mode" else value
+    for key, kind in _SETTINGS.items():
+        if key == "mode" and key in table and table.data[key] not in {m.value for m in Mode}:
+            choices = ", ".join(m.value for m in Mode)
+            raise table.fail(key, f"mode = {table.data[key]!r} is not one of {choices}")
+        value = table.get(key, kind, None)
+        if value is not None:
+            out[key] = Mode(value) if key == "mode" else value
     return out
 
 
 def load_inventory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Device]]:
-    """([defaults], devices) of an inventory TOML, every field checked."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        from edge_tl._lazy import lazy_import
-
-        tomllib = lazy_import("tomli", purpose="reading fleet inventories on Python 3.10")
+    """([defaults], devices) of an inventory TOML, every field checked (:mod:`edge_tl.tomlfile`)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read inventory {str(path)!r}: {exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{str(path)!r} is not valid TOML ({exc})") from exc
-    unknown = set(data) - {"defaults", "device"}
-    if unknown:
-        raise ConfigError(
-            f"{str(path)!r}: unknown table(s) {sorted(unknown)}; an inventory has [defaults] and [[device]]"
-        )
+    source = str(path)
+    data = tomlfile.read(path, what="inventory")
     if not isinstance(data.get("defaults", {}), dict):
-        raise ConfigError(f"{str(path)!r}: defaults must be a table ([defaults])")
-    defaults = _settings(data.get("defaults", {}), where=f"{path} [defaults]")
+        raise ConfigError(f"{source}: defaults must be a table ([defaults])")
     entries = data.get("device", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{str(path)!r}: each device is a [[device]] table (two brackets), not [device]")
+        raise ConfigError(f"{source}: each device is a [[device]] table (two brackets), not [device]")
+    top = Table(data, source=source, known=("defaults", "device"))
+    defaults = _settings(top.table("defaults", _SETTINGS, required=False))
     devices: list[Device] = []
-    for i, entry in enumerate(entries):
+    for i, table in enumerate(top.tables("device", ("name", "host", *_SETTINGS), [])):
+        entry = table.data
         where = f"{path} [[device]] #{i + 1}"
         if not isinstance(entry.get("host"), str):
             raise ConfigError(f'{where}: needs host = "[user@]HOST[:PORT]"')
@@ -111,9 +107,9 @@ def load_inventory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[D
         name = check_device_name(entry.get("name") or SshEndpoint.parse(entry["host"]).label, where=f"{where}: name")
         if name in {d.name for d in devices}:
             raise ConfigError(f"{where}: name {name!r} is used twice; names label deploy/<name>/ and must be unique")
-        devices.append(Device(name, entry["host"], _settings(entry, where=where)))
+        devices.append(Device(name, entry["host"], _settings(table)))
     if not devices:
-        raise ConfigError(f"{str(path)!r} lists no devices: add [[device]] tables with name and host")
+        raise ConfigError(f"{source} lists no devices: add [[device]] tables with name and host")
     return defaults, devices
 
 
@@ -147,11 +143,21 @@ class FleetReport:
         )
         rows = [head]
         for r in self.results:
-            rows.append((
-                r.label, r.target, r.jetpack or "-", r.tensorrt or "-", r.precision, num(r.p50_ms, ".3f"),
-                num(r.p99_ms, ".3f"), num(r.throughput_ips, ".1f"), num(None if r.top1 is None else r.top1 * 100, ".2f"),
-                num(r.delta_top1_pts, "+.2f"), r.status,
-            ))  # fmt: skip
+            rows.append(
+                (
+                    r.label,
+                    r.target,
+                    r.jetpack or "-",
+                    r.tensorrt or "-",
+                    r.precision,
+                    num(r.p50_ms, ".3f"),
+                    num(r.p99_ms, ".3f"),
+                    num(r.throughput_ips, ".1f"),
+                    num(None if r.top1 is None else r.top1 * 100, ".2f"),
+                    num(r.delta_top1_pts, "+.2f"),
+                    r.status,
+                )
+            )
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines += [f"{r.label}: {r.reason}" for r in self.failures]
@@ -181,7 +187,8 @@ def deploy_fleet(
         try:
             if "target" not in merged or "precision" not in merged:
                 raise ConfigError(
-                    f"device {device.name!r} has no target/precision: give them per device, in [defaults] or with --target/--precision"
+                    f"device {device.name!r} has no target/precision: give them per device, in [defaults] "
+                    "or with --target/--precision"
                 )
             plans.append((device, DeployConfig(**merged), ""))
         except EdgeTLError as exc:
@@ -197,8 +204,13 @@ def deploy_fleet(
             continue
         try:
             target = load_target(config.target)
-            bundle = prepare_bundle(run, target, target.check_precision(config.precision), eval_images=config.eval_images,
-                                    tensorrt=config.tensorrt)  # fmt: skip
+            bundle = prepare_bundle(
+                run,
+                target,
+                target.check_precision(config.precision),
+                eval_images=config.eval_images,
+                tensorrt=config.tensorrt,
+            )
             bundles[key] = (bundle, compute_reference(run, bundle))
         except EdgeTLError as exc:
             bundles[key] = f"bundle for {config.target}/{config.precision}: {exc}"
@@ -216,8 +228,16 @@ def deploy_fleet(
             if isinstance(prepared, str):
                 return DeployResult(device.host, device.name, target, precision, "failed", prepared)
             try:
-                result = deploy_host(run, device.host, config, bundle=prepared[0], reference=prepared[1], wheel=the_wheel,
-                                     name=device.name, say=lambda msg: say(f"[{device.name}] {msg}"))  # fmt: skip
+                result = deploy_host(
+                    run,
+                    device.host,
+                    config,
+                    bundle=prepared[0],
+                    reference=prepared[1],
+                    wheel=the_wheel,
+                    name=device.name,
+                    say=lambda msg: say(f"[{device.name}] {msg}"),
+                )
             except Exception as exc:  # noqa: BLE001 - one device's failure, whatever it is, must not stop the others
                 reason = str(exc) if isinstance(exc, EdgeTLError) else f"{type(exc).__name__}: {exc}"
                 say(f"[{device.name}] failed: {reason.splitlines()[0]}")

@@ -13,7 +13,6 @@ import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,13 +34,9 @@ from edge_tl.export.static_padding import make_same_padding_static
 from edge_tl.runs import Run, tool_versions
 from edge_tl.runtime.base import Device, InputSpec, RunnerOptions
 from edge_tl.verify.metrics import Accuracy, AccuracyAccumulator, Agreement, AgreementAccumulator
+from edge_tl.vocab import EXPORT_PRECISIONS, Precision, accept
 
 STAGE = "export"
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
 
 
 ARTIFACT_NAMES = {Precision.FP32: ONNX_FP32, Precision.FP16: ONNX_FP16}
@@ -90,6 +85,14 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not self.precisions:
             raise ConfigError("choose at least one precision to export (fp32, fp16)")
+        object.__setattr__(
+            self,
+            "precisions",
+            tuple(
+                accept(Precision, p, EXPORT_PRECISIONS, message=lambda v, c: f"export writes {c}, not {v!r}")
+                for p in self.precisions
+            ),
+        )
         if self.parity_images is not None and self.parity_images < 1:
             raise ConfigError(f"parity_images must be >= 1 (or unset for all), got {self.parity_images}")
         if self.parity_batch_size < 1:

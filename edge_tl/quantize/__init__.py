@@ -16,10 +16,12 @@ from edge_tl.quantize.recipes import (
     load_recipe,
     parse_recipe,
 )
+from edge_tl.vocab import Precision
 
 __all__ = [
     "CalibMethod",
     "OutputFormat",
+    "Precision",
     "QuantDType",
     "QuantPrecision",
     "QuantizeConfig",

@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from edge_tl.runs import (
     now_iso,
     tool_versions,
 )
+from edge_tl.vocab import QUANTIZE_PRECISIONS, Precision, accept
 
 STAGE = "quantize"
 SOURCE_ARTIFACT = ONNX_FP32
@@ -57,9 +57,14 @@ TABLE_FILE = "calibration_table.json"
 CACHE_FILE = "calibration.cache"
 
 
-class QuantPrecision(str, Enum):
-    INT8 = "int8"
-    FP16 = "fp16"
+#: The one :class:`~edge_tl.vocab.Precision` (this name is kept for callers); quantize writes these two.
+QuantPrecision = Precision
+
+
+def accept_precision(value: Precision | str) -> Precision:
+    return accept(
+        Precision, value, QUANTIZE_PRECISIONS, message=lambda v, c: f"quantize writes {c}; --precision {v!r} is not one"
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class QuantizeConfig:
     threads: int | None = None  # intra-op threads of calibration, evaluation and latency (None = library default)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", accept_precision(self.precision))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError(f"--max-accuracy-drop is in top-1 points and must be >= 0, got {self.max_accuracy_drop}")
         if self.calib_samples is not None and self.calib_samples < 1:

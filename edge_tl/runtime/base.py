@@ -18,18 +18,12 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from edge_tl.errors import ConfigError, RunError
-
-
-class Device(str, Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
+from edge_tl.vocab import Device
 
 
 @dataclass(frozen=True)

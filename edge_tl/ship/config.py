@@ -51,14 +51,9 @@ def load_config(path: Path, *, known: Iterable[str], paths: Iterable[str]) -> di
 
     ``paths``: option names whose values are file paths (made absolute against the file's folder).
     """
-    from edge_tl.targets import _toml_loads
+    from edge_tl import tomlfile
 
-    try:
-        data = _toml_loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML ({exc})") from exc
+    data = tomlfile.read(path, what="config file")
     known = frozenset(known)
     unknown = [key for key in data if key_to_name(key) not in known]
     if unknown:

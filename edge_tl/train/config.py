@@ -13,22 +13,7 @@ from typing import Any
 
 from edge_tl.data.cache import CacheMode
 from edge_tl.errors import ConfigError
-
-
-class Device(str, Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-class Precision(str, Enum):
-    """Training arithmetic. ``auto``: bf16 autocast on a CUDA GPU that supports it, else fp16
-    with a gradient scaler on CUDA, fp32 on the CPU."""
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
+from edge_tl.vocab import TRAIN_PRECISIONS, Device, Precision, accept
 
 
 class GpuData(str, Enum):
@@ -89,7 +74,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", _enum(Device, self.device, "--device"))
-        object.__setattr__(self, "precision", _enum(Precision, self.precision, "--precision"))
+        object.__setattr__(self, "precision", _enum(Precision, self.precision, "--precision", TRAIN_PRECISIONS))
         object.__setattr__(self, "cache", _enum(CacheMode, self.cache, "--cache"))
         object.__setattr__(self, "gpu_data", _enum(GpuData, self.gpu_data, "--gpu-data"))
         object.__setattr__(self, "out", str(self.out))
@@ -146,12 +131,8 @@ class FinetuneConfig:
         return {k: (mine[k], theirs[k]) for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]}
 
 
-def _enum(cls: type[Enum], value: Any, option: str) -> Any:
-    try:
-        return cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        choices = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
-        raise ConfigError(f"{option} must be one of {choices}, got {value!r}") from None
+def _enum(cls: type[Enum], value: Any, option: str, allowed: tuple[Enum, ...] | None = None) -> Any:
+    return accept(cls, value, allowed, message=lambda v, choices: f"{option} must be one of {choices}, got {v!r}")
 
 
 def _positive_int(value: Any, option: str) -> None:
