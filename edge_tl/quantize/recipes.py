@@ -77,19 +77,20 @@ class CacheSpec:
 class Recipe:
     name: str
     description: str
-    output: OutputFormat
+    output: OutputFormat | str  # a shipped format, or the name of the format ``writer`` makes
     calibration: CalibrationSpec
     activations: TensorSpec
     weights: TensorSpec
     placement: PlacementSpec
     cache: CacheSpec | None = None
     source: str = ""  # where it was loaded from
+    writer: str = ""  # "module:attribute" or "file.py:attribute" of a format's writer (edge_tl.quantize.writers)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
-            "output": self.output.value,
+            "output": self.output.value if isinstance(self.output, OutputFormat) else self.output,
             "source": self.source,
             "calibration": {
                 "method": self.calibration.method.value,
@@ -108,6 +109,8 @@ class Recipe:
         }
         if self.cache is not None:
             out["cache"] = {"algorithm": self.cache.algorithm, "cache_version": self.cache.cache_version}
+        if self.writer:
+            out["writer"] = self.writer
         return out
 
 
@@ -196,7 +199,11 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
     if not name or "/" in name or name != name.strip():
         raise ConfigError(f"recipe {where}: field 'name' {name!r} must be a plain name (it names files and artifacts)")
     description = top.get("description", str, "")
-    output = top.get("output", str, choices=OutputFormat)
+    # A format of one's own names its writer, which checks the output name when quantize loads it.
+    writer = top.get("writer", str, "")
+    output = top.get("output", str) if writer else top.get("output", str, choices=OutputFormat)
+    if output in {f.value for f in OutputFormat}:
+        output = OutputFormat(output)
 
     c = top.table("calibration")
     calibration = CalibrationSpec(
@@ -253,7 +260,7 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
         )
     if weights.dtype is not QuantDType.INT8:
         raise ConfigError(f"recipe {where}: field 'weights.dtype' must be 'int8' (uint8 weights are not supported)")
-    return Recipe(name, description, output, calibration, activations, weights, placement, cache, where)
+    return Recipe(name, description, output, calibration, activations, weights, placement, cache, where, writer)
 
 
 def _tomllib() -> ModuleType:
