@@ -51,6 +51,7 @@ from edge_tl.runs import (
     now_iso,
     tool_versions,
 )
+from edge_tl.runtime.base import Device, Runner, RunnerOptions
 
 STAGE = "quantize"
 SOURCE_ARTIFACT = ONNX_FP32
@@ -111,7 +112,7 @@ class QuantizeResult:
     artifacts: tuple[str, ...]
     model_path: Path | None = None
     table_path: Path | None = None
-    cache_path: Path | None = None
+    cache_path: Path | None = None  # a FileWriter's file (the TensorRT calibration cache)
     reference_top1: float | None = None
     top1: float | None = None
     drop_points: float | None = None
@@ -148,22 +149,20 @@ def _recipe_name(chosen: Any) -> str:
     return chosen.value
 
 
-def _cpu(threads: int | None) -> Any:
-    from edge_tl.runtime.base import Device, RunnerOptions
-
-    # The CPU whatever the machine has: a quantized model's accuracy is judged where ONNX Runtime's Q/DQ
-    # kernels are the reference ones.
+def _cpu(threads: int | None) -> RunnerOptions:
+    # The CPU whatever providers this machine has: the accuracies and latencies quantize records are ONNX
+    # Runtime's (and PyTorch's) on the CPU, comparable from one machine to the next.
     return RunnerOptions(device=Device.CPU, threads=threads)
 
 
-def _runner(model: Any, threads: int | None, *, name: str = "candidate") -> Any:
+def _runner(model: Any, threads: int | None, *, name: str = "candidate") -> Runner:
     """An ONNX Runtime runner for a graph held in memory (candidates are measured before one is written)."""
     from edge_tl.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(model.SerializeToString(), name=name, options=_cpu(threads))
 
 
-def _top1(runner: Any, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
+def _top1(runner: Runner, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
     """Top-1 of a (not yet entered) runner on ``samples``."""
     from edge_tl.data import iter_batches
     from edge_tl.verify.metrics import AccuracyAccumulator
