@@ -82,19 +82,20 @@ class CacheSpec:
 class Recipe:
     name: str
     description: str
-    output: OutputFormat
+    output: OutputFormat | str  # a shipped format, or the name of the format ``writer`` makes
     calibration: CalibrationSpec
     activations: TensorSpec
     weights: TensorSpec
     placement: PlacementSpec
     cache: CacheSpec | None = None
     source: str = ""  # where it was loaded from
+    writer: str = ""  # "module:attribute" or "file.py:attribute" of a format's writer (edge_tl.quantize.writers)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
-            "output": self.output.value,
+            "output": self.output.value if isinstance(self.output, OutputFormat) else self.output,
             "source": self.source,
             "calibration": {
                 "method": self.calibration.method.value,
@@ -113,6 +114,8 @@ class Recipe:
         }
         if self.cache is not None:
             out["cache"] = {"algorithm": self.cache.algorithm, "cache_version": self.cache.cache_version}
+        if self.writer:
+            out["writer"] = self.writer
         return out
 
 
@@ -122,7 +125,18 @@ def _tensor_dict(spec: TensorSpec) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- loading
 
-_TOP_FIELDS = ("schema", "name", "description", "output", "calibration", "activations", "weights", "placement", "cache")
+_TOP_FIELDS = (
+    "schema",
+    "name",
+    "description",
+    "output",
+    "writer",
+    "calibration",
+    "activations",
+    "weights",
+    "placement",
+    "cache",
+)
 _CALIBRATION_FIELDS = ("method", "percentile", "num_bins", "num_samples", "batch_size")
 _TENSOR_FIELDS = ("dtype", "symmetric", "per_channel")
 _PLACEMENT_FIELDS = ("op_types", "residual_add", "keep_float")
@@ -147,7 +161,11 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
     if not name or "/" in name or name != name.strip():
         raise top.fail("name", f"{name!r} must be a plain name (it names files and artifacts)")
     description = top.get("description", str, "")
-    output = top.enum("output", OutputFormat)
+    # A format of one's own names its writer, which checks the output name when quantize loads it.
+    writer = top.get("writer", str, "")
+    output = top.get("output", str) if writer else top.enum("output", OutputFormat)
+    if output in {f.value for f in OutputFormat}:
+        output = OutputFormat(output)
 
     c = top.table("calibration", _CALIBRATION_FIELDS, required=False)
     calibration = CalibrationSpec(
@@ -199,7 +217,7 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
         )
     if weights.dtype is not QuantDType.INT8:
         raise ConfigError(f"{where}: field 'weights.dtype' must be 'int8' (uint8 weights are not supported)")
-    return Recipe(name, description, output, calibration, activations, weights, placement, cache, where)
+    return Recipe(name, description, output, calibration, activations, weights, placement, cache, where, writer)
 
 
 def list_recipes() -> list[str]:

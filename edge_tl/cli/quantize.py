@@ -26,19 +26,17 @@ def quantize_config(
     seed: int,
     threads: int | None,
 ) -> Any:
-    """The quantize flags as a QuantizeConfig (a plain function, so that mutation testing, which skips
-    decorated functions, checks that the budget and the recipe choice reach quantize_run)."""
+    """The quantize flags as a QuantizeConfig, its recipe chosen as quantize_run chooses it (a plain function,
+    so that mutation testing, which skips decorated functions, checks that the budget and the recipe choice
+    reach quantize_run)."""
+    from dataclasses import replace
+
     from edge_tl.quantize import CalibMethod, QuantizeConfig, QuantPrecision
-    from edge_tl.quantize.api import DEFAULT_RECIPE
+    from edge_tl.quantize.api import resolve_recipe
 
-    if recipe is None and target is not None and precision == "int8":
-        from edge_tl.targets import load_target
-
-        chosen = load_target(target).calibration_recipe_for("int8", tensorrt=tensorrt)
-        recipe = chosen.value if chosen is not None else None
-    return QuantizeConfig(
+    config = QuantizeConfig(
         precision=QuantPrecision(precision),
-        recipe=recipe or DEFAULT_RECIPE,
+        recipe=recipe,
         calib_method=CalibMethod(calib_method) if calib_method else None,
         calib_samples=calib_samples,
         calib_data=calib_data,
@@ -50,6 +48,7 @@ def quantize_config(
         tensorrt=tensorrt,
         cache_version=cache_version,
     )
+    return replace(config, recipe=resolve_recipe(config))
 
 
 @click.command()

@@ -6,6 +6,7 @@ from edge_tl.quantize.api import (
     QuantizeResult,
     QuantPrecision,
     quantize_run,
+    resolve_recipe,
 )
 from edge_tl.quantize.recipes import (
     CalibMethod,
@@ -31,4 +32,5 @@ __all__ = [
     "load_recipe",
     "parse_recipe",
     "quantize_run",
+    "resolve_recipe",
 ]

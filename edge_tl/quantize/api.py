@@ -4,21 +4,23 @@ INT8 flow:
 
 1. load the recipe; pick calibration images (``calibrate.calibration_samples``);
 2. observe the activations the recipe quantizes, streaming (``calibrate.collect``);
-3. write the INT8 model (TensorRT-style Q/DQ, ONNX Runtime Q/DQ) or the TensorRT cache;
-4. measure top-1 on the validation split against the original PyTorch model;
+3. write what the recipe's output format makes, by that format's writer (``writers``): an INT8
+   model (TensorRT-style Q/DQ, ONNX Runtime Q/DQ) or a file for a later build (the TensorRT cache);
+4. for a model: measure top-1 on the validation split against the original model (ONNX Runtime and
+   PyTorch runners, ``verify.metrics``), and its latency (``bench.benchmark``);
 5. with ``max_accuracy_drop``: when the drop is over budget, rank the quantized
    layers by sensitivity (how much closer to FP32 the logits get on calibration
    images when that one layer stays in float) and return them to float one at a
    time, most sensitive first, re-measuring each time, until the budget is met; if
    it never is, keep the best attempt, label it failing, and raise.
 
-Everything lands in ``quantize/<recipe>/`` with manifest records.
+Everything lands in ``quantize/<recipe>/`` with manifest records. The recipe is ``--recipe``, else
+the ``--target``'s (:func:`resolve_recipe`), else :data:`DEFAULT_RECIPE`.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,16 @@ from edge_tl.artifacts import (
     ONNX_FP16,
     ONNX_FP32,
     ArtifactKind,
-    calib_cache,
     calib_table,
     onnx_int8,
     reference_artifact,
 )
-from edge_tl.errors import ConfigError, DataError, RunError, ToleranceError
-from edge_tl.quantize import calibrate, graph, qdq_onnxruntime, qdq_tensorrt, trt_cache
+from edge_tl.errors import ConfigError, DataError, ToleranceError
+from edge_tl.quantize.calibrate import calibration_samples, collect, image_batches
+from edge_tl.quantize.graph import ensure_node_names
 from edge_tl.quantize.observers import TensorRange
-from edge_tl.quantize.recipes import CalibMethod, OutputFormat, Recipe, load_recipe
+from edge_tl.quantize.recipes import CalibMethod, Recipe, load_recipe
+from edge_tl.quantize.writers import FileWriter, ModelWriter, writer_for
 from edge_tl.runs import (
     Run,
     atomic_write_bytes,
@@ -47,6 +50,7 @@ from edge_tl.runs import (
     now_iso,
     tool_versions,
 )
+from edge_tl.runtime.base import Device, Runner, RunnerOptions
 from edge_tl.vocab import QUANTIZE_PRECISIONS, Precision, accept
 
 STAGE = "quantize"
@@ -54,7 +58,6 @@ SOURCE_ARTIFACT = ONNX_FP32
 DEFAULT_RECIPE = "onnxruntime-cpu-int8"
 MODEL_FILE = "model.int8.onnx"
 TABLE_FILE = "calibration_table.json"
-CACHE_FILE = "calibration.cache"
 
 
 #: The one :class:`~edge_tl.vocab.Precision` (this name is kept for callers); quantize writes these two.
@@ -70,7 +73,7 @@ def accept_precision(value: Precision | str) -> Precision:
 @dataclass(frozen=True)
 class QuantizeConfig:
     precision: QuantPrecision = QuantPrecision.INT8
-    recipe: str = DEFAULT_RECIPE  # a shipped name or a TOML path
+    recipe: str | None = None  # a shipped name or a TOML path; None = the target's INT8 recipe, else DEFAULT_RECIPE
     calib_method: CalibMethod | None = None  # None = the recipe's
     calib_samples: int | None = None  # None = the recipe's
     calib_data: Path | None = None  # None = the run's training split
@@ -115,7 +118,7 @@ class QuantizeResult:
     artifacts: tuple[str, ...]
     model_path: Path | None = None
     table_path: Path | None = None
-    cache_path: Path | None = None
+    cache_path: Path | None = None  # a FileWriter's file (the TensorRT calibration cache)
     reference_top1: float | None = None
     top1: float | None = None
     drop_points: float | None = None
@@ -131,107 +134,72 @@ class QuantizeResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _session(model: Any, threads: int | None = None) -> Any:
-    ort = lazy_import("onnxruntime", purpose="running quantized models")
-    options = ort.SessionOptions()
-    from edge_tl.runtime.onnxruntime_runner import has_fp16_qdq
+def resolve_recipe(config: QuantizeConfig) -> str | None:
+    """The recipe ``quantize_run`` uses for ``config``: ``config.recipe``; without one, the INT8 recipe of
+    ``config.target`` for its TensorRT release (``Target.calibration_recipe_for``); without a target,
+    :data:`DEFAULT_RECIPE`. ``None`` for FP16, which needs no recipe. `edge-tl quantize` (and so
+    `edge-tl ship`) choose through this."""
+    if config.recipe is not None or config.precision is not QuantPrecision.INT8:
+        return config.recipe
+    if config.target is not None:
+        from edge_tl.targets import load_target
 
-    # A Q/DQ graph with float16 scales is run as written (see has_fp16_qdq).
-    level = "ORT_DISABLE_ALL" if has_fp16_qdq(model) else "ORT_ENABLE_ALL"
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _logits(session: Any, images: np.ndarray) -> np.ndarray:
-    inp = session.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    if fixed is None or fixed == images.shape[0]:
-        return np.asarray(session.run(None, {inp.name: images})[0], dtype=np.float32)
-    outs = []
-    for start in range(0, images.shape[0], fixed):
-        chunk = images[start : start + fixed]
-        real = chunk.shape[0]
-        if real < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)])
-        outs.append(np.asarray(session.run(None, {inp.name: chunk})[0], dtype=np.float32)[:real])
-    return np.concatenate(outs)
+        chosen = load_target(config.target).calibration_recipe_for("int8", tensorrt=config.tensorrt)
+        if chosen is not None:
+            return _recipe_name(chosen)
+    return DEFAULT_RECIPE
 
 
-def _top1(session: Any, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
+def _recipe_name(chosen: Any) -> str:
+    """The name of a target's calibration recipe (a ``CalibrationRecipe`` member)."""
+    return chosen.value
+
+
+def _cpu(threads: int | None) -> RunnerOptions:
+    # The CPU whatever providers this machine has: the accuracies and latencies quantize records are ONNX
+    # Runtime's (and PyTorch's) on the CPU, comparable from one machine to the next.
+    return RunnerOptions(device=Device.CPU, threads=threads)
+
+
+def _runner(model: Any, threads: int | None, *, name: str = "candidate") -> Runner:
+    """An ONNX Runtime runner for a graph held in memory (candidates are measured before one is written)."""
+    from edge_tl.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(model.SerializeToString(), name=name, options=_cpu(threads))
+
+
+def _top1(runner: Runner, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
+    """Top-1 of a (not yet entered) runner on ``samples``."""
     from edge_tl.data import iter_batches
+    from edge_tl.verify.metrics import AccuracyAccumulator
 
-    correct = total = 0
-    for images, labels in iter_batches(list(samples), prep, batch_size):
-        correct += int((_logits(session, images).argmax(axis=1) == labels).sum())
-        total += labels.shape[0]
-    return correct / total
+    accuracy = AccuracyAccumulator()
+    with runner:
+        for images, labels in iter_batches(list(samples), prep, batch_size):
+            accuracy.update(runner.run(images), labels)
+    return accuracy.result().top1
 
 
 def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int, threads: int | None) -> float:
     """Top-1 of the original model: the reference every artifact is judged by (the fine-tuned or
     imported PyTorch model, or for an ONNX import the imported ONNX FP32 model)."""
-    from edge_tl.data import iter_batches
-    from edge_tl.models import load_run_model
+    from edge_tl.runtime.registry import open_runner
 
     reference = run.artifact(reference_artifact(run))
     if reference.kind == ArtifactKind.ONNX:
-        onnx = lazy_import("onnx", purpose="measuring the original model's accuracy")
-        return _top1(
-            _session(onnx.load(str(run.artifact_path(reference.name, check_hash=True))), threads),
-            samples,
-            prep,
-            batch_size,
-        )
-
-    torch = lazy_import("torch", purpose="measuring the original model's accuracy")
-    model = load_run_model(run)
-    before = torch.get_num_threads()
-    if threads is not None:
-        # On a busy machine OpenMP threads that spin-wait for each other can make a small
-        # model 50x slower than one thread; the caller decides.
-        torch.set_num_threads(threads)
-    correct = total = 0
-    try:
-        with torch.inference_mode():
-            for images, labels in iter_batches(list(samples), prep, batch_size):
-                logits = model(torch.from_numpy(images)).numpy()
-                correct += int((logits.argmax(axis=1) == labels).sum())
-                total += labels.shape[0]
-    finally:
-        torch.set_num_threads(before)
-    return correct / total
+        run.artifact_path(reference.name, check_hash=True)  # an imported ONNX changed since import is refused
+    # threads: on a busy machine OpenMP threads that spin-wait for each other can make a small
+    # model 50x slower than one thread; the caller decides.
+    return _top1(open_runner(run, artifact=reference.name, options=_cpu(threads)), samples, prep, batch_size)
 
 
-def _kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+def _p50_ms(model: Any, iterations: int, threads: int | None) -> float:
+    """Median milliseconds of one batch-1 inference (5 warm-up runs), timed by ``bench.benchmark``."""
+    from edge_tl.bench.api import BenchConfig, Budget, benchmark
 
-    lp, lq = log_softmax(reference), log_softmax(candidate)
-    return float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
-
-
-def _p50_ms(model: Any, shape: Sequence[int], iterations: int, threads: int | None) -> float:
-    session = _session(model, threads)
-    inp = session.get_inputs()[0]
-    batch = np.random.default_rng(0).standard_normal((1, *shape[1:]), dtype=np.float32)
-    feed = {inp.name: batch}
-    for _ in range(5):
-        session.run(None, feed)
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter_ns()
-        session.run(None, feed)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return float(np.median(times))
-
-
-def _input_chw(model: Any) -> tuple[int, ...]:
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.dim_value else 1 for d in dims)
+    config = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=5), measure=Budget(iterations=iterations))
+    with _runner(model, threads, name="latency") as runner:
+        return benchmark(runner, config)[0].p50_ms
 
 
 # --------------------------------------------------------------------------- main entry
@@ -249,32 +217,24 @@ def quantize_run(
     run = Run.open(Path(run_dir).resolve())
     if config.precision is QuantPrecision.FP16:
         return _fp16(run, say)
-    recipe = load_recipe(config.recipe)
-    # Checked before calibrating: a target whose TensorRT reads no cache fails at once.
-    for_target = _target_cache_version(config) if recipe.output is OutputFormat.TENSORRT_CACHE else None
+    recipe = load_recipe(str(resolve_recipe(config)))
+    writer = writer_for(recipe)
+    writer.check(recipe, config)
     onnx = lazy_import("onnx", purpose="quantization")
-    from edge_tl.data import split_from_run
     from edge_tl.models import Preprocessing
 
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     source = run.artifact(SOURCE_ARTIFACT)
-    model = graph.ensure_node_names(onnx.load(str(run.artifact_path(SOURCE_ARTIFACT, check_hash=True))))
+    model = ensure_node_names(onnx.load(str(run.artifact_path(SOURCE_ARTIFACT, check_hash=True))))
     method = config.calib_method or recipe.calibration.method
     num_samples = config.calib_samples or recipe.calibration.num_samples
 
-    samples = calibrate.calibration_samples(
-        run, calib_data=config.calib_data, num_samples=num_samples, seed=config.seed
-    )
-    batches = calibrate.image_batches(samples, prep, recipe.calibration.batch_size)
+    samples = calibration_samples(run, calib_data=config.calib_data, num_samples=num_samples, seed=config.seed)
+    batches = image_batches(samples, prep, recipe.calibration.batch_size)
 
-    if recipe.output is OutputFormat.QDQ_TENSORRT:
-        tensors = list(qdq_tensorrt.plan(model, recipe).activation_tensors)
-    else:
-        tensors = graph.float_activations(model)
-        if recipe.output is OutputFormat.TENSORRT_CACHE:
-            tensors = [t for t in tensors if not graph.matches(t, recipe.placement.keep_float)]
+    tensors = writer.tensors(model, recipe)
     say(f"calibrating {len(tensors)} tensors on {len(samples)} images ({method.value})")
-    observers = calibrate.collect(
+    observers = collect(
         model,
         tensors,
         batches,
@@ -308,9 +268,8 @@ def quantize_run(
             "tensors": {name: r.to_dict() for name, r in ranges.items()},
         },
     )
-    table_name, artifacts = calib_table(recipe.name), [calib_table(recipe.name)]
     run.add_artifact(
-        table_name,
+        calib_table(recipe.name),
         kind="calibration-table",
         path=table_path,
         stage=STAGE,
@@ -322,9 +281,36 @@ def quantize_run(
         },
     )
 
-    if recipe.output is OutputFormat.TENSORRT_CACHE:
-        return _write_cache(run, recipe, model, ranges, config, for_target, out_dir, table_path, calib_info, artifacts)
+    job = _Job(run, recipe, config, model, ranges, samples, prep, out_dir, table_path, calib_info, say)
+    if isinstance(writer, FileWriter):
+        return _record_file(job, writer)
+    return _quantized_model(job, writer)
 
+
+@dataclass(frozen=True)
+class _Job:
+    """A quantize job once calibrated: what a writer's output is made and recorded from."""
+
+    run: Run
+    recipe: Recipe
+    config: QuantizeConfig
+    model: Any  # the FP32 ModelProto, every node named
+    ranges: dict[str, TensorRange]
+    samples: Sequence[Any]  # the calibration images
+    prep: Any
+    out_dir: Path
+    table_path: Path
+    calib_info: dict[str, Any]
+    say: Callable[[str], None]
+
+
+def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
+    """A :class:`ModelWriter`'s model: measured, held to the budget, timed, written and recorded."""
+    from edge_tl.data import split_from_run
+
+    run, recipe, config, model, prep, say = job.run, job.recipe, job.config, job.model, job.prep, job.say
+    source = run.artifact(SOURCE_ARTIFACT)
+    artifacts = [calib_table(recipe.name)]
     val = list(split_from_run(run).val)
     if not val:
         raise DataError(
@@ -333,14 +319,9 @@ def quantize_run(
         )
 
     def build(float_layers: Sequence[str]) -> Any:
-        if recipe.output is OutputFormat.QDQ_TENSORRT:
-            return qdq_tensorrt.write(model, ranges, qdq_tensorrt.plan(model, recipe, float_layers=float_layers))
-        return qdq_onnxruntime.write(model, ranges, recipe, float_layers=float_layers)
+        return writer.build(model, job.ranges, recipe, float_layers)
 
-    if recipe.output is OutputFormat.QDQ_TENSORRT:
-        quantized_layers = list(qdq_tensorrt.plan(model, recipe).quantized_layers)
-    else:
-        quantized_layers = qdq_onnxruntime.quantizable_layers(model, recipe)[0]
+    quantized_layers = writer.layers(model, recipe)
 
     say(f"measuring the original model and INT8 on {len(val)} validation images")
     reference = _reference_top1(run, val, prep, config.eval_batch_size, config.threads)
@@ -349,28 +330,27 @@ def quantize_run(
 
     def measure(float_layers: tuple[str, ...]) -> float:
         candidate = best_model if not float_layers else build(float_layers)
-        return _top1(_session(candidate, config.threads), val, prep, config.eval_batch_size)
+        return _top1(_runner(candidate, config.threads), val, prep, config.eval_batch_size)
 
     def rank() -> list[tuple[str, float]]:
         say(f"ranking {len(quantized_layers)} layers by sensitivity")
-        return _rank(model, build, quantized_layers, samples[: config.sensitivity_images], prep, config)
+        return _rank(model, build, quantized_layers, job.samples[: config.sensitivity_images], prep, config)
 
     attempts, sensitivity, chosen, met = search_float_layers(
         reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say
     )
     final = best_model if not chosen.float_layers else build(chosen.float_layers)
 
-    shape = _input_chw(model)
     latency = {
-        "fp32": _p50_ms(model, shape, config.latency_iterations, config.threads),
-        "int8_all_layers": _p50_ms(best_model, shape, config.latency_iterations, config.threads),
+        "fp32": _p50_ms(model, config.latency_iterations, config.threads),
+        "int8_all_layers": _p50_ms(best_model, config.latency_iterations, config.threads),
     }
     if chosen.float_layers:
-        latency["int8_final"] = _p50_ms(final, shape, config.latency_iterations, config.threads)
+        latency["int8_final"] = _p50_ms(final, config.latency_iterations, config.threads)
     else:
         latency["int8_final"] = latency["int8_all_layers"]
 
-    model_path = atomic_write_bytes(out_dir / MODEL_FILE, final.SerializeToString())
+    model_path = atomic_write_bytes(job.out_dir / MODEL_FILE, final.SerializeToString())
     status = {True: "passing", False: "failing", None: "no-budget"}[met]
     name = onnx_int8(recipe.name)
     details = dict(source.details)
@@ -378,7 +358,7 @@ def quantize_run(
         {
             "source": SOURCE_ARTIFACT,
             "recipe": recipe.to_dict(),
-            "calibration": calib_info,
+            "calibration": job.calib_info,
             "quantized_layers": len(quantized_layers) - len(chosen.float_layers),
             "float_layers": list(chosen.float_layers),
             "status": status,
@@ -405,7 +385,7 @@ def quantize_run(
         name, kind="onnx", path=model_path, stage=STAGE, precision="int8", details=details, metrics=metrics
     )
     artifacts.insert(0, name)
-    if recipe.output is OutputFormat.QDQ_TENSORRT and _builds_strongly_typed(config):
+    if writer.strongly_typed_variant and _builds_strongly_typed(config):
         artifacts.insert(1, _strongly_typed_variant(run, name, final, details, reference, val, prep, config, say))
     result = QuantizeResult(
         run.root,
@@ -413,7 +393,7 @@ def quantize_run(
         QuantPrecision.INT8,
         tuple(artifacts),
         model_path=model_path,
-        table_path=table_path,
+        table_path=job.table_path,
         reference_top1=reference,
         top1=chosen.top1,
         drop_points=chosen.drop_points,
@@ -427,10 +407,11 @@ def quantize_run(
     if met is False:
         tried = len(attempts) - 1
         raise ToleranceError(
-            f"INT8 ({recipe.name}) could not meet --max-accuracy-drop {budget:g} pt: the best of {len(attempts)} attempts "
-            f"drops {chosen.drop_points:.2f} pt (top-1 {chosen.top1:.4f} vs {reference:.4f}) with {len(chosen.float_layers)} "
-            f"layer(s) in float after trying up to {tried}. It is kept at {str(model_path)!r}, recorded as {name!r} with "
-            "status 'failing'. Try more calibration images, another --calib-method, a larger --max-float-layers, or FP16."
+            f"INT8 ({recipe.name}) could not meet --max-accuracy-drop {budget:g} pt: the best of {len(attempts)} "
+            f"attempts drops {chosen.drop_points:.2f} pt (top-1 {chosen.top1:.4f} vs {reference:.4f}) with "
+            f"{len(chosen.float_layers)} layer(s) in float after trying up to {tried}. It is kept at "
+            f"{str(model_path)!r}, recorded as {name!r} with status 'failing'. Try more calibration images, another "
+            "--calib-method, a larger --max-float-layers, or FP16."
         )
     return result
 
@@ -464,7 +445,7 @@ def _strongly_typed_variant(
     raised_model.CopyFrom(final)
     raised = raise_small_scales(raised_model)
     model, kept = float_part_to_fp16(raised_model)
-    top1 = _top1(_session(model, config.threads), val, prep, config.eval_batch_size)
+    top1 = _top1(_runner(model, config.threads), val, prep, config.eval_batch_size)
     drop = (reference - top1) * 100
     say(f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {drop:.2f} pt)")
     over = config.max_accuracy_drop is not None and drop > config.max_accuracy_drop
@@ -560,83 +541,44 @@ def _rank(
     """Layers by how much their quantization hurts: the KL divergence from FP32 logits on
     calibration images with that one layer in float (lower = floating it helps more)."""
     from edge_tl.data import iter_batches
+    from edge_tl.verify.metrics import mean_kl
 
     images = np.concatenate([b for b, _ in iter_batches(list(samples), prep, config.eval_batch_size)])
-    reference = _logits(_session(model, config.threads), images)
-    scores = [(name, _kl(reference, _logits(_session(build([name]), config.threads), images))) for name in layers]
+    with _runner(model, config.threads, name="fp32") as fp32:
+        reference = fp32.run(images)
+    scores = []
+    for name in layers:
+        with _runner(build([name]), config.threads, name=f"{name} in float") as candidate:
+            scores.append((name, mean_kl(reference, candidate.run(images))))
     return sorted(scores, key=lambda item: item[1])
 
 
-def _write_cache(
-    run: Run,
-    recipe: Recipe,
-    model: Any,
-    ranges: dict[str, TensorRange],
-    config: QuantizeConfig,
-    for_target: int | None,
-    out_dir: Path,
-    table_path: Path,
-    calib_info: dict[str, Any],
-    artifacts: list[str],
-) -> QuantizeResult:
-    if recipe.cache is None:
-        raise ConfigError(f"recipe {recipe.source}: output 'tensorrt-cache' needs a [cache] table")
-    version = config.cache_version or for_target or recipe.cache.cache_version
-    cache = trt_cache.cache_from_amax(
-        {n: r.amax for n, r in ranges.items()}, version=version, algorithm=recipe.cache.algorithm
-    )
-    known = set(graph.float_activations(model))
-    unknown = [n for n in cache.scales if n not in known]
-    if unknown:
-        raise RunError(f"calibration produced names that are not tensors of the FP32 ONNX: {unknown[:5]}")
-    path = trt_cache.write_cache(out_dir / CACHE_FILE, cache)
-    name = calib_cache(recipe.name)
-    run.add_artifact(
-        name,
-        kind="calibration-cache",
-        path=path,
+def _record_file(job: _Job, writer: FileWriter) -> QuantizeResult:
+    """A :class:`FileWriter`'s file, recorded beside the calibration table."""
+    recipe = job.recipe
+    written = writer.write(job.model, job.ranges, recipe, job.config, job.out_dir)
+    job.run.add_artifact(
+        written.artifact,
+        kind=written.kind,
+        path=written.path,
         stage=STAGE,
         precision="int8",
         details={
             "recipe": recipe.to_dict(),
             "source": SOURCE_ARTIFACT,
-            "calibration": calib_info,
-            "header": f"TRT-{version}-{recipe.cache.algorithm}",
-            "num_tensors": len(cache.scales),
-            "cache_version_from": "--cache-version"
-            if config.cache_version
-            else (f"target {config.target}" if for_target else "recipe"),
-            "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
-            "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
+            "calibration": job.calib_info,
+            **written.details,
         },
     )
-    artifacts.insert(0, name)
     return QuantizeResult(
-        run.root,
+        job.run.root,
         recipe.name,
         QuantPrecision.INT8,
-        tuple(artifacts),
-        table_path=table_path,
-        cache_path=path,
-        notes=("implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",),
+        (written.artifact, calib_table(recipe.name)),
+        table_path=job.table_path,
+        cache_path=written.path,
+        notes=(written.note,) if written.note else (),
     )
-
-
-def _target_cache_version(config: QuantizeConfig) -> int | None:
-    """The TensorRT library version a cache for ``config.target`` must carry in its header."""
-    if config.target is None:
-        return None
-    from edge_tl.targets import load_target
-
-    target = load_target(config.target)
-    release = target.release(config.tensorrt)
-    if release.version.major >= 11:
-        raise ConfigError(
-            f"target {target.name!r} builds with TensorRT {release.version}, which cannot read a calibration cache "
-            "(calibrators were removed in TensorRT 11): use --recipe tensorrt-int8-qdq, or a TensorRT 10 release "
-            "of the target (--tensorrt)"
-        )
-    return release.version.library_version
 
 
 def _fp16(run: Run, say: Callable[[str], None]) -> QuantizeResult:

@@ -64,7 +64,8 @@ def samples_from_dir(root: str | os.PathLike[str], classes: Sequence[str]) -> li
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"--calib-data {str(root)!r} is not a directory; give a folder of images (optionally one subfolder per class)"
+            f"--calib-data {str(root)!r} is not a directory; give a folder of images "
+            "(optionally one subfolder per class)"
         )
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     labelled = bool(subdirs) and set(subdirs) <= set(classes)

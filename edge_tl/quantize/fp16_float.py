@@ -117,34 +117,27 @@ def float_part_to_fp16(model: Any, *, keep_fp32: Iterable[str] = ()) -> tuple[An
                     )
 
     # float32 I/O through Casts: the graph input is cast to float16 first, the output cast back last.
-    casts_in, casts_out = [], []
-    for value in graph.input:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half = f"{value.name}_fp16"
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name == value.name:
-                    node.input[i] = half
-        casts_in.append(
-            helper.make_node("Cast", [value.name], [half], name=f"{value.name}_to_fp16", to=TensorProto.FLOAT16)
-        )
-        kept[value.name] = "graph input stays float32 (a Cast to float16 follows it)"
-    for value in graph.output:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half = f"{value.name}_fp16"
-        for node in graph.node:
-            for i, name in enumerate(node.output):
-                if name == value.name:
-                    node.output[i] = half
-            for i, name in enumerate(node.input):
-                if name == value.name:
-                    node.input[i] = half
-        casts_out.append(
-            helper.make_node("Cast", [half], [value.name], name=f"{value.name}_to_fp32", to=TensorProto.FLOAT)
-        )
-        kept[value.name] = "graph output stays float32 (cast back from float16)"
+    casts_in: list[Any] = []
+    casts_out: list[Any] = []
+    ends = (
+        (graph.input, casts_in, TensorProto.FLOAT16, "graph input stays float32 (a Cast to float16 follows it)"),
+        (graph.output, casts_out, TensorProto.FLOAT, "graph output stays float32 (cast back from float16)"),
+    )
+    for values, casts, to, why in ends:
+        for value in values:
+            if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+                continue
+            half = f"{value.name}_fp16"
+            for node in graph.node:
+                for names in (node.input, node.output):
+                    for i, name in enumerate(names):
+                        if name == value.name:
+                            names[i] = half
+            into_half = to == TensorProto.FLOAT16
+            source, target = (value.name, half) if into_half else (half, value.name)
+            suffix = "_to_fp16" if into_half else "_to_fp32"
+            casts.append(helper.make_node("Cast", [source], [target], name=f"{value.name}{suffix}", to=to))
+            kept[value.name] = why
     nodes = [*casts_in, *graph.node, *casts_out]
     del graph.node[:]
     graph.node.extend(nodes)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from edge_tl._lazy import lazy_import
-from edge_tl.quantize.graph import matches, topological_sort, weighted_nodes
+from edge_tl.quantize.graph import float_activations, matches, topological_sort, weighted_nodes
 from edge_tl.quantize.observers import TensorRange
 from edge_tl.quantize.recipes import QuantDType, Recipe
+from edge_tl.quantize.writers import ModelWriter
 
 
 def quantizable_layers(model: Any, recipe: Recipe, *, float_layers: Iterable[str] = ()) -> tuple[list[str], list[str]]:
@@ -56,7 +57,9 @@ def write(model: Any, ranges: dict[str, TensorRange], recipe: Recipe, *, float_l
     quantizer = qdq.QDQQuantizer(
         prepared,
         recipe.weights.per_channel,
-        False,  # reduce_range (7-bit weights) trades accuracy against int16 saturation on non-VNNI CPUs; accuracy is measured instead
+        # reduce_range (7-bit weights) trades accuracy against int16 saturation on non-VNNI CPUs;
+        # accuracy is measured instead
+        False,
         dtype[recipe.weights.dtype],
         dtype[recipe.activations.dtype],
         tensors_range,
@@ -69,3 +72,21 @@ def write(model: Any, ranges: dict[str, TensorRange], recipe: Recipe, *, float_l
     out = topological_sort(quantizer.model.model)
     onnx.checker.check_model(out)
     return out
+
+
+class OnnxRuntimeQdqWriter(ModelWriter):
+    """``output = "qdq-onnxruntime"``: ONNX Runtime's own QDQ writer, with ranges of every float activation."""
+
+    name = "qdq-onnxruntime"
+
+    def tensors(self, model: Any, recipe: Recipe) -> list[str]:
+        return float_activations(model)
+
+    def layers(self, model: Any, recipe: Recipe) -> list[str]:
+        return quantizable_layers(model, recipe)[0]
+
+    def build(self, model: Any, ranges: dict[str, TensorRange], recipe: Recipe, float_layers: Iterable[str]) -> Any:
+        return write(model, ranges, recipe, float_layers=float_layers)
+
+
+WRITER = OnnxRuntimeQdqWriter()

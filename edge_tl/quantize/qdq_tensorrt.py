@@ -36,6 +36,7 @@ from edge_tl.quantize.graph import (
 )
 from edge_tl.quantize.observers import INT8_LEVELS, TensorRange
 from edge_tl.quantize.recipes import Recipe
+from edge_tl.quantize.writers import ModelWriter
 
 # The smallest scale written: an all-zero tensor still needs a positive scale.
 MIN_AMAX = 1e-8
@@ -191,6 +192,26 @@ def write(model: Any, ranges: dict[str, TensorRange], placement: Placement) -> A
 # --------------------------------------------------------------------------- rule check
 
 
+class TensorRTQdqWriter(ModelWriter):
+    """``output = "qdq-tensorrt"``: this module's placement, TensorRT's rules."""
+
+    name = "qdq-tensorrt"
+    # TensorRT 11 builds strongly typed only: its float part must be FP16 in the graph itself.
+    strongly_typed_variant = True
+
+    def tensors(self, model: Any, recipe: Recipe) -> list[str]:
+        return list(plan(model, recipe).activation_tensors)
+
+    def layers(self, model: Any, recipe: Recipe) -> list[str]:
+        return list(plan(model, recipe).quantized_layers)
+
+    def build(self, model: Any, ranges: dict[str, TensorRange], recipe: Recipe, float_layers: Iterable[str]) -> Any:
+        return write(model, ranges, plan(model, recipe, float_layers=float_layers))
+
+
+WRITER = TensorRTQdqWriter()
+
+
 def check_tensorrt_qdq(model: Any, *, float_layers: Iterable[str] = ()) -> list[str]:
     """Every way ``model`` breaks TensorRT's explicit-quantization rules (empty = none).
 
@@ -239,7 +260,8 @@ def check_tensorrt_qdq(model: Any, *, float_layers: Iterable[str] = ()) -> list[
                     )
                     if not (weighted_input or reader.op_type == "Add" and reader.name in residual):
                         problems.append(
-                            f"{node.name}: feeds {reader.op_type} {reader.name}, which the placement rules leave in float"
+                            f"{node.name}: feeds {reader.op_type} {reader.name}, "
+                            "which the placement rules leave in float"
                         )
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul"):

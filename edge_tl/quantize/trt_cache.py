@@ -16,12 +16,17 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from edge_tl.errors import ConfigError
-from edge_tl.quantize.observers import INT8_LEVELS
+from edge_tl.artifacts import calib_cache
+from edge_tl.errors import ConfigError, RunError
+from edge_tl.quantize.graph import float_activations, matches
+from edge_tl.quantize.observers import INT8_LEVELS, TensorRange
+from edge_tl.quantize.writers import FileWriter, WrittenFile
 from edge_tl.runs import atomic_write_text
 
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+CACHE_FILE = "calibration.cache"
 
 
 def scale_hex(amax: float) -> str:
@@ -88,3 +93,64 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationCache:
     except FileNotFoundError as exc:
         raise ConfigError(f"calibration cache {str(path)!r} does not exist") from exc
     return parse_cache(text, where=str(path))
+
+
+def target_cache_version(target: str | None, tensorrt: str | None = None) -> int | None:
+    """The TensorRT library version a cache for ``target`` (one of its ``tensorrt`` releases) must carry."""
+    if target is None:
+        return None
+    from edge_tl.targets import load_target
+
+    profile = load_target(target)
+    release = profile.release(tensorrt)
+    if release.version.major >= 11:
+        raise ConfigError(
+            f"target {profile.name!r} builds with TensorRT {release.version}, which cannot read a calibration cache "
+            "(calibrators were removed in TensorRT 11): use --recipe tensorrt-int8-qdq, or a TensorRT 10 release "
+            "of the target (--tensorrt)"
+        )
+    return release.version.library_version
+
+
+class CacheWriter(FileWriter):
+    """``output = "tensorrt-cache"``: the FP32 model's every float activation (but ``keep_float``) in a cache."""
+
+    name = "tensorrt-cache"
+
+    def check(self, recipe: Any, config: Any) -> None:
+        # a target whose TensorRT reads no cache fails before calibrating
+        target_cache_version(config.target, config.tensorrt)
+
+    def tensors(self, model: Any, recipe: Any) -> list[str]:
+        return [t for t in float_activations(model) if not matches(t, recipe.placement.keep_float)]
+
+    def write(self, model: Any, ranges: dict[str, TensorRange], recipe: Any, config: Any, out_dir: Path) -> WrittenFile:
+        if recipe.cache is None:
+            raise ConfigError(f"recipe {recipe.source}: output 'tensorrt-cache' needs a [cache] table")
+        for_target = target_cache_version(config.target, config.tensorrt)
+        version = config.cache_version or for_target or recipe.cache.cache_version
+        cache = cache_from_amax(
+            {n: r.amax for n, r in ranges.items()}, version=version, algorithm=recipe.cache.algorithm
+        )
+        known = set(float_activations(model))
+        unknown = [n for n in cache.scales if n not in known]
+        if unknown:
+            raise RunError(f"calibration produced names that are not tensors of the FP32 ONNX: {unknown[:5]}")
+        return WrittenFile(
+            path=write_cache(out_dir / CACHE_FILE, cache),
+            artifact=calib_cache(recipe.name),
+            kind="calibration-cache",
+            details={
+                "header": f"TRT-{version}-{recipe.cache.algorithm}",
+                "num_tensors": len(cache.scales),
+                "cache_version_from": "--cache-version"
+                if config.cache_version
+                else (f"target {config.target}" if for_target else "recipe"),
+                "note": "use with the onnx-fp32 artifact; TensorRT 8.5-10.x implicit quantization reads it "
+                "(trtexec --int8 --calib=FILE); its accuracy is measured on the built engine",
+            },
+            note="implicit quantization: accuracy is measured on the engine TensorRT builds from this cache",
+        )
+
+
+WRITER = CacheWriter()

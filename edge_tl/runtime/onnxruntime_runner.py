@@ -58,7 +58,7 @@ _ORT_LEVELS = {
 
 
 def has_fp16_qdq(model: Any) -> bool:
-    """Whether an ONNX model (a path or a ``ModelProto``) quantizes with float16 scales.
+    """Whether an ONNX model (a path, its serialized bytes or a ``ModelProto``) quantizes with float16 scales.
 
     ONNX Runtime 1.32's graph rewrites (already at the basic level) compute such a graph wrongly
     on the CPU: the FP16 float part of edge-tl's TensorRT Q/DQ model scored 18% top-1 with them
@@ -69,7 +69,14 @@ def has_fp16_qdq(model: Any) -> bool:
         import onnx
     except ImportError:
         return False
-    if not isinstance(model, onnx.ModelProto):
+    if isinstance(model, bytes):
+        from google.protobuf.message import DecodeError
+
+        try:
+            model = onnx.load_model_from_string(model)
+        except DecodeError:
+            return False  # not a model: ONNX Runtime says so, naming it, when the runner opens it
+    elif not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
     half = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     return any(
@@ -79,8 +86,11 @@ def has_fp16_qdq(model: Any) -> bool:
 
 
 class OnnxRuntimeRunner(Runner):
-    """Runs an ONNX file with an ``InferenceSession`` created in :meth:`activate`.
+    """Runs an ONNX model with an ``InferenceSession`` created in :meth:`activate`.
 
+    The model is a file, or its serialized bytes for a graph that lives only in memory (a
+    candidate quantize measures before it writes one), as Polygraphy's ``SessionFromOnnx``
+    takes a path or bytes (NVIDIA/TensorRT, ``tools/Polygraphy/polygraphy/backend/onnxrt/loader.py``).
     An FP16 model whose inputs are float16 is fed float16 (the batch is cast in
     :meth:`prepare`); outputs are always returned as float32.
     """
@@ -89,18 +99,24 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        model: str | os.PathLike[str] | bytes,
         *,
         name: str | None = None,
         options: RunnerOptions = RunnerOptions(),
         optimization: GraphOptimization = GraphOptimization.ALL,
     ):
-        self.path = Path(path)
-        super().__init__(name=name or self.path.name)
-        if not self.path.is_file():
-            raise RunError(f"ONNX file {str(self.path)!r} does not exist")
+        self.model_bytes = model if isinstance(model, bytes) else None
+        self.path = None if isinstance(model, bytes) else Path(model)
+        if self.path is None:
+            super().__init__(name=name or "in-memory model")
+            self._where = f"in-memory ONNX model {self.name!r}"
+        else:
+            super().__init__(name=name or self.path.name)
+            self._where = repr(str(self.path))
+            if not self.path.is_file():
+                raise RunError(f"ONNX file {str(self.path)!r} does not exist")
         optimization = GraphOptimization(optimization)
-        self.optimization = GraphOptimization.DISABLED if has_fp16_qdq(self.path) else optimization
+        self.optimization = GraphOptimization.DISABLED if has_fp16_qdq(model) else optimization
         if options.fp16 or options.channels_last or options.cuda_graph:
             raise ConfigError(
                 "fp16/channels_last/cuda_graph are PyTorch runner options; an ONNX model's precision is in the file "
@@ -128,7 +144,7 @@ class OnnxRuntimeRunner(Runner):
         info.update(
             providers=list(self.providers),
             threads=self.options.threads,
-            path=str(self.path),
+            path=str(self.path) if self.path is not None else None,
             graph_optimization=self.optimization.value,
         )
         return info
@@ -143,18 +159,19 @@ class OnnxRuntimeRunner(Runner):
             # One model, one request at a time: parallelism lives inside operators.
             so.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+            model = self.model_bytes if self.model_bytes is not None else str(self.path)
+            session = ort.InferenceSession(model, sess_options=so, providers=providers)
         except Exception as exc:
-            raise RunError(f"ONNX Runtime cannot load {str(self.path)!r} ({type(exc).__name__}: {exc})") from exc
+            raise RunError(f"ONNX Runtime cannot load {self._where} ({type(exc).__name__}: {exc})") from exc
         inputs = session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ConfigError(
-                f"{str(self.path)!r} has inputs {[(i.name, i.shape) for i in inputs]}; edge-tl runs image classifiers "
+                f"{self._where} has inputs {[(i.name, i.shape) for i in inputs]}; edge-tl runs image classifiers "
                 "with one NCHW input"
             )
         shape = inputs[0].shape
         if not all(isinstance(d, int) for d in shape[1:]):
-            raise ConfigError(f"{str(self.path)!r} has a dynamic image size {shape}; export it with a fixed input size")
+            raise ConfigError(f"{self._where} has a dynamic image size {shape}; export it with a fixed input size")
         self._spec = InputSpec(shape[1], shape[2], shape[3], batch=shape[0] if isinstance(shape[0], int) else None)
         self._input_name = inputs[0].name
         self._input_dtype = _NP_TYPES.get(inputs[0].type, np.float32)

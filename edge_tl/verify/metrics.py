@@ -18,6 +18,13 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def mean_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """KL(softmax(reference) || softmax(candidate)) in nats per image, averaged over the images of one batch
+    of logits: how far a candidate's predictions moved from the reference's (quantize ranks layers by it)."""
+    log_p, log_q = _log_softmax(np.asarray(reference)), _log_softmax(np.asarray(candidate))
+    return float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
+
+
 @dataclass(frozen=True)
 class Accuracy:
     num_images: int

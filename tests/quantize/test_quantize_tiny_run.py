@@ -29,8 +29,9 @@ from edge_tl.quantize import (  # noqa: E402
 from edge_tl.quantize.api import Attempt, QuantPrecision  # noqa: E402
 from edge_tl.quantize.qdq_tensorrt import check_tensorrt_qdq  # noqa: E402
 from edge_tl.quantize.recipes import CalibMethod  # noqa: E402
-from edge_tl.quantize.trt_cache import read_cache  # noqa: E402
+from edge_tl.quantize.trt_cache import read_cache, target_cache_version  # noqa: E402
 from edge_tl.runs import Run, sha256_file  # noqa: E402
+from edge_tl.verify.metrics import mean_kl  # noqa: E402
 
 # The shipped recipes as installed (the package data edge_tl.recipes), wherever the tests run from.
 SHIPPED = resources.files("edge_tl.recipes")
@@ -426,8 +427,8 @@ def test_a_tensorrt_11_target_is_refused_a_cache_before_any_work(run_dir: Path) 
     )
     assert (run_dir / "manifest.json").read_text() == before and not (run_dir / "quantize").exists()
     # that target's TensorRT 10 release reads one
-    assert api._target_cache_version(QuantizeConfig(target="jetson-agx-thor", tensorrt="10.13.3")) == 101303
-    assert api._target_cache_version(QuantizeConfig()) is None
+    assert target_cache_version("jetson-agx-thor", "10.13.3") == 101303
+    assert target_cache_version(None) is None
 
 
 def test_fp16_comes_from_export_and_is_made_once(run_dir: Path) -> None:
@@ -523,34 +524,39 @@ def _labels(tmp_path: Path) -> Path:
 
 
 def _scale_model(batch: int | str, factor: float = 2.0):
-    """y = factor * x for x of shape (batch, 3): a graph with a fixed or a free batch."""
+    """y = factor * x for x of shape (batch, 3, 1, 1): a graph with a fixed or a free batch."""
     from onnx import TensorProto, helper
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3, 1, 1])
     k = helper.make_tensor("k", TensorProto.FLOAT, [], [factor])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_logits_runs_a_fixed_batch_model_in_padded_chunks() -> None:
-    images = np.arange(30, dtype=np.float32).reshape(10, 3)
-    fixed = api._session(_scale_model(4))
-    out = api._logits(fixed, images)
-    assert out.dtype == np.float32 and out.shape == (10, 3)
-    np.testing.assert_array_equal(out, images * 2)  # 4 + 4 + 2 (padded, then cut)
-    np.testing.assert_array_equal(api._logits(fixed, images[:4]), images[:4] * 2)
-    np.testing.assert_array_equal(api._logits(api._session(_scale_model("batch")), images), images * 2)
-    assert api._input_chw(_scale_model("batch")) == (1, 3) and api._input_chw(_scale_model(4)) == (4, 3)
+    # quantize runs its in-memory candidates with the ONNX Runtime runner, from bytes
+    images = np.arange(30, dtype=np.float32).reshape(10, 3, 1, 1)
+    with api._runner(_scale_model(4), None) as fixed:
+        out = fixed.run(images)
+        assert out.dtype == np.float32 and out.shape == (10, 3, 1, 1)
+        np.testing.assert_array_equal(out, images * 2)  # 4 + 4 + 2 (padded, then cut)
+        np.testing.assert_array_equal(fixed.run(images[:4]), images[:4] * 2)
+        assert fixed.input_spec.batch == 4
+    with api._runner(_scale_model("batch"), None) as free:
+        np.testing.assert_array_equal(free.run(images), images * 2)
+        assert free.input_spec.batch is None
 
 
 def test_session_threads_and_latency() -> None:
-    session = api._session(_scale_model("batch"), threads=1)
-    options = session.get_session_options()
-    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
-    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    assert api._session(_scale_model("batch")).get_session_options().intra_op_num_threads == 0  # the library default
-    p50 = api._p50_ms(_scale_model("batch"), (1, 3), 7, 1)
+    with api._runner(_scale_model("batch"), threads=1) as runner:
+        options = runner._session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert runner.providers == ["CPUExecutionProvider"]  # the CPU, whatever providers this onnxruntime has
+    with api._runner(_scale_model("batch"), None) as default:
+        assert default._session.get_session_options().intra_op_num_threads == 0  # the library default
+    p50 = api._p50_ms(_scale_model("batch"), 7, 1)
     assert isinstance(p50, float) and 0 < p50 < 1000
 
 
@@ -558,13 +564,13 @@ def test_kl_is_from_the_reference_to_the_candidate_per_image_averaged() -> None:
     reference = np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))
     candidate = np.log(np.array([[0.9, 0.1], [0.9, 0.1]]))
     kl_first = 0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)
-    assert api._kl(reference, candidate) == pytest.approx(kl_first / 2, rel=1e-12)
-    assert api._kl(reference + 7.0, candidate - 3.0) == pytest.approx(
+    assert mean_kl(reference, candidate) == pytest.approx(kl_first / 2, rel=1e-12)
+    assert mean_kl(reference + 7.0, candidate - 3.0) == pytest.approx(
         kl_first / 2, rel=1e-12
     )  # logits, not probabilities
-    assert api._kl(candidate, reference) != pytest.approx(api._kl(reference, candidate))
+    assert mean_kl(candidate, reference) != pytest.approx(mean_kl(reference, candidate))
     big = np.array([[1000.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    assert api._kl(big, big) == 0.0  # no overflow on large logits, each image shifted by its own maximum
+    assert mean_kl(big, big) == 0.0  # no overflow on large logits, each image shifted by its own maximum
 
 
 def test_attempt_record() -> None:
