@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     rows.append(row)
                     print(
-                        f"{name:<20} b{batch_size:<2} p50 ms: eager {base:8.2f}  ort fp32 {stats['ort_fp32'].p50_ms:8.2f} "
-                        f"({row['ratio_p50_vs_eager']['ort_fp32']:.2f}x)  ort fp16 {stats['ort_fp16'].p50_ms:8.2f} "
-                        f"({row['ratio_p50_vs_eager']['ort_fp16']:.2f}x)  cv max {max(s.cv for s in stats.values()):.2f}",
+                        f"{name:<20} b{batch_size:<2} p50 ms: eager {base:8.2f}  "
+                        f"ort fp32 {stats['ort_fp32'].p50_ms:8.2f} ({row['ratio_p50_vs_eager']['ort_fp32']:.2f}x)  "
+                        f"ort fp16 {stats['ort_fp16'].p50_ms:8.2f} ({row['ratio_p50_vs_eager']['ort_fp16']:.2f}x)  "
+                        f"cv max {max(s.cv for s in stats.values()):.2f}",
                         flush=True,
                     )
             finally:
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     lite = [r for r in rows if r["model"] == "efficientnet_lite0" and r["batch_size"] == 1]
     if lite:
         print(
-            f"efficientnet_lite0 b1 {args.threads} threads: ORT FP32 p50 / eager p50 = {lite[0]['ratio_p50_vs_eager']['ort_fp32']:.2f} (target <= 0.5)"
+            f"efficientnet_lite0 b1 {args.threads} threads: ORT FP32 p50 / eager p50 = "
+            f"{lite[0]['ratio_p50_vs_eager']['ort_fp32']:.2f} (target <= 0.5)"
         )
     print(f"wrote {args.out}")
     return 0

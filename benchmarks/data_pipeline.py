@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for (width, height), count in zip(args.sizes, args.images):
         root = make_photo_folder(args.photos / f"{width}x{height}-{count}", size=(width, height), count=count)
         print(
-            f"{count} JPEG photos {width}x{height} -> {args.img_size} px, batch {args.batch_size}, {args.workers} workers, {args.device}"
+            f"{count} JPEG photos {width}x{height} -> {args.img_size} px, batch {args.batch_size}, "
+            f"{args.workers} workers, {args.device}"
         )
         results[f"{width}x{height}"] = measure(root, args, device)
         for name, ratio in results[f"{width}x{height}"]["ratio_over_torchvision"].items():

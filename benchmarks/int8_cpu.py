@@ -202,7 +202,9 @@ def bench_lite0(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     p50 = p50_interleaved(paths, (1, 3, 224, 224), threads=args.threads, rounds=args.rounds, per_round=args.per_round)
     return {
         "model": "efficientnet_lite0 (ImageNet weights) at 224",
-        "accuracy_note": "no ImageNet validation offline: top1_agreement_with_fp32 on crops of scikit-image photographs",
+        "accuracy_note": (
+            "no ImageNet validation offline: top1_agreement_with_fp32 on crops of scikit-image photographs"
+        ),
         "calibration_images": len(calib),
         "eval_images": len(evals),
         "confident_eval_images": int(confident.sum()),

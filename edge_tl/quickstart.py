@@ -132,7 +132,8 @@ def run_quickstart(
         if quantized is not None:
             floats = f", {len(quantized.float_layers)} layer(s) kept in float" if quantized.float_layers else ""
             echo(
-                f"{'onnx-int8:':<21} {quantized.model_path}  (Δ top-1 {-quantized.drop_points:+.2f} pt vs the original, "
+                f"{'onnx-int8:':<21} {quantized.model_path}  "
+                f"(Δ top-1 {-quantized.drop_points:+.2f} pt vs the original, "
                 f"budget {QUICKSTART_INT8_BUDGET_POINTS:g} pt{floats})"
             )
         if int8_change:

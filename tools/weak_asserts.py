@@ -191,8 +191,8 @@ def check_file(path: Path, tree: ast.AST, source: str, helpers: set[str]) -> lis
         if PRAGMA in lines[func.lineno - 1] or any(PRAGMA in lines[d.lineno - 1] for d in func.decorator_list):
             continue
 
-        def hit(kind: str, line: int = func.lineno) -> None:
-            hits.append(Hit(path, line, func.name, kind))
+        def hit(kind: str, line: int = func.lineno, test: str = func.name) -> None:
+            hits.append(Hit(path, line, test, kind))
 
         # ``with pytest.raises(X) as info:`` followed by checks of ``info`` reads the message.
         bound = {

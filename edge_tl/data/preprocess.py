@@ -53,7 +53,8 @@ def center_crop(image: "PILImage.Image", size: int) -> "PILImage.Image":
 
 
 def normalize(image: "PILImage.Image", prep: "Preprocessing") -> "np.ndarray":
-    """An RGB image (PIL, or a uint8 HxWx3 array) as float32 CHW, scaled to [0, 1] then normalised with the contract's mean/std."""
+    """An RGB image (PIL, or a uint8 HxWx3 array) as float32 CHW, scaled to [0, 1] then normalised with the
+    contract's mean/std."""
     np = lazy_import("numpy")
     array = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
     mean = np.asarray(prep.mean, dtype=np.float32)

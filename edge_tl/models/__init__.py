@@ -1,5 +1,6 @@
 """Backbones and their preprocessing contracts (light: torch is imported only to build)."""
 
+from edge_tl.models.checkpoint import load_run_model
 from edge_tl.models.preprocessing import Preprocessing
 from edge_tl.models.registry import (
     BackboneSpec,
@@ -18,8 +19,5 @@ __all__ = [
     "build_model",
     "get_backbone",
     "list_backbones",
+    "load_run_model",
 ]
-
-from edge_tl.models.checkpoint import load_run_model
-
-__all__.append("load_run_model")

@@ -41,7 +41,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise RunError(f"checkpoint {str(path)!r} does not exist") from exc
     except Exception as exc:
         raise RunError(
-            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or not an edge-tl checkpoint"
+            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+            "it may be truncated or not an edge-tl checkpoint"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{str(path)!r} is not an edge-tl checkpoint (no format header)")

@@ -357,5 +357,6 @@ def load_weights_file(model: Any, path: Path) -> None:
     missing = [k for k in missing if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ConfigError(
-            f"weights in {str(path)!r} do not fit the backbone: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+            f"weights in {str(path)!r} do not fit the backbone: missing {missing[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
         )

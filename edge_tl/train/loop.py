@@ -855,7 +855,7 @@ class _Trainer:
         # run again from the older last.pt, and writes the same best.pt).
         if best:
             # The best checkpoint holds the weights only: it is what later stages load.
-            best_path = save_checkpoint(
+            save_checkpoint(
                 self.out / BEST_PATH,
                 {
                     "model": payload["model"],
@@ -864,12 +864,13 @@ class _Trainer:
                     "classes": payload["classes"],
                 },
             )
+            # Paths relative to the run: self.out may be relative to the working directory.
             run.add_artifact(
-                BEST, kind="checkpoint", path=best_path, stage=STAGE, precision="fp32", details=details, metrics=metrics
+                BEST, kind="checkpoint", path=BEST_PATH, stage=STAGE, precision="fp32", details=details, metrics=metrics
             )
-        last = save_checkpoint(self.out / LAST_PATH, payload)
+        save_checkpoint(self.out / LAST_PATH, payload)
         run.add_artifact(
-            LAST, kind="checkpoint", path=last, stage=STAGE, precision="fp32", details=details, metrics=metrics
+            LAST, kind="checkpoint", path=LAST_PATH, stage=STAGE, precision="fp32", details=details, metrics=metrics
         )
 
 

@@ -19,8 +19,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edge_tl.train import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("cli-trained") / "run"
-    finetune(FinetuneConfig(data="digits", out=str(out), backbone="timm:test_efficientnet", weights="none", img_size=16,
-                            batch_size=64, epochs=2, freeze_epochs=0, lr=0.03, seed=1, workers=0, quiet=True))  # fmt: skip
+    finetune(
+        FinetuneConfig(
+            data="digits",
+            out=str(out),
+            backbone="timm:test_efficientnet",
+            weights="none",
+            img_size=16,
+            batch_size=64,
+            epochs=2,
+            freeze_epochs=0,
+            lr=0.03,
+            seed=1,
+            workers=0,
+            quiet=True,
+        )
+    )
     export_run(out, config=ExportConfig(precisions=(Precision.FP32,), parity_images=16))
     return out
 

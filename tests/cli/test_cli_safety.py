@@ -171,8 +171,19 @@ def test_finetune_refuses_an_existing_run_and_a_folder_of_someone_elses_files(
     run_copy: Path, tmp_path: Path, capsys
 ) -> None:
     before = _files(run_copy)
-    base = ["finetune", "--data", "digits", "--backbone", "timm:test_efficientnet", "--no-pretrained", "--img-size", "16",
-            "--epochs", "1", "--quiet"]  # fmt: skip
+    base = [
+        "finetune",
+        "--data",
+        "digits",
+        "--backbone",
+        "timm:test_efficientnet",
+        "--no-pretrained",
+        "--img-size",
+        "16",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     code, _, err = _cli(capsys, *base, "--out", str(run_copy))
     assert code == 1 and f"{str(run_copy)!r} already holds a run; choose another --out" in err
     assert _files(run_copy) == before
@@ -228,18 +239,40 @@ def test_every_quantize_flag_reaches_its_field(tmp_path: Path) -> None:
     from edge_tl.quantize import CalibMethod, QuantizeConfig, QuantPrecision
 
     calib = tmp_path / "calib"
-    config = quantize_config(precision="int8", recipe="tensorrt-int8-cache", target="jetson-agx-xavier",
-                             tensorrt="8.5", cache_version=8502, calib_method="percentile", calib_samples=48,
-                             calib_data=calib, max_accuracy_drop=0.4, max_float_layers=3, seed=9, threads=2)  # fmt: skip
+    config = quantize_config(
+        precision="int8",
+        recipe="tensorrt-int8-cache",
+        target="jetson-agx-xavier",
+        tensorrt="8.5",
+        cache_version=8502,
+        calib_method="percentile",
+        calib_samples=48,
+        calib_data=calib,
+        max_accuracy_drop=0.4,
+        max_float_layers=3,
+        seed=9,
+        threads=2,
+    )
     assert config == QuantizeConfig(
         precision=QuantPrecision.INT8, recipe="tensorrt-int8-cache", calib_method=CalibMethod.PERCENTILE,
         calib_samples=48, calib_data=calib, seed=9, max_accuracy_drop=0.4, max_float_layers=3, threads=2,
         target="jetson-agx-xavier", tensorrt="8.5", cache_version=8502,
     )  # fmt: skip
     # Nothing given: the CPU recipe and the recipe's own calibration settings.
-    assert quantize_config(precision="fp16", recipe=None, target=None, tensorrt=None, cache_version=None,
-                           calib_method=None, calib_samples=None, calib_data=None, max_accuracy_drop=None,
-                           max_float_layers=16, seed=0, threads=None) == QuantizeConfig(precision=QuantPrecision.FP16)  # fmt: skip
+    assert quantize_config(
+        precision="fp16",
+        recipe=None,
+        target=None,
+        tensorrt=None,
+        cache_version=None,
+        calib_method=None,
+        calib_samples=None,
+        calib_data=None,
+        max_accuracy_drop=None,
+        max_float_layers=16,
+        seed=0,
+        threads=None,
+    ) == QuantizeConfig(precision=QuantPrecision.FP16)
 
 
 def test_the_targets_recipe_follows_the_chosen_tensorrt_release(tmp_path: Path) -> None:

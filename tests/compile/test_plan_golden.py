@@ -1,4 +1,5 @@
-"""The build-plan generator in process: every field of a plan, the whole build_engine.sh, and each refusal word for word.
+"""The build-plan generator in process: every field of a plan, the whole build_engine.sh, and each refusal word
+for word.
 
 Fast (no subprocess but bash where a script runs), so that ``tools/mutation.py compile-plan`` can run it per mutant.
 The golden script in tests/compile/golden/ is what a user runs on the device; the bash tests in
@@ -167,14 +168,17 @@ def test_missing_artifacts_name_the_command_that_makes_them(tmp_path: Path, run_
     with pytest.raises(RunError) as err:
         make_plan(run, load_target("jetson-agx-thor"), CompileRequest(precision=Precision.INT8))
     assert str(err.value) == (
-        f"run {root!r} has no 'onnx-int8-tensorrt-int8-qdq-fp16' artifact (ONNX artifacts it has: onnx-fp32, onnx-fp16). "
+        f"run {root!r} has no 'onnx-int8-tensorrt-int8-qdq-fp16' artifact "
+        "(ONNX artifacts it has: onnx-fp32, onnx-fp16). "
         f"First run: edge-tl quantize {root} --recipe tensorrt-int8-qdq"
     )
     with pytest.raises(RunError) as err:
         make_plan(run, load_target("jetson-agx-orin-64gb"), CompileRequest(precision=Precision.INT8, dla=True))
     assert str(err.value) == (
-        f"run {root!r} has no 'calib-cache-tensorrt-int8-cache' artifact (ONNX artifacts it has: onnx-fp32, onnx-fp16). "
-        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 10.3.0"
+        f"run {root!r} has no 'calib-cache-tensorrt-int8-cache' artifact "
+        "(ONNX artifacts it has: onnx-fp32, onnx-fp16). "
+        f"First run: edge-tl quantize {root} --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb "
+        "--tensorrt 10.3.0"
     )
 
 
@@ -196,7 +200,8 @@ def test_cache_header_must_be_a_header(plan_run: Run) -> None:
     with pytest.raises(RunError) as err:
         _orin_dla_plan(plan_run)
     assert str(err.value) == (
-        f"{str(cache)!r} does not start with a TensorRT calibration-cache header (got 'not a cache at all, and a long first lin'); "
+        f"{str(cache)!r} does not start with a TensorRT calibration-cache header "
+        "(got 'not a cache at all, and a long first lin'); "
         "re-run: edge-tl quantize "
         + str(plan_run.root)
         + " --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt 8.6.2"

@@ -53,7 +53,8 @@ def test_banner_and_cache_codes_decode_per_release(code: str, version: str) -> N
 def test_profiles_carry_the_exact_jetpack_releases() -> None:
     # JetPack 4.6 ships TensorRT 8.0.1 and 4.6.1+ ships 8.2.1; 5.1 ships 8.5.2; 6.0 ships 8.6.2; 6.1/6.2 ship
     # 10.3.0 (NVIDIA JetPack release notes, developer.nvidia.com/embedded/jetpack-archive); TensorRT 11.4.1 on
-    # JetPack 7.2.2+ for AGX Orin (docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
+    # JetPack 7.2.2+ for AGX Orin
+    # (docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
     nano, xavier, orin = (
         load_target("jetson-nano"),
         load_target("jetson-agx-xavier"),
@@ -266,7 +267,8 @@ def test_pre_8_5_times_drop_their_warmup_records() -> None:
         ("echo '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec'; exit 0", r"trtexec failed \(exit 0\)"),
         # trtexec's own failure on an unknown flag (release/11.0 samples/trtexec/trtexec.cpp: "Unknown option")
         (
-            "echo '[E] Unknown option: --fp16 '; echo '&&&& FAILED TensorRT.trtexec [TensorRT v110401] # trtexec --fp16'; exit 1",
+            "echo '[E] Unknown option: --fp16 '; "
+            "echo '&&&& FAILED TensorRT.trtexec [TensorRT v110401] # trtexec --fp16'; exit 1",
             r"(?s)trtexec failed \(exit 1\).*Unknown option: --fp16",
         ),
     ],

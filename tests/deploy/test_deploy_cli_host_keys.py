@@ -32,9 +32,31 @@ def test_deploy_refuses_an_unknown_host_key_unless_asked(untrained_run: Path, ss
         foreign = tmp_path / "theirs"
         foreign.mkdir()
         (foreign / "data.txt").write_text("theirs")
-        base = ["deploy", str(run), "--host", server.alias, "--target", "x86-64", "--precision", "fp32",
-                "--ssh-config", str(ssh_lab.client_config), "--known-hosts", str(known), "--remote-dir", str(foreign),
-                "--wheel", __file__, "--retries", "0", "--connect-timeout", "7", "--eval-images", "8", "--quiet"]  # fmt: skip
+        base = [
+            "deploy",
+            str(run),
+            "--host",
+            server.alias,
+            "--target",
+            "x86-64",
+            "--precision",
+            "fp32",
+            "--ssh-config",
+            str(ssh_lab.client_config),
+            "--known-hosts",
+            str(known),
+            "--remote-dir",
+            str(foreign),
+            "--wheel",
+            __file__,
+            "--retries",
+            "0",
+            "--connect-timeout",
+            "7",
+            "--eval-images",
+            "8",
+            "--quiet",
+        ]
         code, printed = _cli(capsys, *base)
         assert code == 1 and f"{server.alias}: host key is not in known_hosts ({known})" in printed
         assert known.read_text() == ""  # by default nothing is trusted on first sight

@@ -290,7 +290,8 @@ main()
 def test_python_mode_under_a_cut_link_and_a_misbehaving_device(
     run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path, cut_link
 ):
-    """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing replaced."""
+    """A cut link mid-measurement: one run on the device, the deploy finishes. A bad answer: one line, nothing
+    replaced."""
     import threading
     import time
 

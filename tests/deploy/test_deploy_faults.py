@@ -246,8 +246,10 @@ def test_a_venv_python_on_the_device_is_used_with_its_own_packages(sshd, ssh_lab
     with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
         ssh.run(sh_script(_VENV, str(remote), str(user_venv / "bin" / "python"), f"current/{edge_tl_wheel.name}", sha),
                 timeout=300)  # fmt: skip
-        seen = ssh.run([str(remote / "venv" / "bin" / "python"), "-c", "import etl_only_in_user_venv as m; print(m.VALUE)"],
-                       check=False)  # fmt: skip
+        seen = ssh.run(
+            [str(remote / "venv" / "bin" / "python"), "-c", "import etl_only_in_user_venv as m; print(m.VALUE)"],
+            check=False,
+        )
     assert (seen.returncode, seen.text) == (0, "42\n"), seen.stderr
 
 

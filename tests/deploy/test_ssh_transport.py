@@ -342,7 +342,8 @@ def test_a_dropped_link_is_retried_and_then_reported_as_lost(standin: Standin) -
         with pytest.raises(RemoteError) as info:
             transport.run(["true"])
     assert str(info.value) == (
-        "h: connection lost after 3 attempt(s) (ssh exit 255). Re-run the same command: a copy resumes where it stopped."
+        "h: connection lost after 3 attempt(s) (ssh exit 255). "
+        "Re-run the same command: a copy resumes where it stopped."
     )
     assert standin.sleeps == [1.0, 2.0]
 
@@ -400,15 +401,17 @@ def test_ssh_failures_are_told_apart(stderr: str, failure: str) -> None:
 
 def test_an_unknown_host_key_is_refused_at_once_with_the_fix(standin: Standin, tmp_path: Path) -> None:
     standin.fail(
-        "No ED25519 host key is known for [127.0.0.1]:1 and you have requested strict checking.\\nHost key verification failed.\n"
+        "No ED25519 host key is known for [127.0.0.1]:1 and you have requested strict checking.\\n"
+        "Host key verification failed.\n"
     )
     known = tmp_path / "kh"
     with SshTransport("127.0.0.1:1", _options(known_hosts_file=known, connect_timeout_s=1)) as transport:
         with pytest.raises(RemoteError) as info:
             transport.run(["true"])
     assert str(info.value) == (
-        f"127.0.0.1:1: host key is not in known_hosts ({known}): the device offers fingerprint unavailable (ssh-keyscan "
-        "failed). Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on the device, then either "
+        f"127.0.0.1:1: host key is not in known_hosts ({known}): the device offers fingerprint unavailable "
+        "(ssh-keyscan failed). Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on the device, "
+        "then either "
         "connect once with `ssh` and accept it, or re-run with --accept-new-host-key (unknown keys are added; changed "
         "keys are still refused)."
     )
@@ -429,7 +432,8 @@ def test_a_changed_host_key_is_refused_with_the_offered_key_and_the_exact_forget
         with pytest.raises(RemoteError) as info:
             t.run(["true"])
     assert str(info.value) == (
-        "dev: the host key CHANGED (device now offers SHA256:abc+/0=); this is refused even with --accept-new-host-key. "
+        "dev: the host key CHANGED (device now offers SHA256:abc+/0=); "
+        "this is refused even with --accept-new-host-key. "
         f"If the device was re-flashed, remove the old key with `ssh-keygen -R '[10.1.2.3]:2222' -f '{known}'` and "
         "connect again; otherwise someone may be intercepting the connection."
     )

@@ -167,9 +167,11 @@ def test_a_refused_fp32_is_named_with_its_numbers_and_the_fp16_is_kept(run_dir: 
         export_run(run_dir, config=ExportConfig(parity_images=IMAGES, fp32_tolerance=exact))
     number = r"[0-9.e+-]+"
     assert re.fullmatch(
-        rf"export refused onnx-fp32 \(nothing written for it\): onnx-fp32: [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
+        rf"export refused onnx-fp32 \(nothing written for it\): "
+        rf"onnx-fp32: [1-9][0-9]* logits outside \|diff\| <= 0 \+ 0\*\|ref\| "
         rf"\(max abs diff {number}\) on {IMAGES} images \(max abs diff {number}, mean {number}, agreement 1\.0000\)\. "
-        r"Recorded: onnx-fp16\. Check the model for export-unfriendly layers, or loosen the tolerance if the difference is expected\.",
+        r"Recorded: onnx-fp16\. Check the model for export-unfriendly layers, "
+        r"or loosen the tolerance if the difference is expected\.",
         str(info.value),
     ), str(info.value)
     assert set(_onnx_records(run_dir)) == {"onnx-fp16"}

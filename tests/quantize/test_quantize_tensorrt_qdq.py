@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
+# Light to import: onnx and onnxruntime are imported when a quantization runs.
 from edge_tl.quantize import QuantizeConfig, quantize_run
 from edge_tl.quantize.graph import residual_skip_inputs
 from edge_tl.quantize.qdq_tensorrt import check_tensorrt_qdq
 from edge_tl.runs import Run
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 

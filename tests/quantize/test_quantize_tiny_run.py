@@ -290,8 +290,8 @@ def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, hars
         "ops": _ops(onnx.load(str(variant_path))),
     }
     assert (
-        said[-1]
-        == f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} (drop {(result.reference_top1 - top1) * 100:.2f} pt)"
+        said[-1] == f"FP16 float part for strongly typed TensorRT: top-1 {top1:.4f} "
+        f"(drop {(result.reference_top1 - top1) * 100:.2f} pt)"
     )
 
 
@@ -323,9 +323,11 @@ def test_budget_not_met_keeps_the_best_attempt_labelled_failing(run_dir: Path, h
     assert _onnx_top1(path, run_dir) == best.top1
     reference = record.metrics["reference_top1"]
     assert str(info.value) == (
-        f"INT8 (harsh) could not meet --max-accuracy-drop 0 pt: the best of 3 attempts drops {best.drop_points:.2f} pt "
-        f"(top-1 {best.top1:.4f} vs {reference:.4f}) with {len(best.float_layers)} layer(s) in float after trying up to 2. "
-        f"It is kept at {str(path)!r}, recorded as 'onnx-int8-harsh' with status 'failing'. Try more calibration images, "
+        f"INT8 (harsh) could not meet --max-accuracy-drop 0 pt: "
+        f"the best of 3 attempts drops {best.drop_points:.2f} pt (top-1 {best.top1:.4f} vs {reference:.4f}) "
+        f"with {len(best.float_layers)} layer(s) in float after trying up to 2. "
+        f"It is kept at {str(path)!r}, recorded as 'onnx-int8-harsh' with status 'failing'. "
+        "Try more calibration images, "
         "another --calib-method, a larger --max-float-layers, or FP16."
     )
     # A TensorRT 10 target builds the FP32 Q/DQ model weakly typed: no FP16-float-part variant.

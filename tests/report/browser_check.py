@@ -126,7 +126,8 @@ def check_in_chromium(page: Path, *, table: str) -> tuple[PageCheck, list[str]]:
     with browser() as driver:
         seen = load(driver, page)
         rows = driver.execute_script(
-            f"return Array.from(document.querySelectorAll('#{table} tbody tr[data-artifact], #{table} tbody tr[data-device]'))"
+            "return Array.from(document.querySelectorAll("
+            f"'#{table} tbody tr[data-artifact], #{table} tbody tr[data-device]'))"
             ".map(r => r.dataset.artifact || r.dataset.device)"
         )
         screenshot(driver, page.with_name(page.stem + "-screenshot.png"), full_page=False)

@@ -17,7 +17,8 @@ ssh_lab = deploy_fixtures.ssh_lab
 
 @pytest.fixture(scope="session")
 def staged_run(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``digits_run`` + evaluate + export (FP32, FP16) + INT8 quantize + verify on every validation image (read-only)."""
+    """``digits_run`` + evaluate + export (FP32, FP16) + INT8 quantize + verify on every validation image
+    (read-only)."""
     pytest.importorskip("onnxruntime")
     root = Path(shutil.copytree(digits_run, tmp_path_factory.mktemp("report-run") / "run"))
     cli("evaluate", root)

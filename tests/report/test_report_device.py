@@ -32,7 +32,8 @@ def test_fleet_deploy_gives_a_device_section_and_a_fleet_page(run_copy: Path, ss
         deploy_fixtures.install_standin_tegrastats(device)
         inventory = tmp_path / "fleet.toml"
         inventory.write_text(
-            f'[defaults]\ntarget = "{deploy_fixtures.standin_xavier_profile(tmp_path)}"\nprecision = "fp32"\nmode = "trtexec"\ncheck_device = false\n'
+            f'[defaults]\ntarget = "{deploy_fixtures.standin_xavier_profile(tmp_path)}"\n'
+            'precision = "fp32"\nmode = "trtexec"\ncheck_device = false\n'
             "eval_images = 64\niterations = 20\nwarmup = 2\n\n"
             f'[[device]]\nname = "xavier-1"\nhost = "{device.alias}"\nremote_dir = "{tmp_path}/remote1"\n\n'
             f'[[device]]\nname = "down-1"\nhost = "{down.alias}"\nremote_dir = "{tmp_path}/remote2"\n'

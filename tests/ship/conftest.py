@@ -23,7 +23,8 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped(digits_folder, sshd, ssh_lab, edge_tl_wheel, tmp_path_factory) -> Shipped:
-    """`edge-tl ship --data IMAGES --target x86-64 --out RUN --host <loopback sshd> --max-accuracy-drop 1` (read-only)."""
+    """`edge-tl ship --data IMAGES --target x86-64 --out RUN --host <loopback sshd> --max-accuracy-drop 1`
+    (read-only)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     root = tmp_path_factory.mktemp("ship-run")

@@ -105,6 +105,11 @@ def test_the_quantize_stage_takes_the_targets_recipe_as_the_cli_does(tmp_path):
     assert export["opset"] == load_target("jetson-orin-nano-8gb").export_opset()
     finetune = next(s for s in stages if s.name == "finetune").options
     assert finetune["backbone"] == "efficientnet_lite0"  # finetune's default, not import's none
-    kwargs = stage_kwargs("deploy", passthrough, options, {"run_dir": 1, "host": 2, "fleet": 3, "target": 4,
-                                                           "precision": 5, "quiet": 6}, explicit=frozenset())  # fmt: skip
+    kwargs = stage_kwargs(
+        "deploy",
+        passthrough,
+        options,
+        {"run_dir": 1, "host": 2, "fleet": 3, "target": 4, "precision": 5, "quiet": 6},
+        explicit=frozenset(),
+    )
     assert kwargs["batch_size"] == 1 and kwargs["iterations"] == 200  # deploy's own defaults

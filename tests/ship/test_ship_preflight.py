@@ -59,8 +59,20 @@ def test_an_unknown_host_key_is_refused(images, sshd, ssh_lab, tmp_path):
     """The device answers, but its key is not in the known_hosts given: refused, as deploy would."""
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    line, seconds = _refused("--data", images, "--target", "x86-64", "--host", f"127.0.0.1:{sshd.port}",
-                             "--known-hosts", empty, "--identity-file", ssh_lab.user_key, "--out", tmp_path / "run")  # fmt: skip
+    line, seconds = _refused(
+        "--data",
+        images,
+        "--target",
+        "x86-64",
+        "--host",
+        f"127.0.0.1:{sshd.port}",
+        "--known-hosts",
+        empty,
+        "--identity-file",
+        ssh_lab.user_key,
+        "--out",
+        tmp_path / "run",
+    )
     assert "host key is not in known_hosts" in line and "SHA256:" in line  # the fingerprint to compare
     assert not (tmp_path / "run").exists()
     print(f"unknown host key refused in {seconds:.2f} s (with the ssh-keyscan of its fingerprint)")

@@ -286,8 +286,10 @@ def test_a_new_run_is_never_written_over_someone_elses_files(tmp_path: Path, tin
         (theirs / name).write_text(name)
     with pytest.raises(ConfigError) as info:
         finetune(FinetuneConfig(data=tiny_digits, out=str(theirs), **settings))
-    assert str(info.value) == (f"--out {str(theirs)!r} exists and is not an empty directory (it holds a, b, notes.txt, ...); "
-                               "give a new one (nothing there is touched)")  # fmt: skip
+    assert str(info.value) == (
+        f"--out {str(theirs)!r} exists and is not an empty directory (it holds a, b, notes.txt, ...); "
+        "give a new one (nothing there is touched)"
+    )
     assert {p.name: p.read_text() for p in theirs.iterdir()} == {n: n for n in ("split.json", "notes.txt", "a", "b")}
     (theirs / "a").unlink()
     with pytest.raises(ConfigError, match=r"\(it holds b, notes.txt, split.json\); give a new one"):  # three: no "..."
