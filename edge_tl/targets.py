@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge_tl.device_runtime import DeviceRuntime, get_runtime
 from edge_tl.errors import ConfigError
 
 PROFILES_PACKAGE = "edge_tl.profiles"
@@ -30,11 +31,6 @@ class TargetKind(str, Enum):
     JETSON = "jetson"
     DGPU = "dgpu"
     CPU = "cpu"
-
-
-class Runtime(str, Enum):
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
 
 
 class Precision(str, Enum):
@@ -153,7 +149,7 @@ class Target:
     description: str
     kind: TargetKind
     memory_gb: float
-    default_runtime: Runtime
+    default_runtime: DeviceRuntime  # what the device ships, builds and runs (edge_tl.device_runtime)
     max_opset: int
     calibration_recipe: CalibrationRecipe
     fast_precisions: tuple[Precision, ...]
@@ -199,10 +195,6 @@ class Target:
                 f"TensorRT {release.version} has no DLA on Jetson (JetPack support, DLA included, arrives in 11.4.1 "
                 f"with JetPack 7.2.2): use --tensorrt {with_dla[0] if with_dla else '11.4.1'} or drop --dla"
             )
-
-    @property
-    def uses_tensorrt(self) -> bool:
-        return self.default_runtime is Runtime.TENSORRT
 
     def release(self, version: str | TrtVersion | None = None) -> TrtRelease:
         """The TensorRT release to build for: ``version`` if given (must be listed), else the default."""
@@ -273,7 +265,7 @@ class Target:
                 self.check_dla(dla)
                 self.check_dla_release(self.release(tensorrt))
             return None
-        if not self.uses_tensorrt:
+        if not self.default_runtime.builds_engine:
             return self.calibration_recipe
         release = self.release(tensorrt)
         if dla:
@@ -422,7 +414,10 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     if not name or name != name.strip() or " " in name:
         raise top.fail("name", f"must be a non-empty name without spaces, got {name!r}")
     kind = top.enum("kind", TargetKind)
-    runtime = top.enum("default_runtime", Runtime)
+    try:
+        runtime = get_runtime(top.get("default_runtime", str))
+    except ConfigError as exc:
+        raise top.fail("default_runtime", f"is not usable: {exc}") from None
     memory = top.get("memory_gb", (int, float))
     if memory <= 0:
         raise top.fail("memory_gb", f"must be > 0, got {memory}")
@@ -449,8 +444,11 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     workspace = gpu = default_trt = cpu_arch = None
     releases: list[TrtRelease] = []
     if kind is TargetKind.CPU:
-        if runtime is not Runtime.ONNXRUNTIME:
-            raise top.fail("default_runtime", f"of a cpu target must be 'onnxruntime', got {runtime.value!r}")
+        if runtime.builds_engine:
+            raise top.fail(
+                "default_runtime",
+                f"of a cpu target must run the ONNX itself (e.g. 'onnxruntime'), got {runtime.name!r}",
+            )
         if recipe is not CalibrationRecipe.ONNXRUNTIME_CPU:
             raise top.fail(
                 "calibration_recipe", f"of a cpu target must be 'onnxruntime-cpu-int8', got {recipe.value!r}"
