@@ -57,12 +57,12 @@ def toy_on_path(monkeypatch):
     return HERE
 
 
-def test_the_toy_runtime_runs_end_to_end_through_the_bundle_and_the_device_agent(toy_on_path, deployable_run, tmp_path):
+def test_the_toy_runtime_runs_end_to_end_through_the_bundle_and_the_device_agent(toy_on_path, untrained_run, tmp_path):
     import toy_runtime
 
     target = load_target(TOY_PROFILE)
     assert target.default_runtime is toy_runtime.TOY
-    run = Run.open(shutil.copytree(deployable_run, tmp_path / "run"))
+    run = Run.open(shutil.copytree(untrained_run, tmp_path / "run"))
 
     bundle = make_bundle(run, target=str(TOY_PROFILE), precision="fp32", eval_images=24)
     # The bundle carries what the toy runtime ships: the FP32 ONNX and its settings, no build plan.
