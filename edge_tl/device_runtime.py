@@ -130,11 +130,15 @@ def get_runtime(name: str) -> DeviceRuntime:
             f"device runtime {name!r}: {module_name}.{attr} is {type(runtime).__name__}, not a DeviceRuntime "
             "instance (subclass edge_tl.device_runtime.DeviceRuntime)"
         )
-    taken = [s for s, other in _loaded.items() if other.name == runtime.name and other is not runtime]
-    if taken or (spec not in BUILTIN_RUNTIMES.values() and runtime.name in BUILTIN_RUNTIMES):
+    if spec not in BUILTIN_RUNTIMES.values() and runtime.name in BUILTIN_RUNTIMES:
+        owner = "a runtime edge-tl ships"
+    else:
+        owner = next(
+            (repr(s) for s, other in _loaded.items() if other.name == runtime.name and other is not runtime), ""
+        )
+    if owner:
         raise ConfigError(
-            f"device runtime {name!r} calls itself {runtime.name!r}, the name of "
-            f"{repr(taken[0]) if taken else 'a runtime edge-tl ships'}; give it another name"
+            f"device runtime {name!r} calls itself {runtime.name!r}, the name of {owner}; give it another name"
         )
     _loaded[spec] = runtime
     return runtime
