@@ -22,6 +22,7 @@ from typing import Any
 
 from edge_tl import tomlfile
 from edge_tl.calibration import OutputFormat, load_recipe, looks_like_path
+from edge_tl.device_runtime import DeviceRuntime, get_runtime
 from edge_tl.errors import ConfigError
 from edge_tl.tomlfile import Table
 from edge_tl.vocab import TARGET_PRECISIONS, Precision, accept
@@ -35,9 +36,6 @@ class TargetKind(str, Enum):
     CPU = "cpu"
 
 
-class Runtime(str, Enum):
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
 
 
 class CalibrationRecipe(str, Enum):
@@ -162,7 +160,7 @@ class Target:
     description: str
     kind: TargetKind
     memory_gb: float
-    default_runtime: Runtime
+    default_runtime: DeviceRuntime  # what the device ships, builds and runs (edge_tl.device_runtime)
     max_opset: int
     calibration_recipe: CalibrationRecipe
     calibration_output: OutputFormat  # what the recipe writes (a cache or Q/DQ)
@@ -214,10 +212,6 @@ class Target:
                 f"TensorRT {release.version} has no DLA on Jetson (JetPack support, DLA included, arrives in 11.4.1 "
                 f"with JetPack 7.2.2): use --tensorrt {with_dla[0] if with_dla else '11.4.1'} or drop --dla"
             )
-
-    @property
-    def uses_tensorrt(self) -> bool:
-        return self.default_runtime is Runtime.TENSORRT
 
     def release(self, version: str | TrtVersion | None = None) -> TrtRelease:
         """The TensorRT release to build for: ``version`` if given (must be listed), else the default."""
@@ -288,7 +282,7 @@ class Target:
                 self.check_dla(dla)
                 self.check_dla_release(self.release(tensorrt))
             return None
-        if not self.uses_tensorrt:
+        if not self.default_runtime.builds_engine:
             return self.calibration_recipe
         release = self.release(tensorrt)
         if dla:
@@ -386,7 +380,10 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     if not name or name != name.strip() or " " in name:
         raise top.fail("name", f"must be a non-empty name without spaces, got {name!r}")
     kind = top.enum("kind", TargetKind)
-    runtime = top.enum("default_runtime", Runtime)
+    try:
+        runtime = get_runtime(top.get("default_runtime", str))
+    except ConfigError as exc:
+        raise top.fail("default_runtime", f"is not usable: {exc}") from None
     memory = top.get("memory_gb", (int, float))
     if memory <= 0:
         raise top.fail("memory_gb", f"must be > 0, got {memory}")
@@ -411,8 +408,11 @@ def parse_target(data: dict[str, Any], *, source: str) -> Target:
     workspace = gpu = default_trt = cpu_arch = None
     releases: list[TrtRelease] = []
     if kind is TargetKind.CPU:
-        if runtime is not Runtime.ONNXRUNTIME:
-            raise top.fail("default_runtime", f"of a cpu target must be 'onnxruntime', got {runtime.value!r}")
+        if runtime.builds_engine:
+            raise top.fail(
+                "default_runtime",
+                f"of a cpu target must run the ONNX itself (e.g. 'onnxruntime'), got {runtime.name!r}",
+            )
         if recipe_output is not OutputFormat.QDQ_ONNXRUNTIME:
             raise top.fail(
                 "calibration_recipe",

@@ -118,10 +118,12 @@ def compile_run(
     say = progress or (lambda _msg: None)
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
     profile = load_target(target)
-    if profile.kind is TargetKind.CPU:
+    if not profile.default_runtime.builds_engine:
+        on = "CPU" if profile.kind is TargetKind.CPU else "GPU"
         raise ConfigError(
-            f"target {profile.name!r} runs ONNX Runtime on the CPU: there is no engine to compile. Quantize with "
-            f"`edge-tl quantize {run.root} --recipe {profile.calibration_recipe.value}` and bench the ONNX."
+            f"target {profile.name!r} runs {profile.default_runtime.label} on the {on}: there is no engine to compile. "
+            f"Quantize with `edge-tl quantize {run.root} --recipe {profile.calibration_recipe.value}` and bench the "
+            "ONNX."
         )
     if via is Via.TORCH_TENSORRT:
         return _compile_torch_tensorrt(run, profile, request, mode=mode, say=say)

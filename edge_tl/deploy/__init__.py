@@ -1,42 +1,48 @@
 """Deployment to devices over SSH: bundles, the SSH transport, resumable copy, probes, fleets.
 
-Light to import: nothing heavy is imported until a deploy runs.
+Light to import: each name below is imported from its module on first use, so that reading
+a target profile (which resolves its device runtime, :mod:`edge_tl.deploy.runtimes`) does not
+load the deploy machinery.
 """
 
-from edge_tl.deploy.api import (
-    DeployConfig,
-    DeployResult,
-    Mode,
-    build_wheel,
-    deploy,
-    deploy_host,
-)
-from edge_tl.deploy.bundle import Bundle, make_bundle
-from edge_tl.deploy.evalpack import EvalPack
-from edge_tl.deploy.fleet import FleetReport, deploy_fleet, load_inventory
-from edge_tl.deploy.probe import DeviceProbe, probe_device
-from edge_tl.deploy.ssh import HostKeyPolicy, SshEndpoint, SshOptions, SshTransport
-from edge_tl.deploy.sync import SyncReport, sync_bundle
+from __future__ import annotations
 
-__all__ = [
-    "Bundle",
-    "DeployConfig",
-    "DeployResult",
-    "DeviceProbe",
-    "EvalPack",
-    "FleetReport",
-    "HostKeyPolicy",
-    "Mode",
-    "SshEndpoint",
-    "SshOptions",
-    "SshTransport",
-    "SyncReport",
-    "build_wheel",
-    "deploy",
-    "deploy_fleet",
-    "deploy_host",
-    "load_inventory",
-    "make_bundle",
-    "probe_device",
-    "sync_bundle",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Bundle": "bundle",
+    "DeployConfig": "config",
+    "DeployResult": "api",
+    "DeviceProbe": "probe",
+    "EvalPack": "evalpack",
+    "FleetReport": "fleet",
+    "HostKeyPolicy": "ssh",
+    "Mode": "config",
+    "SshEndpoint": "ssh",
+    "SshOptions": "ssh",
+    "SshTransport": "ssh",
+    "SyncReport": "sync",
+    "build_wheel": "wheel",
+    "deploy": "api",
+    "deploy_fleet": "fleet",
+    "deploy_host": "api",
+    "load_inventory": "fleet",
+    "make_bundle": "bundle",
+    "probe_device": "probe",
+    "sync_bundle": "sync",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -5,8 +5,9 @@ One device (:func:`deploy_host`):
 1. probe the device (``deploy/<name>/probe.json``) and check it against the target;
 2. take the device folder (``edge-tl/<run name>/<name>`` by default: one per device name)
    for this deploy alone: an flock on the device and one on ``deploy/<name>/`` here;
-3. choose the mode: *python* when TensorRT's Python package imports there, *trtexec*
-   when only trtexec is there, else *python* with ONNX Runtime (``--mode`` overrides);
+3. choose the mode the target's device runtime picks for the probed device (TensorRT:
+   *python* when its Python package imports there, *trtexec* when only trtexec is there,
+   else *python* with ONNX Runtime; ``--mode`` overrides among the modes that apply);
 4. copy the bundle (resumable, verified, published atomically: :mod:`edge_tl.deploy.sync`);
 5. measure through the mode (:mod:`edge_tl.deploy.modes`); what comes back is checked
    before it replaces anything in ``deploy/<name>/``;
@@ -30,12 +31,13 @@ from typing import Any
 
 from edge_tl.bench.latency import named_latencies
 from edge_tl.deploy.bundle import Bundle, bundle_artifact_name, bundle_dir, make_bundle
+from edge_tl.deploy.config import LOGITS, WHEEL_DIR, DeployConfig, Mode
 from edge_tl.deploy.device_lock import hold_device_folder
-from edge_tl.deploy.evalpack import DEFAULT_IMAGES, EvalPack
-from edge_tl.deploy.modes import LOGITS, MODES, WHEEL_DIR, DeviceSession, Measurement, Mode
+from edge_tl.deploy.evalpack import EvalPack
+from edge_tl.deploy.modes import MODES, DeviceSession, Measurement
 from edge_tl.deploy.probe import DeviceProbe, check_probe, probe_device
 from edge_tl.deploy.reference import Reference, compute_reference, sha256_text
-from edge_tl.deploy.ssh import SshEndpoint, SshOptions, SshTransport, sh_script
+from edge_tl.deploy.ssh import SshEndpoint, SshTransport, sh_script
 from edge_tl.deploy.sync import SyncReport, check_remote_dir, sync_bundle
 from edge_tl.deploy.tegrastats import summarize as summarize_tegrastats
 from edge_tl.deploy.wheel import build_wheel, project_root, staging_view
@@ -44,9 +46,21 @@ from edge_tl.runs import Run, atomic_write_json, file_lock, now_iso, sha256_file
 from edge_tl.targets import Precision, Target, load_target
 
 __all__ = [
-    "ACCURACY_FILE", "DeployConfig", "DeployResult", "Mode", "Reference", "build_wheel", "check_device_name",
-    "choose_mode", "compute_reference", "default_remote_dir", "deploy", "deploy_host", "prepare_bundle", "project_root",
-]  # fmt: skip
+    "ACCURACY_FILE",
+    "DeployConfig",
+    "DeployResult",
+    "Mode",
+    "Reference",
+    "build_wheel",
+    "check_device_name",
+    "choose_mode",
+    "compute_reference",
+    "default_remote_dir",
+    "deploy",
+    "deploy_host",
+    "prepare_bundle",
+    "project_root",
+]
 
 log = logging.getLogger("edge_tl.deploy")
 
@@ -54,8 +68,16 @@ STAGE = "deploy"
 ACCURACY_FILE = "accuracy.json"  # read by edge_tl.verify.read_deploy_results (format in docs/design.md)
 # Files a measurement brings back; each replaces the previous one only once the whole deploy succeeded.
 FAILED_DIR = "failed"  # what the last failed measurement brought back (logs), apart from the good results
-RESULT_FILES = ("build.log", "result.json", "bench.json", LOGITS, "trtexec_bench.log", "trtexec_times.json",
-                "tegrastats.log", "tegrastats.json")  # fmt: skip
+RESULT_FILES = (
+    "build.log",
+    "result.json",
+    "bench.json",
+    LOGITS,
+    "trtexec_bench.log",
+    "trtexec_times.json",
+    "tegrastats.log",
+    "tegrastats.json",
+)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 
@@ -75,47 +97,11 @@ def default_remote_dir(run_name: str, label: str) -> str:
 
 
 @dataclass(frozen=True)
-class DeployConfig:
-    """What to deploy and how to measure it (shared by every device of a fleet unless overridden)."""
-
-    target: str
-    precision: str
-    mode: Mode = Mode.AUTO
-    remote_dir: str | None = None  # default: edge-tl/<run name>/<device name>, relative to the login directory
-    remote_python: str = "python3"
-    ssh: SshOptions = SshOptions()
-    eval_images: int = DEFAULT_IMAGES
-    warmup: int = 20
-    iterations: int = 200
-    batch_size: int = 1
-    threads: int | None = None
-    tensorrt: str | None = None  # a TensorRT release the target lists (default: the target's default)
-    wheel: Path | None = None  # python mode: an edge-tl wheel to install (default: built from this checkout)
-    check_device: bool = True  # refuse a device that does not match the target profile
-    lock_clocks: bool = False  # run `sudo -n jetson_clocks` before timing and restore afterwards
-    tegrastats: bool = True  # sample power and temperature with tegrastats while measuring, where present
-    timeout_s: float = 1800  # each long device command (build, timing, evaluation) is stopped after this
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mode, Mode):
-            try:
-                object.__setattr__(self, "mode", Mode(self.mode))
-            except ValueError:
-                raise ConfigError(f"mode {self.mode!r} is not one of {', '.join(m.value for m in Mode)}") from None
-        if self.timeout_s <= 0:
-            raise ConfigError(f"timeout must be > 0 s, got {self.timeout_s}")
-        if self.iterations < 1 or self.warmup < 0 or self.batch_size < 1 or self.eval_images < 1:
-            raise ConfigError(
-                f"iterations, batch size and evaluation images must be >= 1 and warm-up >= 0; got {self.iterations}, "
-                f"{self.batch_size}, {self.eval_images}, {self.warmup}"
-            )
-        if self.remote_dir is not None:
-            check_remote_dir(self.remote_dir)
-
-
-@dataclass(frozen=True)
 class DeployResult:
-    """One device's deploy, produced once; its table row, JSON, ``accuracy.json`` entry and manifest record derive from it."""
+    """One device's deploy, produced once.
+
+    Its table row, JSON, ``accuracy.json`` entry and manifest record all derive from it.
+    """
 
     host: str
     label: str
@@ -177,26 +163,56 @@ class DeployResult:
     def accuracy_entry(self) -> dict[str, Any]:
         """This result as one entry of ``deploy/<name>/accuracy.json`` (format in docs/design.md)."""
         return {
-            "artifact": self.artifact, "kind": self.kind, "precision": self.precision, "backend": self.backend,
-            "mode": self.mode, "host": self.label, "target": self.target, "num_images": self.num_images,
-            "top1": self.top1, "top5": self.top5, "reference_top1": self.reference_top1,
-            "local_onnxruntime_top1": self.local_top1, "top1_agreement": self.top1_agreement, "mean_kl": self.mean_kl,
-            "max_abs_diff": self.max_abs_diff, "local_onnxruntime_agreement": self.local_agreement,
+            "artifact": self.artifact,
+            "kind": self.kind,
+            "precision": self.precision,
+            "backend": self.backend,
+            "mode": self.mode,
+            "host": self.label,
+            "target": self.target,
+            "num_images": self.num_images,
+            "top1": self.top1,
+            "top5": self.top5,
+            "reference_top1": self.reference_top1,
+            "local_onnxruntime_top1": self.local_top1,
+            "top1_agreement": self.top1_agreement,
+            "mean_kl": self.mean_kl,
+            "max_abs_diff": self.max_abs_diff,
+            "local_onnxruntime_agreement": self.local_agreement,
             "latency_ms": {"p50": self.p50_ms, "p99": self.p99_ms, "batch_size": self.batch_size},
-            "throughput_ips": self.throughput_ips, "size_bytes": self.size_bytes, "bundle_digest": self.bundle_digest,
-            "power_mean_mw": self.power_mean_mw, "hottest_c": self.hottest_c, "clocks_locked": self.clocks_locked,
-            "gpu_compute": self.gpu_compute, "end_to_end": self.end_to_end, "energy_mj_per_image": self.energy_mj_per_image,
+            "throughput_ips": self.throughput_ips,
+            "size_bytes": self.size_bytes,
+            "bundle_digest": self.bundle_digest,
+            "power_mean_mw": self.power_mean_mw,
+            "hottest_c": self.hottest_c,
+            "clocks_locked": self.clocks_locked,
+            "gpu_compute": self.gpu_compute,
+            "end_to_end": self.end_to_end,
+            "energy_mj_per_image": self.energy_mj_per_image,
             "jetpack": self.jetpack,
-            "tensorrt": self.tensorrt, "measured": self.measured,
-        }  # fmt: skip
+            "tensorrt": self.tensorrt,
+            "measured": self.measured,
+        }
 
     def manifest_details(self) -> dict[str, Any]:
-        return {"target": self.target, "mode": self.mode, "backend": self.backend, "remote_dir": self.remote_dir,
-                "bundle_digest": self.bundle_digest, "device": self.device, "sync": self.sync.get("summary")}  # fmt: skip
+        return {
+            "target": self.target,
+            "mode": self.mode,
+            "backend": self.backend,
+            "remote_dir": self.remote_dir,
+            "bundle_digest": self.bundle_digest,
+            "device": self.device,
+            "sync": self.sync.get("summary"),
+        }
 
     def manifest_metrics(self) -> dict[str, Any]:
-        return {"top1": self.top1, "reference_top1": self.reference_top1, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-                "throughput_ips": self.throughput_ips}  # fmt: skip
+        return {
+            "top1": self.top1,
+            "reference_top1": self.reference_top1,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "throughput_ips": self.throughput_ips,
+        }
 
 
 # --------------------------------------------------------------------------- local preparation
@@ -252,19 +268,17 @@ esac
 
 
 def choose_mode(requested: Mode, probe: DeviceProbe, target: Target) -> Mode:
+    runtime = target.default_runtime
     if requested is not Mode.AUTO:
         if requested is Mode.TRTEXEC and not probe.trtexec:
             raise ConfigError(f"--mode trtexec needs trtexec on {probe.host}, which has none; use --mode python")
-        if requested is Mode.TRTEXEC and not target.uses_tensorrt:
+        if requested.value not in runtime.modes:
             raise ConfigError(
-                f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python"
+                f"target {target.name!r} runs {runtime.label}: {requested.value} mode does not apply; "
+                f"use --mode {runtime.modes[0]}"
             )
         return requested
-    if target.uses_tensorrt and probe.tensorrt_python:
-        return Mode.PYTHON
-    if target.uses_tensorrt and probe.trtexec:
-        return Mode.TRTEXEC
-    return Mode.PYTHON
+    return Mode(runtime.auto_mode(probe))
 
 
 def _score(out: Path, pack: EvalPack, reference: Reference) -> dict[str, Any]:
@@ -304,8 +318,15 @@ def _record(run: Run, out: Path, result: DeployResult) -> None:
     entry = result.accuracy_entry()
     kept = [r for r in existing.get("results", []) if isinstance(r, dict) and r.get("artifact") != entry["artifact"]]
     atomic_write_json(result_path, {"host": result.label, "results": [*kept, entry]})
-    run.add_artifact(f"deploy-{result.label}", kind="deploy-result", path=result_path, stage=STAGE,
-                     precision=result.precision, details=result.manifest_details(), metrics=result.manifest_metrics())  # fmt: skip
+    run.add_artifact(
+        f"deploy-{result.label}",
+        kind="deploy-result",
+        path=result_path,
+        stage=STAGE,
+        precision=result.precision,
+        details=result.manifest_details(),
+        metrics=result.manifest_metrics(),
+    )
 
 
 def _settle(incoming: Path, out: Path) -> None:
@@ -346,15 +367,41 @@ def deploy_host(
             atomic_write_json(out / "probe.json", {"probed": now_iso(), **probe.to_dict()})
             say(probe.summary())
             with hold_device_folder(ssh, remote_dir):
-                result = _measure_on_device(run, ssh, endpoint, label, out, remote_dir, probe, config, target,
-                                            bundle=bundle, reference=reference, wheel=wheel, say=say)  # fmt: skip
+                result = _measure_on_device(
+                    run,
+                    ssh,
+                    endpoint,
+                    label,
+                    out,
+                    remote_dir,
+                    probe,
+                    config,
+                    target,
+                    bundle=bundle,
+                    reference=reference,
+                    wheel=wheel,
+                    say=say,
+                )
         _record(run, out, result)
     return result
 
 
-def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label: str, out: Path, remote_dir: str,
-                       probe: DeviceProbe, config: DeployConfig, target: Target, *, bundle: Bundle,
-                       reference: Reference, wheel: Path | None, say: Callable[[str], None]) -> DeployResult:  # fmt: skip
+def _measure_on_device(
+    run: Run,
+    ssh: SshTransport,
+    endpoint: SshEndpoint,
+    label: str,
+    out: Path,
+    remote_dir: str,
+    probe: DeviceProbe,
+    config: DeployConfig,
+    target: Target,
+    *,
+    bundle: Bundle,
+    reference: Reference,
+    wheel: Path | None,
+    say: Callable[[str], None],
+) -> DeployResult:
     mode = choose_mode(config.mode, probe, target)
     need_mb = sum(size for _, size in bundle.files.values()) * 3 // (1 << 20) + 200  # bundle + engine + venv
     problems = check_probe(probe, target, need_mb=need_mb, python=mode is Mode.PYTHON)
@@ -386,9 +433,19 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
     warnings: list[str] = []
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=out))
     try:
-        session = DeviceSession(ssh=ssh, remote_dir=remote_dir, results=results, stamp=stamp, incoming=incoming,
-                                failed=out / FAILED_DIR, probe=probe, config=config, bundle=bundle, target=target,
-                                wheel=wheel)  # fmt: skip
+        session = DeviceSession(
+            ssh=ssh,
+            remote_dir=remote_dir,
+            results=results,
+            stamp=stamp,
+            incoming=incoming,
+            failed=out / FAILED_DIR,
+            probe=probe,
+            config=config,
+            bundle=bundle,
+            target=target,
+            wheel=wheel,
+        )
         locked = config.lock_clocks and probe.has_tool("jetson_clocks")
         if locked:
             ssh.run(sh_script(_CLOCKS, remote_dir, "lock", CLOCKS_FILE), what="jetson_clocks", check=True)
@@ -423,25 +480,50 @@ def _measure_on_device(run: Run, ssh: SshTransport, endpoint: SshEndpoint, label
     for warning in warnings:
         log.warning("%s: %s", label, warning)
     accuracy, original, local = scores["accuracy"], scores.get("original"), scores.get("local")
-    latencies = named_latencies({"gpu_compute": measured.gpu_compute, "end_to_end": measured.end_to_end},
-                                power["total_power_mean_mw"] if power else None)  # fmt: skip
+    latencies = named_latencies(
+        {"gpu_compute": measured.gpu_compute, "end_to_end": measured.end_to_end},
+        power["total_power_mean_mw"] if power else None,
+    )
     return DeployResult(
-        host=str(endpoint), label=label, target=target.name, precision=bundle.precision.value, status="ok",
-        mode=mode.value, backend=measured.backend, jetpack=probe.jetpack, tensorrt=probe.tensorrt,
-        p50_ms=measured.p50_ms, p99_ms=measured.p99_ms, throughput_ips=measured.throughput_ips,
-        top1=accuracy["top1"], reference_top1=original["accuracy"]["top1"] if original else None,
+        host=str(endpoint),
+        label=label,
+        target=target.name,
+        precision=bundle.precision.value,
+        status="ok",
+        mode=mode.value,
+        backend=measured.backend,
+        jetpack=probe.jetpack,
+        tensorrt=probe.tensorrt,
+        p50_ms=measured.p50_ms,
+        p99_ms=measured.p99_ms,
+        throughput_ips=measured.throughput_ips,
+        top1=accuracy["top1"],
+        reference_top1=original["accuracy"]["top1"] if original else None,
         local_top1=local["accuracy"]["top1"] if local else None,
         top1_agreement=original["agreement"]["top1_agreement"] if original else None,
-        result_dir=run.relpath(out), sync={**report.to_dict(), "summary": report.summary()}, artifact=measured.artifact, kind=measured.kind,
-        batch_size=measured.batch_size, num_images=accuracy["num_images"], top5=accuracy["top5"],
+        result_dir=run.relpath(out),
+        sync={**report.to_dict(), "summary": report.summary()},
+        artifact=measured.artifact,
+        kind=measured.kind,
+        batch_size=measured.batch_size,
+        num_images=accuracy["num_images"],
+        top5=accuracy["top5"],
         mean_kl=original["agreement"]["mean_kl"] if original else None,
         max_abs_diff=original["agreement"]["max_abs_diff"] if original else None,
         local_agreement=local["agreement"]["top1_agreement"] if local else None,
-        size_bytes=bundle.files[bundle.model["path"]][1], bundle_digest=bundle.digest,
-        power_mean_mw=power["total_power_mean_mw"] if power else None, hottest_c=power["hottest_c"] if power else None,
-        clocks_locked=locked, gpu_compute=latencies["gpu_compute"], end_to_end=latencies["end_to_end"],
-        energy_mj_per_image=latencies["energy_mj_per_image"], remote_dir=remote_dir, device=probe.summary(), measured=now_iso(), warnings=tuple(warnings),
-    )  # fmt: skip
+        size_bytes=bundle.files[bundle.model["path"]][1],
+        bundle_digest=bundle.digest,
+        power_mean_mw=power["total_power_mean_mw"] if power else None,
+        hottest_c=power["hottest_c"] if power else None,
+        clocks_locked=locked,
+        gpu_compute=latencies["gpu_compute"],
+        end_to_end=latencies["end_to_end"],
+        energy_mj_per_image=latencies["energy_mj_per_image"],
+        remote_dir=remote_dir,
+        device=probe.summary(),
+        measured=now_iso(),
+        warnings=tuple(warnings),
+    )
 
 
 def _end_sampling(ssh: SshTransport, remote_dir: str, *, sampling: bool, locked: bool) -> list[str]:
@@ -463,8 +545,9 @@ def _end_sampling(ssh: SshTransport, remote_dir: str, *, sampling: bool, locked:
             ssh.run(sh_script(_CLOCKS, remote_dir, "restore", CLOCKS_FILE), what="jetson_clocks restore")
         except RemoteError as exc:
             warnings.append(
-                f"the device's clocks were NOT restored ({exc}); the saved settings stay in {remote_dir}/{CLOCKS_FILE}: "
-                f"run `sudo jetson_clocks --restore {remote_dir}/{CLOCKS_FILE}` there (the next --lock-clocks deploy keeps them)"
+                f"the device's clocks were NOT restored ({exc}); the saved settings stay in "
+                f"{remote_dir}/{CLOCKS_FILE}: run `sudo jetson_clocks --restore {remote_dir}/{CLOCKS_FILE}` there "
+                "(the next --lock-clocks deploy keeps them)"
             )
     return warnings
 

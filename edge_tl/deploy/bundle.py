@@ -5,7 +5,8 @@ Layout (``RUN/bundle/<target>-<precision>/``)::
     bundle.json                          manifest: schema, model, target, sha256 + size of every other file
     export/model.fp32.onnx               the ONNX for the precision, at its run-relative path
     quantize/<recipe>/...                the calibration cache, when the recipe uses one
-    compile/<target>-<precision>/        build_engine.sh + build_plan.json (TensorRT targets)
+    compile/<target>-<precision>/        build_engine.sh + build_plan.json (what the device runtime builds
+                                         there: TensorRT's engine)
     labels.txt                           class names, one per line (line index = label)
     preprocessing.json                   the preprocessing contract
     target/<name>.toml                   the target profile
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl import __version__
-from edge_tl.artifacts import onnx_int8
 from edge_tl.deploy.evalpack import DEFAULT_CHUNK, DEFAULT_IMAGES, write_eval_pack
 from edge_tl.deploy.sync import check_relpath
+from edge_tl.device_runtime import Shipment
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import (
     Artifact,
@@ -128,36 +129,13 @@ def bundle_artifact_name(target: Target, precision: Precision) -> str:
     return f"bundle-{target.name}-{precision.value}"
 
 
-def _model_for(
-    run: Run, target: Target, precision: Precision, *, tensorrt: str | None
-) -> tuple[Artifact, Artifact | None, Any]:
-    """(ONNX artifact, calibration cache or None, build plan or None) for ``precision`` on ``target``."""
-    if target.uses_tensorrt:
-        from edge_tl.compile import CompileRequest, make_plan, write_plan
-
-        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt))
-        write_plan(run, plan)
-        return plan.source.onnx, plan.source.calib_cache, plan
-    if precision is Precision.INT8:
-        name = onnx_int8(target.calibration_recipe.value)
-        how = f"edge-tl quantize {run.root} --recipe {target.calibration_recipe.value}"
-    else:
-        name = f"onnx-{precision.value}"
-        how = f"edge-tl export {run.root} --precision {precision.value}"
-    if not run.has_artifact(name):
-        raise RunError(
-            f"run {str(run.root)!r} has no {name!r} for {precision.value} on {target.name!r}; first run: {how}"
-        )
-    return run.artifact(name), None, None
-
-
-def _eval_chunk(onnx: Artifact, plan: Any) -> int:
+def _eval_chunk(onnx: Artifact, shipment: Shipment) -> int:
     """Images per evaluation chunk: what one inference of the model (or engine profile) takes."""
     batch = (onnx.details.get("input_shape") or ["batch"])[0]
     if isinstance(batch, int):
         return batch
-    if plan is not None and plan.spec.batch is not None:
-        return plan.spec.batch.max
+    if shipment.max_batch is not None:
+        return shipment.max_batch
     return DEFAULT_CHUNK
 
 
@@ -175,7 +153,9 @@ def make_bundle(
     run = run if isinstance(run, Run) else Run.open(run)
     target = load_target(target)
     precision = target.check_precision(precision)
-    onnx, cache, plan = _model_for(run, target, precision, tensorrt=tensorrt)
+    # The target's device runtime says what the device needs: the ONNX, and what builds from it there.
+    shipment = target.default_runtime.shipment(run, target, precision, tensorrt=tensorrt)
+    onnx, cache = shipment.model, shipment.calib_cache
     final = (Path(out) if out is not None else bundle_dir(run, target, precision)).resolve()
     _check_replaceable(final, run.root)
     work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -191,28 +171,16 @@ def make_bundle(
         ship(run.artifact_path(onnx.name, check_hash=True), onnx.path)
         if cache is not None:
             ship(run.artifact_path(cache.name, check_hash=True), cache.path)
-        plan_record = None
-        if plan is not None:
-            from edge_tl.compile.plan import PLAN_NAME, SCRIPT_NAME
-
-            for name in (SCRIPT_NAME, PLAN_NAME):
-                ship(run.path(plan.directory, name), f"{plan.directory}/{name}")
-            (work / plan.directory / SCRIPT_NAME).chmod(0o755)
-            plan_record = {
-                "script": f"{plan.directory}/{SCRIPT_NAME}",
-                "plan": f"{plan.directory}/{PLAN_NAME}",
-                "engine": plan.spec.engine,
-                "tensorrt": str(plan.release.version),
-                "jetpack": plan.release.jetpack,
-                "batch": plan.spec.batch.to_dict() if plan.spec.batch else None,
-                "dla_core": plan.spec.dla_core,
-            }
+        for source, rel, executable in shipment.build_files:
+            ship(source, rel)
+            if executable:
+                (work / rel).chmod(0o755)
         classes = [str(c) for c in run.require("classes", stage="bundle")]
         atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
         atomic_write_json(work / "preprocessing.json", run.require("preprocessing", stage="bundle"))
         profile = f"target/{target.name}.toml"
         ship(Path(target.source), profile)
-        pack = write_eval_pack(run, work / EVAL_DIR, max_images=eval_images, chunk_size=_eval_chunk(onnx, plan))
+        pack = write_eval_pack(run, work / EVAL_DIR, max_images=eval_images, chunk_size=_eval_chunk(onnx, shipment))
 
         files = {}
         for path in sorted(p for p in work.rglob("*") if p.is_file()):
@@ -225,7 +193,7 @@ def make_bundle(
             "run": {"name": run.root.resolve().name, "backbone": run.get("backbone", {}).get("name")},
             "target": {
                 "name": target.name,
-                "runtime": target.default_runtime.value,
+                "runtime": target.default_runtime.name,
                 "kind": target.kind.value,
                 "profile": profile,
             },
@@ -240,7 +208,7 @@ def make_bundle(
                 "calib_cache": cache.path if cache is not None else None,
             },
             "reference_metrics": dict(run.get("metrics") or {}),
-            "build_plan": plan_record,
+            "build_plan": shipment.build_plan,
             "eval": {
                 "dir": EVAL_DIR,
                 "num_images": pack.num_images,
@@ -259,8 +227,13 @@ def make_bundle(
         shutil.rmtree(work, ignore_errors=True)
 
     bundle = Bundle.load(final)
-    details = {"target": target.name, "digest": bundle.digest, "files": len(bundle.files), "eval_images": pack.num_images,
-               "model": onnx.name}  # fmt: skip
+    details = {
+        "target": target.name,
+        "digest": bundle.digest,
+        "files": len(bundle.files),
+        "eval_images": pack.num_images,
+        "model": onnx.name,
+    }
     if tar:
         archive = final.with_name(final.name + ".tar.gz")
         tmp = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
@@ -269,8 +242,14 @@ def make_bundle(
         os.replace(tmp, archive)
         details["tar"] = run.relpath(archive) if _inside(archive, run.root) else str(archive)
     if _inside(final, run.root):
-        run.add_artifact(bundle_artifact_name(target, precision), kind="bundle", path=final, stage=STAGE,
-                         precision=precision.value, details=details)  # fmt: skip
+        run.add_artifact(
+            bundle_artifact_name(target, precision),
+            kind="bundle",
+            path=final,
+            stage=STAGE,
+            precision=precision.value,
+            details=details,
+        )
     return bundle
 
 

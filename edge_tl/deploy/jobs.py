@@ -34,7 +34,8 @@ cd -- "$1" || exit 1; j="$2"; shift 2
 command -v setsid >/dev/null 2>&1 || { echo "setsid is missing on the device (install util-linux)" >&2; exit 2; }
 mkdir -p -- "$(dirname -- "$j")" || exit 1
 mkdir -- "$j" 2>/dev/null || { echo attached; exit 0; }
-setsid sh -c 'echo $$ > "$0/pid"; "$@" > "$0/out" 2> "$0/err" < /dev/null; echo $? > "$0/rc.new"; mv -f "$0/rc.new" "$0/rc"' \
+setsid sh -c 'echo $$ > "$0/pid"; "$@" > "$0/out" 2> "$0/err" < /dev/null
+  echo $? > "$0/rc.new"; mv -f "$0/rc.new" "$0/rc"' \
   "$j" "$@" < /dev/null > /dev/null 2>&1 &
 echo started
 """
@@ -97,8 +98,11 @@ def run_job(
             )
         wait = max(1, min(POLL_S, int(left)))
         try:
-            state = ssh.run(sh_script(_WAIT, job, str(wait)), what=f"waiting for {what}",
-                            timeout=wait + ssh.options.connect_timeout_s + 30).text.split()  # fmt: skip
+            state = ssh.run(
+                sh_script(_WAIT, job, str(wait)),
+                what=f"waiting for {what}",
+                timeout=wait + ssh.options.connect_timeout_s + 30,
+            ).text.split()
         except RemoteError as exc:
             raise RemoteError(
                 f"{ssh.endpoint}: connection lost while {what} was running; it keeps running on the device "

@@ -22,11 +22,11 @@ import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from edge_tl.deploy.bundle import Bundle
+from edge_tl.deploy.config import LOGITS, WHEEL_DIR, DeployConfig, Mode
 from edge_tl.deploy.evalpack import EvalPack
 from edge_tl.deploy.jobs import job_name, run_job
 from edge_tl.deploy.probe import DeviceProbe
@@ -34,18 +34,6 @@ from edge_tl.deploy.ssh import SshTransport, sh_script
 from edge_tl.errors import ConfigError, RemoteError
 from edge_tl.runs import atomic_write_bytes, atomic_write_json, now_iso, sha256_file
 from edge_tl.targets import Target
-
-if TYPE_CHECKING:
-    from edge_tl.deploy.api import DeployConfig
-
-WHEEL_DIR = "tools"
-LOGITS = "logits.npy"
-
-
-class Mode(str, Enum):
-    AUTO = "auto"
-    PYTHON = "python"
-    TRTEXEC = "trtexec"
 
 
 @dataclass(frozen=True)
@@ -123,7 +111,8 @@ def _number(data: dict[str, Any], key: str, *, where: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
         raise RemoteError(
-            f"{where} from the device has no valid {key!r} (got {value!r}); the device's edge-tl may differ from this one"
+            f"{where} from the device has no valid {key!r} (got {value!r}); "
+            "the device's edge-tl may differ from this one"
         )
     return float(value)
 
@@ -149,17 +138,25 @@ def parse_device_result(data: Any, *, where: str) -> dict[str, Any]:
 # site-packages (our venv's base is that venv's base interpreter, which cannot see them).
 _VENV = r"""
 cd -- "$1" || exit 1; py="$2"; wheel="$3"; sha="$4"
-base=$("$py" -c 'import sys; print(sys.base_prefix)' 2>/dev/null) || { echo "$py does not run on the device" >&2; exit 4; }
+base=$("$py" -c 'import sys; print(sys.base_prefix)' 2>/dev/null) ||
+  { echo "$py does not run on the device" >&2; exit 4; }
 if [ "$(cat venv/.edge-tl-python 2>/dev/null)" != "$py" ]; then rm -rf venv; fi
 if [ ! -x venv/bin/python ]; then
-  "$py" -m venv --system-site-packages --without-pip venv || { echo "cannot create a venv with $py: install python3-venv" >&2; exit 4; }
+  "$py" -m venv --system-site-packages --without-pip venv ||
+    { echo "cannot create a venv with $py: install python3-venv" >&2; exit 4; }
   printf '%s\n' "$py" > venv/.edge-tl-python
 fi
-user_site=$("$py" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
+user_site=$("$py" -c 'import site, sys
+print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
 own_site=$(venv/bin/python -c 'import site; print(site.getsitepackages()[0])')
-if [ -n "$user_site" ]; then printf '%s\n' "$user_site" > "$own_site/edge-tl-user-venv.pth"; else rm -f "$own_site/edge-tl-user-venv.pth"; fi
+if [ -n "$user_site" ]; then
+  printf '%s\n' "$user_site" > "$own_site/edge-tl-user-venv.pth"
+else
+  rm -f "$own_site/edge-tl-user-venv.pth"
+fi
 if [ "$(cat venv/.edge-tl-wheel 2>/dev/null)" != "$sha" ]; then
-  venv/bin/python -m pip install --quiet --no-deps --no-index --force-reinstall --disable-pip-version-check "$wheel" >&2 || exit 5
+  venv/bin/python -m pip install --quiet --no-deps --no-index --force-reinstall --disable-pip-version-check \
+    "$wheel" >&2 || exit 5
   echo "$sha" > venv/.edge-tl-wheel
 fi
 venv/bin/python -c 'import edge_tl, sys; print(edge_tl.__version__, edge_tl.__file__)'
@@ -174,14 +171,27 @@ class PythonMode:
         if session.wheel is None:
             raise ConfigError("python mode needs the edge-tl wheel; build one with build_wheel() or pass --wheel")
         wheel_remote = f"current/{WHEEL_DIR}/{session.wheel.name}"
-        ssh.run(sh_script(_VENV, session.remote_dir, config.remote_python, wheel_remote, sha256_file(session.wheel)),
-                what="virtual environment set-up", timeout=600)  # fmt: skip
+        ssh.run(
+            sh_script(_VENV, session.remote_dir, config.remote_python, wheel_remote, sha256_file(session.wheel)),
+            what="virtual environment set-up",
+            timeout=600,
+        )
         fixed = (bundle.model.get("input_shape") or ["batch"])[0]
         argv = [
-            "venv/bin/python", "-m", "edge_tl.deploy.remote_agent", "--bundle", "current", "--out", session.results,
-            "--warmup", str(config.warmup), "--iterations", str(config.iterations),
-            "--batch-size", str(fixed if isinstance(fixed, int) else config.batch_size),
-        ]  # fmt: skip
+            "venv/bin/python",
+            "-m",
+            "edge_tl.deploy.remote_agent",
+            "--bundle",
+            "current",
+            "--out",
+            session.results,
+            "--warmup",
+            str(config.warmup),
+            "--iterations",
+            str(config.iterations),
+            "--batch-size",
+            str(fixed if isinstance(fixed, int) else config.batch_size),
+        ]
         if config.threads is not None:
             argv += ["--threads", str(config.threads)]
         ran = session.job("agent", argv, what="evaluation and benchmark on the device")
@@ -208,12 +218,17 @@ class PythonMode:
             )
         latency = device["latency"]
         return Measurement(
-            artifact=device["artifact"], kind=device["kind"], backend=device["backend"],
-            p50_ms=float(latency["p50_ms"]), p99_ms=float(latency["p99_ms"]),
-            throughput_ips=float(latency["throughput_ips"]), batch_size=int(latency["batch_size"]),
-            gpu_compute=device.get("gpu_compute"), end_to_end=device.get("end_to_end"),
+            artifact=device["artifact"],
+            kind=device["kind"],
+            backend=device["backend"],
+            p50_ms=float(latency["p50_ms"]),
+            p99_ms=float(latency["p99_ms"]),
+            throughput_ips=float(latency["throughput_ips"]),
+            batch_size=int(latency["batch_size"]),
+            gpu_compute=device.get("gpu_compute"),
+            end_to_end=device.get("end_to_end"),
             details={"edge_tl_module": (device.get("edge_tl") or {}).get("module")},
-        )  # fmt: skip
+        )
 
 
 # --------------------------------------------------------------------------- trtexec mode
@@ -238,15 +253,22 @@ class TrtexecMode:
         plan = bundle.build_plan
         if plan is None:
             raise ConfigError(
-                f"target {target.name!r} runs ONNX Runtime: trtexec mode does not apply; use --mode python"
+                f"target {target.name!r} runs {target.default_runtime.label}: trtexec mode does not apply; "
+                "use --mode python"
             )
         trtexec = session.probe.trtexec or "trtexec"
         log_here = session.failed / "build.log"
         try:
             build = session.job(
-                "build", sh_script('(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1', trtexec, plan["script"], f"{results}/build.log"),
+                "build",
+                sh_script(
+                    '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1',
+                    trtexec,
+                    plan["script"],
+                    f"{results}/build.log",
+                ),
                 what="engine build",
-            )  # fmt: skip
+            )
         except RemoteError as exc:
             # A build stopped at the time limit: its log so far says how far it got. A fetch that
             # fails too (the link is down) must not hide why the build ended.
@@ -272,15 +294,23 @@ class TrtexecMode:
         engine = f"current/{plan['engine']}"
         version = TrtVersion.parse(plan["tensorrt"])
         times = f"{results}/times.json"
-        argv = bench_command(engine, version, input_name=model["input_name"], chw=chw,
-                             batch=config.batch_size if dynamic else None, export_times=times,
-                             iterations=config.iterations, trtexec=trtexec)  # fmt: skip
+        argv = bench_command(
+            engine,
+            version,
+            input_name=model["input_name"],
+            chw=chw,
+            batch=config.batch_size if dynamic else None,
+            export_times=times,
+            iterations=config.iterations,
+            trtexec=trtexec,
+        )
         timed = session.job("timing", sh_script('exec "$@" 2>&1', *argv), what="trtexec timing")
         atomic_write_bytes(incoming / "trtexec_bench.log", timed.stdout)
         parsed = parse_log(timed.text)
         if timed.returncode != 0 or not parsed.passed:
             raise RemoteError(
-                f"{ssh.endpoint}: trtexec timing failed (exit {timed.returncode}); log in {session.failed / 'trtexec_bench.log'}"
+                f"{ssh.endpoint}: trtexec timing failed (exit {timed.returncode}); "
+                f"log in {session.failed / 'trtexec_bench.log'}"
             )
         records = None
         if session.fetch(["times.json"]):
@@ -288,18 +318,26 @@ class TrtexecMode:
             (incoming / "times.json").rename(incoming / "trtexec_times.json")
         batch = config.batch_size if dynamic else int(shape[0])
         bench = to_bench_results(parsed, batch_size=batch, times=records)
-        atomic_write_json(incoming / "bench.json", {
-            "target": f"{engine} on {session.probe.host}",
-            "created": now_iso(),
-            "runner": {"name": f"engine-{target.name}-{bundle.precision.value}", "backend": "trtexec", "device": "cuda",
-                       "clock": "trtexec", "argv": argv},
-            "results": [bench["gpu_compute"].to_dict()],
-            "gpu_compute": bench["gpu_compute"].to_dict(),
-            "end_to_end": bench["end_to_end"].to_dict(),
-            "source": bench["source"],
-            "trtexec": bench["trtexec"],
-            "environment": {"probe": session.probe.to_dict()},
-        })  # fmt: skip
+        atomic_write_json(
+            incoming / "bench.json",
+            {
+                "target": f"{engine} on {session.probe.host}",
+                "created": now_iso(),
+                "runner": {
+                    "name": f"engine-{target.name}-{bundle.precision.value}",
+                    "backend": "trtexec",
+                    "device": "cuda",
+                    "clock": "trtexec",
+                    "argv": argv,
+                },
+                "results": [bench["gpu_compute"].to_dict()],
+                "gpu_compute": bench["gpu_compute"].to_dict(),
+                "end_to_end": bench["end_to_end"].to_dict(),
+                "source": bench["source"],
+                "trtexec": bench["trtexec"],
+                "environment": {"probe": session.probe.to_dict()},
+            },
+        )
 
         pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
         classes = int(bundle.manifest["eval"]["classes"])
@@ -309,8 +347,14 @@ class TrtexecMode:
             cmd = [trtexec, f"--loadEngine={engine}"]
             if dynamic:
                 cmd.append(f"--shapes={model['input_name']}:{chunk.count}x{chw[0]}x{chw[1]}x{chw[2]}")
-            cmd += [f"--loadInputs={model['input_name']}:current/{bundle.manifest['eval']['dir']}/{chunk.file}",
-                    f"--exportOutput={exported}", "--iterations=1", "--warmUp=0", "--duration=0", "--avgRuns=1"]  # fmt: skip
+            cmd += [
+                f"--loadInputs={model['input_name']}:current/{bundle.manifest['eval']['dir']}/{chunk.file}",
+                f"--exportOutput={exported}",
+                "--iterations=1",
+                "--warmUp=0",
+                "--duration=0",
+                "--avgRuns=1",
+            ]
             ran = session.job(f"eval-{chunk.file}", sh_script('exec "$@" 2>&1', *cmd), what=f"trtexec on {chunk.file}")
             if ran.returncode != 0:
                 raise RemoteError(f"{ssh.endpoint}: trtexec failed on {chunk.file}: {ran.text.strip()[-800:]}")
@@ -323,10 +367,16 @@ class TrtexecMode:
         np.save(incoming / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)
         e2e = bench["end_to_end"]
         return Measurement(
-            artifact=f"engine-{target.name}-{bundle.precision.value}", kind="engine", backend="tensorrt (trtexec)",
-            p50_ms=e2e.p50_ms, p99_ms=e2e.p99_ms, throughput_ips=e2e.throughput_ips, batch_size=e2e.batch_size,
-            gpu_compute=bench["gpu_compute"].to_dict(), end_to_end=e2e.to_dict(),
-        )  # fmt: skip
+            artifact=f"engine-{target.name}-{bundle.precision.value}",
+            kind="engine",
+            backend="tensorrt (trtexec)",
+            p50_ms=e2e.p50_ms,
+            p99_ms=e2e.p99_ms,
+            throughput_ips=e2e.throughput_ips,
+            batch_size=e2e.batch_size,
+            gpu_compute=bench["gpu_compute"].to_dict(),
+            end_to_end=e2e.to_dict(),
+        )
 
 
 def exported_logits(data: bytes, *, output: str | None, count: int, classes: int, where: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_tl.deploy.ssh import SshTransport, sh_script
 from edge_tl.errors import ConfigError
-from edge_tl.targets import Target, TargetKind, TrtVersion
+from edge_tl.targets import Target, TargetKind
 
 # Python side of the probe: imports, versions and the CUDA device through the driver
 # API (libcuda is part of every Jetson and desktop driver; no pycuda needed).
@@ -59,8 +59,12 @@ echo "@@kernel"; uname -r
 echo "@@tegra"; head -n 1 /etc/nv_tegra_release 2>/dev/null
 echo "@@model"; tr -d '\0' < /proc/device-tree/model 2>/dev/null; echo
 echo "@@jetpack"; dpkg-query -W -f='${Version}' nvidia-jetpack 2>/dev/null; echo
-echo "@@nvinfer"; dpkg-query -W -f='${Package} ${Version}\n' libnvinfer8 libnvinfer10 libnvinfer-bin tensorrt 2>/dev/null
-echo "@@trtexec"; for t in "$(command -v trtexec 2>/dev/null)" /usr/src/tensorrt/bin/trtexec; do [ -n "$t" ] && [ -x "$t" ] && echo "$t"; done
+echo "@@nvinfer"
+dpkg-query -W -f='${Package} ${Version}\n' libnvinfer8 libnvinfer10 libnvinfer-bin tensorrt 2>/dev/null
+echo "@@trtexec"
+for t in "$(command -v trtexec 2>/dev/null)" /usr/src/tensorrt/bin/trtexec; do
+  [ -n "$t" ] && [ -x "$t" ] && echo "$t"
+done
 echo "@@dla"; ls /dev 2>/dev/null | grep -c -E '^nvhost-nvdla[0-9]+$'
 echo "@@nvpmodel"; nvpmodel -q 2>/dev/null
 echo "@@tools"; for t in jetson_clocks tegrastats nvidia-smi; do command -v "$t" 2>/dev/null; done
@@ -140,7 +144,10 @@ def _sections(text: str) -> dict[str, list[str]]:
 
 def parse_probe(text: str, *, host: str) -> DeviceProbe:
     s = _sections(text)
-    first = lambda key: (s.get(key) or [None])[0]
+
+    def first(key: str) -> str | None:
+        return (s.get(key) or [None])[0]
+
     py: dict[str, Any] = {}
     if s.get("python"):
         try:
@@ -165,8 +172,9 @@ def parse_probe(text: str, *, host: str) -> DeviceProbe:
         cols = s["disk"][-1].split()
         disk = int(cols[3]) // 1024 if len(cols) >= 4 and cols[3].isdigit() else None
     gpu = py.get("gpu") or {}
-    if not gpu and first("nvsmi"):
-        name, _, cc = first("nvsmi").rpartition(",")  # type: ignore[union-attr]
+    nvsmi = first("nvsmi")
+    if not gpu and nvsmi:
+        name, _, cc = nvsmi.rpartition(",")
         gpu = {"name": name.strip(), "compute_capability": cc.strip()}
     dla = py.get("dla_cores")
     if dla is None:
@@ -216,26 +224,7 @@ def check_probe(
         )
     if target.kind is TargetKind.CPU and target.cpu_arch and probe.arch != target.cpu_arch:
         problems.append(f"target {target.name!r} is for {target.cpu_arch} CPUs but {probe.host} is {probe.arch}")
-    if target.uses_tensorrt:
-        if probe.tensorrt:
-            seen = TrtVersion.parse(probe.tensorrt)
-            listed = [r.version for r in target.releases]
-            if seen not in listed:
-                problems.append(
-                    f"{probe.host} has TensorRT {probe.tensorrt}, which target {target.name!r} does not list "
-                    f"({', '.join(str(v) for v in listed)}); add a [[tensorrt.releases]] entry to the profile or use "
-                    "a device with a listed JetPack"
-                )
-        elif not probe.trtexec and not probe.tensorrt_python:
-            problems.append(
-                f"{probe.host} has neither trtexec nor TensorRT's Python package; install TensorRT "
-                "(JetPack: apt install nvidia-tensorrt) or deploy to a CPU target"
-            )
-        if target.gpu is not None and probe.compute_capability and probe.compute_capability != target.gpu.sm:
-            problems.append(
-                f"{probe.host}'s GPU {probe.gpu_name} is sm {probe.compute_capability} but target {target.name!r} "
-                f"is sm {target.gpu.sm}: an engine built for one does not fit the other"
-            )
+    problems += target.default_runtime.check_probe(probe, target)
     if dla and probe.dla_cores == 0:
         problems.append(f"DLA was asked but {probe.host} reports no DLA cores; drop --dla")
     if python:
@@ -253,7 +242,8 @@ def check_probe(
             if missing:
                 problems.append(
                     f"python mode needs {', '.join(missing)} importable by the device's python3 on {probe.host} "
-                    "(apt install python3-numpy python3-pip python3-venv; pip install onnxruntime), or use --mode trtexec"
+                    "(apt install python3-numpy python3-pip python3-venv; pip install onnxruntime), "
+                    "or use --mode trtexec"
                 )
     if probe.disk_free_mb is not None and probe.disk_free_mb < need_mb:
         problems.append(

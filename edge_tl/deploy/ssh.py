@@ -221,19 +221,30 @@ class SshTransport:
         if o.config_file is not None:
             argv += ["-F", str(o.config_file)]
         argv += [
-            "-o", "BatchMode=yes",
-            "-o", f"StrictHostKeyChecking={'accept-new' if o.host_key_policy is HostKeyPolicy.ACCEPT_NEW else 'yes'}",
-            "-o", f"ConnectTimeout={o.connect_timeout_s}",
-            "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=3",
-        ]  # fmt: skip
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"StrictHostKeyChecking={'accept-new' if o.host_key_policy is HostKeyPolicy.ACCEPT_NEW else 'yes'}",
+            "-o",
+            f"ConnectTimeout={o.connect_timeout_s}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
         if o.known_hosts_file is not None:
             argv += ["-o", f"UserKnownHostsFile={_ssh_quote(str(o.known_hosts_file))}"]
         if o.identity_file is not None:
             argv += ["-i", str(o.identity_file), "-o", "IdentitiesOnly=yes"]
         if self._control_dir is not None:
-            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_ssh_quote(self._control_dir)}/%C",
-                     "-o", "ControlPersist=120"]  # fmt: skip
+            argv += [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={_ssh_quote(self._control_dir)}/%C",
+                "-o",
+                "ControlPersist=120",
+            ]
         if self.endpoint.port is not None:
             argv += ["-p", str(self.endpoint.port)]
         if self.endpoint.user is not None:
@@ -310,7 +321,8 @@ class SshTransport:
             return RemoteError(
                 f"{who}: the host key CHANGED (device now offers {fp.group(0) if fp else 'an unknown key'}); "
                 f"this is refused even with --accept-new-host-key. If the device was re-flashed, remove the old key "
-                f"with `{self.forget_key_command()}` and connect again; otherwise someone may be intercepting the connection."
+                f"with `{self.forget_key_command()}` and connect again; otherwise someone may be intercepting the "
+                "connection."
             )
         if failure is _Failure.UNKNOWN_KEY:
             fps = self.offered_fingerprints()
@@ -318,7 +330,8 @@ class SshTransport:
             return RemoteError(
                 f"{who}: host key is not in known_hosts{kh}: the device offers {shown}. Compare it with "
                 "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on the device, then either connect once with "
-                "`ssh` and accept it, or re-run with --accept-new-host-key (unknown keys are added; changed keys are still refused)."
+                "`ssh` and accept it, or re-run with --accept-new-host-key (unknown keys are added; changed keys are "
+                "still refused)."
             )
         if failure is _Failure.AUTH:
             return RemoteError(
@@ -366,9 +379,17 @@ class SshTransport:
             return []
         try:
             scan = subprocess.run(
-                [keyscan, "-T", str(self.options.connect_timeout_s), "-p", conf.get("port", "22"), conf.get("hostname", self.endpoint.host)],
-                capture_output=True, timeout=self.options.connect_timeout_s + 5,
-            )  # fmt: skip
+                [
+                    keyscan,
+                    "-T",
+                    str(self.options.connect_timeout_s),
+                    "-p",
+                    conf.get("port", "22"),
+                    conf.get("hostname", self.endpoint.host),
+                ],
+                capture_output=True,
+                timeout=self.options.connect_timeout_s + 5,
+            )
             fps = subprocess.run([keygen, "-lf", "-"], input=scan.stdout, capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return []

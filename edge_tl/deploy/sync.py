@@ -63,7 +63,8 @@ def check_relpath(path: str) -> str:
     ):
         raise ConfigError(
             f"bundle file path {path!r} is not allowed: paths must be relative, without '..', '.', '~' or control "
-            "characters, so that nothing is written outside the remote directory. Rebuild the bundle with `edge-tl bundle`."
+            "characters, so that nothing is written outside the remote directory. Rebuild the bundle with "
+            "`edge-tl bundle`."
         )
     return path
 
@@ -208,8 +209,12 @@ def _upload(ssh: SshTransport, local: Path, remote_dir: str, remote_path: str, s
             try:
                 result = ssh.run(
                     sh_script(_UPLOAD, remote_dir, remote_path, str(size)),
-                    stdin=fh, check=False, idempotent=False, what=f"upload of {remote_path}", timeout=None,
-                )  # fmt: skip
+                    stdin=fh,
+                    check=False,
+                    idempotent=False,
+                    what=f"upload of {remote_path}",
+                    timeout=None,
+                )
             except RemoteError:  # the link dropped (ssh exit 255): find out below how far it got
                 result = None
         if result is not None and result.returncode == 0:
@@ -356,6 +361,13 @@ def sync_bundle(
     release = f"{digest}-{time.time_ns()}"
     ssh.run(sh_script(_PUBLISH, remote_dir, digest, release), what="publishing the bundle")
     return SyncReport(
-        remote_dir, release, sent=tuple(sent), resumed=tuple(resumed), reused=tuple(reused), skipped=tuple(skipped),
-        resent=tuple(dict.fromkeys(resent)), bytes_sent=bytes_sent, seconds=time.monotonic() - start,
-    )  # fmt: skip
+        remote_dir,
+        release,
+        sent=tuple(sent),
+        resumed=tuple(resumed),
+        reused=tuple(reused),
+        skipped=tuple(skipped),
+        resent=tuple(dict.fromkeys(resent)),
+        bytes_sent=bytes_sent,
+        seconds=time.monotonic() - start,
+    )

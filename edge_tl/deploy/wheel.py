@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_tl.deploy.modes import WHEEL_DIR
+from edge_tl.deploy.config import WHEEL_DIR
 from edge_tl.errors import ConfigError, RunError
 
 
@@ -36,8 +36,10 @@ def build_wheel(dest: str | os.PathLike[str]) -> Path:
     for isolation in (["--no-build-isolation"], []):
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet", "-w", str(dest), str(root)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wheels = sorted(dest.glob("edge_tl-*.whl"), key=lambda p: p.stat().st_mtime)
         if proc.returncode == 0 and wheels:
             break

@@ -159,28 +159,51 @@ def plan(request: ShipRequest, target: Target, precision: Precision) -> list[Sta
         for key in ("val_data", "finetune_weights"):
             if o.get(key) is not None and Path(str(o[key])).exists():
                 files[key] = file_fingerprint(str(o[key]))
-        stages.append(Stage("finetune", _finetune_action(request, kwargs), kwargs, files, creates_run=True,
-                            continues=_interrupted_finetune))  # fmt: skip
+        stages.append(
+            Stage(
+                "finetune",
+                _finetune_action(request, kwargs),
+                kwargs,
+                files,
+                creates_run=True,
+                continues=_interrupted_finetune,
+            )
+        )
     else:
         fixed = {"out": out, "quiet": quiet}
         if o.get("val_data") is None:
             kwargs = _kwargs(request, "import", {**fixed, "val_data": request.data})
         else:
             kwargs = _kwargs(request, "import", fixed)
-        files = {k: file_fingerprint(v) for k in ("weights", "onnx_file", "labels", "val_data", "calib_data")
-                 if (v := kwargs.get(k)) is not None}  # fmt: skip
-        stages.append(Stage("import", _import_action(request, kwargs), {k: v for k, v in kwargs.items() if k != "out"},
-                            files, creates_run=True))  # fmt: skip
+        files = {
+            k: file_fingerprint(v)
+            for k in ("weights", "onnx_file", "labels", "val_data", "calib_data")
+            if (v := kwargs.get(k)) is not None
+        }
+        stages.append(
+            Stage(
+                "import",
+                _import_action(request, kwargs),
+                {k: v for k, v in kwargs.items() if k != "out"},
+                files,
+                creates_run=True,
+            )
+        )
     if kind != "onnx":
         opset = target.export_opset(o["opset"] if "opset" in request.explicit else None, tensorrt=o.get("tensorrt"))
         stages.append(_command_stage(request, "export", {"run_dir": out, "quiet": quiet, "opset": opset}, target_file))
     if precision is Precision.INT8:
-        fixed = {"run_dir": out, "target": request.target, "precision": "int8",
-                 "max_accuracy_drop": request.max_accuracy_drop, "quiet": quiet}  # fmt: skip
+        fixed = {
+            "run_dir": out,
+            "target": request.target,
+            "precision": "int8",
+            "max_accuracy_drop": request.max_accuracy_drop,
+            "quiet": quiet,
+        }
         calib = {"calib_data": file_fingerprint(o["calib_data"])} if o.get("calib_data") is not None else {}
         stages.append(_command_stage(request, "quantize", fixed, {**target_file, **calib}))
     device = {"run_dir": out, "target": request.target, "precision": precision.value}
-    if target.uses_tensorrt:
+    if target.default_runtime.builds_engine:
         stages.append(_command_stage(request, "compile", {**device, "quiet": quiet}, target_file))
     stages.append(_command_stage(request, "bundle", {**device, "out": None}, target_file))
     if request.host is not None or request.fleet is not None:
@@ -205,10 +228,13 @@ def write_run_config(out: Path, values: Mapping[str, Any]) -> Path:
     from edge_tl.runs import atomic_write_text
 
     path = out / RUN_CONFIG_NAME
-    text = config_text(dict(values), header=(
-        "The options of this run, as `edge-tl ship` resolved them (command line over config file over defaults).\n"
-        f"Repeat the run with: edge-tl ship --config {path}"
-    ))  # fmt: skip
+    text = config_text(
+        dict(values),
+        header=(
+            "The options of this run, as `edge-tl ship` resolved them (command line over config file over defaults).\n"
+            f"Repeat the run with: edge-tl ship --config {path}"
+        ),
+    )
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
     return path
@@ -232,8 +258,11 @@ def _notes(out: Path) -> dict[str, str]:
         m = artifact.metrics
         if artifact.stage == "quantize" and artifact.kind == "onnx" and m.get("accuracy_drop_points") is not None:
             budget = m.get("max_accuracy_drop_points")
-            notes.setdefault("quantize", f"{artifact.name}: top-1 drop {m['accuracy_drop_points']:.2f} pt"
-                             + (f" (budget {budget:g} pt)" if budget is not None else ""))  # fmt: skip
+            notes.setdefault(
+                "quantize",
+                f"{artifact.name}: top-1 drop {m['accuracy_drop_points']:.2f} pt"
+                + (f" (budget {budget:g} pt)" if budget is not None else ""),
+            )
         elif artifact.kind == "build-plan" or artifact.kind == "engine":
             notes["compile"] = f"{artifact.kind} {artifact.path}"
         elif artifact.kind == "bundle":
@@ -252,17 +281,27 @@ def _notes(out: Path) -> dict[str, str]:
     return notes
 
 
-def ship(request: ShipRequest, *, target: Target, precision: Precision, values: Mapping[str, Any],
-         say: Callable[[str], None]) -> ShipResult:  # fmt: skip
-    """Run (or continue) every stage of ``request`` in ``request.out``; the pre-flight checks come first (see the CLI)."""
+def ship(
+    request: ShipRequest, *, target: Target, precision: Precision, values: Mapping[str, Any], say: Callable[[str], None]
+) -> ShipResult:
+    """Run (or continue) every stage of ``request`` in ``request.out``.
+
+    The pre-flight checks come first (see the CLI).
+    """
     stages = plan(request, target, precision)
     pipeline = Pipeline(request.out, force=request.force, say=say)
     request.out.mkdir(parents=True, exist_ok=True)
     write_run_config(request.out, values)
     results = pipeline.run(stages)
     index = request.out / "report" / "index.html"
-    return ShipResult(out=request.out, target=target.name, precision=precision, stages=tuple(results),
-                      notes=_notes(request.out), report=index if index.is_file() else None)  # fmt: skip
+    return ShipResult(
+        out=request.out,
+        target=target.name,
+        precision=precision,
+        stages=tuple(results),
+        notes=_notes(request.out),
+        report=index if index.is_file() else None,
+    )
 
 
 __all__ = ["STAGE_ORDER", "ShipRequest", "ShipResult", "plan", "ship", "write_run_config"]
