@@ -36,8 +36,6 @@ class TargetKind(str, Enum):
     CPU = "cpu"
 
 
-
-
 class CalibrationRecipe(str, Enum):
     """A calibration recipe's name: a string, checked by the recipe loader, not a closed list.
 

@@ -57,7 +57,8 @@ def check_data(data: str, *, val_data: str | None, val_split: float, seed: int) 
 
 
 def checked_before(out: Path, fingerprints: dict[str, str]) -> bool:
-    """Whether the run's finished fine-tune read exactly these folders (unchanged since: no need to decode them again)."""
+    """Whether the run's finished fine-tune read exactly these folders (unchanged since: no need to decode
+    them again)."""
     from edge_tl.runs import Run
 
     if not Run.exists(out):

@@ -235,7 +235,9 @@ def verify_run(
     failures = tuple(_gate(rows[1:], config))
 
     notes = [
-        f"{ref_acc.num_images} {'validation' if labelled else 'unlabelled calibration (no labelled data: agreement only)'} images, preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
+        f"{ref_acc.num_images} "
+        f"{'validation' if labelled else 'unlabelled calibration (no labelled data: agreement only)'} images, "
+        f"preprocessing {prep.input_size}px; reference: `{reference.name}` ({backends[reference.name]}).",
         "Δ top-1 in points vs the reference; agreement = share of images with the reference's top-1 class; "
         "KL(reference || artifact) of the softmax outputs.",
         "Latency: p50/p99 at batch 1 on this machine (fixed-batch artifacts at their batch size); "
@@ -248,7 +250,8 @@ def verify_run(
     detectable = images_needed_to_detect(ref_acc.num_images, level=config.significance_level)
     notes.append(
         f"Δ top-1 intervals: paired bootstrap over the same images at {(1 - config.significance_level) * 100:g}%; "
-        f"distinguishable from noise = exact McNemar p < {config.significance_level:g}. On {ref_acc.num_images} images one image "
+        f"distinguishable from noise = exact McNemar p < {config.significance_level:g}. "
+        f"On {ref_acc.num_images} images one image "
         f"is {100 / ref_acc.num_images:.2f} pt, and a drop needs at least {detectable} images lost "
         f"({detectable * 100 / ref_acc.num_images:.2f} pt, none gained) to be distinguishable from noise."
     )
