@@ -119,6 +119,10 @@ _API: dict[str, _Entry] = {
     "load_target": _Entry("edge_tl.targets", "load_target", "load_target('jetson-orin-nano-8gb').fast_precisions"),
     "list_targets": _Entry("edge_tl.targets", "list_targets", "[t.name for t in list_targets()]"),
     "Run": _Entry("edge_tl.runs", "Run", "Run.open('runs/r1').artifact('onnx-fp32').path"),
+    "Precision": _Entry(
+        "edge_tl.vocab", "Precision", "QuantizeConfig(precision=Precision.FP16)  # the one precision vocabulary"
+    ),
+    "Device": _Entry("edge_tl.vocab", "Device", "FinetuneConfig(data='digits', out='runs/r1', device=Device.CPU)"),
     "EdgeTLError": _Entry(
         "edge_tl.errors",
         "EdgeTLError",

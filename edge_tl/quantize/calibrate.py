@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_tl._lazy import lazy_import
+from edge_tl.data.dataset import UNLABELED
 from edge_tl.errors import DataError
 from edge_tl.quantize.observers import ObserverSet
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from edge_tl.data import Sample
     from edge_tl.models import Preprocessing
     from edge_tl.runs import Run
-
-UNLABELED = -1
 
 
 def balanced_subset(samples: Sequence[Sample], num_samples: int, *, seed: int = 0) -> list[Sample]:
