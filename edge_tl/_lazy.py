@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from edge_tl.errors import MissingDependency
 
@@ -38,6 +39,13 @@ def lazy_import(name: str, *, purpose: str = "") -> ModuleType:
         raise MissingDependency(
             f"'{name}' is required{why} but could not be imported ({exc}). Install it: {hint}"
         ) from exc
+
+
+def import_attribute(spec: str) -> Any:
+    """The object a ``"package.module:attribute"`` spec names (edge-tl's registries keep shipped entries as
+    such specs, so a registry costs no import until an entry is used)."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def is_available(name: str) -> bool:

@@ -9,10 +9,10 @@ Adding a source (a TorchScript file, a ``torch.export`` program) is one module a
 from __future__ import annotations
 
 import difflib
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from edge_tl._lazy import import_attribute
 from edge_tl.artifacts import CHECKPOINT_BEST, ONNX_FP32
 from edge_tl.errors import ConfigError
 from edge_tl.importers.base import ImportRequest, SourceModel
@@ -26,8 +26,7 @@ class SourceKind:
     description: str = ""
 
     def load_opener(self) -> Callable[[ImportRequest], SourceModel]:
-        module, _, attr = self.opener.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return import_attribute(self.opener)
 
 
 _SOURCES: dict[str, SourceKind] = {}

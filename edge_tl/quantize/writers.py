@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_tl._lazy import import_attribute
 from edge_tl.errors import ConfigError
 
 
@@ -129,8 +130,7 @@ def get_writer(name: str) -> Writer:
             'is named by its recipe\'s writer = "module:attribute"'
         )
     if isinstance(found, str):
-        module, _, attr = found.partition(":")
-        found = getattr(importlib.import_module(module), attr)
+        found = import_attribute(found)
         _WRITERS[name] = found
     return found
 

@@ -13,12 +13,12 @@ Adding a backend (e.g. TensorRT) is one :func:`register_backend` call with an op
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edge_tl._lazy import import_attribute
 from edge_tl.artifacts import reference_artifact
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Artifact, Run
@@ -48,8 +48,7 @@ class Backend:
     description: str = ""
 
     def load_opener(self) -> Callable[[ModelSource, RunnerOptions], Runner]:
-        module, _, attr = self.opener.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return import_attribute(self.opener)
 
 
 _BACKENDS: dict[str, Backend] = {}
