@@ -1,4 +1,5 @@
-"""`edge-tl import --out RUN (--backbone NAME [--weights FILE | --imagenet] | --onnx FILE) ...`."""
+"""`edge-tl import --out RUN (--backbone NAME [--weights FILE | --imagenet] | --onnx | --torchscript |
+--exported-program FILE) ...`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,25 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     default=None,
     help="Local weights for --backbone: a state dict, or a timm train.py / torchvision reference / Lightning "
     "checkpoint (read with weights_only=True).",
+)
+@click.option(
+    "--weights-key",
+    default=None,
+    metavar="KEY",
+    help="Which weights of a checkpoint to take (state_dict, state_dict_ema, model, model_ema, "
+    "state_dict:<attribute> for Lightning). Default: what the checkpoint's own tool evaluates.",
+)
+@click.option(
+    "--torchscript",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A TorchScript file (torch.jit.save). Needs --img-size --mean --std.",
+)
+@click.option(
+    "--exported-program",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A torch.export program (.pt2, torch.export.save). Needs --img-size --mean --std.",
 )
 @click.option("--imagenet", is_flag=True, help="Keep --backbone's pretrained 1000-class ImageNet head as it is.")
 @click.option(
@@ -83,11 +103,32 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     default=None,
     help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).",
 )
+@click.option(
+    "--resize-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Shorter side before the centre crop (default: as the source tool evaluates: timm floor(size / crop-pct)).",
+)
+@click.option(
+    "--class-order",
+    type=click.Choice(["natural", "sorted"]),
+    default=None,
+    help="How --val-data class folders map to outputs: natural (timm) or sorted (torchvision). Default: the "
+    "checkpoint's tool.",
+)
+@click.option(
+    "--accept-low-accuracy",
+    is_flag=True,
+    help="Import even when the reference scores within 2 points of chance on --val-data.",
+)
 @options.quiet()
 def import_(
     out: Path,
     backbone: str | None,
     weights: Path | None,
+    weights_key: str | None,
+    torchscript: Path | None,
+    exported_program: Path | None,
     imagenet: bool,
     onnx_file: Path | None,
     labels: Path | None,
@@ -98,16 +139,26 @@ def import_(
     std: tuple[float, float, float] | None,
     interpolation: str | None,
     crop_pct: float | None,
+    resize_size: int | None,
+    class_order: str | None,
+    accept_low_accuracy: bool,
     quiet: bool,
 ) -> None:
     """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench
     accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
-    if onnx_file is not None:
+    files = [
+        (flag, f)
+        for flag, f in (("--onnx", onnx_file), ("--torchscript", torchscript), ("--exported-program", exported_program))
+        if f is not None
+    ]
+    if len(files) > 1:
+        raise click.UsageError(f"give one source: {' and '.join(flag for flag, _ in files)} exclude each other")
+    if files:
         if backbone or weights or imagenet:
-            raise click.UsageError("--onnx stands alone: drop --backbone / --weights / --imagenet")
-        kind = "onnx"
+            raise click.UsageError(f"{files[0][0]} stands alone: drop --backbone / --weights / --imagenet")
+        kind = {"--onnx": "onnx", "--torchscript": "torchscript", "--exported-program": "exported-program"}[files[0][0]]
     elif backbone is None:
         raise click.UsageError("give --backbone NAME with --weights FILE or --imagenet, or --onnx FILE")
     elif weights is not None and imagenet:
@@ -128,12 +179,21 @@ def import_(
         backbone=backbone,
         weights=weights,
         onnx=onnx_file,
+        program=torchscript or exported_program,
         labels=labels,
         val_data=val_data,
         calib_data=calib_data,
         preprocessing=PreprocessingOptions(
-            img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
+            img_size=img_size,
+            mean=mean,
+            std=std,
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+            resize_size=resize_size,
         ),
+        weights_key=weights_key,
+        class_order=class_order,
+        accept_low_accuracy=accept_low_accuracy,
     )
     result = import_model(request, progress=None if quiet else lambda m: click.echo(m, err=True))
     if not quiet:

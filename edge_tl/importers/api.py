@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edge_tl.artifacts import SOURCE_SECTION
 from edge_tl.errors import ConfigError, DataError
@@ -46,9 +46,14 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     say(f"reading the {kind.name} source")
     model = kind.load_opener()(request)
     notes = list(model.notes)
-    classes, how = _classes(model, request)
+    classes, how, other = _classes(model, request)
     notes.append(how)
     val, skipped = _val_samples(request, classes, imagenet=model.class_names is not None)
+    if val and model.predict is not None:
+        say(f"scoring the reference on {len(val)} --val-data images")
+        notes += _check_scores(model, request, val, classes, other)
+    elif other is not None and request.class_order is None and model.class_order is None:
+        raise _unknown_order(request, classes, other, None)
     if request.calib_data is not None:
         _check_calib(Path(request.calib_data))
     if request.val_data is None:
@@ -88,7 +93,9 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
 # --------------------------------------------------------------------------- classes
 
 
-def _classes(model: SourceModel, request: ImportRequest) -> tuple[list[str], str]:
+def _classes(model: SourceModel, request: ImportRequest) -> tuple[list[str], str, list[str] | None]:
+    """The class names in output order, how they were found, and the folders' other order where the
+    natural (timm) and plain sorted (torchvision) orders of the class folders differ."""
     n = model.num_classes
     if request.labels is not None:
         names = read_labels(Path(request.labels))
@@ -97,21 +104,118 @@ def _classes(model: SourceModel, request: ImportRequest) -> tuple[list[str], str
                 f"the model's head has {n} outputs but --labels {str(request.labels)!r} names {len(names)} classes; "
                 "give the labels the model was trained with (one per line, in output order)"
             )
-        return names, f"classes from {request.labels}"
+        return names, f"classes from {request.labels}", None
     if model.class_names is not None:
-        return list(model.class_names), "classes: the ImageNet class names (timm's ImageNet info)"
+        return list(model.class_names), "classes: the names the source itself records", None
     if request.val_data is not None:
+        from edge_tl.importers.scoring import ordered
+
         folders = _class_folders(Path(request.val_data))
-        if len(folders) == n:
-            return folders, (
-                f"classes: the {n} --val-data folder names in sorted order, as torchvision's "
-                "ImageFolder and timm number them; give --labels if the model was trained otherwise"
+        if len(folders) != n:
+            raise ConfigError(
+                f"the model's head has {n} outputs but --val-data {str(request.val_data)!r} has {len(folders)} class "
+                "folders; give --labels FILE (one class name per line, in output order)"
             )
-        raise ConfigError(
-            f"the model's head has {n} outputs but --val-data {str(request.val_data)!r} has {len(folders)} class "
-            "folders; give --labels FILE (one class name per line, in output order)"
+        natural = ordered(folders, NATURAL)
+        if natural == folders:
+            return folders, f"classes: the {n} --val-data folder names (natural and sorted order agree)", None
+        order = request.class_order or model.class_order or SORTED
+        chosen, other = (natural, folders) if order == NATURAL else (folders, natural)
+        why = "--class-order" if request.class_order else f"as {model.tool} numbers class folders"
+        return chosen, f"classes: the {n} --val-data folder names in {_ORDER_NAMES[order]} ({why})", other
+    return [str(i) for i in range(n)], f"no --labels: the {n} classes are named by their output index", None
+
+
+NATURAL, SORTED = "natural", "sorted"
+_ORDER_NAMES = {NATURAL: "natural order (timm's ImageDataset)", SORTED: "sorted order (torchvision's ImageFolder)"}
+
+
+def _order_of(classes: list[str]) -> str:
+    from edge_tl.importers.scoring import ordered
+
+    return NATURAL if classes == ordered(classes, NATURAL) else SORTED
+
+
+def _unknown_order(request: ImportRequest, classes: list[str], other: list[str], scores: dict | None) -> ConfigError:
+    from edge_tl.importers.scoring import ordered
+
+    scored = " On --val-data: " + ", ".join(f"{o} {s}" for o, s in scores.items()) + "." if scores else ""
+    return ConfigError(
+        f"--val-data {str(request.val_data)!r}: the class folders number differently in natural order (timm: "
+        f"{', '.join(ordered(classes, NATURAL)[:4])}, ...) and sorted order (torchvision: "
+        f"{', '.join(ordered(classes, SORTED)[:4])}, ...) and the weights do not say which tool made them; give "
+        f"--class-order natural|sorted or --labels FILE.{scored}"
+    )
+
+
+def _check_scores(model: SourceModel, request: ImportRequest, val: list, classes: list[str], other) -> list[str]:
+    """Score the reference (and the other candidate keys, and the other class order), then refuse
+    what scores near chance; returns the notes that say what was scored."""
+    import numpy as np
+
+    from edge_tl.importers.scoring import near_chance, score, val_inputs
+
+    predicts = {model.weights_key or "reference": model.predict, **model.alternatives}
+    paths = [s.path for s in val]
+    logits: dict[str, list] = {name: [] for name in predicts}
+    for start in range(0, len(paths), 256):
+        x = val_inputs(paths[start : start + 256], model.preprocessing)
+        for name, predict in predicts.items():
+            logits[name].append(predict(x))
+    joined = {name: np.concatenate(parts) for name, parts in logits.items()}
+    labels = np.asarray([s.label for s in val])
+    used = next(iter(predicts))
+    main = score(joined[used], labels)
+    n = len(classes)
+    notes = []
+    order_scores: dict[str, Any] = {}
+    if other is not None:
+        index = {name: i for i, name in enumerate(other)}
+        other_labels = np.asarray([index[classes[int(label)]] for label in labels])
+        order_scores = {_order_of(classes): main, _order_of(other): score(joined[used], other_labels)}
+        if request.class_order is None and model.class_order is None:
+            raise _unknown_order(request, classes, other, order_scores)
+        chosen, alternative = order_scores[_order_of(classes)], order_scores[_order_of(other)]
+        notes.append(
+            f"class order on --val-data: {_order_of(classes)} (used) {chosen}, {_order_of(other)} {alternative}"
         )
-    return [str(i) for i in range(n)], f"no --labels: the {n} classes are named by their output index"
+        if near_chance(chosen, n) and not near_chance(alternative, n):
+            raise ConfigError(
+                f"the {_order_of(classes)} class order scores {chosen} on --val-data, near chance "
+                f"({100 / n:.1f}%), while the {_order_of(other)} order scores {alternative}; give --class-order "
+                f"{_order_of(other)} (or --labels FILE)"
+            )
+    if len(predicts) > 1:
+        table = "; ".join(
+            f"{name} {score(joined[name], labels)}{' (used)' if name == used else ''}" for name in predicts
+        )
+        notes.append(f"checkpoint keys on --val-data: {table}")
+    notes.append(f"reference top-1 on --val-data: {main} (chance {100 / n:.1f}%)")
+    if near_chance(main, n) and not request.accept_low_accuracy:
+        raise ConfigError(
+            f"the reference scores {main} on --val-data, within 2 points of chance ({100 / n:.1f}%); checked: "
+            + "; ".join(_causes(model, order_scores, {k: score(v, labels) for k, v in joined.items()}, used))
+            + ". Fix the cause, or pass --accept-low-accuracy"
+        )
+    return notes
+
+
+def _causes(model: SourceModel, order_scores: dict, key_scores: dict, used: str) -> list[str]:
+    prep = model.preprocessing
+    causes = []
+    if order_scores:
+        causes.append("class order " + ", ".join(f"{o} {s}" for o, s in order_scores.items()))
+    else:
+        causes.append("class order: natural and sorted agree (or --labels)")
+    if len(key_scores) > 1:
+        causes.append("checkpoint key " + ", ".join(f"{k} {s}" for k, s in key_scores.items()))
+    else:
+        causes.append(f"checkpoint key {used} (the only one)")
+    causes.append(
+        f"mean {list(prep.mean)} / std {list(prep.std)} (a graph that normalises inside wants 0 / 1, see --mean/--std)"
+    )
+    causes.append(f"resize {prep.resize_size} px for a {prep.input_size} px crop (--resize-size)")
+    return causes
 
 
 def read_labels(path: Path) -> list[str]:

@@ -31,14 +31,20 @@ class PreprocessingOptions:
     std: tuple[float, float, float] | None = None
     interpolation: str | None = None
     crop_pct: float | None = None
+    resize_size: int | None = None
 
     def given(self) -> dict[str, Any]:
         names = {"img_size": "input_size"}
         return {names.get(k, k): v for k, v in self.__dict__.items() if v is not None}
 
     def over(self, contract: Preprocessing) -> Preprocessing:
-        """The backbone's contract with every explicitly given field replaced."""
-        return Preprocessing.from_dict({**contract.to_dict(), **self.given()})
+        """The backbone's contract with every explicitly given field replaced; a new size or crop
+        drops the contract's own resize size unless ``resize_size`` is given too."""
+        base = contract.to_dict()
+        given = self.given()
+        if {"input_size", "crop_pct"} & set(given):
+            base.pop("resize_size")
+        return Preprocessing.from_dict({**base, **given})
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,19 @@ class ImportRequest:
     backbone: str | None = None
     weights: Path | None = None
     onnx: Path | None = None
+    #: a TorchScript file or a torch.export .pt2 program
+    program: Path | None = None
     labels: Path | None = None
     val_data: Path | None = None
     calib_data: Path | None = None
     preprocessing: PreprocessingOptions = PreprocessingOptions()
+    #: which weights of a checkpoint to take (``state_dict``, ``state_dict_ema``, ``model``, ``model_ema``,
+    #: ``state_dict:<attribute>`` for Lightning); None: what the file's own tool evaluates
+    weights_key: str | None = None
+    #: how class folders are numbered: "natural" (timm) or "sorted" (torchvision); None: the source's own
+    class_order: str | None = None
+    #: let a reference that scores near chance on --val-data through
+    accept_low_accuracy: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,15 @@ class SourceModel:
     #: stores the reference model into the run and records it; returns its record
     write: Callable[["Run"], "Artifact"]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the reference's logits for preprocessed images (NCHW float32), to score it on --val-data
+    predict: Callable[[Any], Any] | None = None
+    #: the checkpoint key used, and the other candidates' logits functions, scored beside it
+    weights_key: str | None = None
+    alternatives: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    #: how the tool that made the model numbers class folders ("natural" / "sorted"), None: unknown
+    class_order: str | None = None
+    #: which tool that is, for the messages
+    tool: str | None = None
 
 
 def require_file(path: Path | None, *, flag: str) -> Path:

@@ -3,27 +3,17 @@
 Both become an edge-tl checkpoint (``checkpoint-best``), so ``load_run_model`` and every
 stage after it read an imported run exactly like a fine-tuned one.
 
-Weights files are read with ``weights_only=True``. The training scripts people use
-write these layouts, and each is recognised by its keys:
-
-* a plain state dict (``torch.save(model.state_dict(), PATH)``);
-* timm's ``train.py`` (``state_dict``, and ``state_dict_ema`` when it trained an EMA
-  copy; timm's ``train.py`` validates and picks the best checkpoint on the EMA weights
-  then, so those are taken), https://github.com/huggingface/pytorch-image-models
-  ``timm/utils/checkpoint_saver.py``;
-* torchvision's reference scripts (``model``), https://github.com/pytorch/vision
-  ``references/classification/train.py``;
-* Lightning (``state_dict``, every key prefixed by the LightningModule attribute that
-  holds the network, usually ``model.``).
-
-Both timm and torchvision also store their ``argparse.Namespace`` of arguments; it holds
-only plain values and is the one class allowed beyond tensors. DDP's ``module.`` and
-torch.compile's ``_orig_mod.`` prefixes are removed.
+Weights files are read with ``weights_only=True``; ``edge_tl.importers.checkpoints`` tells
+which tool wrote one, which weights that tool evaluates, and which network it names. The
+import follows that tool: its default weights key (stated, with every other key the file
+holds), its class-folder order, its resize rounding (timm's ``floor(size / crop_pct)``,
+torchvision's explicit resize size) and its network, or refuses in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +21,12 @@ from edge_tl._lazy import lazy_import
 from edge_tl.artifacts import CHECKPOINT_BEST, ArtifactKind
 from edge_tl.errors import ConfigError
 from edge_tl.importers.base import STAGE, ImportRequest, SourceModel, require_file
+from edge_tl.importers.checkpoints import CLASS_ORDER, DEFAULT_KEY_WHY, EMA_KEYS, Checkpoint, Tool, read_checkpoint
 from edge_tl.runs import Artifact, Run, sha256_file
 
-#: Where a checkpoint layout keeps its model weights, in the order they are preferred.
-STATE_KEYS = ("state_dict_ema", "state_dict", "model", "model_state_dict")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 CHECKPOINT_PATH = ("checkpoints", "best.pt")
+#: edge-tl names that build one of several timm networks with the same keys and shapes
+AMBIGUOUS = {"efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0")}
 
 
 def open_weights(request: ImportRequest) -> SourceModel:
@@ -46,44 +36,176 @@ def open_weights(request: ImportRequest) -> SourceModel:
         raise ConfigError("--weights needs --backbone NAME: the architecture the weights belong to")
     path = require_file(request.weights, flag="--weights")
     spec = get_backbone(request.backbone)
-    raw = _load(path)
-    key, state = _state_dict(raw, origin=str(path))
-    state, stripped = _strip_wrappers(state)
-
     probe = build_model(spec.name, 2, weights=Weights(WeightsSource.NONE))
     head = classifier_name(probe)
-    state, prefix = _strip_common_prefix(state, set(probe.state_dict()))
-    if prefix:
-        stripped.append(prefix)
-    head_key = f"{head}.weight"
-    if head_key not in state:
-        raise ConfigError(
-            f"weights in {str(path)!r} have no classifier {head_key!r} for backbone {spec.name!r}; "
-            f"first keys: {list(state)[:4]}. Check --backbone (`edge-tl backbones list`, or timm:<name>)."
+    checkpoint, stripped = read_checkpoint(_load(path), origin=str(path), model_keys=set(probe.state_dict()))
+    _check_arch(checkpoint, spec, request.backbone)
+    key = _choose_key(checkpoint, request.weights_key, origin=str(path))
+    notes = [_key_note(checkpoint, key)]
+    if checkpoint.leftovers:
+        notes.append(
+            f"ignored {len(checkpoint.leftovers)} Lightning key(s) outside the network (they fit no copy of "
+            f"{spec.name!r}): {', '.join(checkpoint.leftovers)}"
         )
-    num_classes = int(state[head_key].shape[0])
-    model = build_model(spec.name, num_classes, weights=Weights(WeightsSource.NONE))
-    _fit(model, state, origin=str(path), backbone=spec.name)
-    model.eval()
+
+    models: dict[str, Any] = {}
+    for name, state in checkpoint.candidates.items():
+        head_key = f"{head}.weight"
+        if head_key not in state:
+            raise ConfigError(
+                f"weights {name!r} in {str(path)!r} have no classifier {head_key!r} for backbone {spec.name!r}; "
+                f"first keys: {list(state)[:4]}. Check --backbone (`edge-tl backbones list`, or timm:<name>)."
+            )
+        model = build_model(spec.name, int(state[head_key].shape[0]), weights=Weights(WeightsSource.NONE))
+        _fit(model, state, origin=f"{path} [{name}]", backbone=spec.name)
+        models[name] = model.eval()
+    model = models[key]
+    num_classes = int(model.state_dict()[f"{head}.weight"].shape[0])
+    prep, prep_note = _preprocessing(request, spec, checkpoint)
+    notes.append(prep_note)
+
+    from edge_tl.importers.scoring import torch_predict
 
     details = {
         "weights": str(path.resolve()),
         "weights_sha256": sha256_file(path),
         "weights_key": key,
-        "stripped_prefixes": stripped,
+        "weights_keys_in_file": list(checkpoint.candidates),
+        "tool": checkpoint.tool,
+        "stripped_prefixes": stripped.get(key, []),
     }
+    if checkpoint.arch:
+        details["arch_named"] = checkpoint.arch
+    if checkpoint.leftovers:
+        details["ignored_keys"] = list(checkpoint.leftovers)
     return SourceModel(
         kind=request.kind,
         num_classes=num_classes,
-        preprocessing=request.preprocessing.over(spec.preprocessing),
-        class_names=None,
+        preprocessing=prep,
+        class_names=checkpoint.classes if checkpoint.classes and len(checkpoint.classes) == num_classes else None,
         backbone={"name": spec.name, "source": spec.source, "arch": spec.arch, "weights": str(path.resolve())},
         details=details,
         write=lambda run: _write_checkpoint(run, model, details),
+        notes=tuple(notes),
+        predict=torch_predict(model),
+        weights_key=key,
+        alternatives={
+            name: torch_predict(other)
+            for name, other in models.items()
+            if name != key and other.state_dict()[f"{head}.weight"].shape[0] == num_classes
+        },
+        class_order=CLASS_ORDER.get(checkpoint.tool),
+        tool=checkpoint.tool,
+    )
+
+
+def _choose_key(checkpoint: Checkpoint, wanted: str | None, *, origin: str) -> str:
+    keys = list(checkpoint.candidates)
+    if wanted is not None:
+        if wanted not in checkpoint.candidates:
+            raise ConfigError(
+                f"--weights-key {wanted!r} is not in {origin!r}; the weights it holds: {', '.join(keys) or 'none'}"
+            )
+        return wanted
+    if not keys:
+        raise ConfigError(
+            f"{origin!r} ({checkpoint.tool} checkpoint) holds no weights whose keys are the network's; "
+            "check --backbone against the architecture that was trained"
+        )
+    if checkpoint.default is None:
+        raise ConfigError(
+            f"{origin!r} holds several weights ({', '.join(keys)}) and does not say which its tool evaluates; "
+            f"choose one with --weights-key (e.g. --weights-key {keys[0]})"
+        )
+    return checkpoint.default
+
+
+def _key_note(checkpoint: Checkpoint, key: str) -> str:
+    others = [k for k in checkpoint.candidates if k != key]
+    why = DEFAULT_KEY_WHY.get(checkpoint.tool, f"a {checkpoint.tool} checkpoint")
+    text = f"weights: {key!r} ({why})"
+    if others:
+        text += f"; the file also holds {', '.join(repr(k) for k in others)}"
+        ema = [k for k in others if k in EMA_KEYS]
+        if ema:
+            text += f"; the EMA weights: --weights-key {ema[0]}"
+    return text
+
+
+def _built_arch(spec: Any) -> tuple[str, str]:
+    """(library, name) of the network a backbone spec builds."""
+    return ("timm" if spec.source in ("timm", "bundled") else spec.source), spec.arch
+
+
+def _check_arch(checkpoint: Checkpoint, spec: Any, requested: str) -> None:
+    """Refuse a --backbone that builds another network than the checkpoint names, even when keys fit."""
+    library, built = _built_arch(spec)
+    if checkpoint.tool == Tool.EDGE_TL:
+        if checkpoint.arch and checkpoint.arch != spec.name:
+            raise ConfigError(
+                f"the edge-tl checkpoint was fine-tuned as {checkpoint.arch!r} but --backbone is {requested!r}; "
+                f"give --backbone {checkpoint.arch}"
+            )
+        return
+    if checkpoint.arch is None:
+        if spec.name in AMBIGUOUS:
+            options = " or ".join(f"--backbone timm:{a}" for a in AMBIGUOUS[spec.name])
+            raise ConfigError(
+                f"--backbone {requested} builds timm's {built!r}, but timm's {', '.join(AMBIGUOUS[spec.name])} have "
+                f"the same keys and shapes and nothing in the file names one; give {options}"
+            )
+        return
+    named = checkpoint.arch.removeprefix("timm:").split(".", 1)[0]  # a timm pretrained tag is not the network
+    named_library = {Tool.TIMM: "timm", Tool.TORCHVISION: "torchvision"}.get(checkpoint.tool, library)
+    if (named_library, named) != (library, built):
+        fix = f"timm:{named}" if named_library == "timm" else named
+        raise ConfigError(
+            f"the checkpoint names its network {named_library}'s {named!r} ({checkpoint.arch_from}) but --backbone "
+            f"{requested} builds {library}'s {built!r}, a different network even where keys fit; "
+            f"give --backbone {fix}"
+        )
+
+
+def _preprocessing(request: ImportRequest, spec: Any, checkpoint: Checkpoint) -> tuple[Any, str]:
+    """The backbone's contract as the checkpoint's tool evaluates it, explicit flags over both."""
+    from edge_tl.importers.base import PreprocessingOptions
+
+    given = request.preprocessing
+    args = checkpoint.args
+    how = ""
+    if checkpoint.tool == Tool.TORCHVISION and isinstance(args.get("val_crop_size"), int):
+        # the reference scripts' ClassificationPresetEval(crop_size, resize_size, interpolation)
+        given = PreprocessingOptions(
+            img_size=given.img_size or args["val_crop_size"],
+            mean=given.mean,
+            std=given.std,
+            interpolation=given.interpolation
+            or (args.get("interpolation") if args.get("interpolation") in ("bilinear", "bicubic") else None),
+            crop_pct=given.crop_pct,
+            resize_size=given.resize_size
+            or (args.get("val_resize_size") if isinstance(args.get("val_resize_size"), int) else None),
+        )
+        how = " (torchvision reference train.py's args.val_crop_size / val_resize_size)"
+    prep = given.over(spec.preprocessing)
+    if given.resize_size is not None:
+        return (
+            prep,
+            f"resize: {prep.resize_size} px, then a {prep.input_size} px centre crop{how or ' (--resize-size)'}",
+        )
+    if _built_arch(spec)[0] == "timm":
+        prep = prep.with_floor_resize()
+        return prep, (
+            f"resize: {prep.resize_size} px = floor({prep.input_size} / {prep.crop_pct:g}) as timm's eval transform "
+            "rounds, then the centre crop; --resize-size overrides"
+        )
+    return prep, (
+        f"resize: {prep.resize_size} px = round({prep.input_size} / {prep.crop_pct:g}), then the centre crop; "
+        "give --resize-size N if the model was evaluated at another resize size (torchvision weights name theirs)"
     )
 
 
 def open_pretrained(request: ImportRequest) -> SourceModel:
+    from edge_tl.importers.scoring import torch_predict
     from edge_tl.models.registry import build_pretrained, classifier_name, get_backbone
 
     if not request.backbone:
@@ -93,16 +215,19 @@ def open_pretrained(request: ImportRequest) -> SourceModel:
     head = model.get_submodule(classifier_name(model))
     num_classes = int(head.out_features)
     names, note = imagenet_class_names() if num_classes == IMAGENET_CLASSES else (None, "")
+    prep, prep_note = _preprocessing(request, spec, Checkpoint(Tool.UNKNOWN, {}, None))
     details = {"weights": "imagenet"}
     return SourceModel(
         kind=request.kind,
         num_classes=num_classes,
-        preprocessing=request.preprocessing.over(spec.preprocessing),
+        preprocessing=prep,
         class_names=names,
         backbone={"name": spec.name, "source": spec.source, "arch": spec.arch, "weights": "imagenet"},
         details=details,
         write=lambda run: _write_checkpoint(run, model, details),
-        notes=(note,) if note else (),
+        notes=(note, prep_note) if note else (prep_note,),
+        predict=torch_predict(model),
+        weights_key="imagenet",
     )
 
 
@@ -156,67 +281,26 @@ def imagenet_aliases(names: tuple[str, ...]) -> dict[str, int]:
 
 
 def _load(path: Path) -> Any:
+    from edge_tl.importers.programs import archive_kind, refuse_program
+
     torch = lazy_import("torch", purpose="reading PyTorch weights")
+    refuse_program(path, archive_kind(path), flag="--weights")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL torch.nn.modules" in str(exc):
+            raise ConfigError(
+                f"{str(path)!r} is a whole pickled model, which edge-tl does not unpickle (weights_only=True); "
+                "where you trust the file, "
+                f'convert it once to a state dict: torch.save(torch.load("{path}", weights_only=False).state_dict(), '
+                '"state_dict.pt"), then give --weights state_dict.pt'
+            ) from exc
         raise ConfigError(
-            f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {first}). edge-tl loads only tensors "
-            "(weights_only=True): save a state dict, e.g. torch.save(model.state_dict(), PATH), not a pickled model."
+            f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {first}); give a state dict saved with "
+            "torch.save(model.state_dict(), PATH) or a training checkpoint"
         ) from exc
-
-
-def _is_state(obj: Any) -> bool:
-    torch = lazy_import("torch")
-    return (
-        isinstance(obj, dict)
-        and bool(obj)
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _state_dict(obj: Any, *, origin: str) -> tuple[str, dict[str, Any]]:
-    """``(where it was found, the state dict)``: a checkpoint's entry, or the file itself."""
-    if isinstance(obj, dict):
-        for key in STATE_KEYS:
-            if _is_state(obj.get(key)):
-                return key, dict(obj[key])
-        if _is_state(obj):
-            return "(plain state dict)", dict(obj)
-    found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise ConfigError(
-        f"{origin!r} holds no state dict: expected a dict of tensors or a checkpoint with one of "
-        f"{', '.join(STATE_KEYS)}; found {found}"
-    )
-
-
-def _strip_wrappers(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Remove DDP / torch.compile prefixes, however nested (``module._orig_mod.``...)."""
-    stripped: list[str] = []
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                stripped.append(prefix)
-                changed = True
-    return state, stripped
-
-
-def _strip_common_prefix(state: dict[str, Any], own: set[str]) -> tuple[dict[str, Any], str]:
-    """Lightning keeps the network under an attribute (``model.``): drop a first segment that
-    every key shares when that makes the keys the model's own, never otherwise."""
-    if set(state) & own:
-        return state, ""
-    firsts = {k.split(".", 1)[0] for k in state}
-    if len(firsts) != 1 or not all("." in k for k in state):
-        return state, ""
-    prefix = firsts.pop() + "."
-    candidate = {k[len(prefix) :]: v for k, v in state.items()}
-    return (candidate, prefix) if set(candidate) & own else (state, "")
 
 
 def _fit(model: Any, state: dict[str, Any], *, origin: str, backbone: str) -> None:

@@ -2,8 +2,7 @@
 
 A kind names a module function ``open_x(request: ImportRequest) -> SourceModel`` as a
 ``"module:function"`` string, imported only when used, so this module stays light.
-Adding a source (a TorchScript file, a ``torch.export`` program) is one module and one
-:func:`register_source` call.
+Adding a source is one module and one :func:`register_source` call.
 """
 
 from __future__ import annotations
@@ -74,5 +73,22 @@ register_source(
         opener="edge_tl.importers.onnx:open_onnx",
         reference=ONNX_FP32,
         description="an ONNX classifier (NCHW float32 image in, logits out); the ONNX FP32 model is the reference",
+    )
+)
+register_source(
+    SourceKind(
+        "torchscript",
+        opener="edge_tl.importers.programs:open_torchscript",
+        reference=ONNX_FP32,
+        description="a TorchScript file (torch.jit.save); exported to ONNX here, which becomes the reference",
+    )
+)
+register_source(
+    SourceKind(
+        "exported-program",
+        opener="edge_tl.importers.programs:open_exported",
+        reference=ONNX_FP32,
+        description="a torch.export program (.pt2, torch.export.save); exported to ONNX here, which becomes the "
+        "reference",
     )
 )

@@ -158,6 +158,12 @@ def get_backbone(name: str) -> BackboneSpec:
             float(cfg_dict.get("crop_pct", 0.875)),
         )
         return BackboneSpec(name=name, source="timm", arch=arch, preprocessing=prep, description=f"{arch} (timm)")
+    from edge_tl._lazy import is_available
+
+    if is_available("timm") and lazy_import("timm").is_model(name):
+        raise ConfigError(
+            f"unknown backbone {name!r}; timm has a model of that name: give --backbone {TIMM_PREFIX}{name}"
+        )
     close = difflib.get_close_matches(name, list(_REGISTRY), n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ConfigError(

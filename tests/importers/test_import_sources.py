@@ -104,6 +104,7 @@ def _request(tmp_path: Path, weights: Path, **kwargs) -> ImportRequest:
         backbone="resnet18",
         weights=weights,
         preprocessing=PreprocessingOptions(img_size=32),
+        accept_low_accuracy=True,  # random weights: the sanity line would stop them, rightly
         **kwargs,
     )
 
@@ -167,8 +168,10 @@ def test_a_pickled_model_object_is_not_loaded(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     path = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(2, 2), path)  # a whole module: needs unpickling arbitrary classes
-    with pytest.raises(ConfigError, match="weights_only=True"):
+    with pytest.raises(ConfigError, match="weights_only=True") as refused:
         import_model(_request(tmp_path, path))
+    # the one line that turns it into what edge-tl reads
+    assert f'torch.save(torch.load("{path}", weights_only=False).state_dict(), "state_dict.pt")' in str(refused.value)
 
 
 def test_imagenet_folders_answer_to_index_name_synonym_and_wordnet_id(tmp_path: Path) -> None:
