@@ -35,23 +35,6 @@ def _write_layout(layout: str, state: dict, path: Path) -> str:
     import torch
 
     args = argparse.Namespace(model="resnet18", lr=0.1, epochs=4)
-    if layout == "timm":
-        # timm train.py with --model-ema under DDP: the live weights differ from the EMA ones,
-        # and the EMA ones are the weights it validated and kept.
-        torch.save(
-            {
-                "epoch": 3,
-                "arch": "resnet18",
-                "version": 2,
-                "args": args,
-                "metric": 0.9,
-                "state_dict": {f"module.{k}": v for k, v in _perturbed(state).items()},
-                "state_dict_ema": {f"module.{k}": v for k, v in state.items()},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
-            },
-            path,
-        )
-        return "state_dict_ema"
     if layout == "torchvision":
         # references/classification/train.py, a torch.compile'd model: keys carry _orig_mod.
         torch.save(
@@ -91,7 +74,7 @@ def _pipeline(run: Path) -> dict:
     return json.loads((run / "verify" / "report.json").read_text())
 
 
-@pytest.mark.parametrize("layout", ["timm", "torchvision", "lightning", "plain"])
+@pytest.mark.parametrize("layout", ["torchvision", "lightning", "plain"])
 def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained, tmp_path: Path) -> None:
     import numpy as np
     import torch
@@ -126,7 +109,7 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
     assert manifest["classes"] == list(trained.classes)
     assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert manifest["data"]["num_val"] == 120 and manifest["data"]["num_train"] == 0
-    # The run's model is exactly the trained one (for timm: the EMA weights, not the live ones).
+    # The run's model is exactly the trained one.
     import torchvision
 
     original = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -143,6 +126,63 @@ def test_checkpoint_layouts_become_runs_every_stage_accepts(layout: str, trained
     assert rows["onnx-int8-tensorrt-int8-qdq"]["delta_top1_pts"] >= -1
     plan = json.loads((run / "compile" / f"{TARGET}-int8" / "build_plan.json").read_text())
     assert "quantize/tensorrt-int8-qdq/model.int8.onnx" in json.dumps(plan)
+
+
+def test_timm_weights_for_a_torchvision_network_are_refused(trained, tmp_path: Path) -> None:
+    """timm's resnet18 has torchvision's keys and shapes, but it is timm's network the checkpoint names."""
+    import torch
+    from click.testing import CliRunner
+
+    from edge_tl.cli.main import cli
+
+    args = argparse.Namespace(model="resnet18", lr=0.1, epochs=4)
+    torch.save({"epoch": 3, "arch": "resnet18", "args": args, "state_dict": trained.state}, tmp_path / "timm.pth")
+    result = CliRunner().invoke(cli, ["import", "--out", str(tmp_path / "run"), "--backbone", "resnet18",
+                                      "--weights", str(tmp_path / "timm.pth")])  # fmt: skip
+    assert "names its network timm's 'resnet18'" in str(result.exception)
+    assert str(result.exception).endswith("give --backbone timm:resnet18")
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "exported-program"])
+def test_saved_programs_import_and_pass_every_stage(kind: str, trained, tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.models import Preprocessing
+    from edge_tl.runs import Run, sha256_file
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    model.load_state_dict(trained.state)
+    path = tmp_path / ("model.ts" if kind == "torchscript" else "model.pt2")
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)), str(path))
+        program = torch.jit.load(str(path))
+    else:
+        batch = torch.export.Dim("batch", min=1, max=256)
+        torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},)), path)
+        program = torch.export.load(path).module()
+    run = tmp_path / "run"
+    out = edge("import", "--out", run, f"--{kind}", path, "--labels", trained.labels, "--val-data", trained.val,
+               "--calib-data", trained.calib, *trained.prep_flags)  # fmt: skip
+
+    # the number the import printed is the program's own score on the same images
+    opened = Run.open(run)
+    prep = Preprocessing.from_dict(opened.get("preprocessing"))
+    correct = 0
+    with torch.inference_mode():
+        for x, y in iter_batches(split_from_run(opened).val, prep, 64):
+            correct += int((program(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
+    assert f"reference top-1 on --val-data: {correct}/120 " in out and correct >= 100
+    assert opened.get("source")["kind"] == kind and opened.get("source")["program_kind"] == kind
+    fp32 = opened.artifact("onnx-fp32")
+    assert fp32.details["dynamic_batch"] is True and fp32.sha256 == sha256_file(run / "export" / "model.fp32.onnx")
+
+    report = _pipeline(run)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert report["passed"] and report["reference"] == "onnx-fp32"
+    assert rows["onnx-fp32"]["top1"] == pytest.approx(correct / 120)
+    assert rows["onnx-int8-tensorrt-int8-qdq"]["delta_top1_pts"] >= -1
 
 
 def test_onnx_source_is_its_own_reference_through_every_stage(trained, resnet18_onnx: Path, tmp_path: Path) -> None:
