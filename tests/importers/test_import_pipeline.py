@@ -61,7 +61,7 @@ def _write_layout(layout: str, state: dict, path: Path) -> str:
             },
             path,
         )
-        return "state_dict"
+        return "state_dict:model"
     torch.save(state, path)
     return "(plain state dict)"
 

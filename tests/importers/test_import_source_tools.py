@@ -493,3 +493,19 @@ def test_a_reference_near_chance_stops_the_import_with_what_was_checked(folders:
     assert "resize 33 px for a 32 px crop (--resize-size). Fix the cause, or pass --accept-low-accuracy" in out
     assert not (tmp_path / "run").exists()
     edge("import", "--out", tmp_path / "run", *common, "--accept-low-accuracy")
+
+
+def test_natural_order_is_timms_image_dataset_order(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from timm.data import ImageDataset
+
+    from edge_tl.importers.scoring import ordered
+
+    names = ["class10", "Class2", "class1", "b7", "B10", "a", "img_003", "img_20"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_bytes(b"")
+    mapping = ImageDataset(str(tmp_path)).reader.class_to_idx
+    assert ordered(names, "natural") == sorted(mapping, key=mapping.get)
+    assert ordered(names, "natural")[:4] == ["a", "b7", "B10", "class1"]
+    assert ordered(names, "sorted")[:3] == ["B10", "Class2", "a"]
