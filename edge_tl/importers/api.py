@@ -143,7 +143,7 @@ def _unknown_order(request: ImportRequest, classes: list[str], other: list[str],
     return ConfigError(
         f"--val-data {str(request.val_data)!r}: the class folders number differently in natural order (timm: "
         f"{', '.join(ordered(classes, NATURAL)[:4])}, ...) and sorted order (torchvision: "
-        f"{', '.join(ordered(classes, SORTED)[:4])}, ...) and the weights do not say which tool made them; give "
+        f"{', '.join(ordered(classes, SORTED)[:4])}, ...) and the source does not say which tool made it; give "
         f"--class-order natural|sorted or --labels FILE.{scored}"
     )
 

@@ -280,7 +280,7 @@ def test_a_plain_state_dict_with_two_class_orders_is_refused_with_both_scores(
     common = ["--backbone", f"timm:{TIMM_ARCH}", "--weights", weights, "--val-data", folders.val]
     common += ["--img-size", SIZE, "--crop-pct", CROP_PCT]
     out = edge_fails("import", "--out", tmp_path / "run", *common)
-    assert "the weights do not say which tool made them; give --class-order natural|sorted or --labels FILE" in out
+    assert "the source does not say which tool made it; give --class-order natural|sorted or --labels FILE" in out
     assert f"natural {timm_checkpoint.correct}/200" in out and "sorted " in out
     edge("import", "--out", tmp_path / "run", *common, "--class-order", "natural")
     correct, logits = _edge_eval(tmp_path / "run")
