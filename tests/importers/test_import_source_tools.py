@@ -470,6 +470,15 @@ def test_lightning_checkpoint_with_a_loss_buffer_scores_what_validate_scores(fol
     correct, our_logits = _edge_eval(run)
     assert correct == module.correct and _same_logits(our_logits, logits) < LOGIT_ATOL
 
+    # an EMA copy of the network beside it (as an EMA callback keeps one) could be the model too: not ignored
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"].update({f"ema_model.{k}": v + 1.0 for k, v in module.model.state_dict().items()})
+    torch.save(saved, tmp_path / "with-ema.ckpt")
+    common = ["--backbone", f"timm:{TIMM_ARCH}", "--weights", tmp_path / "with-ema.ckpt", "--img-size", SIZE]
+    out = edge_fails("import", "--out", tmp_path / "ema", *common)
+    assert "holds several weights (state_dict:model, state_dict:ema_model)" in out
+    edge("import", "--out", tmp_path / "ema", *common, "--weights-key", "state_dict:ema_model")
+
     # the hyper-parameters name the network: another one is refused
     out = edge_fails("import", "--out", tmp_path / "other", "--backbone", "timm:test_resnet", "--weights", checkpoint)
     assert "the checkpoint names its network timm's 'test_efficientnet' (Lightning's hyper_parameters" in out
