@@ -122,8 +122,22 @@ def parse_log(text: str) -> TrtexecResult:
         queries=int(queries.group(1)) if queries else None,
         metrics=metrics,
         gpu_compute_cv=float(cv.group(1)) / 100 if cv else None,
-        passed="&&&& PASSED" in text,
+        passed=_final_status(text) == "PASSED",
     )
+
+
+# trtexec reports its outcome on lines of their own, "&&&& <RUNNING|PASSED|FAILED|WAIVED> TensorRT.trtexec
+# ... # <command>" (samples/common/logging.h, Logger::reportTestResult and testResultString, in
+# NVIDIA/TensorRT): RUNNING first, then one verdict. Passed means that one verdict is the last status line
+# and is PASSED; a log with a FAILED verdict, or with "&&&& PASSED" only inside another line, did not pass.
+_STATUS = re.compile(r"^&&&& (RUNNING|PASSED|FAILED|WAIVED) ", re.MULTILINE)
+
+
+def _final_status(text: str) -> str | None:
+    """trtexec's verdict: the final status line's, when it is the log's only verdict; else None."""
+    statuses = _STATUS.findall(text)
+    verdicts = [s for s in statuses if s != "RUNNING"]
+    return verdicts[0] if len(verdicts) == 1 and statuses[-1] == verdicts[0] else None
 
 
 def stats_from_summary(summary: Summary, *, batch_size: int, iterations: int) -> LatencyStats:

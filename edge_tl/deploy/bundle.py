@@ -168,9 +168,9 @@ def make_bundle(
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, work / rel)
 
-        ship(run.artifact_path(onnx.name, check_hash=True), onnx.path)
+        ship(run.artifact_path(onnx.name), onnx.path)
         if cache is not None:
-            ship(run.artifact_path(cache.name, check_hash=True), cache.path)
+            ship(run.artifact_path(cache.name), cache.path)
         for source, rel, executable in shipment.build_files:
             ship(source, rel)
             if executable:
@@ -263,11 +263,36 @@ def _check_replaceable(final: Path, run_root: Path) -> None:
         )
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise ConfigError(f"bundle folder {str(final)!r} exists and is not a folder; give --out a new folder")
-    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST).is_file():
-        raise ConfigError(
-            f"bundle folder {str(final)!r} is not empty and holds no {MANIFEST}, so edge-tl did not make it and will "
-            "not replace it; give --out a new or empty folder"
-        )
+    if final.is_dir() and any(final.iterdir()):
+        why = _not_a_bundle(final)
+        if why:
+            raise ConfigError(
+                f"bundle folder {str(final)!r} is not empty and {why}, so edge-tl did not make it and will not "
+                "replace it; give --out a new or empty folder"
+            )
+
+
+def _not_a_bundle(folder: Path) -> str | None:
+    """Why ``folder`` is not a bundle edge-tl made (and may replace), or None.
+
+    Other tools write a ``bundle.json`` too: only edge-tl's format field, with a file list that
+    is exactly what the folder holds, marks the folder as edge-tl's own.
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"holds no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"its {MANIFEST} is not edge-tl's (not readable JSON)"
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        seen = manifest.get("format") if isinstance(manifest, dict) else None
+        return f"its {MANIFEST} is not an edge-tl bundle's (format {seen!r}, not {BUNDLE_FORMAT!r})"
+    listed = manifest.get("files")
+    held = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST}
+    if not isinstance(listed, dict) or set(listed) != held:
+        extra = sorted(held - set(listed)) if isinstance(listed, dict) else sorted(held)
+        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3]) or 'or lacks some it lists'})"
+    return None
 
 
 def _inside(path: Path, root: Path) -> bool:

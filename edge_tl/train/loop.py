@@ -13,6 +13,7 @@ of processes), validation is sharded and its sums all-reduced, and only rank 0 w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text
+from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text, run_writer
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
@@ -372,7 +373,10 @@ def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ())
     hardware_probe = resolve_hardware(config.device, config.precision)
     ctx = dist_util.init_from_env(hardware_probe.device.type)
     try:
-        return _Trainer(config, ctx, callbacks).run()
+        trainer = _Trainer(config, ctx, callbacks)  # checks --out before the run's lock file is made there
+        # One finetune per run at a time; under torchrun the launching process holds the lock for its workers.
+        with contextlib.nullcontext() if dist_util.under_launcher() else run_writer(config.out, "finetune"):
+            return trainer.run()
     finally:
         dist_util.shutdown(ctx)
 

@@ -69,14 +69,16 @@ def test_up_to_date_stages_are_skipped_and_changes_run_what_follows(run_dir):
     )
 
 
-def test_a_changed_artifact_runs_the_stages_that_read_it(run_dir):
+def test_a_changed_artifact_runs_its_stage_and_the_stages_that_read_it(run_dir):
     calls: list[str] = []
-    say = lambda _m: None  # noqa: E731
-    Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls))
+    said: list[str] = []
+    Pipeline(run_dir, force=frozenset(), say=said.append).run(chain(run_dir, calls))
     (run_dir / "first" / "one.txt").write_text("edited by hand")
-    results = Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls))
-    # The first stage's own options did not change; the stages that read its artifact run.
-    assert outcomes(results) == ["up to date", "ran", "ran"]
+    results = Pipeline(run_dir, force=frozenset(), say=said.append).run(chain(run_dir, calls))
+    # The first stage's options did not change, but its own artifact did: it is made again, and says why.
+    assert outcomes(results) == ["ran", "ran", "ran"]
+    assert said[3] == "== first (again: its one (first/one.txt) changed since it was made)"
+    assert (run_dir / "first" / "one.txt").read_text() == "1"
 
 
 def test_a_stage_that_did_not_finish_runs_again(run_dir):
