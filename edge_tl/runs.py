@@ -308,9 +308,8 @@ def check_manifest_shape(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise refuse("the top level", manifest, dict)
     for key, want in _SECTION_TYPES.items():
-        value = manifest.get(key)
-        if value is not None and not isinstance(value, want):
-            raise refuse(f"section {key!r}", value, want)
+        if key in manifest and not isinstance(manifest[key], want):
+            raise refuse(f"section {key!r}", manifest[key], want)
     for key in ("artifacts", "stages"):
         for name, record in (manifest.get(key) or {}).items():
             if not isinstance(record, dict):
