@@ -219,10 +219,15 @@ def make_bundle(
             "files": files,
         }
         atomic_write_json(work / MANIFEST, manifest)
+        # Two renames, then the old bundle's removal: a kill at any point leaves the old bundle or
+        # the new one whole at ``final`` (or nothing there, and the record's stage runs again), never
+        # a half-deleted folder that its bundle.json no longer describes.
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -276,7 +281,8 @@ def _not_a_bundle(folder: Path) -> str | None:
     """Why ``folder`` is not a bundle edge-tl made (and may replace), or None.
 
     Other tools write a ``bundle.json`` too: only edge-tl's format field, with a file list that
-    is exactly what the folder holds, marks the folder as edge-tl's own.
+    names every file the folder holds, marks the folder as edge-tl's own (so replacing it deletes
+    nothing edge-tl did not write).
     """
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -289,9 +295,9 @@ def _not_a_bundle(folder: Path) -> str | None:
         return f"its {MANIFEST} is not an edge-tl bundle's (format {seen!r}, not {BUNDLE_FORMAT!r})"
     listed = manifest.get("files")
     held = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST}
-    if not isinstance(listed, dict) or set(listed) != held:
-        extra = sorted(held - set(listed)) if isinstance(listed, dict) else sorted(held)
-        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3]) or 'or lacks some it lists'})"
+    extra = sorted(held - set(listed)) if isinstance(listed, dict) else sorted(held)
+    if extra:
+        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3])})"
     return None
 
 

@@ -217,3 +217,37 @@ def test_a_labels_file_of_a_million_lines_is_checked_in_linear_time(tmp_path):
     labels.write_text("a\nb\na\nc\nb\n")
     with pytest.raises(ConfigError, match=r"names these classes more than once: \['a', 'b'\]"):
         read_labels(labels, outputs=5)
+
+
+# ---------------------------------------------------------------- a kill inside the manifest write
+
+
+def test_a_kill_inside_the_manifest_write_leaves_the_manifest_as_it_was(tmp_path):
+    root = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from edge_tl.runs import Run
+
+        root = Path({str(root)!r})
+        run = Run.create(root, classes=["a", "b"])
+        (root / "one.txt").write_text("1")
+        run.add_artifact("one", kind="report", path=root / "one.txt", stage="verify")
+        (root / "two.txt").write_text("2")
+        replace = os.replace
+
+        def killing(src, dst):
+            if os.path.basename(dst) == "manifest.json":  # written and synced, not yet in place
+                os.kill(os.getpid(), signal.SIGKILL)
+            return replace(src, dst)
+
+        os.replace = killing
+        run.add_artifact("two", kind="report", path=root / "two.txt", stage="verify")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    run = Run.open(root)
+    assert sorted(a.name for a in run.artifacts()) == ["one"]
+    assert run.artifact_path("one") == (root / "one.txt").resolve()
+    run.add_artifact("two", kind="report", path=root / "two.txt", stage="verify")
+    assert sorted(a.name for a in Run.open(root).artifacts()) == ["one", "two"]

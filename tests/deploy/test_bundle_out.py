@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,32 @@ def test_an_edge_tl_bundle_holding_a_users_file_is_not_replaced(run_copy, tmp_pa
     before = _tree(made)
     code, printed = _bundle(capsys, run_copy, made)
     assert code == 1 and "does not list" in printed and _tree(made) == before
+
+
+#: Killed (SIGKILL) as the old bundle's bundle.json is removed, while `bundle --out` replaces a bundle.
+KILL_AT_UNLINK = textwrap.dedent("""
+    import os, signal, sys
+
+    unlink = os.unlink
+
+    def killing(path, *args, **kwargs):
+        if os.path.basename(path) == "bundle.json":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return unlink(path, *args, **kwargs)
+
+    os.unlink = os.remove = killing
+    from edge_tl.cli.main import main
+    main(sys.argv[1:])
+""")
+
+
+def test_a_bundle_replacement_killed_midway_leaves_a_whole_bundle(run_copy, tmp_path, capsys):
+    from edge_tl.deploy.bundle import Bundle
+
+    made = tmp_path / "made"
+    assert _bundle(capsys, run_copy, made)[0] == 0
+    args = ["bundle", str(run_copy), "--target", "x86-64", "--precision", "fp32", "--eval-images", "8"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_UNLINK, *args, "--out", str(made)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    assert Bundle.load(made).manifest["eval"]["num_images"] == 8  # whole: every file as its bundle.json lists it
+    assert _bundle(capsys, run_copy, made)[0] == 0
