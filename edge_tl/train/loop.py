@@ -13,7 +13,6 @@ of processes), validation is sharded and its sums all-reduced, and only rank 0 w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -373,9 +372,11 @@ def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ())
     hardware_probe = resolve_hardware(config.device, config.precision)
     ctx = dist_util.init_from_env(hardware_probe.device.type)
     try:
-        trainer = _Trainer(config, ctx, callbacks)  # checks --out before the run's lock file is made there
-        # One finetune per run at a time; under torchrun the launching process holds the lock for its workers.
-        with contextlib.nullcontext() if dist_util.under_launcher() else run_writer(config.out, "finetune"):
+        trainer = _Trainer(config, ctx, callbacks)
+        if dist_util.under_launcher():  # the launching process holds the run's lock for its workers
+            return trainer.run()
+        trainer.check_not_foreign()  # before the run's lock file is made in a folder of someone else's
+        with run_writer(config.out, "finetune"):  # one finetune per run at a time
             return trainer.run()
     finally:
         dist_util.shutdown(ctx)
@@ -450,10 +451,15 @@ class _Trainer:
                 else "choose another --out"
             )
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
+        self.check_not_foreign()
+        return False
+
+    def check_not_foreign(self) -> None:
+        """Refuse an --out that holds files edge-tl did not put there (before anything, the run's lock included)."""
         # A new run writes split.json, manifest.json, checkpoints/ there: never over the user's files.
         # The launcher's own .launch-config files are written there before the workers start, and
         # `edge-tl ship` its ship.toml (and superseded/, a run it moved aside) before fine-tuning.
-        if self.out.exists():
+        if self.out.exists() and not Run.exists(self.out):
             foreign = (
                 []
                 if not self.out.is_dir()
@@ -469,7 +475,6 @@ class _Trainer:
                     f"--out {str(self.out)!r} exists and is not an empty directory{listed}; give a new one "
                     "(nothing there is touched)"
                 )
-        return False
 
     # ---- main
 
