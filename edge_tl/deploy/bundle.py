@@ -21,6 +21,7 @@ give the same digest, so re-deploying an unchanged bundle transfers nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from edge_tl.runs import (
     Run,
     atomic_write_json,
     atomic_write_text,
+    disk_full,
     sha256_file,
 )
 from edge_tl.targets import Precision, Target, load_target
@@ -166,7 +168,13 @@ def make_bundle(
         def ship(src: Path, rel: str) -> None:
             check_relpath(rel)
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, work / rel)
+            try:
+                shutil.copyfile(src, work / rel)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # copyfile names its source in the error: say which disk is full, and for what.
+                raise disk_full(work / rel, needed=src.stat().st_size) from exc
 
         ship(run.artifact_path(onnx.name), onnx.path)
         if cache is not None:

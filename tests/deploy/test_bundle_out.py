@@ -87,3 +87,20 @@ def test_a_bundle_replacement_killed_midway_leaves_a_whole_bundle(run_copy, tmp_
     assert killed.returncode == -9, killed.stderr
     assert Bundle.load(made).manifest["eval"]["num_images"] == 8  # whole: every file as its bundle.json lists it
     assert _bundle(capsys, run_copy, made)[0] == 0
+
+
+def test_a_full_disk_under_bundle_out_is_one_line_naming_that_disk(run_copy, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        code, printed = _bundle(capsys, run_copy, disk / "bundle")
+        assert code == 1 and "Traceback" not in printed, printed
+        line = f"Error: the disk holding {str(disk)!r} is full while writing '{disk / '.bundle.tmp-'}"
+        assert printed.startswith(line) and len(printed.strip().splitlines()) == 1, printed
+        assert "/export/model.fp32.onnx' (12.9 MiB needed, " in printed
+        assert list(disk.iterdir()) == []  # nothing half-written left there
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
