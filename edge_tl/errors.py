@@ -29,3 +29,11 @@ class ToleranceError(EdgeTLError):
 
 class RemoteError(EdgeTLError):
     """A remote device could not be reached or did not do what was asked."""
+
+
+class DiskFullError(EdgeTLError):
+    """A local disk has no space left for what a stage writes (nothing was half-written)."""
+
+
+class RunBusyError(RunError):
+    """Another process is already writing this run (one ship and one finetune per run at a time)."""

@@ -99,13 +99,14 @@ def parse_log(text: str) -> TrtexecResult:
         percentiles: dict[float, float] = {}
         for name, pct, number in _FIELD.findall(match.group("body")):
             if pct:
-                percentiles[float(pct)] = float(number)
+                percentiles[float(pct)] = _number(number, match)
             else:
-                values[name] = float(number)
+                values[name] = _number(number, match)
         if {"min", "max", "mean", "median"} <= set(values):
-            metrics[_LABELS[match.group("label")]] = Summary(
-                values["min"], values["max"], values["mean"], values["median"], percentiles
-            )
+            lo, hi = values["min"], values["max"]
+            if not all(lo <= v <= hi for v in (values["mean"], values["median"], *percentiles.values())):
+                raise RunError(f"trtexec's summary line is not a measurement (min to max out of order): {match[0]!r}")
+            metrics[_LABELS[match.group("label")]] = Summary(lo, hi, values["mean"], values["median"], percentiles)
     version = _VERSION_LINE.search(text)
     banner = _BANNER.search(text)
     tensorrt = version.group(1) if version else (_version_from_banner(banner.group(1)) if banner else None)
@@ -118,12 +119,37 @@ def parse_log(text: str) -> TrtexecResult:
         tensorrt_version=tensorrt,
         gpu_name=device.group(1) if device else None,
         compute_capability=cc.group(1) if cc else None,
-        throughput_qps=float(throughput.group(1)) if throughput else None,
+        throughput_qps=_number(throughput.group(1), throughput) if throughput else None,
         queries=int(queries.group(1)) if queries else None,
         metrics=metrics,
-        gpu_compute_cv=float(cv.group(1)) / 100 if cv else None,
-        passed="&&&& PASSED" in text,
+        gpu_compute_cv=_number(cv.group(1), cv) / 100 if cv else None,
+        passed=_final_status(text) == "PASSED",
     )
+
+
+def _number(text: str, line: re.Match[str]) -> float:
+    """A number of trtexec's summary: finite and non-negative, or the log is refused in one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise RunError(f"trtexec's summary line has {text!r} where a number belongs: {line[0]!r}")
+    return value
+
+
+# trtexec reports its outcome on lines of their own, "&&&& <RUNNING|PASSED|FAILED|WAIVED> TensorRT.trtexec
+# ... # <command>" (samples/common/logging.h, Logger::reportTestResult and testResultString, in
+# NVIDIA/TensorRT): RUNNING first, then one verdict. Passed means that one verdict is the last status line
+# and is PASSED; a log with a FAILED verdict, or with "&&&& PASSED" only inside another line, did not pass.
+_STATUS = re.compile(r"^&&&& (RUNNING|PASSED|FAILED|WAIVED) ", re.MULTILINE)
+
+
+def _final_status(text: str) -> str | None:
+    """trtexec's verdict: the final status line's, when it is the log's only verdict; else None."""
+    statuses = _STATUS.findall(text)
+    verdicts = [s for s in statuses if s != "RUNNING"]
+    return verdicts[0] if len(verdicts) == 1 and statuses[-1] == verdicts[0] else None
 
 
 def stats_from_summary(summary: Summary, *, batch_size: int, iterations: int) -> LatencyStats:

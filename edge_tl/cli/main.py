@@ -6,6 +6,7 @@ when their help is shown), so `edge-tl --help` needs nothing but the core.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import shlex
 import sys
@@ -119,6 +120,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except EdgeTLError as exc:
         click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # A full disk under a write edge-tl does not make itself (onnx.save, a temporary folder): the same one line.
+        from edge_tl.runs import disk_full
+
+        click.echo(f"Error: {disk_full(exc.filename or Path.cwd())}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted; everything saved so far is kept.", err=True)

@@ -167,11 +167,15 @@ def _ship(ctx: click.Context, **values: Any) -> None:
         max_accuracy_drop=values["max_accuracy_drop"], force=frozenset(values["force"]), quiet=values["quiet"],
         explicit=explicit,
     )  # fmt: skip
+    from edge_tl.runs import run_writer
+
     target, precision = _preflight(values, import_kind=request.import_kind is not None, say=say)
-    config = ctx.meta.get("edge_tl.ship.config")
-    say(f"ship: {values['data']} -> {target.name} ({precision.value}) in {values['out']}"
-        + (f", options from {config}" if config else ""))  # fmt: skip
-    result = ship(request, target=target, precision=precision, values=_recorded(params, values), say=say)
+    # One ship per RUN at a time (pre-flight only reads): a second is refused with the first one's pid.
+    with run_writer(values["out"], "ship"):
+        config = ctx.meta.get("edge_tl.ship.config")
+        say(f"ship: {values['data']} -> {target.name} ({precision.value}) in {values['out']}"
+            + (f", options from {config}" if config else ""))  # fmt: skip
+        result = ship(request, target=target, precision=precision, values=_recorded(params, values), say=say)
     click.echo(result.table())
     if result.report is not None:
         click.echo(f"report: {result.report}")

@@ -476,7 +476,8 @@ def split_from_run(
     if not isinstance(run, Run):
         run = Run.open(run)
     data = run.require("data", stage="rebuilding the dataset split")
-    return load_split(run.path(data.get("split_file") or SPLIT_FILE), data_root=data_root, val_root=val_root)
+    split_file = run.confined(str(data.get("split_file") or SPLIT_FILE), what="data.split_file")
+    return load_split(split_file, data_root=data_root, val_root=val_root)
 
 
 def unlabelled_samples(run: "Run", *, stage: str) -> list[Sample]:

@@ -21,6 +21,7 @@ give the same digest, so re-deploying an unchanged bundle transfers nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from edge_tl.runs import (
     Run,
     atomic_write_json,
     atomic_write_text,
+    disk_full,
     sha256_file,
 )
 from edge_tl.targets import Precision, Target, load_target
@@ -166,11 +168,17 @@ def make_bundle(
         def ship(src: Path, rel: str) -> None:
             check_relpath(rel)
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, work / rel)
+            try:
+                shutil.copyfile(src, work / rel)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # copyfile names its source in the error: say which disk is full, and for what.
+                raise disk_full(work / rel, needed=src.stat().st_size) from exc
 
-        ship(run.artifact_path(onnx.name, check_hash=True), onnx.path)
+        ship(run.artifact_path(onnx.name), onnx.path)
         if cache is not None:
-            ship(run.artifact_path(cache.name, check_hash=True), cache.path)
+            ship(run.artifact_path(cache.name), cache.path)
         for source, rel, executable in shipment.build_files:
             ship(source, rel)
             if executable:
@@ -219,10 +227,15 @@ def make_bundle(
             "files": files,
         }
         atomic_write_json(work / MANIFEST, manifest)
+        # Two renames, then the old bundle's removal: a kill at any point leaves the old bundle or
+        # the new one whole at ``final`` (or nothing there, and the record's stage runs again), never
+        # a half-deleted folder that its bundle.json no longer describes.
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -263,11 +276,37 @@ def _check_replaceable(final: Path, run_root: Path) -> None:
         )
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise ConfigError(f"bundle folder {str(final)!r} exists and is not a folder; give --out a new folder")
-    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST).is_file():
-        raise ConfigError(
-            f"bundle folder {str(final)!r} is not empty and holds no {MANIFEST}, so edge-tl did not make it and will "
-            "not replace it; give --out a new or empty folder"
-        )
+    if final.is_dir() and any(final.iterdir()):
+        why = _not_a_bundle(final)
+        if why:
+            raise ConfigError(
+                f"bundle folder {str(final)!r} is not empty and {why}, so edge-tl did not make it and will not "
+                "replace it; give --out a new or empty folder"
+            )
+
+
+def _not_a_bundle(folder: Path) -> str | None:
+    """Why ``folder`` is not a bundle edge-tl made (and may replace), or None.
+
+    Other tools write a ``bundle.json`` too: only edge-tl's format field, with a file list that
+    names every file the folder holds, marks the folder as edge-tl's own (so replacing it deletes
+    nothing edge-tl did not write).
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"holds no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"its {MANIFEST} is not edge-tl's (not readable JSON)"
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        seen = manifest.get("format") if isinstance(manifest, dict) else None
+        return f"its {MANIFEST} is not an edge-tl bundle's (format {seen!r}, not {BUNDLE_FORMAT!r})"
+    listed = manifest.get("files")
+    held = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST}
+    extra = sorted(held - set(listed)) if isinstance(listed, dict) else sorted(held)
+    if extra:
+        return f"it holds files its {MANIFEST} does not list ({', '.join(extra[:3])})"
+    return None
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -98,13 +99,7 @@ def _classes(model: SourceModel, request: ImportRequest) -> tuple[list[str], str
     natural (timm) and plain sorted (torchvision) orders of the class folders differ."""
     n = model.num_classes
     if request.labels is not None:
-        names = read_labels(Path(request.labels))
-        if len(names) != n:
-            raise ConfigError(
-                f"the model's head has {n} outputs but --labels {str(request.labels)!r} names {len(names)} classes; "
-                "give the labels the model was trained with (one per line, in output order)"
-            )
-        return names, f"classes from {request.labels}", None
+        return read_labels(Path(request.labels), outputs=n), f"classes from {request.labels}", None
     if model.class_names is not None:
         return list(model.class_names), "classes: the names the source itself records", None
     if request.val_data is not None:
@@ -218,7 +213,12 @@ def _causes(model: SourceModel, order_scores: dict, key_scores: dict, used: str)
     return causes
 
 
-def read_labels(path: Path) -> list[str]:
+def read_labels(path: Path, *, outputs: int | None = None) -> list[str]:
+    """The class names of ``path`` (one a line), checked against a head of ``outputs`` classes.
+
+    The cheap checks come first (the count, against the head), and the duplicate check counts
+    once (linear): a labels file of a million lines is refused in about a second.
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -226,7 +226,12 @@ def read_labels(path: Path) -> list[str]:
             f"--labels {str(path)!r} cannot be read ({exc}); give a UTF-8 text file, one class per line"
         ) from exc
     names = [line.strip() for line in lines if line.strip()]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    if outputs is not None and len(names) != outputs:
+        raise ConfigError(
+            f"the model's head has {outputs} outputs but --labels {str(path)!r} names {len(names)} classes; "
+            "give the labels the model was trained with (one per line, in output order)"
+        )
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise ConfigError(f"--labels {str(path)!r} names these classes more than once: {repeated[:5]}")
     if len(names) < 2:

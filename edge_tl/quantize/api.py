@@ -187,7 +187,7 @@ def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int
 
     reference = run.artifact(reference_artifact(run))
     if reference.kind == ArtifactKind.ONNX:
-        run.artifact_path(reference.name, check_hash=True)  # an imported ONNX changed since import is refused
+        run.artifact_path(reference.name)  # an imported ONNX changed since import is refused
     # threads: on a busy machine OpenMP threads that spin-wait for each other can make a small
     # model 50x slower than one thread; the caller decides.
     return _top1(open_runner(run, artifact=reference.name, options=_cpu(threads)), samples, prep, batch_size)
@@ -225,7 +225,7 @@ def quantize_run(
 
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     source = run.artifact(SOURCE_ARTIFACT)
-    model = ensure_node_names(onnx.load(str(run.artifact_path(SOURCE_ARTIFACT, check_hash=True))))
+    model = ensure_node_names(onnx.load(str(run.artifact_path(SOURCE_ARTIFACT))))
     method = config.calib_method or recipe.calibration.method
     num_samples = config.calib_samples or recipe.calibration.num_samples
 
@@ -593,7 +593,7 @@ def _fp16(run: Run, say: Callable[[str], None]) -> QuantizeResult:
             "fp16",
             QuantPrecision.FP16,
             (ONNX_FP16,),
-            model_path=run.root / art.path,
+            model_path=run.artifact_path(art.name),
             notes=("already produced by export",),
         )
     say("producing onnx-fp16 with export's FP16 conversion and parity check")

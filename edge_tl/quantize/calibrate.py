@@ -94,11 +94,39 @@ def calibration_samples(
     calib_data = calib_data if calib_data is not None else (run.get("data") or {}).get("calib_source")
     if calib_data is not None:
         pool = samples_from_dir(calib_data, run.require("classes", stage="calibration"))
-    else:
-        pool = list(split_from_run(run).train)
-        if not pool:
-            raise DataError(f"run {str(run.root)!r} has no training images to calibrate with; pass --calib-data DIR")
+        return _decodable_subset(pool, num_samples, seed=seed, folder=calib_data)
+    pool = list(split_from_run(run).train)
+    if not pool:
+        raise DataError(f"run {str(run.root)!r} has no training images to calibrate with; pass --calib-data DIR")
     return balanced_subset(pool, num_samples, seed=seed)
+
+
+def _decodable_subset(
+    pool: list[Sample], num_samples: int, *, seed: int, folder: str | os.PathLike[str]
+) -> list[Sample]:
+    """:func:`balanced_subset` of the files that decode, drawn again without the ones that do not.
+
+    A folder's files were never checked (a training split's were, when it was made): a truncated
+    file or a decompression bomb among them is left out, as fine-tuning leaves it out, instead of
+    stopping quantize. Only the files drawn are decoded here; calibration decodes them anyway.
+    """
+    from edge_tl.data import open_image
+
+    verdicts: dict[str, bool] = {}
+    while True:
+        chosen = balanced_subset([s for s in pool if verdicts.get(s.path, True)], num_samples, seed=seed)
+        for sample in chosen:
+            if sample.path not in verdicts:
+                try:
+                    open_image(sample.path)
+                    verdicts[sample.path] = True
+                except DataError:
+                    verdicts[sample.path] = False
+        if all(verdicts[s.path] for s in chosen):
+            break
+    if not chosen:
+        raise DataError(f"--calib-data {str(folder)!r} holds no image that decodes; give a folder of readable images")
+    return chosen
 
 
 def image_batches(

@@ -17,7 +17,8 @@ from typing import Any
 from edge_tl.artifacts import CHECKPOINT_BEST, SOURCE_SECTION
 from edge_tl.deploy.api import ACCURACY_FILE
 from edge_tl.deploy.fleet import FLEET_FILE
-from edge_tl.runs import MANIFEST_NAME
+from edge_tl.errors import RunError
+from edge_tl.runs import MANIFEST_NAME, check_manifest_shape, confine
 from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_interval
 
 #: Kinds of artifacts that are models, compared side by side with the original.
@@ -30,12 +31,38 @@ DEVICE_LATENCIES = (
 )
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path | None) -> Any:
     """The parsed file, or ``None`` when it is missing or not JSON (the report then leaves its part out)."""
+    if path is None:
+        return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def in_run(run_dir: Path, rel: str | Path) -> Path | None:
+    """The run's file ``rel`` (from a record or a fixed name), or ``None`` when it would lead out of the run.
+
+    The page is mailed and attached to CI: it shows only files of the run itself, never one a
+    record points at elsewhere (an absolute path, ``..`` or a symlink out).
+    """
+    try:
+        return confine(run_dir, rel)
+    except RunError:
+        return None
+
+
+#: The eight bytes every PNG file starts with (PNG specification, section 5.2).
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
 
 
 def _num(value: Any) -> float | None:
@@ -105,7 +132,7 @@ def _why_float(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _per_class_counts(run_dir: Path, classes: list[str], split_file: str) -> list[dict[str, Any]]:
-    split = read_json(run_dir / split_file) or {}
+    split = read_json(in_run(run_dir, split_file)) or {}
     counts = {
         part: Counter(e[1] for e in split.get(part) or [] if isinstance(e, list) and len(e) == 2)
         for part in ("train", "val")
@@ -119,7 +146,8 @@ def _per_class_counts(run_dir: Path, classes: list[str], split_file: str) -> lis
 
 
 def _worst_classes(run_dir: Path, evaluation: dict[str, Any], limit: int = 5) -> list[dict[str, Any]]:
-    confusion = read_json(run_dir / str(evaluation.get("confusion_matrix", "evaluate/confusion_matrix.json"))) or {}
+    confusion = read_json(in_run(run_dir, str(evaluation.get("confusion_matrix", "evaluate/confusion_matrix.json"))))
+    confusion = confusion or {}
     classes, matrix = confusion.get("classes") or [], confusion.get("matrix") or []
     rows = []
     for i, (name, counts) in enumerate(zip(classes, matrix)):
@@ -143,8 +171,9 @@ def _worst_classes(run_dir: Path, evaluation: dict[str, Any], limit: int = 5) ->
 
 def _curves(run_dir: Path) -> list[dict[str, Any]]:
     out = []
+    path = in_run(run_dir, "metrics.jsonl")
     try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines() if path is not None else []
     except OSError:
         return out
     for line in lines:
@@ -176,7 +205,7 @@ def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir
     for name in names:
         record = artifacts[name]
         v = verified.get(name) or {}
-        path = run_dir / str(record.get("path", ""))
+        path = in_run(run_dir, str(record.get("path", "")))
         n = v.get("num_images") or None
         top1 = _num(v.get("top1"))
         row = ModelRow(
@@ -185,7 +214,7 @@ def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir
             precision=str(record.get("precision") or v.get("precision") or "-"),
             size_bytes=v.get("size_bytes")
             if v.get("size_bytes") is not None
-            else (path.stat().st_size if path.is_file() else None),
+            else (path.stat().st_size if path is not None and path.is_file() else None),
             backend=str(v.get("backend") or "-"),
             num_images=n,
             top1=top1,
@@ -244,7 +273,9 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
     deploy = run_dir / "deploy"
     devices = []
     for folder in sorted(p for p in deploy.glob("*") if p.is_dir() and not p.name.startswith(".")):
-        data = read_json(folder / ACCURACY_FILE)
+        if in_run(run_dir, f"deploy/{folder.name}") is None:
+            continue  # a symlink out of the run: not the run's device results
+        data = read_json(in_run(run_dir, f"deploy/{folder.name}/{ACCURACY_FILE}"))
         entries = (
             data.get("results")
             if isinstance(data, dict) and "results" in data
@@ -266,7 +297,7 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
                 {
                     "entry": entry,
                     "latencies": [(label, block) for label, block in latencies if block],
-                    "energy": _energy(entry, read_json(folder / "tegrastats.json")),
+                    "energy": _energy(entry, read_json(in_run(run_dir, f"deploy/{folder.name}/tegrastats.json"))),
                     "reference_top1": ref,
                     "build": entry.get("build") if isinstance(entry.get("build"), dict) else None,
                 }
@@ -292,7 +323,7 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
                     is_device=True,
                 )
             )
-        probe = read_json(folder / "probe.json")
+        probe = read_json(in_run(run_dir, f"deploy/{folder.name}/probe.json"))
         if not results and not isinstance(probe, dict):
             continue
         files = sorted(p.name for p in folder.iterdir() if p.is_file())
@@ -302,7 +333,7 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
                 probe if isinstance(probe, dict) else None,
                 results,
                 rows,
-                read_json(folder / "tegrastats.json"),
+                read_json(in_run(run_dir, f"deploy/{folder.name}/tegrastats.json")),
                 files,
             )
         )
@@ -329,20 +360,22 @@ class RunData:
 
 
 def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
-    manifest = read_json(run_dir / MANIFEST_NAME)
-    if not isinstance(manifest, dict):
+    manifest = read_json(in_run(run_dir, MANIFEST_NAME))
+    if manifest is None:
         raise ValueError(f"{str(run_dir / MANIFEST_NAME)!r} is missing or not JSON")
-    verify = read_json(run_dir / "verify" / "report.json")
+    check_manifest_shape(manifest, run_dir / MANIFEST_NAME)  # the one shape check every reader relies on
+    verify = read_json(in_run(run_dir, "verify/report.json"))
     verify = verify if isinstance(verify, dict) else None
     if verify and isinstance((verify.get("gates") or {}).get("significance_level"), float):
         level = verify["gates"]["significance_level"]
     classes = [str(c) for c in manifest.get("classes") or []]
     data = manifest.get("data") or {}
     evaluation = manifest.get("evaluation") or {}
-    confusion_png = run_dir / str(evaluation.get("confusion_matrix_png", "evaluate/confusion_matrix.png"))
+    png_path = str(evaluation.get("confusion_matrix_png", "evaluate/confusion_matrix.png"))
+    confusion_png = in_run(run_dir, png_path)
     models = _model_rows(manifest, verify, run_dir, level)
     reference_top1 = next((m.top1 for m in models if m.is_reference), None)
-    fleet = read_json(run_dir / "deploy" / FLEET_FILE)
+    fleet = read_json(in_run(run_dir, f"deploy/{FLEET_FILE}"))
     commands = [
         {
             "name": name,
@@ -357,10 +390,15 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         if isinstance(a, dict)
     ]
     missing = []
-    if not (run_dir / "metrics.jsonl").is_file():
+    if in_run(run_dir, "metrics.jsonl") is None or not (run_dir / "metrics.jsonl").is_file():
         missing.append("No training curves: metrics.jsonl is written by `edge-tl finetune`.")
-    if not confusion_png.is_file():
+    if confusion_png is None:
+        missing.append(f"No confusion matrix: the manifest records it at {png_path!r}, outside the run.")
+    elif not confusion_png.is_file():
         missing.append("No confusion matrix: run `edge-tl evaluate RUN`.")
+    elif not is_png(confusion_png):
+        missing.append(f"No confusion matrix: {png_path!r} is not a PNG image; run `edge-tl evaluate RUN`.")
+        confusion_png = None
     if verify is None:
         missing.append("No comparison with the original yet: run `edge-tl verify RUN`.")
     return RunData(
@@ -370,7 +408,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         curves=_curves(run_dir),
         per_class=_per_class_counts(run_dir, classes, str(data.get("split_file") or "split.json")),
         worst_classes=_worst_classes(run_dir, evaluation),
-        confusion_png=confusion_png if confusion_png.is_file() else None,
+        confusion_png=confusion_png if confusion_png is not None and confusion_png.is_file() else None,
         verify=verify,
         models=models,
         devices=_devices(run_dir, reference_top1, level),

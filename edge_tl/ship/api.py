@@ -7,7 +7,9 @@ gathered from them (:mod:`edge_tl.ship.options`): a stage does exactly what the 
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,16 @@ from typing import Any
 from edge_tl.errors import ConfigError, ToleranceError
 from edge_tl.ship.config import DATA_CONFIG_NAME, RUN_CONFIG_NAME, config_text
 from edge_tl.ship.options import Passthrough, stage_command, stage_kwargs
-from edge_tl.ship.stages import STAGE_ORDER, Outcome, Pipeline, Stage, StageResult, file_fingerprint, folder_fingerprint
+from edge_tl.ship.stages import (
+    STAGE_ORDER,
+    Outcome,
+    Pipeline,
+    Stage,
+    StageResult,
+    file_fingerprint,
+    folder_fingerprint,
+    set_aside,
+)
 from edge_tl.targets import Precision, Target
 
 #: The folder an imported model is made in before it moves into the run (import wants a new folder).
@@ -123,8 +134,16 @@ def _import_action(request: ShipRequest, kwargs: dict[str, Any]) -> Callable[[],
             shutil.rmtree(staging)  # ship's own folder, left by an interrupted import
         _invoke("import", {**kwargs, "out": staging})
         entries = sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json")  # the manifest last
+        # RUN has no manifest here (the pipeline set a finished run aside), so what it holds under
+        # these names is what an import killed while moving left: set it aside, never merged into.
+        left = [request.out / e.name for e in entries if os.path.lexists(request.out / e.name)]
+        if left:
+            kept = set_aside(request.out, left)
+            if not request.quiet:
+                print(f"files of an interrupted import are kept in {kept}", file=sys.stderr)
         for entry in entries:
-            shutil.move(str(entry), str(request.out / entry.name))
+            # One rename each, on one disk: a file or a whole folder arrives complete, never inside another.
+            os.replace(entry, request.out / entry.name)
         staging.rmdir()
 
     return action
@@ -141,7 +160,7 @@ def _report_stage(request: ShipRequest, files: dict[str, str]) -> Stage:
 
         write_report(request.out)
 
-    return Stage(name="report", action=action, options={}, files=files)
+    return Stage(name="report", action=action, options={}, files=files, outputs=("report/index.html",))
 
 
 def plan(request: ShipRequest, target: Target, precision: Precision) -> list[Stage]:
@@ -170,11 +189,13 @@ def plan(request: ShipRequest, target: Target, precision: Precision) -> list[Sta
             )
         )
     else:
-        fixed = {"out": out, "quiet": quiet}
-        if o.get("val_data") is None:
-            kwargs = _kwargs(request, "import", {**fixed, "val_data": request.data})
-        else:
-            kwargs = _kwargs(request, "import", fixed)
+        # The --data folder gives the imported model its validation and calibration images (README),
+        # unless --val-data or --calib-data name others.
+        fixed: dict[str, Any] = {"out": out, "quiet": quiet}
+        for key in ("val_data", "calib_data"):
+            if o.get(key) is None:
+                fixed[key] = request.data
+        kwargs = _kwargs(request, "import", fixed)
         files = {
             k: file_fingerprint(v)
             for k in ("weights", "onnx_file", "labels", "val_data", "calib_data")
@@ -288,11 +309,13 @@ def ship(
 
     The pre-flight checks come first (see the CLI).
     """
+    from edge_tl.runs import run_writer
+
     stages = plan(request, target, precision)
     pipeline = Pipeline(request.out, force=request.force, say=say)
-    request.out.mkdir(parents=True, exist_ok=True)
-    write_run_config(request.out, values)
-    results = pipeline.run(stages)
+    with run_writer(request.out, "ship"):  # held already when called from the command line
+        write_run_config(request.out, values)
+        results = pipeline.run(stages)
     index = request.out / "report" / "index.html"
     return ShipResult(
         out=request.out,

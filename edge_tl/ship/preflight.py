@@ -115,10 +115,11 @@ def check_run_dir(out: Path) -> None:
         return
     if not out.is_dir():
         raise RunError(f"--out {str(out)!r} is a file; give a directory for the run")
-    from edge_tl.runs import MANIFEST_NAME
+    from edge_tl.runs import MANIFEST_NAME, PRE_RUN_NAMES
     from edge_tl.ship.config import RUN_CONFIG_NAME
 
-    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() and not (out / RUN_CONFIG_NAME).is_file():
+    others = any(p.name not in PRE_RUN_NAMES for p in out.iterdir())
+    if others and not (out / MANIFEST_NAME).is_file() and not (out / RUN_CONFIG_NAME).is_file():
         raise RunError(f"--out {str(out)!r} holds files that are not an edge-tl run; choose a new or empty folder")
 
 

@@ -22,8 +22,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from edge_tl.errors import ConfigError, ToleranceError
-from edge_tl.runs import SUPERSEDED_DIR, Run, _json_default, now_iso, sha256_file
+from edge_tl.errors import ConfigError, RunError, ToleranceError
+from edge_tl.runs import RUN_LOCK_NAME, SUPERSEDED_DIR, Run, _json_default, artifact_matches, now_iso, sha256_file
 
 #: Every stage, in flow order (``import`` and ``finetune`` exclude each other).
 STAGE_ORDER = ("import", "finetune", "export", "quantize", "compile", "bundle", "deploy", "verify", "report")
@@ -48,6 +48,7 @@ class Stage:
     files: dict[str, str] = field(default_factory=dict)  # input files/folders outside the run -> fingerprint
     creates_run: bool = False  # the stage makes the run directory (finetune, import)
     continues: Callable[[Run], bool] | None = None  # whether it can continue the unfinished run it finds
+    outputs: tuple[str, ...] = ()  # files the stage writes that are not artifacts (the report page), by run path
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ def artifact_hashes(run: Run, stages: set[str], seen: dict[tuple[str, int, int],
     for artifact in run.artifacts():
         if artifact.stage not in stages:
             continue
-        full = run.root / artifact.path
+        try:
+            full = run.confined(artifact.path, what=f"artifact {artifact.name!r}")
+        except RunError:
+            out[artifact.name] = "outside the run"
+            continue
         if full.is_file():
             stat = full.stat()
             key = (str(full), stat.st_size, stat.st_mtime_ns)
@@ -106,6 +111,38 @@ def artifact_hashes(run: Run, stages: set[str], seen: dict[tuple[str, int, int],
         else:
             out[artifact.name] = "missing"
     return out
+
+
+def own_outputs_changed(run: Run, stage: Stage) -> str | None:
+    """Why ``stage``'s own recorded outputs cannot be trusted (missing, changed, out of the run), or None.
+
+    A record is trusted only with its files: a stage whose artifact was deleted or edited by
+    hand runs again, rather than being "up to date" while the run describes a file it lacks.
+    """
+    from edge_tl.deploy.bundle import MANIFEST as BUNDLE_MANIFEST  # a folder artifact's own record
+
+    for artifact in run.artifacts():
+        if artifact.stage != stage.name:
+            continue
+        try:
+            full = run.confined(artifact.path, what=f"artifact {artifact.name!r}")
+        except RunError:
+            return f"its {artifact.name} is recorded outside the run ({artifact.path})"
+        if not full.exists():
+            return f"its {artifact.name} ({artifact.path}) is missing"
+        digest = artifact.details.get("digest")
+        if (
+            full.is_dir()
+            and digest
+            and (not (full / BUNDLE_MANIFEST).is_file() or sha256_file(full / BUNDLE_MANIFEST) != digest)
+        ):
+            return f"its {artifact.name} ({artifact.path}) changed since it was made"
+        if not artifact_matches(full, artifact):
+            return f"its {artifact.name} ({artifact.path}) changed since it was made"
+    for rel in stage.outputs:
+        if not run.path(rel).is_file():
+            return f"its {rel} is missing"
+    return None
 
 
 class Pipeline:
@@ -141,14 +178,11 @@ class Pipeline:
         run = Run.open(self.out) if Run.exists(self.out) else None
         inputs = self.inputs(run, stage, before)
         record = run.stage_record(stage.name) if run is not None else None
-        if (
-            record is not None
-            and record.get("status") == "done"
-            and record.get("inputs") == inputs
-            and stage.name not in self.force
-        ):
+        done = record is not None and record.get("status") == "done"
+        changed = own_outputs_changed(run, stage) if done and run is not None else None
+        if done and record.get("inputs") == inputs and stage.name not in self.force and changed is None:
             return StageResult(stage.name, Outcome.UP_TO_DATE, 0.0, record.get("gate"))
-        self.say(f"== {stage.name}")
+        self.say(f"== {stage.name}" + (f" (again: {changed})" if changed else ""))
         if run is not None:
             finished = record is not None and record.get("status") == "done"
             resumable = stage.continues is not None and stage.continues(run)
@@ -182,17 +216,22 @@ class Pipeline:
         """Move a finished (or changed) run's files aside before its first stage runs again: nothing is lost."""
         from edge_tl.ship.config import RUN_CONFIG_NAME
 
-        keep = {RUN_CONFIG_NAME, SUPERSEDED_DIR}
-        target = run.root / SUPERSEDED_DIR / now_iso().replace(":", "")
-        suffix = 0
-        while target.exists():
-            suffix += 1
-            target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
-        target.mkdir(parents=True)
-        for entry in sorted(run.root.iterdir(), key=lambda p: p.name == "manifest.json"):  # the manifest last
-            if entry.name not in keep:
-                shutil.move(str(entry), str(target / entry.name))
+        keep = {RUN_CONFIG_NAME, SUPERSEDED_DIR, RUN_LOCK_NAME}  # the lock this ship holds stays in place
+        target = set_aside(run.root, [e for e in run.root.iterdir() if e.name not in keep])
         self.say(f"the run's earlier files are kept in {target}")
+
+
+def set_aside(root: Path, entries: list[Path]) -> Path:
+    """Move ``entries`` of the run folder ``root`` into a new ``superseded/<time>/`` folder (never deleted)."""
+    target = root / SUPERSEDED_DIR / now_iso().replace(":", "")
+    suffix = 0
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+    target.mkdir(parents=True)
+    for entry in sorted(entries, key=lambda p: p.name == "manifest.json"):  # the manifest last
+        shutil.move(str(entry), str(target / entry.name))
+    return target
 
 
 def resume_hint(exc: ConfigError, out: Path) -> ConfigError:

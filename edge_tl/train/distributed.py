@@ -142,21 +142,23 @@ def launch(config: "FinetuneConfig", launch_config: LaunchConfig) -> Path:
     path, as it must for the checkpoints). A failed or crashed worker makes torchrun stop
     the others; that becomes one :class:`EdgeTLError` naming the rank and its exit code.
     """
-    from edge_tl.runs import atomic_write_json
+    from edge_tl.runs import atomic_write_json, run_writer
 
     run_mod = lazy_import("torch.distributed.run", purpose="distributed fine-tuning")
     errors = lazy_import("torch.distributed.elastic.multiprocessing.errors")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / f".launch-config.node{launch_config.node_rank}.json"
-    atomic_write_json(config_file, config.to_dict())
     argv = [*launch_config.torchrun_args(), "-m", ENTRY_MODULE, "--config", str(config_file)]
-    try:
-        run_mod.main(argv)
-    except errors.ChildFailedError as exc:
-        raise EdgeTLError(f"distributed fine-tuning failed: {_describe_failures(exc)}") from None
-    finally:
-        config_file.unlink(missing_ok=True)
+    # The workers run under torchrun and leave the run's writer lock to this process.
+    with run_writer(out, "finetune"):
+        atomic_write_json(config_file, config.to_dict())
+        try:
+            run_mod.main(argv)
+        except errors.ChildFailedError as exc:
+            raise EdgeTLError(f"distributed fine-tuning failed: {_describe_failures(exc)}") from None
+        finally:
+            config_file.unlink(missing_ok=True)
     return out
 
 

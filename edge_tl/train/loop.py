@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text
+from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text, run_writer
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
@@ -372,7 +372,12 @@ def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ())
     hardware_probe = resolve_hardware(config.device, config.precision)
     ctx = dist_util.init_from_env(hardware_probe.device.type)
     try:
-        return _Trainer(config, ctx, callbacks).run()
+        trainer = _Trainer(config, ctx, callbacks)
+        if dist_util.under_launcher():  # the launching process holds the run's lock for its workers
+            return trainer.run()
+        trainer.check_not_foreign()  # before the run's lock file is made in a folder of someone else's
+        with run_writer(config.out, "finetune"):  # one finetune per run at a time
+            return trainer.run()
     finally:
         dist_util.shutdown(ctx)
 
@@ -446,10 +451,15 @@ class _Trainer:
                 else "choose another --out"
             )
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
+        self.check_not_foreign()
+        return False
+
+    def check_not_foreign(self) -> None:
+        """Refuse an --out that holds files edge-tl did not put there (before anything, the run's lock included)."""
         # A new run writes split.json, manifest.json, checkpoints/ there: never over the user's files.
         # The launcher's own .launch-config files are written there before the workers start, and
         # `edge-tl ship` its ship.toml (and superseded/, a run it moved aside) before fine-tuning.
-        if self.out.exists():
+        if self.out.exists() and not Run.exists(self.out):
             foreign = (
                 []
                 if not self.out.is_dir()
@@ -465,7 +475,6 @@ class _Trainer:
                     f"--out {str(self.out)!r} exists and is not an empty directory{listed}; give a new one "
                     "(nothing there is touched)"
                 )
-        return False
 
     # ---- main
 

@@ -160,7 +160,7 @@ def verify_run(
         except EdgeTLError as exc:  # e.g. an engine where no TensorRT backend is available
             runner, skipped = None, str(exc)
         candidates.append(
-            _Candidate(record.name, record.kind, record.precision, run.root / record.path, runner, skipped)
+            _Candidate(record.name, record.kind, record.precision, run.confined(record.path), runner, skipped)
         )
 
     with ExitStack() as stack:

@@ -188,3 +188,21 @@ def test_bench_cli_with_trtexec_backend_times_an_engine(tmp_path: Path, fixtures
     onnx_file.write_bytes(b"not an engine")
     refused = CliRunner().invoke(cli, ["bench", str(onnx_file), "--backend", "trtexec"])
     assert refused.exit_code != 0 and "times TensorRT engines" in str(refused.exception)
+
+
+def test_passed_is_the_one_final_verdict_line_not_a_substring(fixtures_dir: Path) -> None:
+    # trtexec prints "&&&& RUNNING ..." first and one verdict line last (samples/common/logging.h,
+    # Logger::reportTestResult in NVIDIA/TensorRT); the verdict is PASSED, FAILED or WAIVED.
+    log = _fixture(fixtures_dir, "trtexec-10.16-rtx6000-ada.log")
+    assert parse_log(log).passed
+    failed = log.replace("&&&& PASSED TensorRT.trtexec", "&&&& FAILED TensorRT.trtexec")
+    assert not parse_log(failed).passed
+    # A FAILED run whose output goes on to mention a PASSED line (a wrapper echoing an older log, a
+    # plugin's message): the substring check took either for a pass.
+    echoed = failed + "[E] previous run: &&&& PASSED TensorRT.trtexec [TensorRT v101600]\n"
+    assert not parse_log(echoed).passed
+    twice = failed + "&&&& PASSED TensorRT.trtexec [TensorRT v101600] # trtexec --onnx=model.onnx\n"
+    assert not parse_log(twice).passed
+    assert not parse_log(log.replace("&&&& PASSED TensorRT.trtexec", "&&&& WAIVED TensorRT.trtexec")).passed
+    # Stopped before its verdict: only the RUNNING line.
+    assert not parse_log(log.split("&&&& PASSED")[0]).passed

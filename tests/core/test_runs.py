@@ -34,7 +34,7 @@ def test_tampered_artifact_is_detected(tmp_path) -> None:
     run.add_artifact("x", kind="report", path=f, stage="test")
     f.write_bytes(b"2")
     with pytest.raises(RunError, match="does not match the sha256"):
-        run.artifact_path("x", check_hash=True)
+        run.artifact_path("x")
 
 
 def test_open_errors_name_the_problem(tmp_path) -> None:

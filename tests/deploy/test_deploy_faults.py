@@ -57,12 +57,12 @@ def test_bundle_out_refuses_the_run_its_parents_and_foreign_folders(run_copy, tm
     code, printed = _cli(capsys, *base, "--out", ".")
     assert code == 1 and "edge-tl did not make it" in printed and "Traceback" not in printed
     assert (foreign / "sub" / "notes.txt").read_text() == "keep me" and _tree(run_copy) == before
-    # A folder edge-tl made (it holds bundle.json) is replaced, and so is an empty one.
+    # A folder edge-tl made (its bundle.json lists what it holds) is replaced, and so is an empty one.
     made = tmp_path / "made"
     assert _cli(capsys, *base, "--out", str(made))[0] == 0
-    (made / "stale.txt").write_text("old")
+    (made / "bundle.json").write_text((made / "bundle.json").read_text().replace('"requested": 8', '"requested": 9'))
     assert _cli(capsys, *base, "--out", str(made))[0] == 0
-    assert (made / "bundle.json").is_file() and not (made / "stale.txt").exists()
+    assert json.loads((made / "bundle.json").read_text())["eval"]["requested"] == 8
 
 
 def test_a_smaller_existing_evaluation_pack_is_not_reused_for_a_larger_request(run_copy):

@@ -148,7 +148,7 @@ def test_int8_without_a_budget_records_the_model_its_accuracy_and_its_calibratio
     )  # the same model: measured once
 
     record = run.artifact("onnx-int8-onnxruntime-cpu-int8")
-    written = onnx.load(str(run.artifact_path(record.name, check_hash=True)))
+    written = onnx.load(str(run.artifact_path(record.name)))
     assert (record.kind, record.stage, record.precision, record.path) == (
         "onnx",
         "quantize",
@@ -247,7 +247,7 @@ def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, hars
     assert "measuring the original model and INT8 on" in said[1] and said[4].startswith("  1 float layer(s) (")
 
     run = Run.open(run_dir)
-    path = run.artifact_path("onnx-int8-harsh", check_hash=True)
+    path = run.artifact_path("onnx-int8-harsh")
     assert path == result.model_path
     written = onnx.load(str(path))
     assert check_tensorrt_qdq(written, float_layers=result.float_layers) == []  # exactly the chosen layers in float
@@ -265,7 +265,7 @@ def test_budget_met_after_floating_the_most_sensitive_layers(run_dir: Path, hars
     # The FP16-float-part variant for strongly typed builds (no --target: TensorRT 11 may build it).
     assert result.artifacts == ("onnx-int8-harsh", "onnx-int8-harsh-fp16", "calib-table-harsh")
     variant = run.artifact("onnx-int8-harsh-fp16")
-    variant_path = run.artifact_path(variant.name, check_hash=True)
+    variant_path = run.artifact_path(variant.name)
     assert variant.path == "quantize/harsh/model.int8.fp16.onnx" and variant.precision == "int8"
     top1 = _onnx_top1(variant_path, run_dir)
     assert variant.metrics == {
@@ -318,7 +318,7 @@ def test_budget_not_met_keeps_the_best_attempt_labelled_failing(run_dir: Path, h
     assert record.details["status"] == "failing" and record.metrics["accuracy_budget_met"] is False
     assert record.details["float_layers"] == list(best.float_layers)
     assert (record.metrics["val_top1"], record.metrics["accuracy_drop_points"]) == (best.top1, best.drop_points)
-    path = run.artifact_path("onnx-int8-harsh", check_hash=True)
+    path = run.artifact_path("onnx-int8-harsh")
     assert check_tensorrt_qdq(onnx.load(str(path)), float_layers=best.float_layers) == []
     assert _onnx_top1(path, run_dir) == best.top1
     reference = record.metrics["reference_top1"]
@@ -365,7 +365,7 @@ def test_a_cache_recipe_writes_the_cache_for_the_targets_tensorrt(run_dir: Path)
         (),
     )
     run = Run.open(run_dir)
-    cache = read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache", check_hash=True))
+    cache = read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache"))
     assert (cache.version, cache.algorithm) == (8602, "EntropyCalibration2")
     table = json.loads((out / "calibration_table.json").read_text())
     assert list(cache.scales) == list(table["tensors"])

@@ -213,3 +213,41 @@ def test_an_interrupted_fine_tune_with_other_settings_is_refused_by_name(shipped
         "holds an interrupted fine-tune made with other settings (" in done.stderr and "lr: 0.01 -> 0.02" in done.stderr
     )
     assert "--force finetune" in done.stderr and not (run_copy / "superseded").exists()
+
+
+def test_a_stage_whose_own_files_were_deleted_or_edited_runs_again(shipped, run_copy):
+    """rm report/index.html, rm verify/report.json, a hand-edited model.int8.onnx: that stage (and what
+    reads it) runs again and says why, where each was "up to date" with the file gone."""
+    import onnx
+
+    (run_copy / "report" / "index.html").unlink()
+    done = run_ship(*shipped.args, "--out", run_copy)
+    assert done.returncode == 0, done.stderr
+    assert "== report (again: its report/index.html is missing)" in done.stderr.splitlines()
+    assert "report    ran" in done.stdout and "verify    up to date" in done.stdout
+    assert (run_copy / "report" / "index.html").is_file()
+
+    before = tokens(run_copy)
+    (run_copy / "verify" / "report.json").unlink()
+    done = run_ship(*shipped.args, "--out", run_copy)
+    assert done.returncode == 0, done.stderr
+    assert "== verify (again: its verify-report (verify/report.json) is missing)" in done.stderr.splitlines()
+    after = tokens(run_copy)
+    assert {s for s in after if after[s] != before[s]} == {"verify", "report"}
+    assert "No comparison with the original yet" not in (run_copy / "report" / "index.html").read_text()
+
+    record = manifest(run_copy)["artifacts"]["onnx-int8-onnxruntime-cpu-int8"]
+    model = onnx.load(str(run_copy / record["path"]))
+    model.producer_name = "edited by hand"
+    onnx.save(model, str(run_copy / record["path"]))
+    before = tokens(run_copy)
+    done = run_ship(*shipped.args, "--out", run_copy)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"== quantize (again: its onnx-int8-onnxruntime-cpu-int8 ({record['path']}) changed since it was made)"
+        in done.stderr.splitlines()
+    )
+    after = tokens(run_copy)
+    assert {s for s in after if after[s] != before[s]} == {"quantize", "bundle", "deploy", "verify", "report"}
+    again = manifest(run_copy)["artifacts"]["onnx-int8-onnxruntime-cpu-int8"]
+    assert sha256_file(run_copy / again["path"]) == again["sha256"] == record["sha256"]  # made again, same bytes

@@ -69,14 +69,16 @@ def test_up_to_date_stages_are_skipped_and_changes_run_what_follows(run_dir):
     )
 
 
-def test_a_changed_artifact_runs_the_stages_that_read_it(run_dir):
+def test_a_changed_artifact_runs_its_stage_and_the_stages_that_read_it(run_dir):
     calls: list[str] = []
-    say = lambda _m: None  # noqa: E731
-    Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls))
+    said: list[str] = []
+    Pipeline(run_dir, force=frozenset(), say=said.append).run(chain(run_dir, calls))
     (run_dir / "first" / "one.txt").write_text("edited by hand")
-    results = Pipeline(run_dir, force=frozenset(), say=say).run(chain(run_dir, calls))
-    # The first stage's own options did not change; the stages that read its artifact run.
-    assert outcomes(results) == ["up to date", "ran", "ran"]
+    results = Pipeline(run_dir, force=frozenset(), say=said.append).run(chain(run_dir, calls))
+    # The first stage's options did not change, but its own artifact did: it is made again, and says why.
+    assert outcomes(results) == ["ran", "ran", "ran"]
+    assert said[3] == "== first (again: its one (first/one.txt) changed since it was made)"
+    assert (run_dir / "first" / "one.txt").read_text() == "1"
 
 
 def test_a_stage_that_did_not_finish_runs_again(run_dir):
@@ -167,3 +169,47 @@ def test_a_new_first_stage_moves_the_finished_run_aside(tmp_path):
         [Stage("finetune", lambda: None, {"epochs": "2"}, creates_run=True, continues=lambda run: True)]
     )
     assert len(list((run_dir / "superseded").iterdir())) == 1
+
+
+def test_a_stage_whose_own_files_are_gone_runs_again_and_says_why(tmp_path):
+    """rm checkpoints/best.pt, verify/report.json or report/index.html: that stage is made again, not "up to date"."""
+    run_dir = tmp_path / "run"
+    calls: list[str] = []
+
+    def finetune() -> None:
+        calls.append("finetune")
+        run = Run.create(run_dir)
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "best.pt").write_text("weights")
+        run.add_artifact("checkpoint-best", kind="checkpoint", path=run_dir / "checkpoints/best.pt", stage="finetune")
+
+    def page() -> None:
+        calls.append("report")
+        (run_dir / "report").mkdir(exist_ok=True)
+        (run_dir / "report" / "index.html").write_text("<html>")
+
+    def stages() -> list[Stage]:
+        return [
+            Stage("finetune", finetune, {}, creates_run=True, continues=lambda run: False),
+            Stage("verify", writer(run_dir, "verify", "report", "rows", calls), {}),
+            Stage("report", page, {}, outputs=("report/index.html",)),
+        ]
+
+    said: list[str] = []
+    Pipeline(run_dir, force=frozenset(), say=said.append).run(stages())
+    assert calls == ["finetune", "verify", "report"]
+    (run_dir / "report" / "index.html").unlink()
+    results = Pipeline(run_dir, force=frozenset(), say=said.append).run(stages())
+    assert outcomes(results) == ["up to date", "up to date", "ran"]
+    assert said[-1] == "== report (again: its report/index.html is missing)"
+    (run_dir / "verify" / "report.txt").unlink()
+    results = Pipeline(run_dir, force=frozenset(), say=said.append).run(stages())
+    assert outcomes(results) == ["up to date", "ran", "ran"]
+    assert said[-2] == "== verify (again: its report (verify/report.txt) is missing)"
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    results = Pipeline(run_dir, force=frozenset(), say=said.append).run(stages())
+    assert outcomes(results) == ["ran", "ran", "ran"]
+    assert said[-4] == "== finetune (again: its checkpoint-best (checkpoints/best.pt) is missing)"
+    assert said[-3].startswith(f"the run's earlier files are kept in {run_dir / 'superseded'}")
+    assert (run_dir / "checkpoints" / "best.pt").read_text() == "weights"
+    assert calls == ["finetune", "verify", "report", "report", "verify", "report", "finetune", "verify", "report"]
