@@ -90,25 +90,19 @@ def _local_builder(target: Target) -> tuple[str | None, str | None]:
 def layer_report(run: Run, plan: BuildPlan, layer_info: str, *, build_log: str, source: str) -> dict[str, Any]:
     """The per-layer summary of an engine built from ``plan``, from its layer information JSON (trtexec's
     ``--exportLayerInfo`` or IEngineInspector's) and, for DLA subgraphs, its build log."""
-    from edge_tl.trt.layers import dla_subgraph_names, onnx_compute_nodes, parse_layer_info, summarize
+    from edge_tl.trt.layers import summarize_build
 
-    dla = plan.spec.dla_core is not None
-    where = f"{plan.directory}/{LAYERS_NAME}"
-    layers = parse_layer_info(layer_info, where=where, dla_names=dla_subgraph_names(build_log) if dla else frozenset())
-    nodes = None
-    if dla:
-        import onnx
-
-        batch = plan.spec.batch.opt if plan.spec.batch else 1
-        nodes = onnx_compute_nodes(onnx.load(str(run.path(plan.spec.onnx))), batch=batch)
-    return summarize(
-        layers,
+    return summarize_build(
+        layer_info,
+        where=f"{plan.directory}/{LAYERS_NAME}",
+        build_log=build_log,
         precision=plan.precision.value,
-        dla=dla,
+        dla=plan.spec.dla_core is not None,
         recipe=plan.source.recipe.value if plan.source.recipe else None,
-        onnx_nodes=nodes,
         kept_float=tuple(plan.source.onnx.details.get("float_layers") or ()),
         predicted_gpu_ops=plan.dla_gpu_fallback,
+        onnx_path=run.path(plan.spec.onnx),
+        batch=plan.spec.batch.opt if plan.spec.batch else 1,
         source=source,
     )
 

@@ -307,3 +307,37 @@ def _kept(layer_name: str, kept: list[str]) -> bool:
     # A fused TensorRT layer is named after its ONNX nodes joined with " + ".
     parts = {p.strip() for p in layer_name.split("+")}
     return any(k in parts for k in kept)
+
+
+def summarize_build(
+    text: str,
+    *,
+    where: str,
+    build_log: str,
+    precision: str,
+    dla: bool,
+    recipe: str | None,
+    kept_float: tuple[str, ...],
+    predicted_gpu_ops: dict[str, int] | None,
+    onnx_path: Any,
+    batch: int,
+    source: str,
+) -> dict[str, Any]:
+    """:func:`summarize` of one build from its layer information text and build log (both builders, on the
+    workstation or the device); the ONNX is read only for a DLA build, whose subgraphs name ONNX node ranges."""
+    layers = parse_layer_info(text, where=where, dla_names=dla_subgraph_names(build_log) if dla else frozenset())
+    nodes = None
+    if dla:
+        import onnx
+
+        nodes = onnx_compute_nodes(onnx.load(str(onnx_path)), batch=batch)
+    return summarize(
+        layers,
+        precision=precision,
+        dla=dla,
+        recipe=recipe,
+        onnx_nodes=nodes,
+        kept_float=kept_float,
+        predicted_gpu_ops=predicted_gpu_ops,
+        source=source,
+    )

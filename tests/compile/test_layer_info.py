@@ -192,3 +192,20 @@ def test_layer_report_of_the_python_builder_names_its_source(plan_run: Run) -> N
     report = layer_report(plan_run, plan, info, build_log="", source="IEngineInspector (JSON)")
     assert report["source"] == "IEngineInspector (JSON)" and report["compute_layers"] == {"fp16": 1}
     assert os.fspath(plan.spec.export_layer_info).endswith("layers.json")
+
+
+def test_docs_deploy_shows_the_parse_of_the_published_engine() -> None:
+    """docs/deploy.md's per-layer report block runs as written and prints what the page says."""
+    import re
+    import subprocess
+
+    root = HERE.parents[1]
+    text = (root / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = text[text.index("## The engine's own per-layer report") :]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown
+    assert "compute_macs: {'int8': 58050347008}" in shown
