@@ -209,3 +209,39 @@ def test_docs_deploy_shows_the_parse_of_the_published_engine() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == shown
     assert "compute_macs: {'int8': 58050347008}" in shown
+
+
+def test_dla_fallbacks_the_plan_did_not_predict_are_flagged() -> None:
+    from edge_tl.trt.layers import EngineLayer
+
+    subgraph = "{ForeignNode[conv_a...conv_b]}"
+    layers = [
+        EngineLayer(subgraph, "", "", "int8", True, False, None),
+        EngineLayer("softmax", "SoftMax", "SoftMax", "fp16", False, False, None),
+        EngineLayer("Reformatting CopyNode for Input Tensor 0", "Reformat", "Reformat", "fp16", False, False, None),
+    ]
+    nodes = [("conv_a", "Conv", 100), ("relu", "Relu", None), ("conv_b", "Conv", 300), ("softmax", "Softmax", None)]
+
+    def run(predicted):
+        return summarize(
+            layers, precision="int8", dla=True, recipe="tensorrt-int8-cache", onnx_nodes=nodes,
+            predicted_gpu_ops=predicted, source="x",
+        )  # fmt: skip
+
+    unpredicted = run({})
+    assert unpredicted["compute_layers"] == {"int8": 2} and unpredicted["compute_macs"] == {"int8": 400}
+    assert unpredicted["dla_subgraphs"] == 1 and unpredicted["gpu_fallbacks"] == ["softmax"]
+    assert unpredicted["findings"] == ["1 layer(s) fell back to the GPU that the plan did not predict: softmax"]
+    assert run({"Softmax": 1})["findings"] == []
+
+
+def test_standin_layer_info_has_the_keys_of_its_release(plan_run: Run) -> None:
+    """8.x exports carry no StreamId/Metadata (NVIDIA's 8.x TREx files); 10.x adds them per layer."""
+    published = json.loads((LAYER_INFO / "trex-resnet-a100-qat.graph.json").read_text())["Layers"]
+    assert not {"StreamId", "Metadata"} & {k for layer in published for k in layer}
+    onnx_path = str(plan_run.path("export/model.fp32.onnx"))
+    old = json.loads(standin.layer_info(onnx_path, release=(8, 4), opts={"fp16": ""}))["Layers"]
+    new = json.loads(standin.layer_info(onnx_path, release=(10, 3), opts={"fp16": ""}))["Layers"]
+    assert not {"StreamId", "Metadata"} & {k for layer in old for k in layer}
+    assert all({"Origin", "StreamId", "Metadata"} <= set(layer) for layer in new)
+    assert [layer["Name"] for layer in old] == ["node_of_c", "node_of_p", "node_of_logits"]
