@@ -234,7 +234,7 @@ def verify_run(
     rows += read_deploy_results(run, reference_top1=ref_acc.top1, level=config.significance_level)
     failures = list(_gate(rows[1:], config))
     # What each engine says of its own layers (compile's layer report): a warning, and a failure under a gate.
-    precision = engine_precision_findings(records)
+    precision = engine_precision_findings(records) + deploy_precision_findings(run)
     for finding in precision:
         say(f"WARNING: {finding}")
     if config.max_accuracy_drop is not None or config.min_agreement is not None:
@@ -310,6 +310,23 @@ def engine_precision_findings(records: list[Any]) -> list[str]:
         report = record.details.get("layer_report") if record.kind == "engine" else None
         for finding in (report or {}).get("findings", ()):
             found.append(f"{record.name}: {finding}")
+    return found
+
+
+def deploy_precision_findings(run: Run) -> list[str]:
+    """The same findings for engines a device built (``layer_report`` of ``deploy/<host>/accuracy.json``)."""
+    found = []
+    for path in sorted(run.path("deploy").glob(f"*/{DEPLOY_RESULT_FILE}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # read_deploy_results refuses it with the fix
+        entries = data.get("results") if isinstance(data, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            report = entry.get("layer_report") if isinstance(entry, dict) else None
+            host = str(data.get("host") or path.parent.name)
+            for finding in (report or {}).get("findings", ()) if isinstance(report, dict) else ():
+                found.append(f"{entry.get('artifact')} @ {host}: {finding}")
     return found
 
 

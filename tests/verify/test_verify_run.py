@@ -169,6 +169,7 @@ def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
                         "top1_agreement": 0.99,
                         "reference_top1": 0.75,
                         "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
+                        "layer_report": {"findings": ["2 layer(s) fell back to the GPU that the plan did not predict"]},
                     }
                 ],
             }
@@ -180,6 +181,10 @@ def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
     assert (row.name, row.origin, row.latency_p50_ms) == ("engine-orin-fp16", "deploy:jetson-1", 0.8)
     assert row.delta_top1_pts == pytest.approx(-75.0)  # against the original on the device's own images
     assert any("engine-orin-fp16 @ jetson-1: top-1 drop" in f for f in report.failures)
+    # The device-built engine's own layer report is gated too.
+    assert "engine-orin-fp16 @ jetson-1: 2 layer(s) fell back to the GPU that the plan did not predict" in (
+        report.failures
+    )
     with pytest.raises(ToleranceError, match="engine-orin-fp16 @ jetson-1"):
         report.raise_for_gates()
     assert "jetson-1" in report.table()
