@@ -8,6 +8,7 @@ sidecar, and recorded as ``engine-<target>-<precision>``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any, Callable
 from edge_tl.compile.plan import (
     DEFAULT_BATCH,
     ENGINE_NAME,
+    LAYERS_NAME,
+    LOG_NAME,
     SCRIPT_NAME,
     STAGE,
     BuildPlan,
@@ -29,7 +32,7 @@ from edge_tl.compile.plan import (
 from edge_tl.compile.trt_builder import BuildOutcome
 from edge_tl.compile.trtexec_flags import BatchRange
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import Artifact, Run, sha256_file
+from edge_tl.runs import Artifact, Run, atomic_write_text, sha256_file
 from edge_tl.targets import Precision, Target, TargetKind, TrtVersion, load_target
 from edge_tl.trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
 from edge_tl.trt.trt_api import api_path
@@ -84,6 +87,38 @@ def _local_builder(target: Target) -> tuple[str | None, str | None]:
     return "trtexec", None
 
 
+def layer_report(run: Run, plan: BuildPlan, layer_info: str, *, build_log: str, source: str) -> dict[str, Any]:
+    """The per-layer summary of an engine built from ``plan``, from its layer information JSON (trtexec's
+    ``--exportLayerInfo`` or IEngineInspector's) and, for DLA subgraphs, its build log."""
+    from edge_tl.trt.layers import summarize_build
+
+    return summarize_build(
+        layer_info,
+        where=f"{plan.directory}/{LAYERS_NAME}",
+        build_log=build_log,
+        precision=plan.precision.value,
+        dla=plan.spec.dla_core is not None,
+        recipe=plan.source.recipe.value if plan.source.recipe else None,
+        kept_float=tuple(plan.source.onnx.details.get("float_layers") or ()),
+        predicted_gpu_ops=plan.dla_gpu_fallback,
+        onnx_path=run.path(plan.spec.onnx),
+        batch=plan.spec.batch.opt if plan.spec.batch else 1,
+        source=source,
+    )
+
+
+def say_layer_report(report: dict[str, Any], say: Callable[[str], None]) -> None:
+    """One line of the precision mix, and a warning per finding (the same findings verify gates on)."""
+    mix = report.get("compute_macs") or report.get("compute_layers") or {}
+    total = sum(mix.values()) or 1
+    unit = "MACs" if report.get("compute_macs") else "layers"
+    parts = ", ".join(f"{k} {v * 100 / total:.1f}%" for k, v in sorted(mix.items()))
+    dla = f"; DLA subgraphs {report['dla_subgraphs']}" if report.get("dla_subgraphs") else ""
+    say(f"engine layers: Conv/Gemm/MatMul {unit} {parts or 'none'}{dla}")
+    for finding in report.get("findings", ()):
+        say(f"WARNING: {finding}")
+
+
 def run_build_script(run: Run, plan: BuildPlan, *, timeout_s: float | None = 3600) -> Artifact:
     """Run the plan's ``build_engine.sh`` here (trtexec) and record the engine it wrote, with its sidecar."""
     script = run.path(plan.directory, SCRIPT_NAME)
@@ -96,6 +131,18 @@ def run_build_script(run: Run, plan: BuildPlan, *, timeout_s: float | None = 360
         raise RunError(f"{str(script)!r} failed (exit {proc.returncode}); last lines:\n{tail}")
     engine = run.path(plan.spec.engine)
     meta = read_sidecar(engine)
+    info = run.path(plan.spec.export_layer_info) if plan.spec.export_layer_info else None
+    if info is not None and info.is_file():
+        log = run.path(plan.directory, LOG_NAME)
+        report = layer_report(
+            run,
+            plan,
+            info.read_text(encoding="utf-8"),
+            build_log=log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "",
+            source=f"trtexec --exportLayerInfo ({plan.spec.export_layer_info})",
+        )
+        meta = dataclasses.replace(meta, layer_report=report)
+        write_sidecar(engine, meta)
     return run.add_artifact(
         engine_artifact_name(plan.target, plan.precision),
         kind="engine",
@@ -144,24 +191,18 @@ def compile_run(
     if builder == "trtexec":
         engine = run_build_script(run, plan)
         say(f"engine: {run.root / engine.path} (trtexec)")
+        if engine.details.get("layer_report"):
+            say_layer_report(engine.details["layer_report"], say)
         return CompileResult(plan, plan_record, engine, None)
     from edge_tl.compile.trt_builder import PythonBuild, build_engine
 
-    outcome = build_engine(
-        PythonBuild(
-            onnx=run.path(plan.spec.onnx),
-            engine=run.path(plan.spec.engine),
-            precision=plan.precision,
-            source_kind=plan.spec.source_kind,
-            input_name=plan.spec.input_name,
-            chw=plan.spec.chw,
-            workspace_mib=plan.spec.workspace_mib,
-            batch=plan.spec.batch,
-            timing_cache=run.path(plan.spec.timing_cache or f"{plan.directory}/timing.cache"),
-            calib_cache=run.path(plan.spec.calib_cache) if plan.spec.calib_cache else None,
-            dla_core=plan.spec.dla_core,
+    outcome = build_engine(PythonBuild.from_plan(run, plan))
+    report = None
+    if outcome.layer_info is not None and plan.spec.export_layer_info:
+        atomic_write_text(run.path(plan.spec.export_layer_info), outcome.layer_info)
+        report = layer_report(
+            run, plan, outcome.layer_info, build_log="\n".join(outcome.log), source="IEngineInspector (JSON)"
         )
-    )
     source = {"artifact": plan.source.onnx.name, "path": plan.source.onnx.path, "sha256": plan.source.onnx.sha256}
     engine = _record_engine(
         run,
@@ -175,8 +216,11 @@ def compile_run(
         source=source,
         builder="tensorrt-python",
         dla_core=plan.spec.dla_core,
+        layer_report=report,
     )
     say(f"engine: {run.root / engine.path} (TensorRT {outcome.tensorrt_version})")
+    if report is not None:
+        say_layer_report(report, say)
     return CompileResult(plan, plan_record, engine, None)
 
 
@@ -240,6 +284,7 @@ def _record_engine(
     source: dict[str, Any],
     builder: str,
     dla_core: int | None,
+    layer_report: dict[str, Any] | None = None,
 ) -> Artifact:
     """Write the engine's build log and sidecar and record it in the manifest."""
     from edge_tl.trt.cuda import local_gpu
@@ -264,6 +309,7 @@ def _record_engine(
         flags=outcome.flags,
         dla_core=dla_core,
         engine_sha256=sha256_file(outcome.engine),
+        layer_report=layer_report,
     )
     write_sidecar(outcome.engine, meta)
     return run.add_artifact(

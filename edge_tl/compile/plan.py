@@ -23,10 +23,12 @@ from edge_tl.compile.dla import DLA_LAYERS_SOURCE
 from edge_tl.compile.trtexec_flags import (
     BatchRange,
     BuildSpec,
+    PrecisionDecision,
     SourceKind,
     banner_code,
     build_command,
     check_version,
+    precision_decision,
     shell_join,
     timing_flags,
 )
@@ -41,6 +43,7 @@ SCRIPT_NAME = "build_engine.sh"
 PLAN_NAME = "build_plan.json"
 LOG_NAME = "build.log"
 TIMES_NAME = "build_times.json"
+LAYERS_NAME = "layers.json"
 DEFAULT_BATCH = BatchRange(1, 1, 8)
 
 
@@ -139,6 +142,25 @@ def _check_cache_header(run: Run, cache: Artifact, release: TrtRelease, *, how: 
         )
 
 
+def same_release(planned: TrtVersion, found: TrtVersion) -> bool:
+    """An engine runs only on the TensorRT that built it, and a plan (its flags, its calibration cache header)
+    is made for one release: builder and plan must agree on major, minor and patch (a build number may differ)."""
+    return (planned.major, planned.minor, planned.patch) == (found.major, found.minor, found.patch)
+
+
+def release_mismatch(planned: str, found: str, *, target: str, run: str = "RUN") -> str:
+    """The one message of both builders (the Python builder and build_engine.sh's trtexec) for another release."""
+    return (
+        f"this plan is for TensorRT {planned} but the builder here is TensorRT {found}: build with TensorRT "
+        f"{planned}, or re-plan for this one with: edge-tl compile {run} --target {target} --tensorrt {found}"
+    )
+
+
+def check_builder_release(planned: TrtVersion, found: str, *, target: str, run: str = "RUN") -> None:
+    if not same_release(planned, TrtVersion.parse(found)):
+        raise ConfigError(release_mismatch(str(planned), found, target=target, run=run))
+
+
 @dataclass(frozen=True)
 class CompileRequest:
     """What the user asked for (``edge-tl compile`` options)."""
@@ -171,6 +193,13 @@ class BuildPlan:
     @property
     def argv(self) -> list[str]:
         return build_command(self.spec, self.release.version)
+
+    @property
+    def decision(self) -> PrecisionDecision:
+        """Strong/weak typing, precision flags and calibration cache: what trtexec's flags say, for every builder."""
+        return precision_decision(
+            self.release.version, self.precision, self.spec.source_kind, calib=self.spec.calib_cache
+        )
 
     @property
     def timing(self) -> tuple[list[str], dict[str, bool]]:
@@ -211,6 +240,7 @@ class BuildPlan:
             "workspace_mib": self.spec.workspace_mib,
             "dla_core": self.spec.dla_core,
             "timing_cache": self.spec.timing_cache,
+            "build": self.decision.to_dict(),
             "trtexec_argv": self.argv,
             "timing": {"flags": self.timing[0], **self.timing[1]},
             "dla": None
@@ -299,6 +329,7 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         calib_cache=source.calib_cache.path if source.calib_cache else None,
         timing_cache=timing_cache_path(target, release),
         export_times=f"{directory}/{TIMES_NAME}",
+        export_layer_info=f"{directory}/{LAYERS_NAME}",
     )
     fallback = None
     if request.dla:
@@ -361,9 +392,13 @@ def render_script(plan: BuildPlan) -> str:
         "# An engine only runs on the TensorRT that built it: refuse a different one.",
         f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
         f'if [ "$built" != {q([expected])} ]; then',
-        f'  echo "this plan is for TensorRT {plan.release.version} (v{expected}) but trtexec is v$built: '
-        f"use the matching JetPack/TensorRT or re-plan with: "
-        f'edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
+        # The banner number as a release: x1000 up to 9.x, x10000 from 10.0 (NV_TENSORRT_VERSION).
+        '  if [ "${built:-0}" -ge 100000 ]; then found="$((built / 10000)).$((built / 100 % 100)).$((built % 100))"; '
+        'else found="$((${built:-0} / 1000)).$((${built:-0} / 100 % 10)).$((${built:-0} % 100))"; fi',
+        f"  echo {q([release_mismatch(str(plan.release.version), '@FOUND@', target=plan.target.name)])}".replace(
+            "@FOUND@", "'\"$found\"'"
+        )
+        + " >&2",
         f"  rm -f {q([engine])}; exit 3",
         "fi",
         "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl._lazy import lazy_import
-from edge_tl.compile.trtexec_flags import BatchRange, SourceKind
+from edge_tl.compile.plan import BuildPlan, check_builder_release
+from edge_tl.compile.trtexec_flags import BatchRange, PrecisionDecision
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import atomic_write_bytes
-from edge_tl.targets import Precision
+from edge_tl.runs import Run, atomic_write_bytes
+from edge_tl.targets import Precision, TrtVersion
 from edge_tl.trt.trt_api import ApiPath, TrtApi, make_logger
 
 _MIB = 1 << 20
@@ -24,12 +25,13 @@ _MIB = 1 << 20
 
 @dataclass(frozen=True)
 class PythonBuild:
-    """One Python-API build; paths are absolute."""
+    """One Python-API build; paths are absolute. Every field is the plan's (see :meth:`from_plan`)."""
 
     onnx: Path
     engine: Path
     precision: Precision
-    source_kind: SourceKind
+    decision: PrecisionDecision
+    release: TrtVersion  # the TensorRT the plan was made for; another one here is refused
     input_name: str
     chw: tuple[int, int, int]
     workspace_mib: int
@@ -37,6 +39,28 @@ class PythonBuild:
     timing_cache: Path
     calib_cache: Path | None = None
     dla_core: int | None = None
+    target: str = "TARGET"
+    run_root: str = "RUN"
+
+    @classmethod
+    def from_plan(cls, run: Run, plan: BuildPlan) -> "PythonBuild":
+        spec = plan.spec
+        return cls(
+            onnx=run.path(spec.onnx),
+            engine=run.path(spec.engine),
+            precision=plan.precision,
+            decision=plan.decision,
+            release=plan.release.version,
+            input_name=spec.input_name,
+            chw=spec.chw,
+            workspace_mib=spec.workspace_mib,
+            batch=spec.batch,
+            timing_cache=run.path(spec.timing_cache or f"{plan.directory}/timing.cache"),
+            calib_cache=run.path(spec.calib_cache) if spec.calib_cache else None,
+            dla_core=spec.dla_core,
+            target=plan.target.name,
+            run_root=str(run.root),
+        )
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,8 @@ class BuildOutcome:
     flags: tuple[str, ...]
     log: tuple[str, ...]
     io_names: tuple[str, str] | None = None  # (input, output) when the builder named them itself
+    layer_info: str | None = None  # IEngineInspector's JSON of the engine (None: torch-tensorrt builds)
+    network_flags: int = 0  # what create_network was given (a bit mask of NetworkDefinitionCreationFlag)
 
 
 def _cache_calibrator(api: TrtApi, cache: Path, batch_size: int) -> Any:
@@ -77,23 +103,20 @@ def build_engine(build: PythonBuild, *, api: TrtApi | None = None) -> BuildOutco
     """Build and serialize an engine; raises with the builder's log when TensorRT refuses."""
     if api is None:
         api = TrtApi(lazy_import("tensorrt", purpose="building a TensorRT engine"))
+    # The plan's release and the one here must be the same (one rule with build_engine.sh's trtexec check).
+    check_builder_release(build.release, str(api.trt.__version__), target=build.target, run=build.run_root)
     logger, log = make_logger(api)
     flags: list[str] = []
-    strongly_typed = api.path is ApiPath.TRT11 or (api.path is ApiPath.TRT10 and build.source_kind is SourceKind.QDQ)
-    if api.path is ApiPath.TRT11 and build.source_kind is SourceKind.FP32 and build.precision is not Precision.FP32:
-        raise ConfigError(
-            f"TensorRT {api.version} builds {build.precision.value} only from an ONNX that carries it (Q/DQ or FP16)"
-        )
+    decision = build.decision
 
     builder = api.mod("Builder")(logger)
     creation = api.mod("NetworkDefinitionCreationFlag")
+    network_flags = 0  # TensorRT 10+ networks are always explicit-batch
     if api.path is ApiPath.TRT8:
-        network_flags = 1 << int(api.get(creation, "EXPLICIT_BATCH"))
-    elif strongly_typed:
-        network_flags = 1 << int(api.get(creation, "STRONGLY_TYPED"))
+        network_flags |= 1 << int(api.get(creation, "EXPLICIT_BATCH"))
+    if decision.strongly_typed:
+        network_flags |= 1 << int(api.get(creation, "STRONGLY_TYPED"))
         flags.append("strongly-typed")
-    else:
-        network_flags = 0  # TensorRT 10 networks are always explicit-batch
     network = api.get(builder, "create_network")(network_flags)
     parser = api.mod("OnnxParser")(network, logger)
     if not api.get(parser, "parse_from_file")(str(build.onnx)):
@@ -104,21 +127,18 @@ def build_engine(build: PythonBuild, *, api: TrtApi | None = None) -> BuildOutco
     api.get(config, "set_memory_pool_limit")(api.enum("MemoryPoolType", "WORKSPACE"), build.workspace_mib * _MIB)
     flags.append(f"workspace={build.workspace_mib}MiB")
 
-    if not strongly_typed and build.precision in (Precision.FP16, Precision.INT8):
-        api.get(config, "set_flag")(api.enum("BuilderFlag", "FP16"))
-        flags.append("fp16")
-    if not strongly_typed and build.precision is Precision.INT8:
-        api.get(config, "set_flag")(api.enum("BuilderFlag", "INT8"))
-        flags.append("int8")
-        if build.source_kind is SourceKind.FP32:
-            if build.calib_cache is None:
-                raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
-            api.set(
-                config,
-                "int8_calibrator",
-                _cache_calibrator(api, build.calib_cache, build.batch.opt if build.batch else 1),
-            )
-            flags.append(f"calib={build.calib_cache.name}")
+    for name in decision.builder_flags:
+        api.get(config, "set_flag")(api.enum("BuilderFlag", name))
+        flags.append(name.lower())
+    if decision.calib is not None:
+        if build.calib_cache is None:
+            raise ConfigError("the plan names a calibration cache but the build was given none; re-run edge-tl compile")
+        api.set(
+            config, "int8_calibrator", _cache_calibrator(api, build.calib_cache, build.batch.opt if build.batch else 1)
+        )
+        flags.append(f"calib={build.calib_cache.name}")
+    # Detailed verbosity makes the engine say each layer's precision and device (IEngineInspector below).
+    api.set(config, "profiling_verbosity", api.enum("ProfilingVerbosity", "DETAILED"))
 
     if build.batch is not None:
         profile = api.get(builder, "create_optimization_profile")()
@@ -154,8 +174,23 @@ def build_engine(build: PythonBuild, *, api: TrtApi | None = None) -> BuildOutco
         build.timing_cache, bytes(memoryview(api.get(api.get(config, "get_timing_cache")(), "serialize")()))
     )
     return BuildOutcome(
-        engine=build.engine, tensorrt_version=str(api.trt.__version__), flags=tuple(flags), log=tuple(log)
+        engine=build.engine,
+        tensorrt_version=str(api.trt.__version__),
+        flags=tuple(flags),
+        log=tuple(log),
+        layer_info=engine_layer_info(api, logger, serialized),
+        network_flags=network_flags,
     )
+
+
+def engine_layer_info(api: TrtApi, logger: Any, serialized: Any) -> str:
+    """The engine's own per-layer report: ``IEngineInspector.get_engine_information`` as JSON, the same
+    text trtexec writes with ``--exportLayerInfo`` (``samples/common/sampleReporting.cpp``, release/10.3)."""
+    engine = api.get(api.mod("Runtime")(logger), "deserialize_cuda_engine")(serialized)
+    if engine is None:
+        raise RunError(f"TensorRT {api.version} could not load the engine it just built")
+    inspector = api.get(engine, "create_engine_inspector")()
+    return str(api.get(inspector, "get_engine_information")(api.enum("LayerInformationFormat", "JSON")))
 
 
 def local_tensorrt_version() -> str | None:

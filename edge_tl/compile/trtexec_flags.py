@@ -87,6 +87,7 @@ class BuildSpec:
     calib_cache: str | None = None
     timing_cache: str | None = None
     export_times: str | None = None
+    export_layer_info: str | None = None  # the engine's per-layer report (JSON), see build_command
 
 
 def check_version(version: TrtVersion) -> None:
@@ -101,13 +102,51 @@ def _shape(name: str, batch: int, chw: tuple[int, int, int]) -> str:
     return f"{name}:{batch}x{chw[0]}x{chw[1]}x{chw[2]}"
 
 
-def precision_flags(version: TrtVersion, precision: Precision, source: SourceKind, *, calib: str | None) -> list[str]:
-    """The precision part of a build command; refuses combinations a version cannot build."""
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """How an engine gets its precision: the one decision both builders carry out.
+
+    ``strongly_typed``: every layer takes its type from the graph (network flag ``STRONGLY_TYPED``,
+    trtexec ``--stronglyTyped``); then ``fp16``/``int8`` are off, as trtexec turns them off itself
+    under ``--stronglyTyped`` (``release/10.3`` ``samples/common/sampleOptions.cpp``, around lines
+    1231-1247). Otherwise ``fp16``/``int8`` are the builder flags (``BuilderFlag.FP16``/``INT8``,
+    trtexec ``--fp16``/``--int8``) and ``calib`` the calibration cache of implicit INT8.
+    """
+
+    strongly_typed: bool = False
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strongly_typed and (self.fp16 or self.int8 or self.calib):
+            raise ConfigError("a strongly typed build takes its precision from the graph: no --fp16/--int8/--calib")
+
+    @property
+    def trtexec_flags(self) -> list[str]:
+        if self.strongly_typed:
+            return ["--stronglyTyped"]
+        flags = (["--int8"] if self.int8 else []) + (["--fp16"] if self.fp16 else [])
+        return flags + ([f"--calib={self.calib}"] if self.calib else [])
+
+    @property
+    def builder_flags(self) -> tuple[str, ...]:
+        """The ``BuilderFlag`` members the Python builder sets (in trtexec's order: INT8, FP16)."""
+        return tuple(name for name, on in (("INT8", self.int8), ("FP16", self.fp16)) if on)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"strongly_typed": self.strongly_typed, "fp16": self.fp16, "int8": self.int8, "calib": self.calib}
+
+
+def precision_decision(
+    version: TrtVersion, precision: Precision, source: SourceKind, *, calib: str | None
+) -> PrecisionDecision:
+    """The precision part of a build for ``version``; refuses combinations a version cannot build."""
     check_version(version)
     if precision is Precision.FP32:
         if source is not SourceKind.FP32:
             raise ConfigError(f"an FP32 engine is built from the FP32 ONNX, not a {source.value} one")
-        return ["--stronglyTyped"] if version.major >= 11 else []
+        return PrecisionDecision(strongly_typed=version.major >= 11)
     if precision is Precision.FP16:
         if version.major >= 11:
             if source is not SourceKind.FP16:
@@ -115,17 +154,21 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
                     f"TensorRT {version} has no --fp16 flag: FP16 engines are built strongly typed from the FP16 ONNX "
                     "(onnx-fp16); run `edge-tl export RUN --precision fp16`"
                 )
-            return ["--stronglyTyped"]
+            return PrecisionDecision(strongly_typed=True)
         if source is not SourceKind.FP32:
             raise ConfigError(
                 f"TensorRT {version} builds FP16 from the FP32 ONNX with --fp16, not from a {source.value} ONNX"
             )
-        return ["--fp16"]
+        return PrecisionDecision(fp16=True)
     if precision is Precision.INT8:
         if source is SourceKind.QDQ:
             if calib is not None:
                 raise ConfigError("a Q/DQ ONNX carries its own scales: do not pass a calibration cache with it")
-            return ["--int8", "--fp16"] if version.major < 11 else ["--stronglyTyped"]
+            # 8.x/10.x: weakly typed, so that the layers outside Q/DQ pairs may run FP16 (the FP32 Q/DQ ONNX
+            # built strongly typed would run them FP32); 11.x: strongly typed from the FP16-float-part ONNX.
+            if version.major >= 11:
+                return PrecisionDecision(strongly_typed=True)
+            return PrecisionDecision(int8=True, fp16=True)
         if source is SourceKind.FP32:
             if version.major >= 11:
                 raise ConfigError(
@@ -136,9 +179,14 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
                 # --int8 without --calib uses dummy scales: speed only, never accuracy ("in INT8 mode, random
                 # weights are used", NVIDIA/TensorRT release/10.3 samples/trtexec/README.md).
                 raise ConfigError("INT8 from the FP32 ONNX needs a calibration cache (recipe tensorrt-int8-cache)")
-            return ["--int8", "--fp16", f"--calib={calib}"]
+            return PrecisionDecision(int8=True, fp16=True, calib=calib)
         raise ConfigError("INT8 engines are built from a Q/DQ ONNX or from the FP32 ONNX with a calibration cache")
     raise ConfigError(f"trtexec builds fp32, fp16 or int8 engines; {precision.value} is not supported yet")
+
+
+def precision_flags(version: TrtVersion, precision: Precision, source: SourceKind, *, calib: str | None) -> list[str]:
+    """The precision part of a trtexec build command (see :func:`precision_decision`)."""
+    return precision_decision(version, precision, source, calib=calib).trtexec_flags
 
 
 def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtexec") -> list[str]:
@@ -172,6 +220,11 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
         cmd.append(f"--timingCacheFile={spec.timing_cache}")
     if spec.export_times is not None:
         cmd.append(f"--exportTimes={spec.export_times}")
+    if spec.export_layer_info is not None:
+        # Each layer's precision and device, as IEngineInspector's JSON: --exportLayerInfo writes
+        # getLayerInformation(kJSON), which names precisions only at detailed verbosity. Both flags are in
+        # every supported release's option list (release/8.2 sampleOptions.cpp and trtexec.cpp onwards).
+        cmd += ["--profilingVerbosity=detailed", f"--exportLayerInfo={spec.export_layer_info}"]
     return cmd
 
 

@@ -77,6 +77,7 @@ RESULT_FILES = (
     "trtexec_times.json",
     "tegrastats.log",
     "tegrastats.json",
+    "layers.json",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
@@ -135,6 +136,7 @@ class DeployResult:
     power_mean_mw: float | None = None
     hottest_c: float | None = None
     clocks_locked: bool | None = None
+    layer_report: dict[str, Any] | None = None  # the device-built engine's own per-layer summary
     # The named latencies (edge_tl.bench.latency): the same fields bench and verify write.
     gpu_compute: dict[str, Any] | None = None
     end_to_end: dict[str, Any] | None = None
@@ -192,6 +194,7 @@ class DeployResult:
             "jetpack": self.jetpack,
             "tensorrt": self.tensorrt,
             "measured": self.measured,
+            "layer_report": self.layer_report,
         }
 
     def manifest_details(self) -> dict[str, Any]:
@@ -477,6 +480,9 @@ def _measure_on_device(
         raise
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
+    layer_report = measured.details.get("layer_report")
+    for finding in (layer_report or {}).get("findings", ()):
+        say(f"WARNING: {measured.artifact}: {finding}")
     for warning in warnings:
         log.warning("%s: %s", label, warning)
     accuracy, original, local = scores["accuracy"], scores.get("original"), scores.get("local")
@@ -518,6 +524,7 @@ def _measure_on_device(
         clocks_locked=locked,
         gpu_compute=latencies["gpu_compute"],
         end_to_end=latencies["end_to_end"],
+        layer_report=layer_report,
         energy_mj_per_image=latencies["energy_mj_per_image"],
         remote_dir=remote_dir,
         device=probe.summary(),

@@ -53,6 +53,32 @@ class Measurement:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def device_layer_report(session: "DeviceSession") -> dict[str, Any] | None:
+    """The per-layer report of the engine the device built, from the layer information and build log it
+    brought back (``None`` for an ONNX Runtime measurement or a plan that writes no layer information)."""
+    from edge_tl.trt.layers import summarize_build
+
+    plan = session.bundle.build_plan
+    info = session.incoming / "layers.json"
+    if plan is None or not info.is_file():
+        return None
+    log = session.incoming / "build.log"
+    batch = plan.get("batch") or {}
+    return summarize_build(
+        info.read_text(encoding="utf-8"),
+        where=f"the device's {plan.get('layers')}",
+        build_log=log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "",
+        precision=str(plan.get("precision") or session.bundle.precision.value),
+        dla=plan.get("dla_core") is not None,
+        recipe=plan.get("recipe"),
+        kept_float=tuple(plan.get("kept_float") or ()),
+        predicted_gpu_ops=plan.get("gpu_fallback_ops"),
+        onnx_path=session.bundle.root / session.bundle.model["path"],
+        batch=int(batch.get("opt", 1)),
+        source=f"trtexec --exportLayerInfo on {session.probe.host}",
+    )
+
+
 @dataclass(frozen=True)
 class DeviceSession:
     ssh: SshTransport
@@ -195,7 +221,7 @@ class PythonMode:
         if config.threads is not None:
             argv += ["--threads", str(config.threads)]
         ran = session.job("agent", argv, what="evaluation and benchmark on the device")
-        got = session.fetch(["build.log", "result.json", "bench.json", LOGITS])
+        got = session.fetch(["build.log", "result.json", "bench.json", LOGITS, "layers.json"])
         if ran.returncode != 0:
             lines = [ln for ln in ran.stderr.strip().splitlines() if ln.strip()]
             raise RemoteError(
@@ -227,7 +253,10 @@ class PythonMode:
             batch_size=int(latency["batch_size"]),
             gpu_compute=device.get("gpu_compute"),
             end_to_end=device.get("end_to_end"),
-            details={"edge_tl_module": (device.get("edge_tl") or {}).get("module")},
+            details={
+                "edge_tl_module": (device.get("edge_tl") or {}).get("module"),
+                "layer_report": device_layer_report(session),
+            },
         )
 
 
@@ -262,10 +291,14 @@ class TrtexecMode:
             build = session.job(
                 "build",
                 sh_script(
-                    '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1',
+                    # The engine's layer information goes into the results beside the log (when the plan writes it).
+                    '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1; rc=$?; '
+                    'if [ -n "$4" ] && [ -f "current/$4" ]; then cp -- "current/$4" "$5"; fi; exit "$rc"',
                     trtexec,
                     plan["script"],
                     f"{results}/build.log",
+                    plan.get("layers") or "",
+                    f"{results}/layers.json",
                 ),
                 what="engine build",
             )
@@ -279,7 +312,7 @@ class TrtexecMode:
             if kept:
                 raise RemoteError(f"{exc} The build's log so far is in {log_here}") from exc
             raise
-        session.fetch(["build.log"])
+        session.fetch(["build.log", "layers.json"])
         if build.returncode != 0:
             log_path = incoming / "build.log"
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:]) if log_path.exists() else ""
@@ -366,6 +399,7 @@ class TrtexecMode:
             )
         np.save(incoming / LOGITS, np.concatenate(logits).astype(np.float32), allow_pickle=False)
         e2e = bench["end_to_end"]
+        layer_report = device_layer_report(session)
         return Measurement(
             artifact=f"engine-{target.name}-{bundle.precision.value}",
             kind="engine",
@@ -376,6 +410,7 @@ class TrtexecMode:
             batch_size=e2e.batch_size,
             gpu_compute=bench["gpu_compute"].to_dict(),
             end_to_end=e2e.to_dict(),
+            details={"layer_report": layer_report},
         )
 
 

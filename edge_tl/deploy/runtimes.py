@@ -8,6 +8,7 @@ branching on the runtime's name.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from edge_tl.errors import ConfigError, RunError
 from edge_tl.targets import Precision, TrtVersion
 
 BUILD_LOG = "build.log"
+LAYERS_FILE = "layers.json"  # the engine's layer information (trtexec --exportLayerInfo), brought back
 
 
 class OnnxRuntimeRuntime(DeviceRuntime):
@@ -84,6 +86,12 @@ class TensorRTRuntime(DeviceRuntime):
                 "jetpack": plan.release.jetpack,
                 "batch": plan.spec.batch.to_dict() if plan.spec.batch else None,
                 "dla_core": plan.spec.dla_core,
+                # what the engine's per-layer report is read from and judged against (edge_tl.trt.layers)
+                "layers": plan.spec.export_layer_info,
+                "precision": plan.precision.value,
+                "recipe": plan.source.recipe.value if plan.source.recipe else None,
+                "kept_float": list(plan.source.onnx.details.get("float_layers") or ()),
+                "gpu_fallback_ops": plan.dla_gpu_fallback,
             },
             max_batch=plan.spec.batch.max if plan.spec.batch is not None else None,
         )
@@ -153,6 +161,9 @@ def _build_engine(bundle: Any, out: Path) -> Path:
         )
     if proc.returncode != 0:
         raise RunError(f"engine build failed (exit {proc.returncode}); see {out / BUILD_LOG}")
+    layers = bundle.root / plan["layers"] if plan.get("layers") else None
+    if layers is not None and layers.is_file() and not layers.is_symlink():
+        shutil.copyfile(layers, out / LAYERS_FILE)  # the engine's per-layer report comes back with the results
     return engine
 
 

@@ -188,6 +188,8 @@ def render_run(data: RunData, *, fleet_page: str | None) -> str:
             )
         ),
         "plot_curves": _data_uri(plots.training_curves(data.curves)),
+        "engines": data.engines,
+        "plot_precision_mix": _data_uri(plots.precision_mix(data.engines)),
         "best_epoch": training.get("best_epoch"),
         "confusion": _data_uri(data.confusion_png.read_bytes()) if data.confusion_png else None,
         "worst_classes": data.worst_classes,

@@ -357,6 +357,32 @@ class RunData:
     fleet: dict[str, Any] | None
     commands: list[dict[str, Any]]
     missing: list[str]
+    engines: list[dict[str, Any]] = field(default_factory=list)  # per-layer reports (see _engine_layers)
+
+
+def _engine_layers(manifest: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """Each engine's own layer report: the summary from its manifest record and, when its layer information
+    file is in the run (``layers.json`` beside the engine, not a symlink), the per-layer table."""
+    from edge_tl.errors import RunError
+    from edge_tl.trt.layers import parse_layer_info
+
+    root = run_dir.resolve()
+    engines = []
+    for name, record in (manifest.get("artifacts") or {}).items():
+        if not isinstance(record, dict) or record.get("kind") != "engine":
+            continue
+        report = (record.get("details") or {}).get("layer_report")
+        if not isinstance(report, dict):
+            continue
+        info = (run_dir / str(record.get("path", ""))).parent / "layers.json"
+        layers: list[dict[str, Any]] = []
+        if info.is_file() and not info.is_symlink() and info.resolve().is_relative_to(root):
+            try:
+                layers = [x.to_dict() for x in parse_layer_info(info.read_text(encoding="utf-8"), where=str(info))]
+            except (RunError, OSError):
+                layers = []
+        engines.append({"name": name, "precision": record.get("precision"), "report": report, "layers": layers})
+    return engines
 
 
 def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
@@ -415,4 +441,5 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         fleet=fleet if isinstance(fleet, dict) else None,
         commands=commands,
         missing=missing,
+        engines=_engine_layers(manifest, run_dir),
     )

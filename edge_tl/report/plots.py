@@ -92,3 +92,48 @@ def accuracy_latency(rows: Sequence[ModelRow], *, title: str, confidence: str) -
         ax.set_xlim(left=0, right=slowest * 1.15)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return _png(fig)
+
+
+#: One colour per precision in the precision-mix picture, the same on every page.
+PRECISION_COLOURS = {"int8": PALETTE[2], "fp16": PALETTE[0], "bf16": PALETTE[4], "fp8": PALETTE[3], "fp32": PALETTE[5]}
+
+
+def precision_mix(engines: Sequence[dict[str, Any]]) -> bytes | None:
+    """Per engine, the share of its Conv/Gemm/MatMul MACs (or layers, where shapes are unknown) at each precision."""
+    bars = []
+    for engine in engines:
+        report = engine.get("report") or {}
+        mix = report.get("compute_macs") or report.get("compute_layers") or {}
+        total = sum(mix.values())
+        if total:
+            unit = "MACs" if report.get("compute_macs") else "layers"
+            bars.append((f"{engine['name']} ({unit})", {k: v / total for k, v in mix.items()}))
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(bars)))
+    order = [p for p in PRECISION_COLOURS if any(p in shares for _, shares in bars)]
+    order += sorted({p for _, shares in bars for p in shares} - set(order))
+    for i, (_, shares) in enumerate(bars):
+        left = 0.0
+        for precision in order:
+            width = shares.get(precision, 0.0) * 100
+            if width:
+                colour = PRECISION_COLOURS.get(precision, PALETTE[7])
+                ax.barh(
+                    i,
+                    width,
+                    left=left,
+                    color=colour,
+                    label=precision,  # the legend below keeps one entry per precision
+                )
+                left += width
+    ax.set_yticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of Conv/Gemm/MatMul work (%)")
+    ax.set_title("precision mix, from each engine's own layer report", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.invert_yaxis()
+    return _png(fig)

@@ -45,6 +45,7 @@ class EngineMetadata:
     engine_sha256: str = ""
     created: str = field(default_factory=now_iso)
     layers: dict[str, int] | None = None  # {"dla": n, "gpu": m} from a DLA build's log
+    layer_report: dict[str, Any] | None = None  # the engine's own per-layer summary (edge_tl.trt.layers.summarize)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class EngineMetadata:
             "engine_sha256": self.engine_sha256,
             "created": self.created,
             "layers": dict(self.layers) if self.layers is not None else None,
+            "layer_report": dict(self.layer_report) if self.layer_report is not None else None,
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class EngineMetadata:
                 engine_sha256=str(data.get("engine_sha256", "")),
                 created=str(data.get("created", "")),
                 layers={str(k): int(v) for k, v in data["layers"].items()} if data.get("layers") else None,
+                layer_report=dict(data["layer_report"]) if data.get("layer_report") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where} lacks or mangles field {exc}; rebuild the engine with `edge-tl compile`") from exc

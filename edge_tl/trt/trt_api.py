@@ -13,8 +13,8 @@ Code paths:
 * ``trt8`` (8.5, 8.6: JetPack 5 and 6.0): explicit-batch network flag, builder
   precision flags, entropy calibrator from a cache file.
 * ``trt10`` (10.x: JetPack 6.1/6.2, desktops): no explicit-batch flag (always
-  explicit), Q/DQ networks built strongly typed, calibrator still present
-  (deprecated since 10.1).
+  explicit), strong typing available, calibrator still present (deprecated
+  since 10.1).
 * ``trt11`` (11.x): no FP16/INT8 builder flags and no calibrators; every network
   strongly typed.
 """
@@ -108,6 +108,14 @@ _COMMON = frozenset(
         "set_input_shape",
         "set_tensor_address",
         "execute_async_v3",
+        # the engine's per-layer report (IEngineInspector; ProfilingVerbosity::kDETAILED names precisions)
+        "ProfilingVerbosity",
+        "DETAILED",
+        "profiling_verbosity",
+        "create_engine_inspector",
+        "get_engine_information",
+        "LayerInformationFormat",
+        "JSON",
         # methods of ours that TensorRT calls (logger, calibrator): their names must match the base classes
         "log",
     }

@@ -232,7 +232,14 @@ def verify_run(
 
     rows = [row(reference, True), *(row(c, False) for c in candidates)]
     rows += read_deploy_results(run, reference_top1=ref_acc.top1, level=config.significance_level)
-    failures = tuple(_gate(rows[1:], config))
+    failures = list(_gate(rows[1:], config))
+    # What each engine says of its own layers (compile's layer report): a warning, and a failure under a gate.
+    precision = engine_precision_findings(records) + deploy_precision_findings(run)
+    for finding in precision:
+        say(f"WARNING: {finding}")
+    if config.max_accuracy_drop is not None or config.min_agreement is not None:
+        failures += precision
+    failures = tuple(failures)
 
     notes = [
         f"{ref_acc.num_images} "
@@ -257,6 +264,7 @@ def verify_run(
     )
     if config.max_accuracy_drop is not None:
         notes.append(f"Gate: --max-accuracy-drop {config.max_accuracy_drop:g} pt, --gate {config.gate.value}.")
+    notes += [f"engine layers: {finding}" for finding in precision]
     if failures:
         notes.append("GATE FAILED: " + "; ".join(failures))
     payload = {
@@ -291,6 +299,35 @@ def verify_run(
     if check:
         report.raise_for_gates()
     return report
+
+
+def engine_precision_findings(records: list[Any]) -> list[str]:
+    """The findings of each engine's per-layer report (``details.layer_report``, see edge_tl.trt.layers):
+    INT8 work left outside INT8 beyond the recipe's limit, FP32 Conv/Gemm/MatMul work in an FP16/INT8 engine,
+    and DLA layers on the GPU that the plan did not predict."""
+    found = []
+    for record in records:
+        report = record.details.get("layer_report") if record.kind == "engine" else None
+        for finding in (report or {}).get("findings", ()):
+            found.append(f"{record.name}: {finding}")
+    return found
+
+
+def deploy_precision_findings(run: Run) -> list[str]:
+    """The same findings for engines a device built (``layer_report`` of ``deploy/<host>/accuracy.json``)."""
+    found = []
+    for path in sorted(run.path("deploy").glob(f"*/{DEPLOY_RESULT_FILE}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # read_deploy_results refuses it with the fix
+        entries = data.get("results") if isinstance(data, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            report = entry.get("layer_report") if isinstance(entry, dict) else None
+            host = str(data.get("host") or path.parent.name)
+            for finding in (report or {}).get("findings", ()) if isinstance(report, dict) else ():
+                found.append(f"{entry.get('artifact')} @ {host}: {finding}")
+    return found
 
 
 def _size(path: Path) -> int | None:

@@ -28,13 +28,17 @@ def _tiny_onnx(path: Path, *, fp16: bool = False, qdq: bool = False, opset: int 
         nodes.append(helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16))
         src = "x16"
     if qdq:
-        inits += [
+        # Both inputs of the Conv through Q/DQ, as quantize writes them: an INT8 convolution to TensorRT.
+        inits = [
             numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
             numpy_helper.from_array(np.array(0, dtype=np.int8), "z"),
+            numpy_helper.from_array(np.full((4, 3, 1, 1), 127, dtype=np.int8), "wq"),
+            numpy_helper.from_array(np.array(0.5 / 127, dtype=np.float32), "ws"),
         ]
         nodes += [
             helper.make_node("QuantizeLinear", [src, "s", "z"], ["xq"]),
             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "z"], ["w"]),
         ]
         src = "xdq"
     nodes += [

@@ -25,6 +25,7 @@ from edge_tl.compile import (
     compile_run,
     make_plan,
 )
+from edge_tl.compile.plan import release_mismatch
 from edge_tl.compile.trtexec_flags import banner_code, bench_command
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
@@ -216,6 +217,8 @@ def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> No
         "--fp16",
         "--timingCacheFile=compile/timing-jetson-orin-nano-8gb-trt10.3.0.cache",
         "--exportTimes=compile/jetson-orin-nano-8gb-int8/build_times.json",
+        "--profilingVerbosity=detailed",
+        "--exportLayerInfo=compile/jetson-orin-nano-8gb-int8/layers.json",
     ]
     assert "--stronglyTyped" not in argv and "--workspace=1024" not in argv
     # every plan states how its engine is timed, so a latency means the same on every release
@@ -378,7 +381,10 @@ def test_build_engine_script_refuses_another_tensorrt_and_a_changed_onnx(
     trtexec = _fake_trtexec(tmp_path)
     env = {**os.environ, "TRTEXEC": str(trtexec), "FAKE_LOG": str(_log_for(tmp_path, fixtures_dir, "v100800"))}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3 and "this plan is for TensorRT 10.3.0 (v100300) but trtexec is v100800" in proc.stderr
+    # The same rule and message as the Python builder's (release_mismatch), with the found release spelled out.
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == release_mismatch("10.3.0", "10.8.0", target="ada")
+    assert "edge-tl compile RUN --target ada --tensorrt 10.8.0" in proc.stderr
     assert not plan_run.path("compile/ada-fp16/model.engine").exists()
     with plan_run.path("export/model.fp32.onnx").open("ab") as fh:
         fh.write(b"changed")

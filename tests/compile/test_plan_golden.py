@@ -48,6 +48,8 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "--allowGPUFallback",
         "--timingCacheFile=compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
         "--exportTimes=compile/jetson-agx-orin-64gb-int8/build_times.json",
+        "--profilingVerbosity=detailed",
+        "--exportLayerInfo=compile/jetson-agx-orin-64gb-int8/layers.json",
     ]
     assert plan.to_dict() == {
         "edge_tl_version": __version__,
@@ -75,6 +77,12 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "workspace_mib": 4096,
         "dla_core": 1,
         "timing_cache": "compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
+        "build": {
+            "strongly_typed": False,
+            "fp16": True,
+            "int8": True,
+            "calib": "quantize/tensorrt-int8-cache/calibration.cache",
+        },
         "trtexec_argv": argv,
         "timing": {
             "flags": ["--useSpinWait", "--useCudaGraph"],

@@ -14,10 +14,13 @@ refuses what the TensorRT release it claims to be refuses:
   ONNX Runtime on the raw float32 input and writes ``--exportOutput`` in trtexec's format
   (``exportJSONOutput`` in ``samples/common/sampleReporting.cpp``: ``name``, ``dimensions`` as
   ``"2x10"``, ``values`` printed by an ``std::ostream`` at its default 6 significant digits);
+* ``--exportLayerInfo=F`` (with ``--profilingVerbosity=detailed``) on a build: writes the engine's layer
+  information JSON as IEngineInspector does (see ``layer_info`` below), and a DLA build logs its subgraphs;
 * ``--loadEngine=Y`` otherwise (timing): replays a real trtexec log (REPLAY_LOG below,
   from tests/compile/fixtures/) so the parsing of real output is exercised.
 """
 
+import json
 import os
 import re
 import shutil
@@ -121,6 +124,152 @@ def export_output(path: str, name: str, array) -> None:
         fh.write(f'[\n  {{ "name" : "{name}"\n  , "dimensions" : "{dims}"\n  , "values" : [ {values} ]\n  }}\n]\n')
 
 
+# ``Format/Datatype`` strings and layer keys of TensorRT's layer information JSON, as NVIDIA's published
+# detailed exports show them (NVIDIA/TensorRT release/10.3 tools/experimental/trt-engine-explorer examples
+# and tests/inputs, written by 8.x; kept in tests/compile/fixtures/layer_info/). 10.x adds per-layer
+# "Origin", "StreamId" and "Metadata" (TREx release/10.3 trex/layer.py reads "Metadata").
+_FORMATS = {
+    "Int8": "Thirty-two wide channel vectorized row major Int8 format",
+    "Half": "Row major linear FP16 format",
+    "Float": "Row major linear FP32",
+}
+_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def _node_name(node) -> str:
+    # The ONNX parser names a layer after its node, or "node_of_<first output>" when the node has no name.
+    return node.name or f"node_of_{node.output[0]}"
+
+
+def layer_info(onnx_path: str, *, release: tuple, opts: dict) -> str:
+    """The ``--exportLayerInfo`` JSON a real build of ``onnx_path`` would write, each layer's precision derived
+    from the graph and the flags as TensorRT derives it:
+
+    * a Conv/Gemm/MatMul whose weights come through a DequantizeLinear (Q/DQ) runs Int8;
+    * strongly typed (``--stronglyTyped``; always on 11.x): every other layer runs in its graph type, so an
+      FP16 graph runs Half and an FP32 graph Float; ``--fp16``/``--int8`` are ignored there
+      (release/10.3 sampleOptions.cpp disables them under --stronglyTyped);
+    * weakly typed: ``--int8`` with ``--calib`` (implicit INT8) runs every Conv/Gemm/MatMul Int8; other
+      layers run Half under ``--fp16`` and Float without it.
+    A DLA build (``--useDLACore``) is one opaque ``{ForeignNode[first...last]}`` subgraph.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    graph = model.graph
+    strongly = "stronglyTyped" in opts or release[0] >= 11
+    fp16 = "fp16" in opts and not strongly
+    implicit_int8 = "int8" in opts and "calib" in opts and not strongly
+    producers = {out: node for node in graph.node for out in node.output}
+    inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    batch = 1
+    if "optShapes" in opts:
+        batch = int(opts["optShapes"].rpartition(":")[2].split("x")[0])
+
+    def graph_type(tensor: str) -> str:
+        array = inits.get(tensor)
+        if array is not None:
+            return "Half" if str(array.dtype) == "float16" else "Float"
+        node = producers.get(tensor)
+        if node is not None and node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            return "Half" if to == onnx.TensorProto.FLOAT16 else "Float"
+        if node is not None and node.op_type == "DequantizeLinear":
+            return graph_type(node.input[1])  # DequantizeLinear's output has its scale's type
+        return graph_type(node.input[0]) if node is not None and node.input else "Float"
+
+    def float_type(tensor: str) -> str:
+        if strongly:
+            return graph_type(tensor)
+        return "Half" if fp16 else "Float"
+
+    layers = []
+    for node in graph.node:
+        if node.op_type in ("DequantizeLinear", "Constant", "Cast") or (
+            node.op_type == "QuantizeLinear" and node.input[0] in inits
+        ):
+            continue  # folded into the consumer (weights) or a reformat of its neighbour
+        name = _node_name(node)
+        layer = {"Name": name, "LayerType": "Reformat" if node.op_type == "QuantizeLinear" else node.op_type}
+        if node.op_type in _COMPUTE:
+            weight = node.input[1]
+
+            def dequantized(tensor: str) -> bool:
+                return producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear"
+
+            # Explicit INT8 needs both the activation and the weights to come through Q/DQ.
+            qdq = dequantized(weight) and dequantized(node.input[0])
+            source = producers[weight].input[0] if qdq else weight
+            if qdq or implicit_int8:
+                dtype = "Int8"
+            else:
+                dtype = graph_type(weight) if strongly else ("Half" if fp16 else "Float")
+            array = inits.get(source)
+            kernel = list(array.shape[2:]) if array is not None and array.ndim == 4 else [1, 1]
+            layer.update(
+                {
+                    "LayerType": "CaskConvolution",
+                    "ParameterType": "Convolution",
+                    "Kernel": kernel,
+                    "OutMaps": int(array.shape[0]) if array is not None else 0,
+                    "Groups": next((a.i for a in node.attribute if a.name == "group"), 1),
+                    "Weights": {"Type": dtype, "Count": int(array.size) if array is not None else 0},
+                }
+            )
+            io_type = dtype
+        elif node.op_type == "QuantizeLinear":
+            layer.update({"ParameterType": "Reformat", "Origin": "QDQ"})
+            io_type = "Int8"
+        else:
+            io_type = float_type(node.input[0])
+        layer["Inputs"] = [{"Name": node.input[0], "Location": "Device", "Format/Datatype": _FORMATS[io_type]}]
+        layer["Outputs"] = [{"Name": node.output[0], "Location": "Device", "Format/Datatype": _FORMATS[io_type]}]
+        layers.append(layer)
+    _add_dimensions(model, layers, batch)
+    if "useDLACore" in opts:
+        first, last = layers[0]["Name"], layers[-1]["Name"]
+        layers = [
+            {
+                # No published detailed export of a DLA engine was found, so no LayerType is claimed here;
+                # edge-tl tells DLA subgraphs by the build log's [DlaLayer] names.
+                "Name": f"{{ForeignNode[{first}...{last}]}}",
+                "Inputs": layers[0]["Inputs"],
+                "Outputs": layers[-1]["Outputs"],
+            }
+        ]
+    if release[0] >= 10:
+        for layer in layers:
+            layer.update({"Origin": layer.get("Origin", "ONNX"), "StreamId": 0, "Metadata": ""})
+    for layer in layers:
+        layer["TacticValue"] = "0x0000000000000000"
+    bindings = [graph.input[0].name, graph.output[0].name]
+    return json.dumps({"Layers": layers, "Bindings": bindings}, indent=1)
+
+
+def _add_dimensions(model, layers: list, batch: int) -> None:
+    """Each tensor's shape at the inference shape (trtexec exports the layer information from its contexts)."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    dims = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims[vi.name] = [d.dim_value if d.HasField("dim_value") else batch for d in vi.type.tensor_type.shape.dim]
+    for layer in layers:
+        for tensor in layer["Inputs"] + layer["Outputs"]:
+            tensor["Dimensions"] = dims.get(tensor["Name"], [])
+
+
+def dla_log_lines(info: str) -> list:
+    """The builder's info lines that say where the layers run (one ``[DlaLayer]`` line per DLA subgraph)."""
+    layers = json.loads(info)["Layers"]
+    lines = ["[I] [TRT] ---------- Layers Running on DLA ----------"]
+    lines += [f"[I] [TRT] [DlaLayer] {x['Name']}" for x in layers if x["Name"].startswith("{ForeignNode[")]
+    lines.append("[I] [TRT] ---------- Layers Running on GPU ----------")
+    lines += [f"[I] [TRT] [GpuLayer] {x['Name']}" for x in layers if not x["Name"].startswith("{ForeignNode[")]
+    return lines
+
+
 def main(argv):
     with open(REPLAY_LOG, encoding="utf-8") as fh:
         replay = [line for line in fh.read().splitlines() if not line.startswith("#")]
@@ -143,6 +292,15 @@ def main(argv):
         os.makedirs(os.path.dirname(opts["saveEngine"]) or ".", exist_ok=True)
         shutil.copyfile(opts["onnx"], opts["saveEngine"])
         print("\n".join(line for line in replay if "&&&&" not in line))
+        if "exportLayerInfo" in opts:
+            info = layer_info(opts["onnx"], release=release_of(code), opts=opts)
+            if opts.get("profilingVerbosity") != "detailed":
+                # layer_names_only (the default): the names alone (sampleOptions.cpp, every release).
+                info = json.dumps({"Layers": [x["Name"] for x in json.loads(info)["Layers"]]})
+            with open(opts["exportLayerInfo"], "w", encoding="utf-8") as fh:
+                fh.write(info)
+            if "useDLACore" in opts:
+                print("\n".join(dla_log_lines(info)))
     elif "loadInputs" in opts:
         import numpy as np
         import onnxruntime as ort

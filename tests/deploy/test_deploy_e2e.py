@@ -187,6 +187,20 @@ def test_trtexec_mode_with_standin_trtexec(
     assert bench["trtexec"]["tensorrt_version"] == "8.4.0"
     assert "PASSED" in (out / "build.log").read_text()
     entry = json.loads((out / "accuracy.json").read_text())["results"][0]
+    # The device-built engine's own layer report (the stand-in's --exportLayerInfo in 8.4's format) came back:
+    # one FP32 layer per Conv/Gemm of the ONNX, and the MACs its layer dimensions give equal ONNX's shapes'.
+    import onnx
+
+    from edge_tl.trt.layers import onnx_compute_nodes
+
+    model = onnx.load(str(Run.open(run_copy).artifact_path("onnx-fp32")))
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    layers = json.loads((out / "layers.json").read_text())["Layers"]
+    assert len(layers) == len(model.graph.node) and layers[0]["Inputs"][0]["Format/Datatype"] == "Row major linear FP32"
+    report = entry["layer_report"]
+    assert report["compute_layers"] == {"fp32": len(convs)} and report["findings"] == []
+    macs = sum(m for _, op, m in onnx_compute_nodes(model) if op in ("Conv", "Gemm", "MatMul"))
+    assert report["compute_macs"] == {"fp32": macs}
     assert entry["artifact"] == "engine-standin-xavier-trt84-fp32" and entry["mode"] == "trtexec"
     assert entry["top1"] == entry["local_onnxruntime_top1"] and entry["local_onnxruntime_agreement"] == 1.0
     # tegrastats was sampled while measuring (stand-in: VDD_IN alternates 5000/7000 mW) and stopped;

@@ -110,3 +110,47 @@ def test_command_line_is_recorded_only_while_the_command_runs(tmp_path: Path) ->
     records = json.loads((root / "manifest.json").read_text())["artifacts"]
     assert records["during"]["command"] == "edge-tl export run"
     assert "command" not in records["after"]  # made through the Python API after the command ended
+
+
+def test_engine_layer_report_table_and_precision_mix(tmp_path: Path) -> None:
+    """An engine's per-layer report: its summary from the manifest, its table from the layer information file
+    beside it (NVIDIA's published ResNet-18 QAT export, tests/compile/fixtures/layer_info/SOURCE.md)."""
+    import shutil
+
+    from edge_tl.trt.layers import parse_layer_info, summarize
+
+    root = _run(tmp_path / "run")
+    fixture = Path(__file__).parent.parent / "compile" / "fixtures" / "layer_info" / "trex-resnet-a100-qat.graph.json"
+    engine_dir = root / "compile" / "a100-int8"
+    engine_dir.mkdir(parents=True)
+    (engine_dir / "model.engine").write_bytes(b"engine")
+    shutil.copy(fixture, engine_dir / "layers.json")
+    layers = parse_layer_info(fixture.read_text(), where="fixture")
+    report = summarize(layers, precision="int8", dla=False, recipe="tensorrt-int8-qdq", source="fixture")
+    other = root / "compile" / "a100-fp16"
+    other.mkdir(parents=True)
+    (other / "model.engine").write_bytes(b"engine")
+    (other / "layers.json").symlink_to(fixture)  # outside the run: never followed
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["artifacts"] = {
+        "engine-a100-int8": {
+            "kind": "engine",
+            "path": "compile/a100-int8/model.engine",
+            "precision": "int8",
+            "details": {"layer_report": report},
+        },
+        "engine-a100-fp16": {
+            "kind": "engine",
+            "path": "compile/a100-fp16/model.engine",
+            "precision": "fp16",
+            "details": {"layer_report": {**report, "compute_layers": {"fp16": 21}, "compute_macs": None}},
+        },
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    html = write_report(root).index.read_text()
+    section = html[html.index('id="engine-layers"') : html.index('id="training"')]
+    assert section.count("<tr><td><code>") == len(layers) == 37  # one row per layer of the int8 engine only
+    assert "<td><code>MaxPool_12</code></td><td>Pooling</td><td>fp32</td><td>GPU</td>" in section
+    assert "FP32 layers in this INT8 engine: <code>MaxPool_12</code>" in section
+    assert "The layer information file is not in the run." in section  # the symlinked one
+    assert 'alt="share of Conv/Gemm/MatMul work per precision in each engine" src="data:image/png;base64,' in section

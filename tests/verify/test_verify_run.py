@@ -128,6 +128,28 @@ def test_new_kinds_plug_in_and_gates_name_the_failing_artifact(run_dir: Path) ->
     assert data["passed"] is False
 
 
+def test_an_engine_whose_layers_are_not_its_precision_warns_and_fails_the_gate(run_dir: Path) -> None:
+    """The engine's own layer report (compile's layer_report) is judged: noted without a gate, failed with one."""
+    engine = run_dir / "compile" / "ada-int8" / "model.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"not a real engine")
+    finding = "84.2% of the Conv/Gemm/MatMul macs run FP32 in a INT8 engine (limit 5%)"
+    Run.open(run_dir).add_artifact(
+        "engine-ada-int8",
+        kind="engine",
+        path=engine,
+        stage="compile",
+        precision="int8",
+        details={"layer_report": {"findings": [finding], "compute_macs": {"int8": 27648, "fp32": 147456}}},
+    )
+    said: list[str] = []
+    report = verify_run(run_dir, config=VerifyConfig(max_images=IMAGES, measure_latency=False), progress=said.append)
+    assert report.failures == () and f"engine layers: engine-ada-int8: {finding}" in report.notes
+    assert f"WARNING: engine-ada-int8: {finding}" in said
+    with pytest.raises(ToleranceError, match="engine-ada-int8: 84.2% of the Conv/Gemm/MatMul macs run FP32"):
+        verify_run(run_dir, config=VerifyConfig(max_images=IMAGES, measure_latency=False, max_accuracy_drop=100.0))
+
+
 def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
     host = run_dir / "deploy" / "jetson-1"
     host.mkdir(parents=True)
@@ -147,6 +169,7 @@ def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
                         "top1_agreement": 0.99,
                         "reference_top1": 0.75,
                         "latency_ms": {"p50": 0.8, "p99": 1.1, "batch_size": 1},
+                        "layer_report": {"findings": ["2 layer(s) fell back to the GPU that the plan did not predict"]},
                     }
                 ],
             }
@@ -158,6 +181,10 @@ def test_deploy_results_become_rows_and_are_gated(run_dir: Path) -> None:
     assert (row.name, row.origin, row.latency_p50_ms) == ("engine-orin-fp16", "deploy:jetson-1", 0.8)
     assert row.delta_top1_pts == pytest.approx(-75.0)  # against the original on the device's own images
     assert any("engine-orin-fp16 @ jetson-1: top-1 drop" in f for f in report.failures)
+    # The device-built engine's own layer report is gated too.
+    assert "engine-orin-fp16 @ jetson-1: 2 layer(s) fell back to the GPU that the plan did not predict" in (
+        report.failures
+    )
     with pytest.raises(ToleranceError, match="engine-orin-fp16 @ jetson-1"):
         report.raise_for_gates()
     assert "jetson-1" in report.table()
