@@ -42,7 +42,8 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     "onnx_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="An ONNX classifier; it becomes the reference. Needs --img-size --mean --std.",
+    help="An ONNX classifier (float32 or uint8, NCHW or NHWC input); it becomes the reference. Needs --img-size, "
+    "and --mean --std or --input-range.",
 )
 @click.option(
     "--labels",
@@ -83,6 +84,21 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     default=None,
     help="Centre-crop fraction (default: the backbone's; 0.875 for ONNX).",
 )
+@click.option(
+    "--input-range",
+    type=click.Choice(["0-1", "0-255"]),
+    default=None,
+    help="An ONNX graph that normalises its input itself: feed it pixels in this range instead of giving "
+    "--mean/--std (a uint8 input is 0-255).",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="A device profile the model must build for (repeatable): an ONNX source above its opset is converted "
+    "down, or refused naming the opset to re-export at.",
+)
 @options.quiet()
 def import_(
     out: Path,
@@ -98,12 +114,16 @@ def import_(
     std: tuple[float, float, float] | None,
     interpolation: str | None,
     crop_pct: float | None,
+    input_range: str | None,
+    targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench
     accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
+    if onnx_file is None and (input_range or targets):
+        raise click.UsageError("--input-range and --target describe an --onnx source")
     if onnx_file is not None:
         if backbone or weights or imagenet:
             raise click.UsageError("--onnx stands alone: drop --backbone / --weights / --imagenet")
@@ -134,6 +154,8 @@ def import_(
         preprocessing=PreprocessingOptions(
             img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
         ),
+        targets=targets,
+        input_range=input_range,
     )
     result = import_model(request, progress=None if quiet else lambda m: click.echo(m, err=True))
     if not quiet:

@@ -19,6 +19,7 @@ from edge_tl.artifacts import SOURCE_SECTION
 from edge_tl.errors import ConfigError, DataError
 from edge_tl.importers.base import STAGE, ImportRequest, SourceModel
 from edge_tl.importers.registry import get_source
+from edge_tl.input_contract import SECTION as CONTRACT_SECTION
 from edge_tl.runs import Artifact, Run, now_iso
 
 
@@ -49,6 +50,8 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     classes, how = _classes(model, request)
     notes.append(how)
     val, skipped = _val_samples(request, classes, imagenet=model.class_names is not None)
+    if model.check_with_data is not None and val:
+        notes.extend(model.check_with_data(val, model.preprocessing))
     if request.calib_data is not None:
         _check_calib(Path(request.calib_data))
     if request.val_data is None:
@@ -72,6 +75,7 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
             },
             backbone=model.backbone,
             preprocessing=model.preprocessing.to_dict(),
+            **{CONTRACT_SECTION: model.contract.to_dict()},
             classes=list(classes),
             data=data,
         )
