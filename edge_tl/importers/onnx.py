@@ -66,7 +66,7 @@ def open_onnx(request: ImportRequest) -> SourceModel:
         if inside is not None:
             raise ConfigError(
                 f"--onnx {str(path)!r} normalises its input itself ({inside}), so --mean/--std would normalise "
-                f"twice: give --input-range {'0-255' if _scale_of(model, name) > 1.5 else '0-1'} instead of "
+                f"twice: give --input-range {_range_of(model, name)} instead of "
                 "--mean/--std"
             )
     if len(model.graph.output) < 1:
@@ -248,10 +248,16 @@ def inside_normalisation(model: Any, input_name: str) -> str | None:
     return f"{node.op_type} {[round(float(v), 4) for v in values.ravel()]} right after the input"
 
 
-def _scale_of(model: Any, input_name: str) -> float:
-    """The largest constant of the graph's first normalising op: above 1 for a graph fed 0..255 pixels."""
+def _range_of(model: Any, input_name: str) -> str:
+    """The ``--input-range`` the graph's first normalising op expects: 0-255 when its constants are in
+    pixel units (a mean or std above 1.5, a multiplication by less than 0.1, as 1/255), else 0-1."""
     found = _first_arithmetic(model, input_name)
-    return float(abs(found[1]).max()) if found is not None else 0.0
+    if found is None:
+        return "0-1"
+    node, values = found
+    size = float(abs(values).max())
+    pixel_units = size < 0.1 if node.op_type == "Mul" else size > 1.5
+    return "0-255" if pixel_units else "0-1"
 
 
 def _opset_limit(targets: tuple[str, ...]) -> tuple[int | None, str]:

@@ -354,3 +354,29 @@ def test_a_normalisation_folded_out_of_sight_is_found_by_its_scores(trained, tmp
     given, inside = map(float, re.search(r"scores ([\d.]+)% top-1 .* but ([\d.]+)% fed as pixels", errors[0]).groups())
     assert inside >= 80.0 and inside - given >= 20.0
     assert not (tmp_path / "run").exists()
+
+
+def test_a_graph_that_rescales_0_255_pixels_itself_is_told_to_take_them(tmp_path: Path) -> None:
+    """A Keras-style ``Rescaling(1/255)`` in front: the pixels it expects are 0..255, not 0..1."""
+    import torch
+
+    class Rescaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.fc((x * (1 / 255)).mean(dim=(2, 3)))
+
+    path = _export(Rescaled(), tmp_path / "r.onnx", "torchscript", 17)
+    out = edge(
+        "import", "--out", tmp_path / "run", "--onnx", path, "--img-size", SIZE, "--mean", "0.5,0.5,0.5",
+        "--std", "0.5,0.5,0.5", ok=False,
+    )  # fmt: skip
+    assert "(Mul [0.0039] right after the input)" in out and "give --input-range 0-255 instead of" in out
+    run = tmp_path / "ok"
+    edge("import", "--out", run, "--onnx", path, "--img-size", SIZE, "--input-range", "0-255", "--quiet")
+    contract = json.loads((run / "manifest.json").read_text())["input_contract"]
+    assert contract["value_range"] == [0.0, 255.0] and contract["dtype"] == "float32"
+    prep = json.loads((run / "manifest.json").read_text())["preprocessing"]
+    assert prep["mean"] == [0.0, 0.0, 0.0] and prep["std"] == [pytest.approx(1 / 255)] * 3
