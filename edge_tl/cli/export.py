@@ -20,7 +20,11 @@ from edge_tl.vocab import EXPORT_PRECISIONS
     help="Precision(s) to write; repeat the option for several.",
 )
 @click.option(
-    "--opset", type=int, default=17, show_default=True, help="ONNX opset (17 parses in TensorRT 8.5 / JetPack 5)."
+    "--opset",
+    type=int,
+    default=None,
+    help="ONNX opset (default 17, which parses in TensorRT 8.5 / JetPack 5). An imported ONNX model is kept at its "
+    "own opset, and converted down to a lower --opset by ONNX's version converter, parity-checked.",
 )
 @click.option(
     "--dynamic-batch/--static-batch",
@@ -64,7 +68,7 @@ from edge_tl.vocab import EXPORT_PRECISIONS
 def export(
     run_dir: Path,
     precisions: tuple[str, ...],
-    opset: int,
+    opset: int | None,
     dynamic_batch: bool,
     batch_size: int,
     exporter: str,

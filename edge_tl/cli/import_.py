@@ -62,7 +62,8 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     "onnx_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="An ONNX classifier; it becomes the reference. Needs --img-size --mean --std.",
+    help="An ONNX classifier (float32 or uint8, NCHW or NHWC input); it becomes the reference. Needs --img-size, "
+    "and --mean --std or --input-range.",
 )
 @click.option(
     "--labels",
@@ -120,6 +121,19 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     "--accept-low-accuracy",
     is_flag=True,
     help="Import even when the reference scores within 2 points of chance on --val-data.",
+    "--input-range",
+    type=click.Choice(["0-1", "0-255"]),
+    default=None,
+    help="An ONNX graph that normalises its input itself: feed it pixels in this range instead of giving "
+    "--mean/--std (a uint8 input is 0-255).",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="A device profile the model must build for (repeatable): an ONNX source above its opset is converted "
+    "down, or refused naming the opset to re-export at.",
 )
 @options.quiet()
 def import_(
@@ -142,12 +156,16 @@ def import_(
     resize_size: int | None,
     class_order: str | None,
     accept_low_accuracy: bool,
+    input_range: str | None,
+    targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Turn a model trained elsewhere into a run that export, quantize, compile, bundle, deploy, verify and bench
     accept."""
     from edge_tl.importers import ImportRequest, PreprocessingOptions, import_model
 
+    if onnx_file is None and (input_range or targets):
+        raise click.UsageError("--input-range and --target describe an --onnx source")
     files = [
         (flag, f)
         for flag, f in (("--onnx", onnx_file), ("--torchscript", torchscript), ("--exported-program", exported_program))
@@ -194,6 +212,8 @@ def import_(
         weights_key=weights_key,
         class_order=class_order,
         accept_low_accuracy=accept_low_accuracy,
+        targets=targets,
+        input_range=input_range,
     )
     result = import_model(request, progress=None if quiet else lambda m: click.echo(m, err=True))
     if not quiet:

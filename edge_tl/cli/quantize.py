@@ -146,11 +146,14 @@ def quantize(
     if result.float_layers:
         lat = result.latency_p50_ms
         click.echo(
-            f"kept in float ({len(result.float_layers)}): {', '.join(result.float_layers)}; ONNX Runtime CPU b1 p50 "
+            f"kept in float ({len(result.float_layers)}): {', '.join(result.float_layers)}; "
+            f"ONNX Runtime CPU b{result.latency_batch} p50 "
             f"{lat['int8_all_layers']:.2f} -> {lat['int8_final']:.2f} ms (FP32 {lat['fp32']:.2f} ms)"
         )
     elif result.latency_p50_ms:
         lat = result.latency_p50_ms
-        click.echo(f"ONNX Runtime CPU b1 p50: INT8 {lat['int8_final']:.2f} ms, FP32 {lat['fp32']:.2f} ms")
+        click.echo(
+            f"ONNX Runtime CPU b{result.latency_batch} p50: INT8 {lat['int8_final']:.2f} ms, FP32 {lat['fp32']:.2f} ms"
+        )
     for note in result.notes:
         click.echo(f"note: {note}")

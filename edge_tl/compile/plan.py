@@ -33,6 +33,7 @@ from edge_tl.compile.trtexec_flags import (
     timing_flags,
 )
 from edge_tl.errors import ConfigError, RunError
+from edge_tl.input_contract import Layout, PixelType, contract_of
 from edge_tl.runs import Artifact, Run, atomic_write_json, atomic_write_text
 from edge_tl.targets import CalibrationRecipe, Precision, Target, TrtRelease, TrtVersion, target_names
 from edge_tl.trt.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
@@ -284,6 +285,14 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         )
     if request.dla:
         target.check_dla_release(release)
+    contract = contract_of(run)
+    if contract.dtype is not PixelType.FLOAT32 or contract.layout is not Layout.NCHW:
+        # The engine's runners and its build shapes take the canonical NCHW float32 batch.
+        raise ConfigError(
+            f"run {str(run.root)!r} takes {contract.describe()} images; edge-tl builds TensorRT engines for float32 "
+            "NCHW inputs: export the model with a float32 NCHW input (its normalisation may stay inside: import it "
+            "with --input-range) and import that"
+        )
     source = choose_source(run, target, precision, release, dla=request.dla)
     opset = source.onnx.details.get("opset")
     max_opset = target.max_opset_for(release.version)
@@ -291,6 +300,7 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         raise RunError(
             f"{source.onnx.name!r} is opset {opset} but {target.name!r} (TensorRT {release.version}) parses up to "
             f"opset {max_opset}; re-export with `edge-tl export {run.root} --opset {max_opset}`"
+            + (" (an imported ONNX is converted by ONNX's version converter)" if source.onnx.stage == "import" else "")
             + (" and quantize again" if source.kind is SourceKind.QDQ else "")
         )
     input_name, output_name, chw, dynamic = _onnx_io(source.onnx)

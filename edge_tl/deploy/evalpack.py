@@ -33,6 +33,8 @@ PACK_VERSION = 1
 HEADER = "pack.json"
 DEFAULT_IMAGES = 256
 DEFAULT_CHUNK = 32
+#: the stored element types, little-endian
+PACK_DTYPES = {"float32": "<f4", "uint8": "u1"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class EvalPack:
     labels: tuple[int, ...]
     classes: tuple[str, ...]
     chunks: tuple[Chunk, ...]
+    dtype: str = "float32"  # of the stored images, as the model takes them
+    layout: str = "NCHW"
 
     @property
     def num_images(self) -> int:
@@ -68,8 +72,15 @@ class EvalPack:
                 f"{str(root / HEADER)!r} is format {header.get('format')!r} v{header.get('version')!r}; "
                 f"this edge-tl reads {PACK_FORMAT} v{PACK_VERSION}"
             )
-        if header.get("dtype") != "float32" or header.get("byte_order") != "little" or header.get("layout") != "NCHW":
-            raise DataError(f"{str(root / HEADER)!r}: only little-endian float32 NCHW packs exist, got {header!r}")
+        if (
+            header.get("dtype") not in PACK_DTYPES
+            or header.get("byte_order") != "little"
+            or header.get("layout") not in ("NCHW", "NHWC")
+        ):
+            raise DataError(
+                f"{str(root / HEADER)!r}: packs are little-endian float32 or uint8, NCHW or NHWC; got "
+                f"{header.get('dtype')!r} {header.get('layout')!r} {header.get('byte_order')!r}"
+            )
         chunks = tuple(Chunk(c["file"], int(c["first"]), int(c["count"])) for c in header["chunks"])
         for c in chunks:
             if "/" in c.file or c.file.startswith("."):
@@ -80,19 +91,21 @@ class EvalPack:
             labels=tuple(int(v) for v in header["labels"]),
             classes=tuple(header.get("classes", ())),
             chunks=chunks,
+            dtype=str(header["dtype"]),
+            layout=str(header["layout"]),
         )
 
     def read_chunk(self, chunk: Chunk) -> np.ndarray:
         import numpy as np
 
-        data = np.fromfile(self.root / chunk.file, dtype="<f4")
+        data = np.fromfile(self.root / chunk.file, dtype=PACK_DTYPES[self.dtype])
         expected = chunk.count * int(np.prod(self.image_shape))
         if data.size != expected:
             raise DataError(
-                f"{str(self.root / chunk.file)!r} holds {data.size} floats, expected {expected} "
+                f"{str(self.root / chunk.file)!r} holds {data.size} values, expected {expected} "
                 f"({chunk.count} images of {self.image_shape}); the pack is damaged: rebuild the bundle"
             )
-        return data.reshape(chunk.count, *self.image_shape).astype(np.float32, copy=False)
+        return data.reshape(chunk.count, *self.image_shape)
 
     def content_digest(self) -> str:
         """sha256 of the images (in order, independent of the chunking) and the labels."""
@@ -106,12 +119,16 @@ class EvalPack:
         return digest.hexdigest()
 
     def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images NCHW float32, labels int64) per chunk, in order."""
+        """(images NCHW float32, labels int64) per chunk, in order: the canonical batch (a uint8 pack's
+        pixels as floats 0..255, which the run's preprocessing also makes)."""
         import numpy as np
 
         for chunk in self.chunks:
             labels = np.asarray(self.labels[chunk.first : chunk.first + chunk.count], dtype=np.int64)
-            yield self.read_chunk(chunk), labels
+            images = self.read_chunk(chunk)
+            if self.layout == "NHWC":
+                images = images.transpose(0, 3, 1, 2)
+            yield np.ascontiguousarray(images, dtype=np.float32), labels
 
 
 def balanced_subset(labels: list[int], limit: int) -> list[int]:
@@ -141,12 +158,14 @@ def write_eval_pack(
     import numpy as np
 
     from edge_tl.data import load_image, preprocess, split_from_run
+    from edge_tl.input_contract import contract_of
     from edge_tl.models import Preprocessing
     from edge_tl.runs import atomic_write_bytes, atomic_write_json
 
     if max_images < 1 or chunk_size < 1:
         raise ConfigError(f"evaluation images and chunk size must be >= 1, got {max_images} / {chunk_size}")
     prep = Preprocessing.from_dict(run.require("preprocessing", stage="the evaluation pack"))
+    contract = contract_of(run)
     split = split_from_run(run)
     if not split.val:
         raise DataError(f"run {str(run.root)!r} has no validation images to build an evaluation pack from")
@@ -156,17 +175,19 @@ def write_eval_pack(
     chunks = []
     for first in range(0, len(picked), chunk_size):
         group = picked[first : first + chunk_size]
-        array = np.stack([preprocess(load_image(s), prep) for s in group]).astype("<f4", copy=False)
+        array = contract.to_model(np.stack([preprocess(load_image(s), prep) for s in group]))
+        array = array.astype(PACK_DTYPES[contract.dtype.value], copy=False)
         name = f"inputs-{len(chunks):03d}.bin"
         atomic_write_bytes(out / name, np.ascontiguousarray(array).tobytes())
         chunks.append({"file": name, "first": first, "count": len(group)})
     header: dict[str, Any] = {
         "format": PACK_FORMAT,
         "version": PACK_VERSION,
-        "dtype": "float32",
+        "dtype": contract.dtype.value,
         "byte_order": "little",
-        "layout": "NCHW",
-        "image_shape": [3, prep.input_size, prep.input_size],
+        "layout": contract.layout.value,
+        "image_shape": contract.model_shape(0, prep.input_size, prep.input_size)[1:],
+        "input_contract": contract.to_dict(),
         "num_images": len(picked),
         "labels": [s.label for s in picked],
         "classes": list(split.classes),

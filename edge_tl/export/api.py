@@ -31,7 +31,7 @@ from edge_tl.export.onnx_export import (
     save_model,
 )
 from edge_tl.export.static_padding import make_same_padding_static
-from edge_tl.runs import Run, tool_versions
+from edge_tl.runs import Run, atomic_write_bytes, tool_versions
 from edge_tl.runtime.base import Device, InputSpec, RunnerOptions
 from edge_tl.verify.metrics import Accuracy, AccuracyAccumulator, Agreement, AgreementAccumulator
 from edge_tl.vocab import EXPORT_PRECISIONS, Precision, accept
@@ -71,7 +71,9 @@ FP16_TOLERANCE = ParityTolerance(atol=None, rtol=0.0, min_agreement=0.98)
 @dataclass(frozen=True)
 class ExportConfig:
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16)
-    opset: int = DEFAULT_OPSET
+    #: None: DEFAULT_OPSET for a torch export; an imported ONNX model is kept at its own opset,
+    #: and converted down (ONNX's version converter, parity-checked) only to an opset below it
+    opset: int | None = None
     dynamic_batch: bool = True
     batch_size: int = 1  # the fixed batch of a static-batch export
     exporter: Exporter = Exporter.TORCHSCRIPT
@@ -165,6 +167,7 @@ def export_run(
     run = Run.open(run_dir)
     if run.artifact(reference_artifact(run)).kind == ArtifactKind.ONNX:
         return _export_from_onnx(run, config, say)
+    opset = config.opset or DEFAULT_OPSET
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     classes = run.require("classes", stage=STAGE)
     model = load_run_model(run, checkpoint=config.checkpoint)
@@ -184,13 +187,13 @@ def export_run(
     shape: list[Any] = [BATCH_DIM if config.dynamic_batch else config.batch_size, 3, prep.input_size, prep.input_size]
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
-        say(f"exporting {run.get('backbone', {}).get('name', 'model')} at {prep.input_size}px (opset {config.opset})")
+        say(f"exporting {run.get('backbone', {}).get('name', 'model')} at {prep.input_size}px (opset {opset})")
         fp32_path = Path(tmp) / FILE_NAMES[Precision.FP32]
         fp32 = export_torch_to_onnx(
             export_model,
             fp32_path,
             input_size=prep.input_size,
-            opset=config.opset,
+            opset=opset,
             dynamic_batch=config.dynamic_batch,
             batch_size=config.batch_size,
             exporter=config.exporter,
@@ -260,7 +263,7 @@ def export_run(
                         "input_shape": shape,
                         "input_dtype": signature["inputs"][0]["dtype"],
                         "output_dtype": signature["outputs"][0]["dtype"],
-                        "opset": config.opset,
+                        "opset": opset,
                         "dynamic_batch": config.dynamic_batch,
                         # FP16 is converted from the FP32 export: name it when it was recorded alongside.
                         "source": ARTIFACT_NAMES[Precision.FP32]
@@ -305,9 +308,15 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
 
     onnx = lazy_import("onnx", purpose="FP16 conversion")
     reference = run.artifact(reference_artifact(run))
-    say(f"{reference.name} is the imported ONNX model: not re-exported")
+    opset = reference.details.get("opset")
+    converted: list[ExportedModel] = []
+    if config.opset is not None and isinstance(opset, int) and config.opset < opset:
+        converted.append(_convert_imported(run, reference, config, say))
+        reference = run.artifact(reference.name)
+    else:
+        say(f"{reference.name} is the imported ONNX model: kept as it is (opset {opset})")
     if Precision.FP16 not in config.precisions:
-        return ExportResult(run.root, (), 0)
+        return ExportResult(run.root, tuple(converted), 0)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     samples = list(split_from_run(run).val)
     labelled = bool(samples)
@@ -373,4 +382,75 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
             "parity_runtime": "onnxruntime CPU, basic graph optimizations, vs the imported ONNX FP32",
         },
     )
-    return ExportResult(run.root, (exported,), 0)
+    return ExportResult(run.root, (*converted, exported), 0)
+
+
+def _convert_imported(run: Run, reference: Any, config: ExportConfig, say: Callable[[str], None]) -> ExportedModel:
+    """The imported ONNX model at ``config.opset``, by ONNX's version converter: it replaces the
+    reference only when it computes the same logits within the FP32 tolerance on the run's images
+    (what it was converted from is recorded in ``converted_from``)."""
+    from edge_tl._lazy import lazy_import
+    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.export.onnx_export import convert_opset
+    from edge_tl.models import Preprocessing
+    from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
+
+    onnx = lazy_import("onnx", purpose="opset conversion")
+    source_path = run.artifact_path(reference.name, check_hash=True)
+    source = onnx.load(str(source_path))
+    old = reference.details.get("opset")
+    say(f"converting the imported {reference.name} from opset {old} to {config.opset} (ONNX's version converter)")
+    proto = convert_opset(source, int(config.opset), what=f"the imported {reference.name}")  # type: ignore[arg-type]
+    prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
+    samples = list(split_from_run(run).val)
+    labelled = bool(samples)
+    if not labelled:
+        from edge_tl.data import unlabelled_samples
+
+        samples = unlabelled_samples(run, stage=STAGE)
+    if config.parity_images is not None:
+        samples = samples[: config.parity_images]
+    tol = config.tolerance(Precision.FP32)
+    agreement, accuracy = AgreementAccumulator(atol=tol.atol or 0.0, rtol=tol.rtol), AccuracyAccumulator()
+    cpu = RunnerOptions(device=Device.CPU)
+    with (
+        OnnxRuntimeRunner(source_path, name=reference.name, options=cpu, optimization=GraphOptimization.BASIC) as ref,
+        OnnxRuntimeRunner(
+            proto.SerializeToString(), name=f"opset {config.opset}", options=cpu, optimization=GraphOptimization.BASIC
+        ) as new,
+    ):
+        for images, labels in iter_batches(samples, prep, config.parity_batch_size):
+            logits = new.run(images)
+            agreement.update(ref.run(images), logits)
+            if labelled:
+                accuracy.update(logits, labels)
+    parity = agreement.result()
+    failures = _check(parity, tol)
+    if failures:
+        raise ToleranceError(
+            f"the imported {reference.name} converted to opset {config.opset} computes other logits "
+            f"({', '.join(failures)} on {parity.num_images} images); nothing was changed: re-export it from its "
+            f"source at opset {config.opset}"
+        )
+    original = {"opset": old, "sha256": reference.sha256}
+    path = atomic_write_bytes(source_path, proto.SerializeToString())
+    exported = ExportedModel(reference.name, Precision.FP32, path, parity, accuracy.result(), tol, ())
+    run.add_artifact(
+        reference.name,
+        kind=ArtifactKind.ONNX.value,
+        path=path,
+        stage=reference.stage,
+        precision="fp32",
+        details={
+            **reference.details,
+            "opset": config.opset,
+            "converted_from": original,
+            "ops": graph_op_types(proto),
+            "tool_versions": tool_versions("onnx", "onnxruntime"),
+        },
+        metrics={
+            **exported.metrics(),
+            "parity_runtime": f"onnxruntime CPU, basic graph optimizations, vs the imported opset-{old} model",
+        },
+    )
+    return exported

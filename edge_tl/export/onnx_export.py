@@ -172,3 +172,28 @@ def io_signature(proto: Any) -> dict[str, Any]:
         return {"name": value.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
 
     return {"inputs": [describe(v) for v in proto.graph.input], "outputs": [describe(v) for v in proto.graph.output]}
+
+
+def main_opset(proto: Any) -> int | None:
+    """The opset of the default (``ai.onnx``) domain."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def convert_opset(proto: Any, opset: int, *, what: str) -> Any:
+    """``proto`` converted down to ``opset`` by ONNX's version converter, checked; a one-line refusal
+    naming the re-export when the converter cannot (it has no adapter for some operators: a
+    ``ReduceMean`` written at opset 18 by torch's dynamo exporter fails down to 17)."""
+    onnx = lazy_import("onnx", purpose="opset conversion")
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, opset)
+        onnx.checker.check_model(converted, full_check=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"{what} is opset {main_opset(proto)} and ONNX's version converter cannot bring it to {opset} "
+            f"({type(exc).__name__}: {first[:160]}); re-export it from its source at opset {opset}, e.g. "
+            f"torch.onnx.export(model, x, path, opset_version={opset}, dynamo=False)"
+        ) from exc
+    return converted

@@ -20,6 +20,7 @@ from edge_tl.artifacts import SOURCE_SECTION
 from edge_tl.errors import ConfigError, DataError
 from edge_tl.importers.base import STAGE, ImportRequest, SourceModel
 from edge_tl.importers.registry import get_source
+from edge_tl.input_contract import SECTION as CONTRACT_SECTION
 from edge_tl.runs import Artifact, Run, now_iso
 
 
@@ -50,6 +51,8 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
     classes, how, other = _classes(model, request)
     notes.append(how)
     val, skipped = _val_samples(request, classes, imagenet=model.class_names is not None)
+    if model.check_with_data is not None and val:
+        notes.extend(model.check_with_data(val, model.preprocessing))
     if val and model.predict is not None:
         say(f"scoring the reference on {len(val)} --val-data images")
         notes += _check_scores(model, request, val, classes, other)
@@ -78,6 +81,7 @@ def import_model(request: ImportRequest, *, progress: Callable[[str], None] | No
             },
             backbone=model.backbone,
             preprocessing=model.preprocessing.to_dict(),
+            **{CONTRACT_SECTION: model.contract.to_dict()},
             classes=list(classes),
             data=data,
         )

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edge_tl.errors import ConfigError
+from edge_tl.input_contract import DEFAULT_CONTRACT, InputContract
 from edge_tl.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
+    from edge_tl.data import Sample
     from edge_tl.runs import Artifact, Run
 
 STAGE = "import"
@@ -69,6 +71,10 @@ class ImportRequest:
     class_order: str | None = None
     #: let a reference that scores near chance on --val-data through
     accept_low_accuracy: bool = False
+    #: device profiles the model must build for (``--target``, repeatable): an ONNX source is checked against them
+    targets: tuple[str, ...] = ()
+    #: ``"0-1"`` or ``"0-255"``: the graph normalises its input itself and is fed pixels in that range
+    input_range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,11 @@ class SourceModel:
     class_order: str | None = None
     #: which tool that is, for the messages
     tool: str | None = None
+    #: how the model's input is fed (``edge_tl.input_contract``); recorded in the manifest
+    contract: InputContract = DEFAULT_CONTRACT
+    #: checks that need the labelled ``--val-data`` images (called with them before anything is
+    #: written): raises to refuse, returns notes
+    check_with_data: Callable[[Sequence["Sample"], Preprocessing], Sequence[str]] | None = None
 
 
 def require_file(path: Path | None, *, flag: str) -> Path:

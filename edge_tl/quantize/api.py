@@ -128,6 +128,7 @@ class QuantizeResult:
     sensitivity: tuple[tuple[str, float], ...] = ()  # (layer, KL to FP32 with it in float), most sensitive first
     attempts: tuple[Attempt, ...] = ()
     latency_p50_ms: dict[str, float] = field(default_factory=dict)
+    latency_batch: int = 1  # a fixed-batch model is timed at its batch
     notes: tuple[str, ...] = ()
 
 
@@ -194,11 +195,13 @@ def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int
 
 
 def _p50_ms(model: Any, iterations: int, threads: int | None) -> float:
-    """Median milliseconds of one batch-1 inference (5 warm-up runs), timed by ``bench.benchmark``."""
+    """Median milliseconds of one batch-1 inference (5 warm-up runs), timed by ``bench.benchmark``;
+    a fixed-batch model is timed at its own batch (as verify times it)."""
     from edge_tl.bench.api import BenchConfig, Budget, benchmark
 
-    config = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=5), measure=Budget(iterations=iterations))
     with _runner(model, threads, name="latency") as runner:
+        batch = runner.input_spec.batch or 1
+        config = BenchConfig(batch_sizes=(batch,), warmup=Budget(iterations=5), measure=Budget(iterations=iterations))
         return benchmark(runner, config)[0].p50_ms
 
 
@@ -379,6 +382,7 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
         "attempts": [a.to_dict() for a in attempts],
         "sensitivity": [{"layer": n, "kl_with_layer_in_float": s} for n, s in sensitivity],
         "latency_p50_ms_onnxruntime_cpu_b1": latency,
+        "latency_batch": _fixed_batch(source),
         "latency_cost_of_float_layers": latency["int8_final"] / latency["int8_all_layers"],
     }
     run.add_artifact(
@@ -403,6 +407,7 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
         sensitivity=tuple(sensitivity),
         attempts=tuple(attempts),
         latency_p50_ms=latency,
+        latency_batch=_fixed_batch(source),
     )
     if met is False:
         tried = len(attempts) - 1
@@ -414,6 +419,12 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
             "--calib-method, a larger --max-float-layers, or FP16."
         )
     return result
+
+
+def _fixed_batch(source: Any) -> int:
+    """The batch latency is timed at: the source's fixed batch, else 1."""
+    first = (source.details.get("input_shape") or [1])[0]
+    return first if isinstance(first, int) else 1
 
 
 def _builds_strongly_typed(config: QuantizeConfig) -> bool:

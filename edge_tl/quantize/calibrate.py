@@ -175,6 +175,10 @@ def collect(
     threads: int | None = None,
 ) -> ObserverSet:
     """Run ``model`` (an FP32 ``ModelProto``) on every batch and observe ``tensors``."""
+    import numpy as np
+
+    from edge_tl.input_contract import layout_of, to_model_input
+
     onnx = lazy_import("onnx", purpose="calibration")
     ort = lazy_import("onnxruntime", purpose="calibration")
     augmented = onnx.ModelProto()
@@ -193,8 +197,12 @@ def collect(
         path = Path(tmp) / "augmented.onnx"
         onnx.save(augmented, str(path))
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
+    graph_input = session.get_inputs()[0]
+    input_name = graph_input.name
+    # The model's own input type and layout (edge_tl.input_contract): a uint8 or NHWC graph is fed so.
+    layout = layout_of(graph_input.shape)
+    dtype = np.uint8 if graph_input.type == "tensor(uint8)" else np.float32
+    fixed = graph_input.shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else None  # a static-batch export takes its own batch size
     names = list(tensors)
     seen = 0
@@ -203,7 +211,7 @@ def collect(
             chunk = batch[start : start + step] if step else batch
             if step and chunk.shape[0] < step:
                 break  # a partial chunk cannot be fed to a static batch; its images are dropped
-            values = session.run(names, {input_name: chunk})
+            values = session.run(names, {input_name: to_model_input(chunk, layout=layout, dtype=dtype)})
             observers.update(dict(zip(names, values)))
             seen += chunk.shape[0]
     if seen == 0:

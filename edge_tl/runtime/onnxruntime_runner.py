@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
+from edge_tl.input_contract import Layout, layout_of, to_model_input
 from edge_tl.runtime.base import Device, InputSpec, Runner, RunnerOptions
 
 # Preference order: the fastest provider first; ONNX Runtime falls back along the
@@ -18,7 +19,12 @@ from edge_tl.runtime.base import Device, InputSpec, Runner, RunnerOptions
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _CPU_PROVIDER = "CPUExecutionProvider"
 
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def choose_providers(device: Device, available: list[str]) -> list[str]:
@@ -91,8 +97,10 @@ class OnnxRuntimeRunner(Runner):
     The model is a file, or its serialized bytes for a graph that lives only in memory (a
     candidate quantize measures before it writes one), as Polygraphy's ``SessionFromOnnx``
     takes a path or bytes (NVIDIA/TensorRT, ``tools/Polygraphy/polygraphy/backend/onnxrt/loader.py``).
-    An FP16 model whose inputs are float16 is fed float16 (the batch is cast in
-    :meth:`prepare`); outputs are always returned as float32.
+    The runner takes the canonical NCHW float32 batch whatever the graph's input is
+    (:mod:`edge_tl.input_contract`): an FP16 model whose inputs are float16 is fed float16, a uint8
+    input whole pixels, an NHWC input the batch transposed (all in :meth:`prepare`); outputs are
+    always returned as float32.
     """
 
     backend = "onnxruntime"
@@ -127,6 +135,7 @@ class OnnxRuntimeRunner(Runner):
         self._spec: InputSpec | None = None
         self._input_name = ""
         self._input_dtype: Any = np.float32
+        self._layout = Layout.NCHW
         self.providers: list[str] = []
 
     @property
@@ -172,7 +181,9 @@ class OnnxRuntimeRunner(Runner):
         shape = inputs[0].shape
         if not all(isinstance(d, int) for d in shape[1:]):
             raise ConfigError(f"{self._where} has a dynamic image size {shape}; export it with a fixed input size")
-        self._spec = InputSpec(shape[1], shape[2], shape[3], batch=shape[0] if isinstance(shape[0], int) else None)
+        self._layout = layout_of(shape)
+        channels, height, width = (shape[3], shape[1], shape[2]) if self._layout is Layout.NHWC else shape[1:]
+        self._spec = InputSpec(channels, height, width, batch=shape[0] if isinstance(shape[0], int) else None)
         self._input_name = inputs[0].name
         self._input_dtype = _NP_TYPES.get(inputs[0].type, np.float32)
         self.providers = list(session.get_providers())
@@ -183,7 +194,7 @@ class OnnxRuntimeRunner(Runner):
 
     def prepare(self, batch: np.ndarray) -> Any:
         self._require_active()
-        return {self._input_name: np.ascontiguousarray(batch, dtype=self._input_dtype)}
+        return {self._input_name: to_model_input(np.asarray(batch), layout=self._layout, dtype=self._input_dtype)}
 
     def infer(self, prepared: Any) -> Any:
         return self._session.run(None, prepared)[0]

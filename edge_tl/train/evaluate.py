@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from edge_tl._lazy import lazy_import
+from edge_tl.artifacts import ArtifactKind, reference_artifact
 from edge_tl.runs import Run, atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
@@ -52,25 +53,36 @@ def accumulate(
     single-process counts.
     """
     torch = lazy_import("torch")
-    F = lazy_import("torch.nn.functional")
     model.eval()
+
+    def logits() -> Iterable[tuple[Any, Any]]:
+        for images, labels in batches:
+            images = torch.as_tensor(images).to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(images)
+            yield out, labels  # outside autocast: the sums are taken in float32
+
+    with torch.inference_mode():
+        return accumulate_logits(logits(), num_classes=num_classes, device=device)
+
+
+def accumulate_logits(batches: Iterable[tuple[Any, Any]], *, num_classes: int, device: Any) -> Any:
+    """:func:`accumulate`'s sums from ``(logits, labels)`` batches, whatever computed the logits."""
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
     k = min(5, num_classes)
-    with torch.inference_mode():
-        for images, labels in batches:
-            images = torch.as_tensor(images).to(device, non_blocking=True)
-            labels = torch.as_tensor(labels).to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            topk = logits.topk(k, dim=1).indices
-            top5 += (topk == labels[:, None]).any(dim=1).sum().double()
-            confusion += torch.bincount(labels * num_classes + topk[:, 0], minlength=num_classes * num_classes).double()
+    for logits, labels in batches:
+        logits = torch.as_tensor(logits).to(device).float()
+        labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        topk = logits.topk(k, dim=1).indices
+        top5 += (topk == labels[:, None]).any(dim=1).sum().double()
+        confusion += torch.bincount(labels * num_classes + topk[:, 0], minlength=num_classes * num_classes).double()
     return torch.cat([loss_sum[None], top5[None], confusion])
 
 
@@ -128,10 +140,13 @@ class RunEvaluation:
 def evaluate_run(
     run: Run | str | os.PathLike[str],
     *,
-    checkpoint: str = "checkpoint-best",
+    checkpoint: str | None = None,
     batch_size: int = 128,
 ) -> RunEvaluation:
-    """Evaluate a run's checkpoint on its validation split (CPU, fp32, the shared preprocessing).
+    """Evaluate a run's model on its validation split (CPU, fp32, the shared preprocessing).
+
+    ``checkpoint``: an artifact of the run; ``None`` is the reference the manifest names (the
+    fine-tuned or imported checkpoint, or an imported ONNX model), run by its kind's backend.
 
     Writes ``evaluate/metrics.json``, ``evaluate/confusion_matrix.json`` and
     ``evaluate/confusion_matrix.png`` and records the numbers in the manifest's
@@ -145,10 +160,18 @@ def evaluate_run(
     classes = tuple(run.require("classes", stage="evaluate"))
     prep = Preprocessing.from_dict(run.require("preprocessing", stage="evaluate"))
     split = split_from_run(run)
-    model = load_run_model(run, checkpoint=checkpoint)
-    result = evaluate_model(
-        model, iter_batches(split.val, prep, batch_size), num_classes=len(classes), device=torch.device("cpu")
-    )
+    checkpoint = checkpoint or reference_artifact(run)
+    cpu = torch.device("cpu")
+    if run.artifact(checkpoint).kind == ArtifactKind.CHECKPOINT:
+        model = load_run_model(run, checkpoint=checkpoint)
+        result = evaluate_model(model, iter_batches(split.val, prep, batch_size), num_classes=len(classes), device=cpu)
+    else:
+        from edge_tl.runtime.base import Device, RunnerOptions
+        from edge_tl.runtime.registry import open_runner
+
+        with open_runner(run, artifact=checkpoint, options=RunnerOptions(device=Device.CPU)) as runner:
+            logits = ((runner.run(images), labels) for images, labels in iter_batches(split.val, prep, batch_size))
+            result = result_from_sums(accumulate_logits(logits, num_classes=len(classes), device=cpu), len(classes))
     out = run.path(EVAL_DIR)
     metrics = {
         "checkpoint": checkpoint,

@@ -237,12 +237,15 @@ def test_an_imported_onnx_model_is_kept_and_its_fp16_is_held_to_it(
 
     said: list[str] = []
     assert export_run(run_dir, config=ExportConfig(precisions=(Precision.FP32,)), progress=said.append).models == ()
-    assert said == ["onnx-fp32 is the imported ONNX model: not re-exported"]
+    assert said == ["onnx-fp32 is the imported ONNX model: kept as it is (opset 17)"]
     assert set(_onnx_records(run_dir)) == {"onnx-fp32"}
 
     said.clear()
     result = export_run(run_dir, config=ExportConfig(parity_images=20, parity_batch_size=8), progress=said.append)
-    assert said == ["onnx-fp32 is the imported ONNX model: not re-exported", "FP16 parity on 20 validation images"]
+    assert said == [
+        "onnx-fp32 is the imported ONNX model: kept as it is (opset 17)",
+        "FP16 parity on 20 validation images",
+    ]
     (model,) = result.models
     path = run_dir / "export" / "model.fp16.onnx"
     assert (model.name, model.precision, model.path, model.failures, result.static_padding_layers) == (

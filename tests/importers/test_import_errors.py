@@ -98,7 +98,9 @@ def _nhwc_onnx(path: Path) -> Path:
     return path
 
 
-def test_an_nhwc_onnx_is_refused(tmp_path: Path) -> None:
+def test_an_nhwc_onnx_is_imported_as_nhwc(tmp_path: Path) -> None:
+    import json
+
     pytest.importorskip("onnx")
     onnx_path = _nhwc_onnx(tmp_path / "nhwc.onnx")
     proc = _cli(
@@ -113,7 +115,19 @@ def test_an_nhwc_onnx_is_refused(tmp_path: Path) -> None:
         "--std",
         "0.5,0.5,0.5",
     )
-    _one_line_error(proc, "NHWC", "'image'", "[1, 32, 32, 3]")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["input_contract"]["layout"] == "NHWC" and manifest["input_contract"]["dtype"] == "float32"
+    assert manifest["artifacts"]["onnx-fp32"]["details"]["input_shape"] == [1, 32, 32, 3]
+
+
+def test_an_onnx_with_a_float16_image_input_names_the_types_it_takes(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(_nhwc_onnx(tmp_path / "nhwc.onnx")))
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    proc = _cli("--out", tmp_path / "run", "--onnx", tmp_path / "half.onnx", "--img-size", "32", "--input-range", "0-1")
+    _one_line_error(proc, "the image input 'image' is FLOAT16", "float32 or uint8")
     assert not (tmp_path / "run").exists()
 
 

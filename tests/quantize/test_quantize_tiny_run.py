@@ -191,6 +191,7 @@ def test_int8_without_a_budget_records_the_model_its_accuracy_and_its_calibratio
         "attempts": [{"float_layers": [], "top1": top1, "drop_points": result.drop_points}],
         "sensitivity": [],
         "latency_cost_of_float_layers": 1.0,
+        "latency_batch": 1,  # a dynamic-batch model is timed at batch 1
     }
 
     table = json.loads((out / "calibration_table.json").read_text())
