@@ -121,6 +121,8 @@ def _rgb(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     "--accept-low-accuracy",
     is_flag=True,
     help="Import even when the reference scores within 2 points of chance on --val-data.",
+)
+@click.option(
     "--input-range",
     type=click.Choice(["0-1", "0-255"]),
     default=None,
