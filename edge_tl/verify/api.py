@@ -249,7 +249,7 @@ def verify_run(
     ]
     detectable = images_needed_to_detect(ref_acc.num_images, level=config.significance_level)
     notes.append(
-        f"Δ top-1 intervals: paired bootstrap over the same images at {(1 - config.significance_level) * 100:g}%; "
+        f"Δ top-1 intervals: Tango's paired score interval at {(1 - config.significance_level) * 100:g}%; "
         f"distinguishable from noise = exact McNemar p < {config.significance_level:g}. "
         f"On {ref_acc.num_images} images one image "
         f"is {100 / ref_acc.num_images:.2f} pt, and a drop needs at least {detectable} images lost "
