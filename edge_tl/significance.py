@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from enum import Enum
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,35 @@ def tango_interval(total: int, lost: int, gained: int, *, level: float = DEFAULT
     low = -1.0 if lost == total else root(z)
     high = 1.0 if gained == total else root(-z)
     return low, high
+
+
+def allowed_images(budget_pts: float, total: int) -> int:
+    """The most images a drop of ``budget_pts`` points allows on ``total`` images.
+
+    Budgets are compared in whole images, never in floats: the budget is read as the decimal
+    the user wrote (``Fraction(repr(1.0)) == 1``), so 2 images of 200 at 1.0 pt is exactly
+    within it, where ``(0.535 - 0.525) * 100`` is 1.0000000000000009.
+    """
+    return math.floor(Fraction(repr(float(budget_pts))) * total / 100)
+
+
+def over_budget(net_lost: int, total: int, budget_pts: float) -> bool:
+    """Whether losing ``net_lost`` images (lost minus gained) of ``total`` exceeds ``budget_pts`` points."""
+    return net_lost > allowed_images(budget_pts, total)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given: the k-th smallest
+    becomes ``max over j <= k of min(1, (m - j + 1) p_(j))``; rejecting where it is below the
+    level keeps the family-wise error at that level over all ``m`` tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def images_needed_to_detect(total: int, *, level: float = DEFAULT_LEVEL) -> int:
@@ -241,20 +271,112 @@ def comparison_from_result(
     return None
 
 
+@dataclass(frozen=True)
+class ClassChange:
+    """One class's recall, original and artifact, on the images of that class."""
+
+    index: int
+    name: str
+    images: int
+    reference_correct: int
+    correct: int
+    lost: int
+    gained: int
+    delta_pts: float  # change in recall, points (artifact minus original)
+    ci_low_pts: float  # Tango's interval on this class's images
+    ci_high_pts: float
+    p_value: float  # exact McNemar on this class's images
+    p_holm: float  # Holm-adjusted over the classes
+    significant: bool  # p_holm < level
+    level: float = DEFAULT_LEVEL
+
+    @property
+    def reference_recall(self) -> float:
+        return self.reference_correct / self.images
+
+    @property
+    def recall(self) -> float:
+        return self.correct / self.images
+
+    def describe(self) -> str:
+        return (
+            f"class {self.name!r} recall {self.reference_recall:.4f} -> {self.recall:.4f} "
+            f"({self.delta_pts:+.2f} pt: {self.lost} of {self.images} images lost, {self.gained} gained; "
+            f"{(1 - self.level) * 100:g}% CI {self.ci_low_pts:+.2f} to {self.ci_high_pts:+.2f}; "
+            f"Holm-adjusted McNemar p = {self.p_holm:.3g}"
+            f"{', distinguishable from noise' if self.significant else ''})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "reference_recall": self.reference_recall,
+            "recall": self.recall,
+            "text": self.describe(),
+        }
+
+
+def worst_class(changes: list[ClassChange]) -> ClassChange | None:
+    """The class whose recall fell most (in points; more images lost breaks a tie)."""
+    return min(changes, key=lambda c: (c.delta_pts, -(c.lost - c.gained)), default=None)
+
+
 class PairedCounter:
-    """Streams (original logits, artifact logits, labels) batches into the two discordant counts."""
+    """Streams (original logits, artifact logits, labels) batches into the two discordant counts,
+    overall and per class (the class is the image's label)."""
 
     def __init__(self) -> None:
         self.total = 0
         self.lost = 0
         self.gained = 0
+        # Per class, grown to the largest label or logit width seen: images, right by the original,
+        # right by the artifact, lost, gained.
+        self.per_class = np.zeros((5, 0), dtype=np.int64)
 
     def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> None:
-        ref_right = np.asarray(reference).argmax(axis=1) == np.asarray(labels)
-        cand_right = np.asarray(candidate).argmax(axis=1) == np.asarray(labels)
+        labels = np.asarray(labels)
+        ref_right = np.asarray(reference).argmax(axis=1) == labels
+        cand_right = np.asarray(candidate).argmax(axis=1) == labels
         self.total += int(ref_right.shape[0])
         self.lost += int((ref_right & ~cand_right).sum())
         self.gained += int((~ref_right & cand_right).sum())
+        width = max(self.per_class.shape[1], np.asarray(reference).shape[1], int(labels.max(initial=-1)) + 1)
+        if width > self.per_class.shape[1]:
+            self.per_class = np.pad(self.per_class, ((0, 0), (0, width - self.per_class.shape[1])))
+        for row, mask in enumerate(
+            (np.ones_like(ref_right), ref_right, cand_right, ref_right & ~cand_right, ~ref_right & cand_right)
+        ):
+            self.per_class[row] += np.bincount(labels[mask], minlength=width)
+
+    def class_changes(self, names: list[str] | tuple[str, ...], *, level: float = DEFAULT_LEVEL) -> list[ClassChange]:
+        """Every class with validation images: recall change, exact McNemar (Holm-corrected over
+        those classes) and Tango's interval, on that class's images."""
+        _check_level(level)
+        images, ref_right, right, lost, gained = (self.per_class[i].tolist() for i in range(5))
+        present = [c for c in range(len(images)) if images[c]]
+        p_values = [mcnemar_exact(lost[c], gained[c]) for c in present]
+        changes = []
+        for c, p, adjusted in zip(present, p_values, holm(p_values)):
+            low, high = tango_interval(images[c], lost[c], gained[c], level=level)
+            changes.append(
+                ClassChange(
+                    index=c,
+                    name=str(names[c]) if c < len(names) else str(c),
+                    images=images[c],
+                    reference_correct=ref_right[c],
+                    correct=right[c],
+                    lost=lost[c],
+                    gained=gained[c],
+                    delta_pts=(gained[c] - lost[c]) / images[c] * 100,
+                    ci_low_pts=low * 100,
+                    ci_high_pts=high * 100,
+                    p_value=p,
+                    p_holm=adjusted,
+                    significant=adjusted < level,
+                    level=level,
+                )
+            )
+        return changes
 
     def result(self, *, level: float = DEFAULT_LEVEL) -> PairedComparison | None:
         if self.total == 0:
