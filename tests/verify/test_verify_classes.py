@@ -124,3 +124,11 @@ def test_max_class_drop_fails_a_model_with_one_class_broken_while_top1_holds(bro
     markdown = (root / "verify" / "report.md").read_text()
     assert "### Per class: onnx-int8-broken" in markdown and "**distinguishable from noise**" in markdown
     assert "worst class of onnx-int8-broken: class '3' recall" in markdown
+    # The run's HTML page shows the same table, the broken class marked.
+    from edge_tl.report import write_report
+
+    html = write_report(root).index.read_text()
+    table = html.split("Per class: <code>onnx-int8-broken</code> against the original", 1)[1].split("</table>", 1)[0]
+    row = next(r for r in table.split("<tr>") if r.startswith(f"<td>{broken}</td>"))
+    assert "distinguishable from noise" in row and f"{lost} / 0" in row
+    assert sum("distinguishable from noise" in r for r in table.split("<tr>")) == 1
