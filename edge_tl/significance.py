@@ -316,11 +316,6 @@ class ClassChange:
         }
 
 
-def worst_class(changes: list[ClassChange]) -> ClassChange | None:
-    """The class whose recall fell most (in points; more images lost breaks a tie)."""
-    return min(changes, key=lambda c: (c.delta_pts, -(c.lost - c.gained)), default=None)
-
-
 class PairedCounter:
     """Streams (original logits, artifact logits, labels) batches into the two discordant counts,
     overall and per class (the class is the image's label)."""

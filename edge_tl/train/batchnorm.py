@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
-from edge_tl.train import distributed as dist_util
 
 #: Training batches (of the run's batch size) the statistics are re-estimated on: 16 x 64
 #: images average out the batch-to-batch noise of the means and variances, and stay cheap

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tl.significance import PairedCounter, allowed_images, holm, mcnemar_exact, over_budget, worst_class
+from edge_tl.significance import PairedCounter, allowed_images, holm, mcnemar_exact, over_budget
 
 stats = pytest.importorskip("scipy.stats")
 
@@ -52,10 +52,14 @@ def test_per_class_counts_recall_mcnemar_and_the_worst_class() -> None:
     # 8 of 8 discordant: 2 / 256 = 0.0078, times 3 classes = 0.0234 < 0.05 after Holm.
     assert changes[2].p_holm == pytest.approx(3 * mcnemar_exact(8, 0)) and changes[2].significant
     assert not changes[0].significant and changes[1].p_holm == 1.0
-    worst = worst_class(changes)
-    assert worst is changes[2] and worst.delta_pts == pytest.approx(-80.0) and worst.recall == 0.2
+    worst = changes[2]
+    assert worst.delta_pts == pytest.approx(-80.0) and worst.recall == 0.2
     assert worst.ci_low_pts < -80.0 < worst.ci_high_pts < 0
     assert "class 'two' recall 1.0000 -> 0.2000 (-80.00 pt: 8 of 10 images lost, 0 gained" in worst.describe()
+    from edge_tl.verify.report import VerifyRow
+
+    row = VerifyRow("m", "onnx", "int8", "onnxruntime", "local", 30, per_class=[c.to_dict() for c in changes])
+    assert row.per_class_worst == worst.describe()  # the largest recall drop
 
 
 def test_classes_without_validation_images_are_left_out() -> None:
