@@ -620,7 +620,7 @@ class _Trainer:
         )
         # The splits are shuffled, so their first images are a fixed random subset (the same
         # at every epoch and after --resume). They are decoded in this process: a few batches.
-        bn_samples = split.train[: BN_BATCHES * config.batch_size]
+        bn_samples = split.train[: _even_share(len(split.train), BN_BATCHES, config.batch_size, ctx.world_size)]
         bn_ds = TorchImageDataset(
             bn_samples,
             prep,
@@ -632,7 +632,8 @@ class _Trainer:
         bn_loader = make_loader(
             bn_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=0, pin_memory=pin
         )
-        gap_ds = TorchImageDataset(split.val[: GAP_BATCHES * config.batch_size], prep, train=False, cache=val_cache)
+        gap_samples = split.val[: _even_share(len(split.val), GAP_BATCHES, config.batch_size, ctx.world_size)]
+        gap_ds = TorchImageDataset(gap_samples, prep, train=False, cache=val_cache)
         gap_loader = make_loader(
             gap_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=0, pin_memory=pin
         )
@@ -715,7 +716,7 @@ class _Trainer:
         # all of it: the statistics the model trained with are the running ones already.
         stale = None
         bn_seconds = 0.0
-        reestimated = phase is Phase.FULL and not self.config.freeze_bn
+        reestimated = phase is Phase.FULL and not self.config.freeze_bn and len(fit.bn_loader.dataset) > 0
         if reestimated:
             stale = statistics_gap(fit.model, fit.gap_loader, **on_device)
             bn_started = time.perf_counter()
@@ -945,6 +946,16 @@ class _Trainer:
         run.add_artifact(
             LAST, kind="checkpoint", path=LAST_PATH, stage=STAGE, precision="fp32", details=details, metrics=metrics
         )
+
+
+def _even_share(available: int, batches: int, batch_size: int, world_size: int) -> int:
+    """How many images to take for ``batches`` global batches so that every process gets the
+    same number of batches: whole global batches, or with fewer images than one, a multiple of
+    the processes. SyncBatchNorm in training mode all-reduces at every forward, so a process
+    with one batch more would wait for the others forever."""
+    wanted = min(available, batches * batch_size)
+    whole = wanted // batch_size * batch_size
+    return whole if whole else wanted // world_size * world_size
 
 
 def _read_history(path: Path) -> list[EpochRecord]:

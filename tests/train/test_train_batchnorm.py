@@ -17,6 +17,7 @@ from edge_tl.runs import Run  # noqa: E402
 from edge_tl.train import FinetuneConfig, finetune  # noqa: E402
 from edge_tl.train.batchnorm import BN_BATCHES, batchnorm_layers, reestimate, statistics_gap  # noqa: E402
 from edge_tl.train.distributed import DistContext  # noqa: E402
+from edge_tl.train.loop import _even_share  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -222,3 +223,12 @@ def test_freeze_bn_keeps_the_statistics_it_started_with(tmp_path: Path, digit_fo
     for layer in batchnorm_layers(load_run_model(Run.open(out))):
         assert torch.equal(layer.running_mean, torch.zeros_like(layer.running_mean))
         assert torch.equal(layer.running_var, torch.ones_like(layer.running_var))
+
+
+@pytest.mark.parametrize(
+    ("available", "world", "taken"),
+    [(1437, 1, 1024), (80, 1, 64), (100, 2, 64), (30, 4, 28), (3, 4, 0), (2000, 4, 1024)],
+)
+def test_every_process_gets_the_same_number_of_batches(available: int, world: int, taken: int) -> None:
+    # 16 global batches of 64 at most; whole global batches, else a multiple of the processes.
+    assert _even_share(available, 16, 64, world) == taken
