@@ -25,6 +25,7 @@ def quantize_config(
     max_float_layers: int,
     seed: int,
     threads: int | None,
+    max_class_drop: float | None = None,
 ) -> Any:
     """The quantize flags as a QuantizeConfig, its recipe chosen as quantize_run chooses it (a plain function,
     so that mutation testing, which skips decorated functions, checks that the budget and the recipe choice
@@ -42,6 +43,7 @@ def quantize_config(
         calib_data=calib_data,
         seed=seed,
         max_accuracy_drop=max_accuracy_drop,
+        max_class_drop=max_class_drop,
         max_float_layers=max_float_layers,
         threads=threads,
         target=target,
@@ -101,6 +103,14 @@ def quantize_config(
     "to float one at a time until it holds.",
 )
 @click.option(
+    "--max-class-drop",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="PTS",
+    help="Recall points any one class may lose against the original (counted in whole images of that class); "
+    "over it, layers go back to float as for --max-accuracy-drop.",
+)
+@click.option(
     "--max-float-layers",
     type=click.IntRange(min=0),
     default=16,
@@ -121,6 +131,7 @@ def quantize(
     calib_samples: int | None,
     calib_data: Path | None,
     max_accuracy_drop: float | None,
+    max_class_drop: float | None,
     max_float_layers: int,
     seed: int,
     threads: int | None,
@@ -133,6 +144,7 @@ def quantize(
         precision=precision, recipe=recipe, target=target, tensorrt=tensorrt, cache_version=cache_version,
         calib_method=calib_method, calib_samples=calib_samples, calib_data=calib_data,
         max_accuracy_drop=max_accuracy_drop, max_float_layers=max_float_layers, seed=seed, threads=threads,
+        max_class_drop=max_class_drop,
     )  # fmt: skip
     result = quantize_run(run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True))
     for name in result.artifacts:

@@ -24,6 +24,7 @@ def verify_config(
     threads: int | None,
     latency_iterations: int,
     no_latency: bool,
+    max_class_drop: float | None = None,
 ) -> Any:
     """The verify flags as a VerifyConfig (a plain function, so that mutation testing, which skips
     decorated functions, checks that the gates reach the check)."""
@@ -44,6 +45,7 @@ def verify_config(
             batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=latency_iterations)
         ),
         max_accuracy_drop=max_accuracy_drop,
+        max_class_drop=max_class_drop,
         min_agreement=min_agreement,
         gate=Gate(gate),
         significance_level=significance_level,
@@ -58,6 +60,13 @@ def verify_config(
     default=None,
     metavar="PTS",
     help="Fail if an artifact's top-1 is more than PTS points below the original's.",
+)
+@click.option(
+    "--max-class-drop",
+    type=float,
+    default=None,
+    metavar="PTS",
+    help="Fail if any class's recall is more than PTS points below the original's (counted in whole images).",
 )
 @click.option(
     "--gate",
@@ -109,6 +118,7 @@ def verify_config(
 def verify(
     run_dir: Path,
     max_accuracy_drop: float | None,
+    max_class_drop: float | None,
     gate: str,
     significance_level: float,
     min_agreement: float | None,
@@ -129,7 +139,7 @@ def verify(
         max_accuracy_drop=max_accuracy_drop, gate=gate, significance_level=significance_level,
         min_agreement=min_agreement,
         artifacts=artifacts, reference=reference, batch_size=batch_size, max_images=max_images, device=device,
-        threads=threads, latency_iterations=latency_iterations, no_latency=no_latency,
+        threads=threads, latency_iterations=latency_iterations, no_latency=no_latency, max_class_drop=max_class_drop,
     )  # fmt: skip
     report = verify_run(
         run_dir, config=config, progress=None if quiet else lambda m: click.echo(m, err=True), check=False

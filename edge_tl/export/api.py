@@ -396,7 +396,7 @@ def _convert_imported(run: Run, reference: Any, config: ExportConfig, say: Calla
     from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
 
     onnx = lazy_import("onnx", purpose="opset conversion")
-    source_path = run.artifact_path(reference.name, check_hash=True)
+    source_path = run.artifact_path(reference.name)
     source = onnx.load(str(source_path))
     old = reference.details.get("opset")
     say(f"converting the imported {reference.name} from opset {old} to {config.opset} (ONNX's version converter)")

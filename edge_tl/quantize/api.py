@@ -79,6 +79,7 @@ class QuantizeConfig:
     calib_data: Path | None = None  # None = the run's training split
     seed: int = 0
     max_accuracy_drop: float | None = None  # top-1 points; None = measure, do not enforce
+    max_class_drop: float | None = None  # recall points of any one class; None = do not enforce
     max_float_layers: int = 16
     sensitivity_images: int = 64
     eval_batch_size: int = 32
@@ -92,6 +93,8 @@ class QuantizeConfig:
         object.__setattr__(self, "precision", accept_precision(self.precision))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError(f"--max-accuracy-drop is in top-1 points and must be >= 0, got {self.max_accuracy_drop}")
+        if self.max_class_drop is not None and not self.max_class_drop >= 0:
+            raise ConfigError(f"--max-class-drop is in recall points and must be >= 0, got {self.max_class_drop}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ConfigError(f"--calib-samples must be >= 1, got {self.calib_samples}")
         if self.threads is not None and self.threads < 1:
@@ -101,13 +104,38 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """Right answers on the validation images, overall and per class (index = label): budgets are
+    judged on these counts, in whole images (edge_tl.significance.over_budget)."""
+
+    correct: int
+    total: int
+    class_correct: tuple[int, ...] = ()
+    class_total: tuple[int, ...] = ()
+
+    @property
+    def top1(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+
+@dataclass(frozen=True)
 class Attempt:
     float_layers: tuple[str, ...]
     top1: float
     drop_points: float
+    # With --max-class-drop: the class whose recall fell most, and by how many points.
+    worst_class: str | None = None
+    worst_class_drop_points: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"float_layers": list(self.float_layers), "top1": self.top1, "drop_points": self.drop_points}
+        out: dict[str, Any] = {
+            "float_layers": list(self.float_layers),
+            "top1": self.top1,
+            "drop_points": self.drop_points,
+        }
+        if self.worst_class is not None:
+            out.update(worst_class=self.worst_class, worst_class_drop_points=self.worst_class_drop_points)
+        return out
 
 
 @dataclass(frozen=True)
@@ -169,19 +197,29 @@ def _runner(model: Any, threads: int | None, *, name: str = "candidate") -> Runn
     return OnnxRuntimeRunner(model.SerializeToString(), name=name, options=_cpu(threads))
 
 
-def _top1(runner: Runner, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
-    """Top-1 of a (not yet entered) runner on ``samples``."""
+def _outcome(runner: Runner, samples: Sequence[Any], prep: Any, batch_size: int) -> Outcome:
+    """Right answers of a (not yet entered) runner on ``samples``, overall and per class."""
     from edge_tl.data import iter_batches
-    from edge_tl.verify.metrics import AccuracyAccumulator
 
-    accuracy = AccuracyAccumulator()
+    total = np.zeros(0, dtype=np.int64)
+    right = np.zeros(0, dtype=np.int64)
     with runner:
         for images, labels in iter_batches(list(samples), prep, batch_size):
-            accuracy.update(runner.run(images), labels)
-    return accuracy.result().top1
+            logits = np.asarray(runner.run(images))
+            labels = np.asarray(labels)
+            width = max(len(total), logits.shape[1], int(labels.max(initial=-1)) + 1)
+            total = np.pad(total, (0, width - len(total))) + np.bincount(labels, minlength=width)
+            hits = labels[logits.argmax(axis=1) == labels]
+            right = np.pad(right, (0, width - len(right))) + np.bincount(hits, minlength=width)
+    return Outcome(int(right.sum()), int(total.sum()), tuple(right.tolist()), tuple(total.tolist()))
 
 
-def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int, threads: int | None) -> float:
+def _top1(runner: Runner, samples: Sequence[Any], prep: Any, batch_size: int) -> float:
+    """Top-1 of a (not yet entered) runner on ``samples``."""
+    return _outcome(runner, samples, prep, batch_size).top1
+
+
+def _reference_outcome(run: Run, samples: Sequence[Any], prep: Any, batch_size: int, threads: int | None) -> Outcome:
     """Top-1 of the original model: the reference every artifact is judged by (the fine-tuned or
     imported PyTorch model, or for an ONNX import the imported ONNX FP32 model)."""
     from edge_tl.runtime.registry import open_runner
@@ -191,7 +229,7 @@ def _reference_top1(run: Run, samples: Sequence[Any], prep: Any, batch_size: int
         run.artifact_path(reference.name)  # an imported ONNX changed since import is refused
     # threads: on a busy machine OpenMP threads that spin-wait for each other can make a small
     # model 50x slower than one thread; the caller decides.
-    return _top1(open_runner(run, artifact=reference.name, options=_cpu(threads)), samples, prep, batch_size)
+    return _outcome(open_runner(run, artifact=reference.name, options=_cpu(threads)), samples, prep, batch_size)
 
 
 def _p50_ms(model: Any, iterations: int, threads: int | None) -> float:
@@ -327,20 +365,28 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
     quantized_layers = writer.layers(model, recipe)
 
     say(f"measuring the original model and INT8 on {len(val)} validation images")
-    reference = _reference_top1(run, val, prep, config.eval_batch_size, config.threads)
+    reference_outcome = _reference_outcome(run, val, prep, config.eval_batch_size, config.threads)
+    reference = reference_outcome.top1
     best_model = build(())
     budget = config.max_accuracy_drop
 
-    def measure(float_layers: tuple[str, ...]) -> float:
+    def measure(float_layers: tuple[str, ...]) -> Outcome:
         candidate = best_model if not float_layers else build(float_layers)
-        return _top1(_runner(candidate, config.threads), val, prep, config.eval_batch_size)
+        return _outcome(_runner(candidate, config.threads), val, prep, config.eval_batch_size)
 
     def rank() -> list[tuple[str, float]]:
         say(f"ranking {len(quantized_layers)} layers by sensitivity")
         return _rank(model, build, quantized_layers, job.samples[: config.sensitivity_images], prep, config)
 
     attempts, sensitivity, chosen, met = search_float_layers(
-        reference, budget=budget, max_float_layers=config.max_float_layers, rank=rank, measure=measure, say=say
+        reference_outcome,
+        budget=budget,
+        max_float_layers=config.max_float_layers,
+        rank=rank,
+        measure=measure,
+        say=say,
+        max_class_drop=config.max_class_drop,
+        classes=tuple(run.get("classes") or ()),
     )
     final = best_model if not chosen.float_layers else build(chosen.float_layers)
 
@@ -377,6 +423,7 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
         "reference_top1": reference,
         "accuracy_drop_points": chosen.drop_points,
         "max_accuracy_drop_points": budget,
+        "max_class_drop_points": config.max_class_drop,
         "accuracy_budget_met": met,
         "num_val_images": len(val),
         "attempts": [a.to_dict() for a in attempts],
@@ -411,9 +458,19 @@ def _quantized_model(job: _Job, writer: ModelWriter) -> QuantizeResult:
     )
     if met is False:
         tried = len(attempts) - 1
+        asked = " and ".join(
+            f"{flag} {value:g} pt"
+            for flag, value in (("--max-accuracy-drop", budget), ("--max-class-drop", config.max_class_drop))
+            if value is not None
+        )
+        worst = (
+            f", worst class {chosen.worst_class!r} {chosen.worst_class_drop_points:.2f} pt"
+            if chosen.worst_class is not None
+            else ""
+        )
         raise ToleranceError(
-            f"INT8 ({recipe.name}) could not meet --max-accuracy-drop {budget:g} pt: the best of {len(attempts)} "
-            f"attempts drops {chosen.drop_points:.2f} pt (top-1 {chosen.top1:.4f} vs {reference:.4f}) with "
+            f"INT8 ({recipe.name}) could not meet {asked}: the best of {len(attempts)} "
+            f"attempts drops {chosen.drop_points:.2f} pt{worst} (top-1 {chosen.top1:.4f} vs {reference:.4f}) with "
             f"{len(chosen.float_layers)} layer(s) in float after trying up to {tried}. It is kept at "
             f"{str(model_path)!r}, recorded as {name!r} with status 'failing'. Try more calibration images, another "
             "--calib-method, a larger --max-float-layers, or FP16."
@@ -505,39 +562,82 @@ def _strongly_typed_variant(
 
 
 def search_float_layers(
-    reference: float,
+    reference: Outcome,
     *,
     budget: float | None,
     max_float_layers: int,
     rank: Callable[[], Sequence[tuple[str, float]]],
-    measure: Callable[[tuple[str, ...]], float],
+    measure: Callable[[tuple[str, ...]], Outcome],
     say: Callable[[str], None] = lambda _msg: None,
+    max_class_drop: float | None = None,
+    classes: Sequence[str] = (),
 ) -> tuple[list[Attempt], list[tuple[str, float]], Attempt, bool | None]:
     """The accuracy-budget search: which layers stay in float.
 
-    ``measure(float_layers)`` is the top-1 with those layers in float (``()``: all INT8);
+    ``measure(float_layers)`` is the outcome with those layers in float (``()``: all INT8);
     ``rank()`` the layers with their sensitivity, least KL (most helped by float) first,
-    asked for only when the all-INT8 model is over budget. Layers go back to float one at
-    a time in that order, at most ``max_float_layers``, stopping at the first attempt
-    within budget. Returns (attempts, sensitivity, chosen, met): ``chosen`` is the first
-    attempt within budget, else the one with the smallest drop; ``met`` is None without
-    a budget.
+    asked for only when the all-INT8 model is over budget. An attempt is within budget when
+    top-1 lost at most ``budget`` points and, with ``max_class_drop``, no class's recall lost
+    more than that, both counted in whole images. Layers go back to float one at a time in
+    that order, at most ``max_float_layers``, stopping at the first attempt within budget.
+    Returns (attempts, sensitivity, chosen, met): ``chosen`` is the first attempt within
+    budget, else the one with the smallest drop (the smallest worst-class drop first, with
+    ``max_class_drop``); ``met`` is None without a budget.
     """
-    top1 = measure(())
-    attempts = [Attempt((), top1, (reference - top1) * 100.0)]
+    from edge_tl.significance import over_budget
+
+    judged = budget is not None or max_class_drop is not None
+
+    def attempt(float_layers: tuple[str, ...], outcome: Outcome) -> tuple[Attempt, list[str]]:
+        """The attempt and why it is over budget (empty: within)."""
+        drop = (reference.top1 - outcome.top1) * 100.0
+        over = []
+        if budget is not None and over_budget(reference.correct - outcome.correct, outcome.total, budget):
+            over.append(f"drop {drop:.2f} pt > budget {budget:.2f} pt")
+        if max_class_drop is None:
+            return Attempt(float_layers, outcome.top1, drop), over
+        drops = [
+            ((ref - right) / images * 100.0, c, ref - right, images)
+            for c, (ref, right, images) in enumerate(
+                zip(reference.class_correct, outcome.class_correct, outcome.class_total)
+            )
+            if images
+        ]
+        # The largest drop; on a tie the class that lost more images, then the first class.
+        worst_drop, worst, _, _ = max(drops, key=lambda d: (d[0], d[2], -d[1]), default=(0.0, -1, 0, 0))
+        name = (str(classes[worst]) if worst < len(classes) else str(worst)) if worst >= 0 else "-"
+        over += [
+            f"class {str(classes[c]) if c < len(classes) else str(c)!r} recall drop {d:.2f} pt ({net} of {n} "
+            f"images) > --max-class-drop {max_class_drop:g} pt"
+            for d, c, net, n in drops
+            if over_budget(net, n, max_class_drop)
+        ]
+        return Attempt(float_layers, outcome.top1, drop, name, worst_drop), over
+
+    first, over = attempt((), measure(()))
+    attempts, within = [first], [not over]
     sensitivity: list[tuple[str, float]] = []
-    if budget is not None and attempts[0].drop_points > budget and max_float_layers > 0:
-        say(f"drop {attempts[0].drop_points:.2f} pt > budget {budget:.2f} pt")
+    if over and max_float_layers > 0:
+        say("; ".join(over))
         sensitivity = list(rank())
         for k in range(1, min(max_float_layers, len(sensitivity)) + 1):
             floats = tuple(name for name, _ in sensitivity[:k])
-            top1 = measure(floats)
-            attempts.append(Attempt(floats, top1, (reference - top1) * 100.0))
-            say(f"  {k} float layer(s) ({floats[-1]}): drop {attempts[-1].drop_points:.2f} pt")
-            if attempts[-1].drop_points <= budget:
+            latest, over = attempt(floats, measure(floats))
+            attempts.append(latest)
+            within.append(not over)
+            worst = (
+                f", worst class {latest.worst_class!r} {latest.worst_class_drop_points:.2f} pt"
+                if latest.worst_class is not None
+                else ""
+            )
+            say(f"  {k} float layer(s) ({floats[-1]}): drop {latest.drop_points:.2f} pt{worst}")
+            if not over:
                 break
-    met = None if budget is None else any(a.drop_points <= budget for a in attempts)
-    chosen = next(a for a in attempts if a.drop_points <= budget) if met else min(attempts, key=lambda a: a.drop_points)
+    met = None if not judged else any(within)
+    if met:
+        chosen = next(a for a, ok in zip(attempts, within) if ok)
+    else:
+        chosen = min(attempts, key=lambda a: (a.worst_class_drop_points or 0.0, a.drop_points))
     return attempts, sensitivity, chosen, met
 
 

@@ -84,6 +84,7 @@ class ModelRow:
     top1: float | None = None
     top1_ci: tuple[float, float] | None = None
     change: dict[str, Any] | None = None  # PairedComparison.to_dict()
+    per_class: list[dict[str, Any]] = field(default_factory=list)  # ClassChange.to_dict() per class (verify)
     agreement: float | None = None
     mean_kl: float | None = None
     max_abs_diff: float | None = None
@@ -220,6 +221,7 @@ def _model_rows(manifest: dict[str, Any], verify: dict[str, Any] | None, run_dir
             top1=top1,
             top1_ci=top1_interval(top1, n, level),
             change=v.get("change"),
+            per_class=[c for c in v.get("per_class") or [] if isinstance(c, dict)],
             agreement=_num(v.get("top1_agreement")),
             mean_kl=_num(v.get("mean_kl")),
             max_abs_diff=_num(v.get("max_abs_diff")),

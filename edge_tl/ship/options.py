@@ -33,7 +33,7 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
 #: One value for every stage that takes it: they mean the same thing everywhere.
 SHARED = frozenset({
     "backbone", "img_size", "val_data", "calib_data", "target", "tensorrt", "eval_images", "max_accuracy_drop",
-    "seed", "threads", "quiet",
+    "max_class_drop", "seed", "threads", "quiet",
 })  # fmt: skip
 
 #: Parameters ship sets itself for each stage (from its own options or its run directory).

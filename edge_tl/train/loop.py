@@ -25,6 +25,14 @@ import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text, run_writer
+from edge_tl.train.batchnorm import (
+    BN_BATCHES,
+    GAP_BATCHES,
+    GAP_WARN,
+    gap_cause,
+    reestimate,
+    statistics_gap,
+)
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
@@ -55,6 +63,15 @@ class EpochRecord:
     lr_backbone: float
     images_per_s: float
     seconds: float
+    # BatchNorm (edge_tl.train.batchnorm): whether the running statistics were re-estimated
+    # before this validation, how long that took, and top-1 on a few validation batches with
+    # batch and with running statistics (None: no BatchNorm), the latter also as training left
+    # them, before the re-estimation (None: not re-estimated). Defaults read older metrics files.
+    bn_reestimated: bool = False
+    bn_seconds: float = 0.0
+    bn_batch_top1: float | None = None
+    bn_running_top1: float | None = None
+    bn_stale_top1: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -391,6 +408,8 @@ class _Fit:
     train_ds: Any
     train_loader: Any
     val_loader: Any
+    bn_loader: Any  # training images without augmentation, for the BatchNorm statistics
+    gap_loader: Any  # the first validation batches, for the batch- vs running-statistics gap
     optimizer: Any
     scheduler: Any
     scaler: Any
@@ -608,6 +627,25 @@ class _Trainer:
         val_loader = make_loader(
             val_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=workers, pin_memory=pin
         )
+        # The splits are shuffled, so their first images are a fixed random subset (the same
+        # at every epoch and after --resume). They are decoded in this process: a few batches.
+        bn_samples = split.train[: _even_share(len(split.train), BN_BATCHES, config.batch_size, ctx.world_size)]
+        bn_ds = TorchImageDataset(
+            bn_samples,
+            prep,
+            train=False,
+            cache=open_cache(
+                bn_samples, BaseSpec.for_training(prep, augment, train=False), config.cache, world_size=ctx.world_size
+            ),
+        )
+        bn_loader = make_loader(
+            bn_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=0, pin_memory=pin
+        )
+        gap_samples = split.val[: _even_share(len(split.val), GAP_BATCHES, config.batch_size, ctx.world_size)]
+        gap_ds = TorchImageDataset(gap_samples, prep, train=False, cache=val_cache)
+        gap_loader = make_loader(
+            gap_ds, batch_size=local_batch, train=False, seed=config.seed, ctx=ctx, workers=0, pin_memory=pin
+        )
 
         optimizer = torch.optim.AdamW(
             param_groups(
@@ -625,6 +663,8 @@ class _Trainer:
             train_ds=train_ds,
             train_loader=train_loader,
             val_loader=val_loader,
+            bn_loader=bn_loader,
+            gap_loader=gap_loader,
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=torch.amp.GradScaler("cuda", enabled=hw.use_scaler),
@@ -680,6 +720,27 @@ class _Trainer:
         self._train_epoch(step, fit.train_loader, epoch, phase)
         train_seconds = time.perf_counter() - started
         train_loss, train_top1 = step.totals(ctx)
+        on_device = {"device": hw.device, "ctx": ctx, "amp_dtype": hw.amp_dtype, "channels_last": hw.channels_last}
+        # In a head-only epoch the backbone's BatchNorm stayed in eval mode, and with --freeze-bn
+        # all of it: the statistics the model trained with are the running ones already.
+        stale = None
+        bn_seconds = 0.0
+        reestimated = phase is Phase.FULL and not self.config.freeze_bn and len(fit.bn_loader.dataset) > 0
+        if reestimated:
+            stale = statistics_gap(fit.model, fit.gap_loader, **on_device)
+            bn_started = time.perf_counter()
+            reestimated = reestimate(fit.model, (images for images, _ in fit.bn_loader), **on_device)
+            bn_seconds = time.perf_counter() - bn_started
+        gap = statistics_gap(fit.model, fit.gap_loader, **on_device)
+        if gap is not None and gap.gap > GAP_WARN:
+            cause = gap_cause(
+                freeze_bn=self.config.freeze_bn, head_phase=phase is Phase.HEAD, images=len(fit.bn_loader.dataset)
+            )
+            self.say(
+                f"warning: epoch {epoch + 1}: on {gap.count} validation images, top-1 with BatchNorm's running "
+                f"statistics ({gap.running_top1:.4f}) is {100 * gap.gap:.1f} pt below the same with batch "
+                f"statistics ({gap.batch_top1:.4f}): {cause}"
+            )
         val = evaluate_model(
             fit.model,
             fit.val_loader,
@@ -702,6 +763,11 @@ class _Trainer:
             lr_backbone=lrs.get("backbone", 0.0),
             images_per_s=step.count * ctx.world_size / max(train_seconds, 1e-9),
             seconds=time.perf_counter() - started,
+            bn_reestimated=reestimated,
+            bn_seconds=bn_seconds,
+            bn_batch_top1=None if gap is None else gap.batch_top1,
+            bn_running_top1=None if gap is None else gap.running_top1,
+            bn_stale_top1=None if stale is None else stale.running_top1,
         )
         return record, val
 
@@ -711,6 +777,14 @@ class _Trainer:
             f"top-1 {record.train_top1:.4f} | val loss {record.val_loss:.4f} top-1 {record.val_top1:.4f}"
             + (f" top-5 {record.val_top5:.4f}" if record.val_top5 is not None else "")
             + (" *" if improved else "")
+            + (
+                ""
+                if record.bn_batch_top1 is None
+                else f" | BN batch-stat top-1 {record.bn_batch_top1:.4f} "
+                f"(gap {100 * (record.bn_batch_top1 - record.bn_running_top1):+.1f} pt"
+                + ("" if record.bn_stale_top1 is None else f"; before re-estimation {record.bn_stale_top1:.4f}")
+                + ")"
+            )
             + f" | {record.images_per_s:.0f} img/s"
         )
 
@@ -881,6 +955,16 @@ class _Trainer:
         run.add_artifact(
             LAST, kind="checkpoint", path=LAST_PATH, stage=STAGE, precision="fp32", details=details, metrics=metrics
         )
+
+
+def _even_share(available: int, batches: int, batch_size: int, world_size: int) -> int:
+    """How many images to take for ``batches`` global batches so that every process gets the
+    same number of batches: whole global batches, or with fewer images than one, a multiple of
+    the processes. SyncBatchNorm in training mode all-reduces at every forward, so a process
+    with one batch more would wait for the others forever."""
+    wanted = min(available, batches * batch_size)
+    whole = wanted // batch_size * batch_size
+    return whole if whole else wanted // world_size * world_size
 
 
 def _read_history(path: Path) -> list[EpochRecord]:

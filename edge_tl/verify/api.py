@@ -23,7 +23,15 @@ from edge_tl.errors import ConfigError, EdgeTLError, RunError, ToleranceError
 from edge_tl.runs import Run, now_iso
 from edge_tl.runtime.base import Device, Runner, RunnerOptions
 from edge_tl.runtime.registry import open_runner
-from edge_tl.significance import DEFAULT_LEVEL, Gate, PairedCounter, comparison_from_result, images_needed_to_detect
+from edge_tl.significance import (
+    DEFAULT_LEVEL,
+    Gate,
+    PairedCounter,
+    allowed_images,
+    comparison_from_result,
+    images_needed_to_detect,
+    over_budget,
+)
 from edge_tl.verify.metrics import AccuracyAccumulator, AgreementAccumulator
 from edge_tl.verify.report import VerifyRow, format_table, write_reports
 
@@ -44,6 +52,7 @@ class VerifyConfig:
     measure_latency: bool = True
     latency: BenchConfig = BenchConfig(batch_sizes=(1,), warmup=Budget(iterations=10), measure=Budget(iterations=100))
     max_accuracy_drop: float | None = None  # top-1 points
+    max_class_drop: float | None = None  # recall points of any one class
     min_agreement: float | None = None  # fraction of images
     gate: Gate = Gate.POINT  # SIGNIFICANT: a drop over the limit fails only when it is also distinguishable from noise
     significance_level: float = DEFAULT_LEVEL  # of the exact McNemar test; intervals are at 1 - level
@@ -55,6 +64,8 @@ class VerifyConfig:
             raise ConfigError(f"max images must be >= 1, got {self.max_images}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise ConfigError(f"--max-accuracy-drop is in points and >= 0, got {self.max_accuracy_drop}")
+        if self.max_class_drop is not None and not self.max_class_drop >= 0:
+            raise ConfigError(f"--max-class-drop is in recall points and >= 0, got {self.max_class_drop}")
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise ConfigError(f"--min-agreement is a fraction in [0, 1] (e.g. 0.99 for 99%), got {self.min_agreement}")
         if not 0.0 < self.significance_level < 1.0:
@@ -123,9 +134,9 @@ def verify_run(
         from edge_tl.data import unlabelled_samples
 
         samples = unlabelled_samples(run, stage=STAGE)
-        if config.max_accuracy_drop is not None:
+        if config.max_accuracy_drop is not None or config.max_class_drop is not None:
             raise ConfigError(
-                f"--max-accuracy-drop needs labelled images and run {str(run.root)!r} has none; "
+                f"--max-accuracy-drop and --max-class-drop need labelled images and run {str(run.root)!r} has none; "
                 "gate on --min-agreement, or import again with --val-data DIR"
             )
     if config.max_images is not None:
@@ -197,6 +208,7 @@ def verify_run(
         backends = {c.name: c.runner.backend for c in [reference, *active]}  # type: ignore[union-attr]
 
     ref_acc = reference.accuracy.result()
+    classes = tuple(run.get("classes") or ())
     ref_p50 = latency[reference.name][0].p50_ms if reference.name in latency else None
 
     def row(c: _Candidate, is_reference: bool) -> VerifyRow:
@@ -206,6 +218,11 @@ def verify_run(
         agree = c.agreement.result()
         stats = latency[c.name][0] if c.name in latency else None
         change = None if is_reference else c.paired.result(level=config.significance_level)
+        per_class = (
+            None
+            if is_reference or not labelled
+            else [x.to_dict() for x in c.paired.class_changes(classes, level=config.significance_level)]
+        )
         return VerifyRow(
             name=c.name,
             kind=c.kind,
@@ -225,6 +242,7 @@ def verify_run(
             size_bytes=_weights_bytes(c.path) if c.kind == "checkpoint" else _size(c.path),
             speedup=(ref_p50 / stats.p50_ms) if stats and ref_p50 and stats.batch_size == 1 else None,
             change=change.to_dict() if change else None,
+            per_class=per_class,
             # the TensorRT runner times enqueue + sync (GPU work, no copies); a CPU backend's one timing is end to end
             gpu_compute=stats.to_dict() if stats and backends[c.name] == "tensorrt" else None,
             end_to_end=stats.to_dict() if stats and c.runner.device == "cpu" else None,  # type: ignore[union-attr]
@@ -256,7 +274,7 @@ def verify_run(
     ]
     detectable = images_needed_to_detect(ref_acc.num_images, level=config.significance_level)
     notes.append(
-        f"Δ top-1 intervals: paired bootstrap over the same images at {(1 - config.significance_level) * 100:g}%; "
+        f"Δ top-1 intervals: Tango's paired score interval at {(1 - config.significance_level) * 100:g}%; "
         f"distinguishable from noise = exact McNemar p < {config.significance_level:g}. "
         f"On {ref_acc.num_images} images one image "
         f"is {100 / ref_acc.num_images:.2f} pt, and a drop needs at least {detectable} images lost "
@@ -265,6 +283,16 @@ def verify_run(
     if config.max_accuracy_drop is not None:
         notes.append(f"Gate: --max-accuracy-drop {config.max_accuracy_drop:g} pt, --gate {config.gate.value}.")
     notes += [f"engine layers: {finding}" for finding in precision]
+    if config.max_class_drop is not None:
+        notes.append(
+            f"Gate: --max-class-drop {config.max_class_drop:g} pt of any class's recall, counted in whole images "
+            f"of that class."
+        )
+    if labelled and any(r.per_class for r in rows):
+        notes.append(
+            "Per class: recall on that class's images; distinguishable from noise = exact McNemar on them, "
+            f"Holm-corrected over the classes, below {config.significance_level:g}."
+        )
     if failures:
         notes.append("GATE FAILED: " + "; ".join(failures))
     payload = {
@@ -274,6 +302,7 @@ def verify_run(
         "num_images": ref_acc.num_images,
         "gates": {
             "max_accuracy_drop_pts": config.max_accuracy_drop,
+            "max_class_drop_pts": config.max_class_drop,
             "min_agreement": config.min_agreement,
             "gate": config.gate.value,
             "significance_level": config.significance_level,
@@ -350,7 +379,7 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
         if (
             config.max_accuracy_drop is not None
             and r.delta_top1_pts is not None
-            and -r.delta_top1_pts > config.max_accuracy_drop
+            and _over_accuracy_budget(r, config.max_accuracy_drop)
         ):
             over = f"{label}: top-1 drop {-r.delta_top1_pts:.2f} pts > --max-accuracy-drop {config.max_accuracy_drop:g}"
             if config.gate is Gate.POINT:
@@ -360,6 +389,8 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
                 failures.append(over + " (no paired data to test significance; point estimate judged)")
             elif r.change["significant"]:
                 failures.append(f"{over}, {r.change['verdict']}")
+        if config.max_class_drop is not None:
+            failures += _class_failures(r, config.max_class_drop)
         if (
             config.min_agreement is not None
             and r.top1_agreement is not None
@@ -369,6 +400,25 @@ def _gate(rows: list[VerifyRow], config: VerifyConfig) -> list[str]:
                 f"{label}: top-1 agreement {r.top1_agreement:.4f} < --min-agreement {config.min_agreement:g}"
             )
     return failures
+
+
+def _over_accuracy_budget(row: VerifyRow, budget: float) -> bool:
+    """In whole images where the row has its paired counts; else the recorded top-1 change."""
+    if row.change is not None and not row.change.get("bound"):
+        change = row.change
+        return over_budget(change["lost"] - change["gained"], change["total"], budget)
+    return over_budget(round(-(row.delta_top1_pts or 0.0) * row.num_images / 100), row.num_images, budget)
+
+
+def _class_failures(row: VerifyRow, budget: float) -> list[str]:
+    if row.per_class is None:
+        return [f"{row.label}: no per-class results to judge --max-class-drop {budget:g} (a device result has none)"]
+    return [
+        f"{row.label}: class {c['name']!r} recall drop {-c['delta_pts']:.2f} pt ({c['lost'] - c['gained']} of "
+        f"{c['images']} images; at most {allowed_images(budget, c['images'])} allowed) > --max-class-drop {budget:g}"
+        for c in row.per_class
+        if over_budget(c["lost"] - c["gained"], c["images"], budget)
+    ]
 
 
 def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAULT_LEVEL) -> list[VerifyRow]:

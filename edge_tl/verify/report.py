@@ -38,10 +38,20 @@ class VerifyRow:
     gpu_compute: dict[str, Any] | None = None
     end_to_end: dict[str, Any] | None = None
     energy_mj_per_image: float | None = None
+    # edge_tl.significance.ClassChange.to_dict() per class with validation images, against the original.
+    per_class: list[dict[str, Any]] | None = None
 
     @property
     def label(self) -> str:
         return self.name if self.origin == "local" else f"{self.name} @ {self.origin.split(':', 1)[1]}"
+
+    @property
+    def per_class_worst(self) -> str | None:
+        """The class whose recall fell most, in words (None without per-class data)."""
+        if not self.per_class:
+            return None
+        worst = min(self.per_class, key=lambda c: (c["delta_pts"], c["gained"] - c["lost"]))
+        return worst["text"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +99,30 @@ def format_table(rows: Sequence[VerifyRow], notes: Sequence[str] = ()) -> str:
 
 
 def change_lines(rows: Sequence[VerifyRow]) -> list[str]:
-    """One line per compared artifact: its top-1 change, interval and whether it is distinguishable from noise."""
-    return [f"Δ top-1 {r.label}: {r.change['text']}" for r in rows if r.change]
+    """One line per compared artifact: its top-1 change, interval and whether it is distinguishable from
+    noise; and its worst class (the largest recall drop)."""
+    lines = [f"Δ top-1 {r.label}: {r.change['text']}" for r in rows if r.change]
+    lines += [f"worst class of {r.label}: {r.per_class_worst}" for r in rows if r.per_class]
+    return lines
+
+
+def class_table(row: VerifyRow) -> list[str]:
+    """Markdown: one line per class of ``row``, a change distinguishable from noise (Holm-corrected
+    exact McNemar) marked in bold."""
+    out = [
+        f"### Per class: {row.label}",
+        "",
+        "| class | images | recall original % | recall % | Δ pts | lost | gained | 95% CI pts | Holm p | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in row.per_class or []:
+        mark = "**distinguishable from noise**" if c["significant"] else ""
+        out.append(
+            f"| {c['name']} | {c['images']} | {100 * c['reference_recall']:.2f} | {100 * c['recall']:.2f} | "
+            f"{c['delta_pts']:+.2f} | {c['lost']} | {c['gained']} | {c['ci_low_pts']:+.2f} to {c['ci_high_pts']:+.2f} "
+            f"| {c['p_holm']:.3g} | {mark} |"
+        )
+    return out
 
 
 def markdown(rows: Sequence[VerifyRow], *, title: str, notes: Sequence[str]) -> str:
@@ -101,6 +133,9 @@ def markdown(rows: Sequence[VerifyRow], *, title: str, notes: Sequence[str]) -> 
     out += [f"- {note}" for note in notes]
     out += [f"- {line}" for line in change_lines(rows)]
     out += [f"- skipped `{r.name}`: {r.skipped}" for r in rows if r.skipped]
+    for r in rows:
+        if r.per_class:
+            out += ["", *class_table(r)]
     return "\n".join(out) + "\n"
 
 

@@ -186,6 +186,7 @@ def test_int8_without_a_budget_records_the_model_its_accuracy_and_its_calibratio
         "reference_top1": reference,
         "accuracy_drop_points": result.drop_points,
         "max_accuracy_drop_points": None,
+        "max_class_drop_points": None,
         "accuracy_budget_met": None,
         "num_val_images": n_val,
         "attempts": [{"float_layers": [], "top1": top1, "drop_points": result.drop_points}],

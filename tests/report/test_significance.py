@@ -1,8 +1,8 @@
 """The statistics behind every accuracy comparison, against known values.
 
 Known values come from SciPy (``scipy.stats.binomtest``: the exact McNemar test is the exact
-binomial test on the discordant pairs; ``BinomTestResult.proportion_ci(method="wilson")``), and
-from closed forms worked out in the comments.
+binomial test on the discordant pairs; ``BinomTestResult.proportion_ci(method="wilson")``; the
+chi-square McNemar test), and from closed forms worked out in the comments.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from edge_tl.significance import (
     PairedCounter,
     images_needed_to_detect,
     mcnemar_exact,
-    paired_bootstrap_interval,
+    tango_interval,
+    tango_statistic,
     wilson_interval,
 )
 from edge_tl.verify.api import VerifyConfig, _gate
@@ -55,31 +56,54 @@ def test_wilson_interval_equals_scipy(correct: int, total: int, level: float) ->
     assert high == pytest.approx(ci.high, abs=1e-9)
 
 
-def test_paired_bootstrap_interval_closed_form_for_one_lost_image() -> None:
-    # One image of 359 lost, none gained: the resampled count of that image is Binomial(359, 1/359);
-    # P(count >= 4) = 0.019 < 2.5 % <= P(count >= 3) = 0.080, so the lower bound is exactly -3 images.
-    low, high = paired_bootstrap_interval(359, 1, 0)
-    assert low == pytest.approx(-3 / 359)
-    assert high == 0.0
-    assert paired_bootstrap_interval(359, 0, 0) == (0.0, 0.0)
+def test_tango_interval_without_a_changed_image_has_its_closed_form() -> None:
+    # No discordant image: the constrained MLE of a lost image is max(0, -d) and the statistic
+    # reduces to -sign(d) sqrt(n |d| / (1 - |d|)); T = -+z gives |d| = z^2 / (n + z^2).
+    z2 = stats.norm.ppf(0.975) ** 2
+    low, high = tango_interval(359, 0, 0)
+    assert high == pytest.approx(z2 / (359 + z2), abs=1e-12)
+    assert low == pytest.approx(-z2 / (359 + z2), abs=1e-12)
 
 
-def test_paired_bootstrap_interval_matches_the_normal_approximation_on_many_images() -> None:
-    # Large counts: the percentile interval approaches delta +- z * sqrt((b + c) - (c - b)**2 / n) / n.
-    n, lost, gained = 20_000, 600, 450
-    low, high = paired_bootstrap_interval(n, lost, gained)
-    delta = (gained - lost) / n
-    half = 1.959964 * math.sqrt((lost + gained) - (gained - lost) ** 2 / n) / n
-    assert low == pytest.approx(delta - half, abs=0.08 * half)
-    assert high == pytest.approx(delta + half, abs=0.08 * half)
-    assert paired_bootstrap_interval(n, lost, gained) == (low, high)  # seeded: the same every time
+def test_tango_statistic_at_no_change_is_mcnemars() -> None:
+    for lost, gained in DISCORDANT:
+        if lost + gained:
+            assert tango_statistic(500, lost, gained, 0.0) == pytest.approx(
+                (gained - lost) / math.sqrt(lost + gained), rel=1e-12
+            )
+
+
+@pytest.mark.parametrize(("lost", "gained"), DISCORDANT)
+@pytest.mark.parametrize("level", [0.05, 0.01])
+def test_tango_interval_leaves_out_zero_exactly_when_mcnemar_rejects(lost: int, gained: int, level: float) -> None:
+    # The asymptotic McNemar test (chi-square, 1 df, no continuity correction) from SciPy.
+    n = 400
+    low, high = tango_interval(n, lost, gained, level=level)
+    assert low <= (gained - lost) / n <= high
+    if lost + gained == 0:
+        assert low < 0 < high
+        return
+    p = stats.chi2.sf((gained - lost) ** 2 / (lost + gained), 1)
+    assert (low > 0 or high < 0) == (p < level)
+    z = stats.norm.ppf(1 - level / 2)
+    # Each limit is a root of the score equation T(d) = +-z.
+    if low > -1:
+        assert tango_statistic(n, lost, gained, low) == pytest.approx(z, abs=1e-7)
+    if high < 1:
+        assert tango_statistic(n, lost, gained, high) == pytest.approx(-z, abs=1e-7)
+
+
+def test_tango_interval_at_the_edges() -> None:
+    assert tango_interval(10, 10, 0)[0] == -1.0 and tango_interval(10, 0, 10)[1] == 1.0
+    low, high = tango_interval(10, 10, 0)
+    assert -1.0 < high < 0
 
 
 def test_the_quickstart_sentence() -> None:
     change = PairedComparison.from_counts(359, 1, 0)
     assert change.delta_pts == pytest.approx(-100 / 359)
     assert change.describe() == (
-        "-0.28 pt (95% CI -0.84 to +0.00), not distinguishable from noise on 359 images (exact McNemar p = 1)"
+        "-0.28 pt (95% CI -1.56 to +0.78), not distinguishable from noise on 359 images (exact McNemar p = 1)"
     )
     assert not change.significant
     strong = PairedComparison.from_counts(359, 6, 0)

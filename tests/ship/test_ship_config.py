@@ -113,3 +113,17 @@ def test_the_quantize_stage_takes_the_targets_recipe_as_the_cli_does(tmp_path):
         explicit=frozenset(),
     )
     assert kwargs["batch_size"] == 1 and kwargs["iterations"] == 200  # deploy's own defaults
+
+
+def test_max_class_drop_reaches_quantize_and_verify_under_one_name(tmp_path):
+    passthrough = gather()
+    assert passthrough.sources["quantize"]["max_class_drop"] == "max_class_drop"
+    assert passthrough.sources["verify"]["max_class_drop"] == "max_class_drop"
+    values = resolve("--data", tmp_path, "--target", "x86-64", "--out", tmp_path / "run", "--max-class-drop", "3")
+    options = {p.name: values[p.name] for p in passthrough.params}
+    request = ShipRequest(data=tmp_path, out=tmp_path / "run", target="x86-64", passthrough=passthrough,
+                          options=options, explicit=frozenset({"max_class_drop"}))  # fmt: skip
+    (tmp_path / "cls").mkdir()
+    stages = {s.name: s for s in plan(request, load_target("x86-64"), Precision.INT8)}
+    assert stages["quantize"].options["max_class_drop"] == 3.0
+    assert stages["verify"].options["max_class_drop"] == 3.0

@@ -16,6 +16,9 @@ from edge_tl.models.checkpoint import load_checkpoint  # noqa: E402
 from edge_tl.runs import Run  # noqa: E402
 from edge_tl.train import FinetuneConfig, finetune  # noqa: E402
 
+#: Timings in metrics.jsonl: they differ between any two runs.
+TIMINGS = ("images_per_s", "seconds", "bn_seconds")
+
 TINY = {
     "backbone": "timm:test_efficientnet",
     "weights": "none",
@@ -85,7 +88,7 @@ def test_interrupted_then_resumed_run_matches_uninterrupted_bitwise(tmp_path: Pa
 
     def curves(run: str) -> list[dict]:
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")} for x in lines]
+        return [{k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines]
 
     assert curves("whole") == curves("split") and len(curves("whole")) == 3
 

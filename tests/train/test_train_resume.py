@@ -33,6 +33,9 @@ PLATEAU = {
 }  # fmt: skip
 
 
+#: Timings in metrics.jsonl: they differ between any two runs.
+TIMINGS = ("images_per_s", "seconds", "bn_seconds")
+
 # --------------------------------------------------------------------------- the bookkeeping itself
 
 
@@ -94,7 +97,7 @@ def tiny_digits(digit_folder) -> str:
 
 def _curves(out: Path) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines]
 
 
 def _interrupt_after(epoch: int, *, keep_last_of: int | None = None, out: Path | None = None):
