@@ -43,7 +43,7 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        state = proc.stdout.readline().decode("utf-8", errors="replace").split()
+        state = proc.stdout.readline(4096).decode("utf-8", errors="replace").split()  # a line, not a flood
         if state == ["foreign"]:
             raise foreign_dir_error(ssh.endpoint, remote_dir)
         if state == ["busy"] or state[:1] == ["running"]:
@@ -59,7 +59,8 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
                 remote_dir,
             )
         elif state != ["locked"]:
-            stderr = proc.communicate(timeout=30)[1].decode("utf-8", errors="replace").strip()
+            proc.stdin.close()  # the script has ended; its first 8 KiB of stderr say why
+            stderr = proc.stderr.read(8192).decode("utf-8", errors="replace").strip()  # type: ignore[union-attr]
             raise RemoteError(
                 f"{ssh.endpoint}: cannot lock the device folder {remote_dir}: {stderr or 'connection lost'}"
             )

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from edge_tl.deploy.ssh import SshTransport, sh_script
+from edge_tl.deploy.ssh import RemoteResult, SshTransport, sh_script
 from edge_tl.errors import ConfigError, RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
@@ -115,11 +115,41 @@ class _Probe:
     partial: dict[str, int] = field(default_factory=dict)
 
 
-# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make.
-CLAIM = r"""
-if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
-mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; }
+# A shell function, run in the deploy directory before anything there is deleted or written:
+# edge-tl makes no symbolic link in its folders but `current` (to releases/<name>) and those
+# inside venv/. Any other link in a folder deploy deletes from or writes into (planted, or left
+# by a user) would send a `rm -rf` or a write through it, out of the device folder. Prints the
+# first such link and fails.
+NO_FOREIGN_LINKS = r"""
+no_foreign_links() {
+  for d in staging releases results jobs venv clocks.conf .current.new; do
+    if [ -L "$d" ]; then printf '%s\n' "$d" >&2; return 4; fi
+  done
+  if [ -L current ]; then
+    case "$(readlink current)" in releases/*/* | releases/ | releases/. | releases/..) ;; releases/*) t=ok ;; esac
+    [ "${t:-}" = ok ] || { printf 'current\n' >&2; return 4; }
+  elif [ -e current ]; then printf 'current\n' >&2; return 4
+  fi
+  for d in staging releases results jobs; do
+    [ -d "$d" ] || continue
+    l=$(find "$d" -type l 2>/dev/null | head -n 1)
+    [ -z "$l" ] || { printf '%s\n' "$l" >&2; return 4; }
+  done
+  return 0
+}
 """
+# Exit status of a script that found such a link (its path is the last line of stderr).
+FOREIGN_LINK = 4
+
+# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make, 4 for a foreign link in it.
+CLAIM = (
+    NO_FOREIGN_LINKS
+    + r"""
+if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
+mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; } && cd -- "$1" || exit 1
+no_foreign_links || exit 4
+"""
+)
 
 
 def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
@@ -129,11 +159,31 @@ def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
     )
 
 
+def foreign_link_error(host: object, remote_dir: str, stderr: str) -> ConfigError:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    link = lines[-1] if lines else "?"
+    return ConfigError(
+        f"{host}: {remote_dir}/{link} is a symbolic link edge-tl did not make: deploy deletes and writes there and "
+        "would follow it out of the device folder. Nothing was changed; remove the link on the device (or give "
+        "--remote-dir a new folder)."
+    )
+
+
+def check_remote_status(ssh: SshTransport, remote_dir: str, result: RemoteResult, *, what: str) -> None:
+    """Raise the one-line error of a device script that refused (foreign link) or failed."""
+    if result.returncode == FOREIGN_LINK:
+        raise foreign_link_error(ssh.endpoint, remote_dir, result.stderr)
+    if result.returncode != 0:
+        raise RemoteError(f"{ssh.endpoint}: {what} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+
+
 def claim_remote_dir(ssh: SshTransport, remote_dir: str) -> None:
-    """Mark ``remote_dir`` as edge-tl's, refusing a non-empty folder that holds no marker."""
+    """Mark ``remote_dir`` as edge-tl's, refusing a non-empty folder that holds no marker, or a foreign link."""
     claimed = ssh.run(sh_script(CLAIM, remote_dir, MARKER), check=False, what="claim of the remote directory")
     if claimed.returncode == 3:
         raise foreign_dir_error(ssh.endpoint, remote_dir)
+    if claimed.returncode == FOREIGN_LINK:
+        raise foreign_link_error(ssh.endpoint, remote_dir, claimed.stderr)
     if claimed.returncode != 0:
         raise RemoteError(f"{ssh.endpoint}: cannot create {remote_dir}: {claimed.stderr.strip()}")
 
@@ -171,16 +221,43 @@ cd -- "$1" || exit 1; shift
 for f in "$@"; do s=$(sha256sum < "$f") && printf '%s\t%s\n' "${s%% *}" "$f" || printf 'missing\t%s\n' "$f"; done
 """
 
+# Removes every release but $1 and every staging folder; only folders named as edge-tl names them
+# (releases/<hex>-<digits>, staging/<hex>), never through a link.
+_TIDY = r"""
+tidy() {
+  for d in releases/* staging/*; do
+    [ "$d" = "releases/$1" ] || [ ! -d "$d" ] || [ -L "$d" ] && continue
+    case "${d#*/}" in *[!0-9a-f-]* | -* | "") continue ;; esac
+    rm -rf -- "$d"
+  done
+  rmdir staging 2>/dev/null
+  return 0
+}
+"""
+
 # Safe to send again (a retry after a dropped link): a rename already done is not redone.
-_PUBLISH = r"""
-cd -- "$1" && mkdir -p releases || exit 1
+_PUBLISH = (
+    NO_FOREIGN_LINKS
+    + _TIDY
+    + r"""
+cd -- "$1" && no_foreign_links || exit $?
+mkdir -p releases || exit 1
 if [ -d "staging/$2" ]; then mv -T -- "staging/$2" "releases/$3" || exit 1
 elif [ ! -d "releases/$3" ]; then echo "staging/$2 is missing: nothing to publish" >&2; exit 1; fi
 ln -sfn -- "releases/$3" .current.new && mv -Tf -- .current.new current || exit 1
-for d in releases/* staging/*; do [ "$d" = "releases/$3" ] || [ ! -e "$d" ] || rm -rf -- "$d"; done
-rmdir staging 2>/dev/null
-exit 0
+tidy "$3"
 """
+)
+
+# An up-to-date device may still hold what a publish killed in its clean-up left: the old releases.
+_TIDY_ONLY = (
+    NO_FOREIGN_LINKS
+    + _TIDY
+    + r"""
+cd -- "$1" && no_foreign_links || exit $?
+tidy "$2"
+"""
+)
 
 
 def _probe(ssh: SshTransport, remote_dir: str, digest: str, names: list[str]) -> _Probe:
@@ -295,6 +372,8 @@ def sync_bundle(
     probe = _probe(ssh, remote_dir, digest, names)
     current_ok = probe.current.startswith(digest + "-") and all(probe.in_current.get(n) == files[n][0] for n in names)
     if current_ok:
+        tidied = ssh.run(sh_script(_TIDY_ONLY, remote_dir, probe.current), check=False, what="clean-up of old releases")
+        check_remote_status(ssh, remote_dir, tidied, what="clean-up of old releases")
         return SyncReport(remote_dir, probe.current, up_to_date=True, seconds=time.monotonic() - start)
 
     sent: list[str] = []
@@ -359,7 +438,8 @@ def sync_bundle(
             bytes_sent += _upload(ssh, local_root / name, remote_dir, f"{stage}/{name}", files[name][1], 0)
             resent.append(name)
     release = f"{digest}-{time.time_ns()}"
-    ssh.run(sh_script(_PUBLISH, remote_dir, digest, release), what="publishing the bundle")
+    published = ssh.run(sh_script(_PUBLISH, remote_dir, digest, release), check=False, what="publishing the bundle")
+    check_remote_status(ssh, remote_dir, published, what="publishing the bundle")
     return SyncReport(
         remote_dir,
         release,

@@ -17,6 +17,7 @@ from typing import Any
 from edge_tl.artifacts import CHECKPOINT_BEST, SOURCE_SECTION
 from edge_tl.deploy.api import ACCURACY_FILE
 from edge_tl.deploy.fleet import FLEET_FILE
+from edge_tl.deploy.record import entry_problem
 from edge_tl.runs import MANIFEST_NAME
 from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_interval
 
@@ -240,7 +241,8 @@ class Device:
     files: list[str]
 
 
-def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[Device]:
+def _devices(run_dir: Path, reference_top1: float | None, level: float, problems: list[str]) -> list[Device]:
+    """The device sections; an entry of accuracy.json that is not a measurement is left out, said in ``problems``."""
     deploy = run_dir / "deploy"
     devices = []
     for folder in sorted(p for p in deploy.glob("*") if p.is_dir() and not p.name.startswith(".")):
@@ -252,7 +254,12 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
         )
         results, rows = [], []
         for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict) or "artifact" not in entry:
+            problem = entry_problem(entry)
+            if problem is not None:
+                problems.append(
+                    f"Left out a result of {folder.name}: {folder / ACCURACY_FILE} is not a measurement ({problem}); "
+                    f"deploy to {folder.name} again."
+                )
                 continue
             n = entry.get("num_images") if isinstance(entry.get("num_images"), int) else None
             top1 = _num(entry.get("top1"))
@@ -356,6 +363,8 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         for name, a in (manifest.get("artifacts") or {}).items()
         if isinstance(a, dict)
     ]
+    problems: list[str] = []
+    devices = _devices(run_dir, reference_top1, level, problems)
     missing = []
     if not (run_dir / "metrics.jsonl").is_file():
         missing.append("No training curves: metrics.jsonl is written by `edge-tl finetune`.")
@@ -363,6 +372,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         missing.append("No confusion matrix: run `edge-tl evaluate RUN`.")
     if verify is None:
         missing.append("No comparison with the original yet: run `edge-tl verify RUN`.")
+    missing += problems
     return RunData(
         root=run_dir,
         manifest=manifest,
@@ -373,7 +383,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         confusion_png=confusion_png if confusion_png.is_file() else None,
         verify=verify,
         models=models,
-        devices=_devices(run_dir, reference_top1, level),
+        devices=devices,
         fleet=fleet if isinstance(fleet, dict) else None,
         commands=commands,
         missing=missing,

@@ -1,0 +1,229 @@
+"""A device that is not to be trusted: planted symbolic links, a hostile or broken agent, a flood of
+output, a deploy killed while it replaces its results, a publish killed on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_tl.deploy.modes import parse_device_result
+from edge_tl.deploy.record import DeviceValueError, check_logits, entry_problem
+from edge_tl.deploy.ssh import SshTransport
+from edge_tl.deploy.sync import MARKER, sync_bundle
+from edge_tl.errors import ConfigError, EdgeTLError, RemoteError, RunError
+from edge_tl.runs import Run
+
+pytestmark = pytest.mark.ssh
+
+QUICK = dict(eval_images=16, iterations=5, warmup=1, remote_python=sys.executable)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _bundle(folder: Path, text: str) -> tuple[Path, dict[str, tuple[str, int]], str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.bin").write_text(text)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return folder, {"model.bin": (sha, len(text))}, sha[:16]
+
+
+# ---------------------------------------------------------------- planted symbolic links
+
+
+@pytest.mark.parametrize("link", ["staging", "releases", "results", "jobs", "jobs/old-job", "releases/old-1"])
+def test_a_planted_link_in_the_device_folder_is_refused_naming_it_and_its_target_is_kept(
+    sshd, ssh_lab, tmp_path, link
+):
+    remote = tmp_path / "dev"
+    theirs = tmp_path / "their photos"
+    (theirs / "2024").mkdir(parents=True)
+    (theirs / "2024" / "a.jpg").write_text("a photo")
+    (theirs / "rc").write_text("0\n")  # looks like a finished job folder to a careless clean-up
+    with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+        root, files, digest = _bundle(tmp_path / "b1", "first")
+        sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))  # an edge-tl folder, published once
+        planted = remote / link
+        if planted.exists():
+            shutil.rmtree(planted)
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.symlink_to(theirs, target_is_directory=True)
+        before, device_before = _tree(theirs), sorted(p.name for p in remote.iterdir())
+        root, files, digest = _bundle(tmp_path / "b2", "second")
+        with pytest.raises(ConfigError) as info:
+            sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+    message = str(info.value)
+    assert f"{remote}/{link} is a symbolic link edge-tl did not make" in message and "\n" not in message
+    assert _tree(theirs) == before and sorted(p.name for p in remote.iterdir()) == device_before
+    if link != "releases":  # (replacing releases/ by the link took the published bundle away)
+        assert (remote / "current" / "model.bin").read_text() == "first"  # the published bundle is still the old one
+
+
+def test_a_current_link_pointing_out_of_the_folder_is_refused(sshd, ssh_lab, tmp_path):
+    remote = tmp_path / "dev"
+    remote.mkdir()
+    (remote / MARKER).write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    (remote / "current").symlink_to(tmp_path / "elsewhere")
+    root, files, digest = _bundle(tmp_path / "b", "x")
+    with SshTransport(sshd.alias, ssh_lab.options()) as ssh, pytest.raises(ConfigError, match="current is a symbolic"):
+        sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+
+
+def test_publish_removes_only_the_folders_edge_tl_named(sshd, ssh_lab, tmp_path):
+    remote = tmp_path / "dev"
+    with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+        root, files, digest = _bundle(tmp_path / "b1", "first")
+        sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+        (remote / "releases" / "notes of mine").mkdir()
+        (remote / "releases" / "notes of mine" / "n.txt").write_text("mine")
+        root, files, digest = _bundle(tmp_path / "b2", "second")
+        report = sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+    assert sorted(p.name for p in (remote / "releases").iterdir()) == sorted([report.release, "notes of mine"])
+    assert (remote / "releases" / "notes of mine" / "n.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- a kill inside publish, on the device
+
+# In front of the device's `ln` (or `rm`): when the switch file lies beside it, the publish script
+# that called it is killed (SIGKILL) at that very call, once.
+_KILLER = """#!/bin/sh
+here=$(dirname -- "$0")
+if [ -f "$here/kill-at-{tool}" ] && [ "{guard}" ]; then rm -f "$here/kill-at-{tool}"; kill -9 $PPID; exit 137; fi
+exec /bin/{tool} "$@"
+"""
+
+
+@pytest.mark.parametrize(("tool", "guard", "current_after_kill"), [("ln", "1", "first"), ("rm", '$1" = "-rf', "second")])
+def test_a_publish_killed_on_the_device_leaves_a_whole_bundle_current_and_the_next_deploy_finishes(
+    sshd, ssh_lab, tmp_path, tool, guard, current_after_kill
+):
+    remote = tmp_path / "dev"
+    wrapper = sshd.extra_path / tool
+    wrapper.write_text(_KILLER.format(tool=tool, guard=guard))
+    wrapper.chmod(0o755)
+    try:
+        with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+            root, files, digest = _bundle(tmp_path / "b1", "first")
+            sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+            (sshd.extra_path / f"kill-at-{tool}").write_text("")
+            root, files, digest = _bundle(tmp_path / "b2", "second")
+            with pytest.raises(RemoteError, match="publishing the bundle failed \\(exit 137\\)"):
+                sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+            assert not (sshd.extra_path / f"kill-at-{tool}").exists()  # the kill did happen
+            # Killed before the switch: the old bundle, whole; after it: the new one, whole.
+            assert (remote / "current" / "model.bin").read_text() == current_after_kill
+            again = sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+    finally:
+        wrapper.unlink()
+    assert (remote / "current" / "model.bin").read_text() == "second"
+    if not again.up_to_date:
+        assert (remote / "current").readlink() == Path("releases") / again.release
+    assert len(list((remote / "releases").iterdir())) == 1 and not (remote / "staging").exists()
+
+
+# ---------------------------------------------------------------- what the device sends back
+
+GOOD_STATS = {"batch_size": 1, "iterations": 20, "mean_ms": 1.2, "std_ms": 0.1, "min_ms": 1.0, "p50_ms": 1.1,
+              "p90_ms": 1.3, "p95_ms": 1.4, "p99_ms": 1.5, "max_ms": 1.6, "throughput_ips": 833.3, "cv": 0.08}  # fmt: skip
+GOOD = {"artifact": "onnx-fp32", "kind": "onnx", "backend": "onnxruntime", "gpu_compute": None,
+        "end_to_end": GOOD_STATS, "latency": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput_ips": 900.0,
+                                              "batch_size": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"latency": {**GOOD["latency"], "p50_ms": math.inf}}, "no valid 'p50_ms' \\(got inf"),
+        ({"latency": {**GOOD["latency"], "throughput_ips": -math.inf}}, "no valid 'throughput_ips'"),
+        ({"latency": {**GOOD["latency"], "p50_ms": 3.0}}, "p50_ms 3.0 above p99_ms 2.0"),
+        ({"latency": {**GOOD["latency"], "batch_size": 1.5}}, "no valid 'batch_size'"),
+        ({"end_to_end": {"p50_ms": 1.0}}, "end_to_end from the device has no valid 'batch_size'"),
+        ({"end_to_end": {**GOOD_STATS, "max_ms": math.inf}}, "no valid 'max_ms'"),
+        ({"gpu_compute": [1, 2]}, "gpu_compute from the device is not a latency record"),
+        ({"gpu_compute": {**GOOD_STATS, "iterations": "20"}}, "no valid 'iterations'"),
+        ({"backend": "x" * 500}, "no valid 'backend'"),
+        ({"edge_tl": "v1"}, "'edge_tl' field"),
+    ],
+)
+def test_device_results_with_a_number_that_is_not_one_are_refused(change, message):
+    with pytest.raises(DeviceValueError, match=message) as info:
+        parse_device_result({**GOOD, **change}, where="result.json")
+    assert "\n" not in str(info.value) and isinstance(info.value, RemoteError)
+    assert parse_device_result(GOOD, where="result.json") == GOOD
+
+
+def test_a_trtexec_summary_record_with_unknown_spread_is_still_accepted():
+    # trtexec's text summary prints no standard deviation: NaN there means "not known" (edge_tl.bench.trtexec).
+    from edge_tl.deploy.record import latency_stats
+
+    record = {**GOOD_STATS, "std_ms": math.nan, "cv": math.nan, "iterations": 0}
+    assert latency_stats(record, where="x")["p50_ms"] == 1.1
+    with pytest.raises(DeviceValueError, match="no valid 'std_ms' \\(got inf"):
+        latency_stats({**record, "std_ms": math.inf}, where="x")
+
+
+def test_non_finite_or_non_float_logits_are_a_device_failure():
+    good = np.zeros((4, 3), dtype=np.float32)
+    assert check_logits(good, classes=3, rows=4, where="d") is good
+    nan = good.copy()
+    nan[1, 2] = np.nan
+    with pytest.raises(DeviceValueError, match="1 of 4 rows of the device's logits hold NaN or infinity"):
+        check_logits(nan, classes=3, rows=4, where="d")
+    with pytest.raises(DeviceValueError, match="4 of 4 rows"):
+        check_logits(np.full((4, 3), np.inf, dtype=np.float32), classes=3, rows=4, where="d")
+    with pytest.raises(DeviceValueError, match="logits of type int64"):
+        check_logits(np.zeros((4, 3), dtype=np.int64), classes=3, rows=4, where="d")
+    with pytest.raises(DeviceValueError, match="shape \\(3, 3\\); 4 x 3 expected"):
+        check_logits(good[:3], classes=3, rows=4, where="d")
+
+
+def test_trtexec_exported_logits_with_nan_are_refused():
+    from edge_tl.deploy.modes import exported_logits
+
+    data = json.dumps([{"name": "logits", "dimensions": "2x3", "values": [0, 1, 2, 3, float("nan"), 5]}]).encode()
+    with pytest.raises(DeviceValueError, match="1 of 2 rows"):
+        exported_logits(data, output="logits", count=2, classes=3, where="out.json")
+    huge = json.dumps([{"name": "logits", "dimensions": "1x3", "values": [1e39, 0, 0]}]).encode()  # inf as float32
+    with pytest.raises(DeviceValueError, match="NaN or infinity"):
+        exported_logits(huge, output="logits", count=1, classes=3, where="out.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"latency_ms": {"p50": math.inf, "p99": 1.0, "batch_size": 1}}, "latency_ms.p50 is inf"),
+        ({"top1": math.nan}, "'top1' is nan"),
+        ({"mean_kl": math.nan}, "'mean_kl' is nan"),
+        ({"end_to_end": {**GOOD_STATS, "p99_ms": math.inf}}, "no valid 'p99_ms'"),
+        ({"num_images": "64"}, "'num_images' is '64'"),
+    ],
+)
+def test_verify_and_the_report_survive_a_stored_record_that_is_not_a_measurement(untrained_run, tmp_path, change,
+                                                                                  problem):  # fmt: skip
+    from edge_tl.report.collect import collect
+    from edge_tl.verify.api import read_deploy_results
+
+    run = Run.open(shutil.copytree(untrained_run, tmp_path / "run"))
+    entry = {"artifact": "onnx-fp32", "kind": "onnx", "num_images": 64, "top1": 0.5, "reference_top1": 0.5,
+             "latency_ms": {"p50": 1.0, "p99": 2.0, "batch_size": 1}}  # fmt: skip
+    folder = run.path("deploy", "dev")
+    folder.mkdir(parents=True)
+    (folder / "accuracy.json").write_text(json.dumps({"host": "dev", "results": [{**entry, **change}]}))
+    assert entry_problem(entry) is None and problem in (entry_problem({**entry, **change}) or "")
+    with pytest.raises(RunError, match="is not a measurement") as info:
+        read_deploy_results(run, reference_top1=0.5)
+    assert problem in str(info.value) and "re-run deploy for dev" in str(info.value) and "\n" not in str(info.value)
+    data = collect(run.root)
+    assert [d.rows for d in data.devices if d.name == "dev"] in ([], [[]])
+    assert any("Left out a result of dev" in line and problem in line for line in data.missing)
