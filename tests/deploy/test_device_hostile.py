@@ -19,7 +19,7 @@ from edge_tl.deploy.modes import parse_device_result
 from edge_tl.deploy.record import DeviceValueError, check_logits, entry_problem
 from edge_tl.deploy.ssh import SshTransport
 from edge_tl.deploy.sync import MARKER, sync_bundle
-from edge_tl.errors import ConfigError, EdgeTLError, RemoteError, RunError
+from edge_tl.errors import ConfigError, RemoteError, RunError
 from edge_tl.runs import Run
 
 pytestmark = pytest.mark.ssh
@@ -42,9 +42,7 @@ def _bundle(folder: Path, text: str) -> tuple[Path, dict[str, tuple[str, int]], 
 
 
 @pytest.mark.parametrize("link", ["staging", "releases", "results", "jobs", "jobs/old-job", "releases/old-1"])
-def test_a_planted_link_in_the_device_folder_is_refused_naming_it_and_its_target_is_kept(
-    sshd, ssh_lab, tmp_path, link
-):
+def test_a_planted_link_in_the_device_folder_is_refused_naming_it_and_its_target_is_kept(sshd, ssh_lab, tmp_path, link):
     remote = tmp_path / "dev"
     theirs = tmp_path / "their photos"
     (theirs / "2024").mkdir(parents=True)
@@ -104,7 +102,9 @@ exec /bin/{tool} "$@"
 """
 
 
-@pytest.mark.parametrize(("tool", "guard", "current_after_kill"), [("ln", "1", "first"), ("rm", '$1" = "-rf', "second")])
+@pytest.mark.parametrize(
+    ("tool", "guard", "current_after_kill"), [("ln", "1", "first"), ("rm", '$1" = "-rf', "second")]
+)
 def test_a_publish_killed_on_the_device_leaves_a_whole_bundle_current_and_the_next_deploy_finishes(
     sshd, ssh_lab, tmp_path, tool, guard, current_after_kill
 ):
@@ -135,7 +135,8 @@ def test_a_publish_killed_on_the_device_leaves_a_whole_bundle_current_and_the_ne
 # ---------------------------------------------------------------- what the device sends back
 
 GOOD_STATS = {"batch_size": 1, "iterations": 20, "mean_ms": 1.2, "std_ms": 0.1, "min_ms": 1.0, "p50_ms": 1.1,
-              "p90_ms": 1.3, "p95_ms": 1.4, "p99_ms": 1.5, "max_ms": 1.6, "throughput_ips": 833.3, "cv": 0.08}  # fmt: skip
+              "p90_ms": 1.3, "p95_ms": 1.4, "p99_ms": 1.5, "max_ms": 1.6, "throughput_ips": 833.3,
+              "cv": 0.08}  # fmt: skip
 GOOD = {"artifact": "onnx-fp32", "kind": "onnx", "backend": "onnxruntime", "gpu_compute": None,
         "end_to_end": GOOD_STATS, "latency": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput_ips": 900.0,
                                               "batch_size": 1}}  # fmt: skip
@@ -227,3 +228,115 @@ def test_verify_and_the_report_survive_a_stored_record_that_is_not_a_measurement
     data = collect(run.root)
     assert [d.rows for d in data.devices if d.name == "dev"] in ([], [[]])
     assert any("Left out a result of dev" in line and problem in line for line in data.missing)
+
+
+# ---------------------------------------------------------------- a hostile agent, end to end
+
+# Installed beside the edge-tl wheel in the device's virtual environment (a .pth line runs at every
+# start of its Python): after the real agent wrote its results, it rewrites them as the file
+# `hostile-mode` next to it says. A tampered install, as a user's device may hold.
+_HOSTILE = """
+import atexit, json, os, sys
+from pathlib import Path
+
+def _tamper():
+    if "--out" not in sys.argv:
+        return
+    out = Path(sys.argv[sys.argv.index("--out") + 1])
+    mode = Path(__file__).with_name("hostile-mode")
+    if not mode.is_file() or not (out / "result.json").is_file():
+        return
+    how = mode.read_text().strip()
+    result = json.loads((out / "result.json").read_text())
+    if how == "inf":
+        result["latency"]["p50_ms"] = float("inf")
+    elif how == "gpu_compute":
+        result["gpu_compute"] = {"p50_ms": 1.0}
+    elif how == "nan-logits":
+        import numpy as np
+        logits = np.load(out / "logits.npy")
+        np.save(out / "logits.npy", np.full_like(logits, np.nan))
+    (out / "result.json").write_text(json.dumps(result))
+
+atexit.register(_tamper)
+"""
+
+
+def test_a_hostile_agent_is_refused_in_one_line_and_replaces_nothing(
+    deployable_run, sshd, ssh_lab, edge_tl_wheel, tmp_path, capsys
+):
+    from edge_tl.cli.main import main
+    from edge_tl.deploy import DeployConfig, deploy
+
+    run_dir = Path(shutil.copytree(deployable_run, tmp_path / "run"))
+    remote = tmp_path / "dev"
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote),
+                          wheel=edge_tl_wheel, **QUICK)  # fmt: skip
+    assert deploy(run_dir, sshd.alias, config, name="dev").ok
+    site = next((remote / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "etl_hostile.py").write_text(_HOSTILE)
+    (site / "etl_hostile.pth").write_text("import etl_hostile\n")
+    out = run_dir / "deploy" / "dev"
+    kept = {n: (out / n).read_bytes() for n in ("result.json", "bench.json", "logits.npy", "accuracy.json")}
+    manifest = (run_dir / "manifest.json").read_bytes()
+    for how, message in (
+        ("inf", "no valid 'p50_ms' \\(got inf"),
+        ("gpu_compute", "gpu_compute from the device has no valid 'batch_size'"),
+        ("nan-logits", "16 of 16 rows of the device's logits hold NaN or infinity"),
+    ):
+        (site / "hostile-mode").write_text(how)
+        with pytest.raises(DeviceValueError, match=message) as info:
+            deploy(run_dir, sshd.alias, config, name="dev")
+        assert "\n" not in str(info.value)
+        assert {n: (out / n).read_bytes() for n in kept} == kept and (
+            run_dir / "manifest.json"
+        ).read_bytes() == manifest
+        assert (out / "failed" / "result.json").is_file()  # what the device sent is kept apart, for diagnosis
+    # verify and the report still read the good results.
+    for command in (["verify", str(run_dir), "--no-latency", "--max-images", "16"], ["report", str(run_dir)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        printed = capsys.readouterr()
+        assert exit_info.value.code == 0, printed.err
+        assert "Traceback" not in printed.err and "Infinity" not in printed.out
+
+
+# ---------------------------------------------------------------- a flood of output
+
+# In a fresh process: the peak RSS after a small device job, then after jobs and commands that
+# print 200 MB. Each prints one line of JSON.
+_FLOOD = textwrap.dedent("""
+    import json, resource, sys
+    from edge_tl.deploy.jobs import run_job
+    from edge_tl.deploy.ssh import SshOptions, SshTransport
+    config, remote = sys.argv[1], sys.argv[2]
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # MB (Linux: KiB)
+    flood = "head -c 200000000 /dev/zero | tr '\\\\0' x"
+    with SshTransport("edge-test-0", SshOptions(config_file=config, retries=0)) as ssh:
+        small = run_job(ssh, remote, "small", ["sh", "-c", "echo hello; echo oops >&2"], timeout=60, what="a job")
+        usual = peak()
+        job = run_job(ssh, remote, "flood", ["sh", "-c", flood + "; " + flood + " >&2"], timeout=120, what="flood")
+        direct = ssh.run(["sh", "-c", flood], what="a flood")
+        note = lambda text: [ln for ln in text.splitlines() if ln.startswith("[edge-tl:")]
+        print(json.dumps({"usual_mb": usual, "peak_mb": peak(), "small": [small.text, small.stderr],
+                          "job": [len(job.stdout), note(job.text), job.text[-3:], len(job.stderr), note(job.stderr)],
+                          "direct": [len(direct.stdout), direct.dropped, direct.text[:3], direct.text[-3:]]}))
+""")
+
+
+def test_200_mb_of_device_output_keeps_the_local_process_within_50_mb_of_its_usual_size(sshd, ssh_lab, tmp_path):
+    remote = tmp_path / "dev"
+    remote.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FLOOD, str(ssh_lab.client_config), str(remote)],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["small"] == ["hello\n", "oops\n"]
+    assert seen["peak_mb"] - seen["usual_mb"] < 50, seen
+    # A job's output is cut on the device (OUTPUT_KEEP / 2 kept at each end), a command's here (OUTPUT_KEEP).
+    note = "[edge-tl: {} bytes of the device's output were dropped here]"
+    stdout_len, stdout_note, stdout_tail, stderr_len, stderr_note = seen["job"]
+    assert stdout_note == stderr_note == [note.format(200_000_000 - 256 * 1024)] and stdout_tail == "xxx"
+    assert stdout_len < 300_000 and stderr_len < 300_000
+    direct_len, direct_dropped, head, tail = seen["direct"]
+    assert direct_dropped == 200_000_000 - 2 * 256 * 1024 and head == tail == "xxx" and direct_len < 600_000
