@@ -340,3 +340,80 @@ def test_200_mb_of_device_output_keeps_the_local_process_within_50_mb_of_its_usu
     assert stdout_len < 300_000 and stderr_len < 300_000
     direct_len, direct_dropped, head, tail = seen["direct"]
     assert direct_dropped == 200_000_000 - 2 * 256 * 1024 and head == tail == "xxx" and direct_len < 600_000
+
+
+# ---------------------------------------------------------------- a kill while the results are replaced
+
+# A deploy in its own process, killed (SIGKILL) at its chosen `os.replace` into deploy/<name>/ while
+# the results of a good measurement replace the previous ones.
+_KILLED_DEPLOY = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    import edge_tl.deploy.api as api
+    from edge_tl.deploy import DeployConfig, deploy
+    from edge_tl.deploy.ssh import SshOptions
+    run_dir, host, remote, wheel, config_file, kill_at = sys.argv[1:7]
+    out = Path(run_dir) / "deploy" / "dev"
+    calls = []
+
+    class KillingOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def replace(self, src, dst):
+            if Path(dst).parent == out and Path(dst).name != "failed":
+                calls.append(Path(dst).name)
+                if len(calls) == int(kill_at):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return os.replace(src, dst)
+
+    api.os = KillingOs()
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=SshOptions(config_file=config_file, retries=0),
+                          remote_dir=remote, wheel=Path(wheel), eval_images=16, iterations=5, warmup=1,
+                          remote_python=sys.executable)
+    deploy(run_dir, host, config, name="dev")
+""")
+
+
+def _consistent(run_dir: Path) -> tuple[float, float, float]:
+    """(p50 of result.json, of accuracy.json, of the manifest record) of deploy/dev."""
+    out = run_dir / "deploy" / "dev"
+    device = json.loads((out / "result.json").read_text())
+    entry = json.loads((out / "accuracy.json").read_text())["results"][0]
+    record = Run.open(run_dir).artifact("deploy-dev")
+    return device["latency"]["p50_ms"], entry["latency_ms"]["p50"], record.metrics["p50_ms"]
+
+
+def test_a_deploy_killed_while_it_replaces_its_results_is_finished_by_the_next_one(
+    deployable_run, sshd, ssh_lab, edge_tl_wheel, tmp_path
+):
+    from edge_tl.deploy import DeployConfig, deploy
+
+    run_dir = Path(shutil.copytree(deployable_run, tmp_path / "run"))
+    remote = tmp_path / "dev"
+    config = DeployConfig(target="x86-64", precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote),
+                          wheel=edge_tl_wheel, **QUICK)  # fmt: skip
+    deploy(run_dir, sshd.alias, config, name="dev")
+    old = _consistent(run_dir)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_DEPLOY, str(run_dir), sshd.alias, str(remote),
+                             str(edge_tl_wheel), str(ssh_lab.client_config), "2"],
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    out = run_dir / "deploy" / "dev"
+    # Killed after result.json moved in, before bench.json, logits.npy and accuracy.json did.
+    assert json.loads((out / "result.json").read_text())["latency"]["p50_ms"] != old[0]
+    # The next deploy of that name finishes the replacement first, even one that then fails (here the
+    # device is unreachable): the folder holds the killed deploy's measurement, whole.
+    with pytest.raises(RemoteError, match="unreachable"):
+        deploy(run_dir, "127.0.0.1:1", replace_ssh(config, ssh_lab), name="dev")
+    new = _consistent(run_dir)
+    assert new[0] == new[1] == new[2] != old[0]
+    assert not list(out.glob(".incoming-*")) and not (out / ".settle.json").exists()
+    logits = np.load(out / "logits.npy", allow_pickle=False)
+    assert logits.shape == (16, 10) and np.isfinite(logits).all()
+
+
+def replace_ssh(config, ssh_lab):
+    from dataclasses import replace
+
+    return replace(config, ssh=ssh_lab.options(retries=0))
