@@ -29,3 +29,7 @@ class ToleranceError(EdgeTLError):
 
 class RemoteError(EdgeTLError):
     """A remote device could not be reached or did not do what was asked."""
+
+
+class FleetIncomplete(RemoteError):
+    """Some devices of a fleet were not deployed (the others were): each is in the table with its reason."""

@@ -15,16 +15,17 @@ import subprocess
 from collections.abc import Iterator
 
 from edge_tl.deploy.ssh import SshTransport, remote_command, sh_script
-from edge_tl.deploy.sync import MARKER, foreign_dir_error
+from edge_tl.deploy.sync import MARKER, foreign_dir_error, read_only_error
 from edge_tl.errors import RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
 
-# $1 folder, $2 marker. First line: locked, busy, running JOB, foreign or noflock.
+# $1 folder, $2 marker. First line: locked, busy, running JOB, foreign, readonly or noflock.
 _LOCK = r"""
 d="$1"; m="$2"
 if [ -e "$d" ] && [ ! -f "$d/$m" ] && [ -n "$(ls -A -- "$d" 2>/dev/null)" ]; then echo foreign; exit 0; fi
 mkdir -p -- "$d" && cd -- "$d" || exit 1
+[ -w . ] || { echo readonly; exit 0; }
 command -v flock >/dev/null 2>&1 || { echo noflock; exec cat > /dev/null; }
 exec 9>>"$m"
 flock -n 9 || { echo busy; exit 0; }
@@ -46,6 +47,8 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
         state = proc.stdout.readline(4096).decode("utf-8", errors="replace").split()  # a line, not a flood
         if state == ["foreign"]:
             raise foreign_dir_error(ssh.endpoint, remote_dir)
+        if state == ["readonly"]:
+            raise read_only_error(ssh.endpoint, remote_dir)
         if state == ["busy"] or state[:1] == ["running"]:
             what = "another deploy holds it" if state == ["busy"] else f"{remote_dir}/{state[1]} is still running there"
             raise RemoteError(

@@ -41,17 +41,20 @@ echo started
 """
 
 # $1 job dir, $2 seconds to wait at most. Prints "done N", "running", "vanished" or "missing".
+# The wait is counted in sleeps, not read from the device's clock: a clock that jumps back (NTP
+# correcting a Jetson without an RTC battery) or stands still must not hold a poll past its end.
 _WAIT = r"""
 cd -- "$1" 2>/dev/null || { echo missing; exit 0; }
-end=$(( $(date +%s) + $2 ))
+if sleep 0.2 2>/dev/null; then step=0.2; n=$(( $2 * 5 )); else step=1; n=$2; fi
+i=0
 while :; do
   if [ -f rc ]; then echo "done $(cat rc)"; exit 0; fi
   if [ -f pid ] && ! kill -0 "$(cat pid)" 2>/dev/null; then
     [ -f rc ] && continue
     echo vanished; exit 0
   fi
-  [ "$(date +%s)" -lt "$end" ] || { echo running; exit 0; }
-  sleep 0.2 2>/dev/null || sleep 1
+  [ "$i" -lt "$n" ] || { echo running; exit 0; }
+  sleep "$step"; i=$((i + 1))
 done
 """
 

@@ -141,11 +141,16 @@ no_foreign_links() {
 # Exit status of a script that found such a link (its path is the last line of stderr).
 FOREIGN_LINK = 4
 
-# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make, 4 for a foreign link in it.
+# Exit status of a script that found the device folder not writable.
+READ_ONLY = 5
+
+# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make, 4 for a foreign link in
+# it, 5 for a folder that cannot be written (a read-only file system: `test -w` sees that, even as root).
 CLAIM = (
     NO_FOREIGN_LINKS
     + r"""
 if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
+if [ -d "$1" ] && [ ! -w "$1" ]; then exit 5; fi
 mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; } && cd -- "$1" || exit 1
 no_foreign_links || exit 4
 """
@@ -156,6 +161,14 @@ def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
     return ConfigError(
         f"{host}: {remote_dir} is not empty and edge-tl did not make it (no {MARKER} file): deploy would replace its "
         "releases/, staging/ and results/. Give --remote-dir a new or empty folder."
+    )
+
+
+def read_only_error(host: object, remote_dir: str) -> RemoteError:
+    return RemoteError(
+        f"{host}: the device folder {remote_dir} cannot be written (a read-only file system, or not the login "
+        "user's): deploy writes its releases/, results/ and jobs/ there. Remount it read-write, or give --remote-dir "
+        "a writable folder."
     )
 
 
@@ -184,6 +197,8 @@ def claim_remote_dir(ssh: SshTransport, remote_dir: str) -> None:
         raise foreign_dir_error(ssh.endpoint, remote_dir)
     if claimed.returncode == FOREIGN_LINK:
         raise foreign_link_error(ssh.endpoint, remote_dir, claimed.stderr)
+    if claimed.returncode == READ_ONLY:
+        raise read_only_error(ssh.endpoint, remote_dir)
     if claimed.returncode != 0:
         raise RemoteError(f"{ssh.endpoint}: cannot create {remote_dir}: {claimed.stderr.strip()}")
 

@@ -417,3 +417,67 @@ def replace_ssh(config, ssh_lab):
     from dataclasses import replace
 
     return replace(config, ssh=ssh_lab.options(retries=0))
+
+
+# ---------------------------------------------------------------- a device clock that lies, a read-only folder
+
+_STUCK_DATE = '#!/bin/sh\n[ "$1" = "+%s" ] && { echo 1000000000; exit 0; }\nexec /bin/date "$@"\n'
+
+
+def test_a_device_clock_that_stands_still_does_not_hold_a_job_past_its_time_limit(sshd, ssh_lab, tmp_path):
+    import time
+
+    from edge_tl.deploy.jobs import run_job
+
+    remote = tmp_path / "dev"
+    remote.mkdir()
+    fake = sshd.extra_path / "date"
+    fake.write_text(_STUCK_DATE)  # the device's clock reads 2001-09-09 and stands still (or jumped back)
+    fake.chmod(0o755)
+    started = time.monotonic()
+    try:
+        with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+            with pytest.raises(RemoteError, match="did not finish within 3 s and was stopped on the device"):
+                run_job(ssh, str(remote), "slow", ["sleep", "60"], timeout=3, what="a slow job")
+    finally:
+        fake.unlink()
+    assert time.monotonic() - started < 25  # the poll ended by its count of sleeps, not by the device's clock
+    assert (remote / "jobs" / "slow" / "rc").read_text().strip() == "137"  # and the job was stopped there
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """``make(folder)``: the folder bind-mounted read-only over itself (root only), unmounted at the end."""
+    mounted = []
+
+    def make(folder: Path) -> None:
+        for argv in (["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,ro,bind", str(folder)]):
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount a read-only folder here ({done.stderr.strip()})")
+            if argv[1] == "--bind":
+                mounted.append(folder)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_device_folder_is_one_clear_line_and_keeps_its_bundle(sshd, ssh_lab, tmp_path, read_only):
+    from edge_tl.deploy.device_lock import hold_device_folder
+
+    remote = tmp_path / "dev"
+    with SshTransport(sshd.alias, ssh_lab.options()) as ssh:
+        root, files, digest = _bundle(tmp_path / "b1", "first")
+        sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
+        read_only(remote)
+        root, files, digest = _bundle(tmp_path / "b2", "second")
+        for attempt in (
+            lambda: sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote)),
+            lambda: hold_device_folder(ssh, str(remote)).__enter__(),
+        ):
+            with pytest.raises(RemoteError) as info:
+                attempt()
+            assert f"the device folder {remote} cannot be written (a read-only file system" in str(info.value)
+            assert "--remote-dir a writable folder" in str(info.value) and "\n" not in str(info.value)
+    assert (remote / "current" / "model.bin").read_text() == "first"
