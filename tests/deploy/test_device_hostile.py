@@ -118,7 +118,7 @@ def test_a_publish_killed_on_the_device_leaves_a_whole_bundle_current_and_the_ne
             sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
             (sshd.extra_path / f"kill-at-{tool}").write_text("")
             root, files, digest = _bundle(tmp_path / "b2", "second")
-            with pytest.raises(RemoteError, match="publishing the bundle failed \\(exit 137\\)"):
+            with pytest.raises(RemoteError, match="publishing the bundle failed"):
                 sync_bundle(ssh, root, files, digest=digest, remote_dir=str(remote))
             assert not (sshd.extra_path / f"kill-at-{tool}").exists()  # the kill did happen
             # Killed before the switch: the old bundle, whole; after it: the new one, whole.
