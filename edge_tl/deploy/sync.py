@@ -275,8 +275,16 @@ tidy "$2"
 )
 
 
+def _listing_limit(names: list[str], *, lines: int) -> int:
+    """The most bytes a per-file listing of ``names`` prints (a sha256, a tab, the name, per line):
+    read whole, never cut like text output (a cut listing would look like missing files)."""
+    return 4096 + lines * sum(80 + len(n.encode()) for n in names)
+
+
 def _probe(ssh: SshTransport, remote_dir: str, digest: str, names: list[str]) -> _Probe:
-    out = ssh.run(sh_script(_PROBE, remote_dir, digest, *names), what="checksum probe").text
+    out = ssh.run(
+        sh_script(_PROBE, remote_dir, digest, *names), what="checksum probe", limit=_listing_limit(names, lines=2)
+    ).text
     probe = _Probe()
     for line in out.splitlines():
         parts = line.split("\t")
@@ -437,7 +445,11 @@ def sync_bundle(
 
     # Verify everything staged on the device itself, then publish.
     for attempt in range(2):
-        out = ssh.run(sh_script(_VERIFY, f"{remote_dir}/{stage}", *names), what="checksum verification").text
+        out = ssh.run(
+            sh_script(_VERIFY, f"{remote_dir}/{stage}", *names),
+            what="checksum verification",
+            limit=_listing_limit(names, lines=1),
+        ).text
         got = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
         bad = [n for n in names if got.get(n) != files[n][0]]
         if not bad:
