@@ -320,7 +320,8 @@ _FLOOD = textwrap.dedent("""
         note = lambda text: [ln for ln in text.splitlines() if ln.startswith("[edge-tl:")]
         print(json.dumps({"usual_mb": usual, "peak_mb": peak(), "small": [small.text, small.stderr],
                           "job": [len(job.stdout), note(job.text), job.text[-3:], len(job.stderr), note(job.stderr)],
-                          "direct": [len(direct.stdout), direct.dropped, direct.text[:3], direct.text[-3:]]}))
+                          "direct": [len(direct.stdout), getattr(direct, "dropped", 0), direct.text[:3],
+                                     direct.text[-3:]]}))
 """)
 
 
