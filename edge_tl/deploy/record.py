@@ -4,11 +4,10 @@ A device is not trusted: its agent may be another edge-tl, a broken install or a
 wheel. Every number it reports is checked here to be finite, of its type and in a plausible
 range, every field to be of its type, and the logits to be finite floats, so that what
 reaches ``deploy/<name>/`` (and from there verify and the report) is a measurement, never
-``Infinity``, ``NaN`` or a string. The same rules read the stored ``accuracy.json`` entries
-back, so a record edited by hand, or written by an older edge-tl, is refused in one line
-instead of crashing a plot.
+``Infinity``, ``NaN`` or a string. The stored ``accuracy.json`` entries are read back by
+:mod:`edge_tl.verify.deploy_records` (verify and the report, below deploy).
 
-Light to import (no numpy at module level): verify and the report read records through it.
+Light to import (no numpy at module level).
 """
 
 from __future__ import annotations
@@ -152,61 +151,3 @@ def check_logits(logits: Any, *, classes: int, rows: int | None, where: str) -> 
             "failed on the device (a broken engine, an FP16 overflow, or a broken install); nothing was replaced"
         )
     return logits
-
-
-# --------------------------------------------------------------------------- stored records
-
-# accuracy.json entry fields that are fractions, and those that are any finite number >= 0.
-_FRACTIONS = ("top1", "top5", "reference_top1", "local_onnxruntime_top1", "top1_agreement",
-              "local_onnxruntime_agreement")  # fmt: skip
-_NON_NEGATIVE = ("mean_kl", "max_abs_diff", "throughput_ips", "power_mean_mw", "energy_mj_per_image", "size_bytes")
-
-
-def entry_problem(entry: Any) -> str | None:
-    """Why a stored ``accuracy.json`` entry cannot be read as a measurement, or None when it can.
-
-    Absent (``None``) optional fields are fine; a present one must be of its type and finite.
-    """
-    if not isinstance(entry, dict):
-        return f"an entry is a {type(entry).__name__}, not an object"
-    if not isinstance(entry.get("artifact"), str) or not entry["artifact"]:
-        return "an entry has no 'artifact' name"
-    name = entry["artifact"]
-    n = entry.get("num_images")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        return f"{name}: 'num_images' is {n!r}, not a positive integer"
-    for key in _FRACTIONS:
-        value = entry.get(key)
-        if key == "top1" or value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                return f"{name}: {key!r} is {value!r}, not a fraction in [0, 1]"
-    for key in _NON_NEGATIVE:
-        value = entry.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-        ):
-            return f"{name}: {key!r} is {value!r}, not a finite number >= 0"
-    latency = entry.get("latency_ms")
-    if latency is not None:
-        if not isinstance(latency, dict):
-            return f"{name}: 'latency_ms' is not an object"
-        for key in ("p50", "p99"):
-            value = latency.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-            ):
-                return f"{name}: latency_ms.{key} is {value!r}, not a finite number >= 0"
-        batch = latency.get("batch_size")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            return f"{name}: latency_ms.batch_size is {batch!r}, not a positive integer"
-    for key in ("gpu_compute", "end_to_end"):
-        if entry.get(key) is not None:
-            try:
-                latency_stats(entry[key], where=f"{name}: {key}")
-            except DeviceValueError as exc:
-                return str(exc).split("; nothing was replaced")[0]
-    for key in ("kind", "precision", "backend", "host", "mode", "target"):
-        value = entry.get(key)
-        if value is not None and not isinstance(value, str):
-            return f"{name}: {key!r} is {value!r}, not a string"
-    return None

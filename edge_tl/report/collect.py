@@ -17,9 +17,9 @@ from typing import Any
 from edge_tl.artifacts import CHECKPOINT_BEST, SOURCE_SECTION
 from edge_tl.deploy.api import ACCURACY_FILE
 from edge_tl.deploy.fleet import FLEET_FILE
-from edge_tl.deploy.record import entry_problem
 from edge_tl.runs import MANIFEST_NAME
 from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_interval
+from edge_tl.verify.deploy_records import entry_problem
 
 #: Kinds of artifacts that are models, compared side by side with the original.
 MODEL_KINDS = ("checkpoint", "onnx", "engine")

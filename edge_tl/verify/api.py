@@ -357,7 +357,7 @@ def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAU
 
 
 def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, level: float) -> VerifyRow:
-    from edge_tl.deploy.record import entry_problem
+    from edge_tl.verify.deploy_records import entry_problem
 
     if not isinstance(entry, dict) or "artifact" not in entry or "top1" not in entry or "num_images" not in entry:
         raise RunError(f"{str(path)!r}: each result needs 'artifact', 'num_images' and 'top1' (see docs/design.md)")
