@@ -310,10 +310,10 @@ _FLOOD = textwrap.dedent("""
     import json, resource, sys
     from edge_tl.deploy.jobs import run_job
     from edge_tl.deploy.ssh import SshOptions, SshTransport
-    config, remote = sys.argv[1], sys.argv[2]
+    config, remote, host = sys.argv[1], sys.argv[2], sys.argv[3]
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # MB (Linux: KiB)
     flood = "head -c 200000000 /dev/zero | tr '\\\\0' x"
-    with SshTransport("edge-test-0", SshOptions(config_file=config, retries=0)) as ssh:
+    with SshTransport(host, SshOptions(config_file=config, retries=0)) as ssh:
         small = run_job(ssh, remote, "small", ["sh", "-c", "echo hello; echo oops >&2"], timeout=60, what="a job")
         usual = peak()
         job = run_job(ssh, remote, "flood", ["sh", "-c", flood + "; " + flood + " >&2"], timeout=120, what="flood")
@@ -329,7 +329,7 @@ _FLOOD = textwrap.dedent("""
 def test_200_mb_of_device_output_keeps_the_local_process_within_50_mb_of_its_usual_size(sshd, ssh_lab, tmp_path):
     remote = tmp_path / "dev"
     remote.mkdir()
-    proc = subprocess.run([sys.executable, "-c", _FLOOD, str(ssh_lab.client_config), str(remote)],
+    proc = subprocess.run([sys.executable, "-c", _FLOOD, str(ssh_lab.client_config), str(remote), sshd.alias],
                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
