@@ -37,3 +37,7 @@ class DiskFullError(EdgeTLError):
 
 class RunBusyError(RunError):
     """Another process is already writing this run (one ship and one finetune per run at a time)."""
+
+
+class FleetIncomplete(RemoteError):
+    """Some devices of a fleet were not deployed (the others were): each is in the table with its reason."""

@@ -146,10 +146,7 @@ def deploy(run_dir: Path, host: str | None, fleet: Path | None, target: str | No
         click.echo(report.table())
         if json_path is not None:
             atomic_write_json(json_path, report.to_dict())
-        if report.failures:
-            raise click.ClickException(
-                f"{len(report.failures)} of {len(report.results)} device(s) failed (see the table)"
-            )
+        report.raise_for_failures()
         return
     if target is None or precision is None:
         raise click.UsageError("--host needs --target and --precision")

@@ -55,7 +55,10 @@ def _ship_params() -> list[click.Parameter]:
         click.Option(["--host"], default=None,
                      help="Deploy to this device: [user@]HOST[:PORT] or an ssh_config alias."),
         click.Option(["--fleet"], default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Deploy to every device of this inventory TOML."),
+                     help="Deploy to every device of this inventory TOML (devices that are down are listed, the "
+                          "others shipped to; exit 1 when any is missing)."),
+        click.Option(["--require-all-devices"], is_flag=True,
+                     help="With --fleet: refuse in pre-flight when any device cannot be reached."),
         options.precision(help="Precision on the device (default: int8 where the target runs it fast, else fp16, "
                                 "else fp32).").param(),
         click.Option(["--max-accuracy-drop"], type=click.FloatRange(min=0), default=None, metavar="PTS",
@@ -120,15 +123,27 @@ def _preflight(values: dict[str, Any], *, import_kind: bool, say: Any) -> tuple[
         data_bytes = summary.bytes
         if summary.skipped:
             say(f"warning: {len(summary.skipped)} file(s) do not decode and are left out (first: {summary.skipped[0]})")
-    hosts = [values["host"]] if values["host"] is not None else []
-    if values["fleet"] is not None:
-        hosts = preflight.fleet_hosts(values["fleet"], target=values["target"], precision=precision)
-    for host in hosts:
+
+    def check(host: str) -> None:
         preflight.check_host(
             host, ssh_config=values["ssh_config"], identity_file=values["identity_file"],
             known_hosts=values["known_hosts"], accept_new_host_key=values["accept_new_host_key"],
             connect_timeout=values["connect_timeout"],
         )  # fmt: skip
+
+    if values["host"] is not None:
+        check(values["host"])
+    if values["fleet"] is not None:
+        # One device switched off must not stop a fleet: it is listed here, and deploy tries it
+        # again (it may be back by then) and reports it missing with its reason.
+        devices = preflight.fleet_hosts(values["fleet"], target=values["target"], precision=precision)
+        down = preflight.down_devices(devices, check)
+        refusal = preflight.fleet_refusal(values["fleet"], down, total=len(devices),
+                                          required=values["require_all_devices"])  # fmt: skip
+        if refusal is not None:
+            raise refusal
+        for name, reason in down:
+            say(f"warning: fleet device {name} is down ({reason}); shipping to the other {len(devices) - len(down)}")
     preflight.check_disk(values["out"], data_bytes=data_bytes)
     return target, precision
 

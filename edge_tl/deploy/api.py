@@ -38,7 +38,7 @@ from edge_tl.deploy.modes import MODES, DeviceSession, Measurement
 from edge_tl.deploy.probe import DeviceProbe, check_probe, probe_device
 from edge_tl.deploy.reference import Reference, compute_reference, sha256_text
 from edge_tl.deploy.ssh import SshEndpoint, SshTransport, sh_script
-from edge_tl.deploy.sync import SyncReport, check_remote_dir, sync_bundle
+from edge_tl.deploy.sync import NO_FOREIGN_LINKS, SyncReport, check_remote_dir, check_remote_status, sync_bundle
 from edge_tl.deploy.tegrastats import summarize as summarize_tegrastats
 from edge_tl.deploy.wheel import build_wheel, project_root, staging_view
 from edge_tl.errors import ConfigError, EdgeTLError, RemoteError, RunError
@@ -246,11 +246,17 @@ def prepare_bundle(run: Run, target: Target, precision: Precision, *, eval_image
 # --------------------------------------------------------------------------- device steps
 
 # Old results and finished jobs go; a job still running keeps the folder busy (device_lock).
-_NEW_RESULTS = r"""
-cd -- "$1" && rm -rf -- results && mkdir -p -- "results/$2" || exit 1
-for j in jobs/*/; do [ -f "${j}rc" ] && rm -rf -- "$j"; done
+# No foreign link in them (sync.NO_FOREIGN_LINKS), and a job folder is removed as itself (no
+# trailing slash, which would make rm follow a link).
+_NEW_RESULTS = (
+    NO_FOREIGN_LINKS
+    + r"""
+cd -- "$1" && no_foreign_links || exit $?
+rm -rf -- results && mkdir -p -- "results/$2" || exit 1
+for j in jobs/*/; do j=${j%/}; [ -d "$j" ] && [ ! -L "$j" ] && [ -f "$j/rc" ] && rm -rf -- "$j"; done
 exit 0
 """
+)
 
 # tegrastats runs in the background (--start) until --stop, logging every 500 ms.
 _TEGRASTATS_START = r"""
@@ -307,39 +313,107 @@ def _score(out: Path, pack: EvalPack, reference: Reference) -> dict[str, Any]:
     return scores
 
 
-def _record(run: Run, out: Path, result: DeployResult) -> None:
-    """Merge ``result`` into ``deploy/<name>/accuracy.json`` and record the artifact (under the run's lock)."""
+# The settle journal: what one successful measurement replaces in deploy/<name>/, written before
+# the first file moves, removed after the last. A deploy killed in between leaves it, and the
+# next deploy of that name (under the same lock) finishes it before anything else, so the folder
+# never stays half old, half new.
+JOURNAL = ".settle.json"
+_INCOMING_PREFIX = ".incoming-"
+
+
+def _accuracy_file(out: Path, result: DeployResult) -> dict[str, Any]:
+    """``accuracy.json`` with ``result`` merged in (other artifacts' entries kept)."""
     import json
 
-    result_path = out / ACCURACY_FILE
-    existing: dict[str, Any] = {}
-    if result_path.is_file():
+    existing: Any = {}
+    if (out / ACCURACY_FILE).is_file():
         try:
-            existing = json.loads(result_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            existing = json.loads((out / ACCURACY_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             existing = {}
+    entries = existing.get("results") if isinstance(existing, dict) else None
     entry = result.accuracy_entry()
-    kept = [r for r in existing.get("results", []) if isinstance(r, dict) and r.get("artifact") != entry["artifact"]]
-    atomic_write_json(result_path, {"host": result.label, "results": [*kept, entry]})
-    run.add_artifact(
-        f"deploy-{result.label}",
-        kind="deploy-result",
-        path=result_path,
-        stage=STAGE,
-        precision=result.precision,
-        details=result.manifest_details(),
-        metrics=result.manifest_metrics(),
-    )
+    kept = [r for r in entries or [] if isinstance(r, dict) and r.get("artifact") != entry["artifact"]]
+    return {"host": result.label, "results": [*kept, entry]}
 
 
-def _settle(incoming: Path, out: Path) -> None:
-    """Move what a successful measurement brought back into ``deploy/<name>/``; drop stale files it did not bring."""
-    for name in RESULT_FILES:
-        src, dest = incoming / name, out / name
-        if src.is_file():
-            os.replace(src, dest)
-        elif dest.is_file():
-            dest.unlink()
+def _settle(run: Run, incoming: Path, out: Path, result: DeployResult) -> None:
+    """Replace what ``deploy/<name>/`` holds with what a successful measurement brought back, as one
+    journaled step: the files, ``accuracy.json`` (last) and the manifest record."""
+    atomic_write_json(incoming / ACCURACY_FILE, _accuracy_file(out, result))
+    journal = {
+        "incoming": incoming.name,
+        "replace": [n for n in (*RESULT_FILES, ACCURACY_FILE) if (incoming / n).is_file()],
+        "drop": [n for n in RESULT_FILES if not (incoming / n).is_file()],
+        "record": {
+            "name": f"deploy-{result.label}",
+            "precision": result.precision,
+            "details": result.manifest_details(),
+            "metrics": result.manifest_metrics(),
+        },
+    }
+    atomic_write_json(out / JOURNAL, journal)
+    _apply_journal(run, out, journal)
+
+
+def _apply_journal(run: Run, out: Path, journal: Any) -> None:
+    """Carry out a settle journal; safe to repeat (a file already moved is not looked for again)."""
+    names = {*RESULT_FILES, ACCURACY_FILE}
+    ok = isinstance(journal, dict)
+    record = journal.get("record") if ok else None
+    source = journal.get("incoming") if ok else None
+    listed = [*journal.get("replace", ()), *journal.get("drop", ())] if ok else []
+    if (
+        not isinstance(source, str)
+        or not source.startswith(_INCOMING_PREFIX)
+        or "/" in source
+        or not all(isinstance(n, str) and n in names for n in listed)
+        or not isinstance(record, dict)
+        or record.get("name") != f"deploy-{out.name}"
+    ):
+        # Not what edge-tl writes: nothing it names is touched (a path from a record stays in its folder).
+        log.warning("%s is not a settle journal edge-tl wrote; it is left alone and ignored", out / JOURNAL)
+        return
+    incoming = out / source
+    for name in journal["replace"]:
+        if (incoming / name).is_file():
+            os.replace(incoming / name, out / name)
+    for name in journal["drop"]:
+        (out / name).unlink(missing_ok=True)
+    if (out / ACCURACY_FILE).is_file():
+        run.add_artifact(
+            record["name"],
+            kind="deploy-result",
+            path=out / ACCURACY_FILE,
+            stage=STAGE,
+            precision=record.get("precision"),
+            details=record.get("details") if isinstance(record.get("details"), dict) else {},
+            metrics=record.get("metrics") if isinstance(record.get("metrics"), dict) else {},
+        )
+    (out / JOURNAL).unlink()
+    shutil.rmtree(incoming, ignore_errors=True)
+
+
+def finish_interrupted(run: Run, out: Path) -> bool:
+    """Finish the settle a killed deploy of ``out`` left (see JOURNAL) and drop what killed ones
+    brought back before it; True when there was a settle to finish. Call under the folder's lock."""
+    import json
+
+    finished = False
+    if (out / JOURNAL).is_file():
+        try:
+            journal = json.loads((out / JOURNAL).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            journal = None  # a journal is written atomically: an unreadable one is not edge-tl's
+        if journal is None:
+            log.warning("%s is not readable JSON; it is left alone and ignored", out / JOURNAL)
+        else:
+            _apply_journal(run, out, journal)
+            finished = not (out / JOURNAL).exists()
+    for stale in out.glob(_INCOMING_PREFIX + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return finished
 
 
 def deploy_host(
@@ -365,6 +439,8 @@ def deploy_host(
             raise RunError(
                 f"another deploy of this run is writing {out} now; wait for it to end, or give this one another --name"
             )
+        if finish_interrupted(run, out):
+            say(f"finished replacing the results of an interrupted deploy in {out}")
         with SshTransport(endpoint, config.ssh) as ssh:
             probe = probe_device(ssh, python=config.remote_python, remote_dir=remote_dir)
             atomic_write_json(out / "probe.json", {"probed": now_iso(), **probe.to_dict()})
@@ -385,7 +461,6 @@ def deploy_host(
                     wheel=wheel,
                     say=say,
                 )
-        _record(run, out, result)
     return result
 
 
@@ -432,9 +507,10 @@ def _measure_on_device(
     say(report.summary())
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     results = f"results/{stamp}"
-    ssh.run(sh_script(_NEW_RESULTS, remote_dir, stamp), what="results directory")
+    made = ssh.run(sh_script(_NEW_RESULTS, remote_dir, stamp), check=False, what="results directory")
+    check_remote_status(ssh, remote_dir, made, what="making the results directory")
     warnings: list[str] = []
-    incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=out))
+    incoming = Path(tempfile.mkdtemp(prefix=_INCOMING_PREFIX, dir=out))
     try:
         session = DeviceSession(
             ssh=ssh,
@@ -472,19 +548,39 @@ def _measure_on_device(
             atomic_write_json(incoming / "tegrastats.json", power)
         pack = EvalPack.load(bundle.root / bundle.manifest["eval"]["dir"])
         scores = _score(incoming, pack, reference)
-        _settle(incoming, out)
+        result = _result(run, endpoint, label, out, remote_dir, probe, target, bundle, mode, report, measured,
+                         scores, power, locked, warnings)  # fmt: skip
     except BaseException:
         # Kept apart for diagnosis (the errors name these files); the good results stay as they were.
         shutil.rmtree(out / FAILED_DIR, ignore_errors=True)
         os.replace(incoming, out / FAILED_DIR)
         raise
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
     layer_report = measured.details.get("layer_report")
     for finding in (layer_report or {}).get("findings", ()):
         say(f"WARNING: {measured.artifact}: {finding}")
     for warning in warnings:
         log.warning("%s: %s", label, warning)
+    _settle(run, incoming, out, result)
+    return result
+
+
+def _result(
+    run: Run,
+    endpoint: SshEndpoint,
+    label: str,
+    out: Path,
+    remote_dir: str,
+    probe: DeviceProbe,
+    target: Target,
+    bundle: Bundle,
+    mode: Mode,
+    report: SyncReport,
+    measured: Measurement,
+    scores: dict[str, Any],
+    power: dict[str, Any] | None,
+    locked: bool,
+    warnings: list[str],
+) -> DeployResult:
     accuracy, original, local = scores["accuracy"], scores.get("original"), scores.get("local")
     latencies = named_latencies(
         {"gpu_compute": measured.gpu_compute, "end_to_end": measured.end_to_end},
@@ -524,7 +620,7 @@ def _measure_on_device(
         clocks_locked=locked,
         gpu_compute=latencies["gpu_compute"],
         end_to_end=latencies["end_to_end"],
-        layer_report=layer_report,
+        layer_report=measured.details.get("layer_report"),
         energy_mj_per_image=latencies["energy_mj_per_image"],
         remote_dir=remote_dir,
         device=probe.summary(),

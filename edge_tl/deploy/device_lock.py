@@ -15,16 +15,17 @@ import subprocess
 from collections.abc import Iterator
 
 from edge_tl.deploy.ssh import SshTransport, remote_command, sh_script
-from edge_tl.deploy.sync import MARKER, foreign_dir_error
+from edge_tl.deploy.sync import MARKER, foreign_dir_error, read_only_error
 from edge_tl.errors import RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
 
-# $1 folder, $2 marker. First line: locked, busy, running JOB, foreign or noflock.
+# $1 folder, $2 marker. First line: locked, busy, running JOB, foreign, readonly or noflock.
 _LOCK = r"""
 d="$1"; m="$2"
 if [ -e "$d" ] && [ ! -f "$d/$m" ] && [ -n "$(ls -A -- "$d" 2>/dev/null)" ]; then echo foreign; exit 0; fi
 mkdir -p -- "$d" && cd -- "$d" || exit 1
+[ -w . ] || { echo readonly; exit 0; }
 command -v flock >/dev/null 2>&1 || { echo noflock; exec cat > /dev/null; }
 exec 9>>"$m"
 flock -n 9 || { echo busy; exit 0; }
@@ -43,9 +44,11 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        state = proc.stdout.readline().decode("utf-8", errors="replace").split()
+        state = proc.stdout.readline(4096).decode("utf-8", errors="replace").split()  # a line, not a flood
         if state == ["foreign"]:
             raise foreign_dir_error(ssh.endpoint, remote_dir)
+        if state == ["readonly"]:
+            raise read_only_error(ssh.endpoint, remote_dir)
         if state == ["busy"] or state[:1] == ["running"]:
             what = "another deploy holds it" if state == ["busy"] else f"{remote_dir}/{state[1]} is still running there"
             raise RemoteError(
@@ -59,7 +62,8 @@ def hold_device_folder(ssh: SshTransport, remote_dir: str) -> Iterator[None]:
                 remote_dir,
             )
         elif state != ["locked"]:
-            stderr = proc.communicate(timeout=30)[1].decode("utf-8", errors="replace").strip()
+            proc.stdin.close()  # the script has ended; its first 8 KiB of stderr say why
+            stderr = proc.stderr.read(8192).decode("utf-8", errors="replace").strip()  # type: ignore[union-attr]
             raise RemoteError(
                 f"{ssh.endpoint}: cannot lock the device folder {remote_dir}: {stderr or 'connection lost'}"
             )

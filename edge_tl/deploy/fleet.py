@@ -39,7 +39,7 @@ from edge_tl.deploy.api import (
 )
 from edge_tl.deploy.bundle import Bundle
 from edge_tl.deploy.ssh import SshEndpoint
-from edge_tl.errors import ConfigError, EdgeTLError
+from edge_tl.errors import ConfigError, EdgeTLError, FleetIncomplete
 from edge_tl.runs import Run, atomic_write_json, now_iso
 from edge_tl.targets import load_target
 from edge_tl.tomlfile import Table
@@ -162,6 +162,13 @@ class FleetReport:
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines += [f"{r.label}: {r.reason}" for r in self.failures]
         return "\n".join(lines)
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            names = ", ".join(r.label for r in self.failures)
+            raise FleetIncomplete(
+                f"{len(self.failures)} of {len(self.results)} device(s) failed (see the table): {names}"
+            )
 
 
 def deploy_fleet(

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from edge_tl.deploy.ssh import RemoteResult, SshTransport, sh_script
+from edge_tl.deploy.ssh import OUTPUT_KEEP, RemoteResult, SshTransport, sh_script
 from edge_tl.errors import RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
@@ -41,17 +41,20 @@ echo started
 """
 
 # $1 job dir, $2 seconds to wait at most. Prints "done N", "running", "vanished" or "missing".
+# The wait is counted in sleeps, not read from the device's clock: a clock that jumps back (NTP
+# correcting a Jetson without an RTC battery) or stands still must not hold a poll past its end.
 _WAIT = r"""
 cd -- "$1" 2>/dev/null || { echo missing; exit 0; }
-end=$(( $(date +%s) + $2 ))
+if sleep 0.2 2>/dev/null; then step=0.2; n=$(( $2 * 5 )); else step=1; n=$2; fi
+i=0
 while :; do
   if [ -f rc ]; then echo "done $(cat rc)"; exit 0; fi
   if [ -f pid ] && ! kill -0 "$(cat pid)" 2>/dev/null; then
     [ -f rc ] && continue
     echo vanished; exit 0
   fi
-  [ "$(date +%s)" -lt "$end" ] || { echo running; exit 0; }
-  sleep 0.2 2>/dev/null || sleep 1
+  [ "$i" -lt "$n" ] || { echo running; exit 0; }
+  sleep "$step"; i=$((i + 1))
 done
 """
 
@@ -65,8 +68,18 @@ kill -KILL "-$p" 2>/dev/null
 [ -f rc ] || echo 137 > rc
 """
 
+# $1 job dir, $2 bytes kept at each end: a job's output, its middle left out past twice that (the
+# device's disk holds all of it; only what is read back is capped, see edge_tl.deploy.ssh.OUTPUT_KEEP).
 _COLLECT = r"""
-cd -- "$1" && cat out && cat err >&2
+cd -- "$1" || exit 1; k=$2
+show() {
+  n=$(wc -c < "$1" | tr -d ' ') || return 1
+  if [ "$n" -le $((2 * k)) ]; then cat -- "$1"; return; fi
+  head -c "$k" -- "$1"
+  printf '\n[edge-tl: %d bytes of the device'"'"'s output were dropped here]\n' $((n - 2 * k))
+  tail -c "$k" -- "$1"
+}
+show out && show err >&2
 """
 
 
@@ -109,8 +122,9 @@ def run_job(
                 f"({job}) and a deploy into that folder waits for it to end. ({exc})"
             ) from exc
         if state[:1] == ["done"] and len(state) == 2 and state[1].isdigit():
-            out = ssh.run(sh_script(_COLLECT, job), what=f"output of {what}")
-            return RemoteResult(int(state[1]), out.stdout, out.stderr)
+            # Half of what ssh.run keeps at each end, so that the note of what was left out arrives whole.
+            out = ssh.run(sh_script(_COLLECT, job, str(OUTPUT_KEEP // 2)), what=f"output of {what}")
+            return RemoteResult(int(state[1]), out.stdout, out.stderr, out.dropped)
         if state[:1] in (["vanished"], ["missing"]):
             raise RemoteError(
                 f"{ssh.endpoint}: {what} ended on the device without an exit status ({' '.join(state)}: killed, "

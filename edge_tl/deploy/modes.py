@@ -17,23 +17,32 @@ the link drops, and stopped on the device when it runs past the time limit.
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
+from edge_tl.deploy import record
 from edge_tl.deploy.bundle import Bundle
 from edge_tl.deploy.config import LOGITS, WHEEL_DIR, DeployConfig, Mode
 from edge_tl.deploy.evalpack import EvalPack
 from edge_tl.deploy.jobs import job_name, run_job
 from edge_tl.deploy.probe import DeviceProbe
+from edge_tl.deploy.record import DeviceValueError
 from edge_tl.deploy.ssh import SshTransport, sh_script
 from edge_tl.errors import ConfigError, RemoteError
 from edge_tl.runs import atomic_write_bytes, atomic_write_json, now_iso, sha256_file
 from edge_tl.targets import Target
+
+# A results log brought back keeps this many bytes at each end; a JSON file can be at most DATA_CAP
+# (trtexec's --exportTimes of a long timing run is the largest, a few MB).
+LOG_KEEP = 4 << 20
+DATA_CAP = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,17 @@ class Measurement:
     gpu_compute: dict[str, Any] | None = None
     end_to_end: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every number a device reports is checked here, before anything it brought back replaces a result.
+        where = f"the {self.backend!r} measurement"
+        record.headline(
+            {"p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "throughput_ips": self.throughput_ips,
+             "batch_size": self.batch_size},
+            where=where,
+        )  # fmt: skip
+        for key in ("gpu_compute", "end_to_end"):
+            record.optional_latency_stats(getattr(self, key), where=f"{where} {key}")
 
 
 def device_layer_report(session: "DeviceSession") -> dict[str, Any] | None:
@@ -102,24 +122,66 @@ class DeviceSession:
         """Bring back the files ``names`` of the results folder that exist (one tar stream) into ``incoming``.
 
         Only the expected names are taken from the archive and written under our own
-        paths, so nothing the device sends can choose where a file lands here.
+        paths, so nothing the device sends can choose where a file lands here. Each file
+        has a size cap (:meth:`cap`): a log past it keeps its head and tail (cut on the
+        device), a data file past it is refused; the stream goes to disk, not to memory.
         """
-        script = 'cd -- "$1" && shift && for f; do [ -f "$f" ] && printf "%s\\n" "$f"; done | tar -c -f - -T -'
-        data = self.ssh.run(
-            sh_script(script, f"{self.remote_dir}/{self.results}", *names), what="fetch of the results"
-        ).stdout
+        caps = {name: self.cap(name) for name in names}
+        script = r"""
+cd -- "$1" && k=$2 && shift 2 && for f; do
+  [ -f "$f" ] || continue
+  case "$f" in *.log)
+    n=$(wc -c < "$f" | tr -d ' ')
+    if [ "$n" -gt $((2 * k)) ]; then
+      { head -c "$k" -- "$f"; printf '\n[edge-tl: %d bytes of the device'"'"'s output were dropped here]\n' \
+        $((n - 2 * k)); tail -c "$k" -- "$f"; } > "$f.cut" && mv -f -- "$f.cut" "$f"
+    fi ;;
+  esac
+  printf "%s\n" "$f"
+done | tar -c -f - -T -
+"""
         written = []
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for member in tar.getmembers():
-                    if member.name in names and member.isfile():
+        with tempfile.TemporaryFile(dir=self.incoming) as stream:
+            self.ssh.run(
+                sh_script(script, f"{self.remote_dir}/{self.results}", str(LOG_KEEP), *names),
+                what="fetch of the results",
+                limit=sum(caps.values()) + 512 * (len(names) + 4),  # tar's headers and end blocks
+                sink=stream,
+            )
+            stream.seek(0)
+            try:
+                with tarfile.open(fileobj=stream, mode="r:") as tar:
+                    for member in tar.getmembers():
+                        if member.name not in names or not member.isfile():
+                            continue
+                        if member.size > caps[member.name]:
+                            raise RemoteError(
+                                f"{self.ssh.endpoint}: {member.name} from the device is {member.size} bytes, more "
+                                f"than the {caps[member.name]} it can be; nothing was replaced"
+                            )
                         fh = tar.extractfile(member)
                         if fh is not None:
-                            atomic_write_bytes(self.incoming / member.name, fh.read())
+                            _copy_in(fh, self.incoming / member.name)
                             written.append(member.name)
-        except tarfile.TarError as exc:
-            raise RemoteError(f"{self.ssh.endpoint}: the results sent back are not a tar stream ({exc})") from exc
+            except tarfile.TarError as exc:
+                raise RemoteError(f"{self.ssh.endpoint}: the results sent back are not a tar stream ({exc})") from exc
         return written
+
+    def cap(self, name: str) -> int:
+        """The most bytes the results file ``name`` can hold."""
+        if name == LOGITS:  # rows x classes, float64 at most, and the .npy header
+            ev = self.bundle.manifest["eval"]
+            return int(ev["num_images"]) * int(ev["classes"]) * 8 + (1 << 16)
+        if name.endswith(".log"):
+            return 2 * LOG_KEEP + 256
+        return DATA_CAP
+
+
+def _copy_in(fh: IO[bytes], dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.part")
+    with open(tmp, "wb") as out:
+        shutil.copyfileobj(fh, out)
+    os.replace(tmp, dest)
 
 
 class DeviceMode(Protocol):
@@ -133,28 +195,23 @@ def _read_json(path: Path, *, what: str) -> Any:
         raise RemoteError(f"{what} from the device is not valid JSON ({exc})") from exc
 
 
-def _number(data: dict[str, Any], key: str, *, where: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        raise RemoteError(
-            f"{where} from the device has no valid {key!r} (got {value!r}); "
-            "the device's edge-tl may differ from this one"
-        )
-    return float(value)
-
-
 def parse_device_result(data: Any, *, where: str) -> dict[str, Any]:
-    """Check a ``result.json`` of the device agent; one clear error when it lacks what deploy reads."""
+    """A ``result.json`` of the device agent, every field deploy reads typed and every number checked
+    (:mod:`edge_tl.deploy.record`); one :class:`~edge_tl.deploy.record.DeviceValueError` otherwise."""
     if not isinstance(data, dict):
-        raise RemoteError(f"{where} from the device is not a JSON object")
+        raise DeviceValueError(f"{where} from the device is not a JSON object")
     for key in ("artifact", "kind", "backend"):
         if not isinstance(data.get(key), str) or not data[key]:
-            raise RemoteError(f"{where} from the device has no {key!r}; the device's edge-tl may differ from this one")
-    latency = data.get("latency")
-    if not isinstance(latency, dict):
-        raise RemoteError(f"{where} from the device has no 'latency' record")
-    for key in ("p50_ms", "p99_ms", "throughput_ips", "batch_size"):
-        _number(latency, key, where=f"{where} latency")
+            raise DeviceValueError(
+                f"{where} from the device has no {key!r}; the device's edge-tl may differ from this one"
+            )
+        record.text(data, key, where=where)
+    record.headline(data.get("latency"), where=f"{where} latency")
+    for key in ("gpu_compute", "end_to_end"):
+        record.optional_latency_stats(data.get(key), where=f"{where} {key}")
+    about = data.get("edge_tl")
+    if about is not None and (not isinstance(about, dict) or not isinstance(about.get("module", ""), str)):
+        raise DeviceValueError(f"{where} from the device has an 'edge_tl' field that is not {{'module': str}}")
     return data
 
 
@@ -236,12 +293,11 @@ class PythonMode:
         classes = int(bundle.manifest["eval"]["classes"])
         try:
             logits = np.load(session.incoming / LOGITS, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise RemoteError(f"{ssh.endpoint}: {LOGITS} from the device is not a numpy array ({exc})") from exc
-        if logits.ndim != 2 or logits.shape[1] != classes:
-            raise RemoteError(
-                f"{ssh.endpoint}: the device returned logits of shape {logits.shape}; {classes} classes expected"
-            )
+        record.check_logits(
+            logits, classes=classes, rows=int(bundle.manifest["eval"]["num_images"]), where=str(ssh.endpoint)
+        )
         latency = device["latency"]
         return Measurement(
             artifact=device["artifact"],
@@ -391,7 +447,11 @@ class TrtexecMode:
             ran = session.job(f"eval-{chunk.file}", sh_script('exec "$@" 2>&1', *cmd), what=f"trtexec on {chunk.file}")
             if ran.returncode != 0:
                 raise RemoteError(f"{ssh.endpoint}: trtexec failed on {chunk.file}: {ran.text.strip()[-800:]}")
-            data = ssh.run(["cat", "--", f"{session.remote_dir}/{exported}"], what=f"fetch of {exported}").stdout
+            data = ssh.run(
+                ["cat", "--", f"{session.remote_dir}/{exported}"],
+                what=f"fetch of {exported}",
+                limit=chunk.count * classes * 64 + (1 << 20),  # a float as JSON text, and the names around
+            ).stdout
             logits.append(
                 exported_logits(
                     data, output=model.get("output_name"), count=chunk.count, classes=classes, where=exported
@@ -423,7 +483,8 @@ def exported_logits(data: bytes, *, output: str | None, count: int, classes: int
         chosen = next((t for t in tensors if t.get("name") == output), tensors[0] if len(tensors) == 1 else None)
         if chosen is None:
             raise KeyError(output)
-        values = np.asarray(chosen["values"], dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value past float32 becomes inf, refused below
+            values = np.asarray(chosen["values"], dtype=np.float32)
     except (
         json.JSONDecodeError,
         UnicodeDecodeError,
@@ -436,7 +497,7 @@ def exported_logits(data: bytes, *, output: str | None, count: int, classes: int
         raise RemoteError(f"{where} is not trtexec --exportOutput JSON with output {output!r} ({exc})") from exc
     if values.size != count * classes:
         raise RemoteError(f"{where}: {values.size} values are not {count} rows of {classes} class logits")
-    return values.reshape(count, classes)
+    return record.check_logits(values.reshape(count, classes), classes=classes, rows=count, where=where)
 
 
 MODES: dict[Mode, Callable[[], DeviceMode]] = {Mode.PYTHON: PythonMode, Mode.TRTEXEC: TrtexecMode}

@@ -25,11 +25,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from time import monotonic  # the capped reader's clock (time.sleep is the back-off's own)
 from typing import IO
 
 from edge_tl.errors import ConfigError, MissingDependency, RemoteError
@@ -44,6 +46,14 @@ SSH_ERROR = 255
 _EXIT_TAG = "@@edge-tl-exit"
 _EXIT_TRAILER = f'; s=$?; printf "\\n{_EXIT_TAG} %d\\n" "$s" >&2; exit "$s"'
 _EXIT_RE = re.compile(rf"\n?{_EXIT_TAG} (\d+)\n?$")
+
+# What a remote command prints is read with a cap: the first and the last OUTPUT_KEEP bytes
+# of each stream are kept (the end holds the exit tag, the summary of a log, the error), the
+# middle is dropped and said to be. A device printing gigabytes must not take this process's
+# memory (a fleet reads many devices at once). Commands whose output is data, not text, give
+# ``limit`` instead: more than that many bytes is an error, never a silently cut file.
+OUTPUT_KEEP = 256 * 1024
+_CHUNK = 64 * 1024
 
 # A Unix socket path holds at most 104 bytes (macOS; 108 on Linux), and ssh binds
 # ControlPath plus a 17-character random suffix first. ``%C`` is 40 characters.
@@ -132,10 +142,126 @@ class RemoteResult:
     returncode: int
     stdout: bytes
     stderr: str
+    dropped: int = 0  # bytes of stdout left out between its head and its tail (see OUTPUT_KEEP)
 
     @property
     def text(self) -> str:
         return self.stdout.decode("utf-8", errors="replace")
+
+
+def dropped_note(count: int) -> bytes:
+    """The line that stands where ``count`` bytes of a device's output were left out."""
+    return f"\n[edge-tl: {count} bytes of the device's output were dropped here]\n".encode()
+
+
+class _Capped:
+    """Reads one pipe to its end, keeping its head and tail (or, with ``limit``, all of it up to the limit)."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], stream: IO[bytes], *, limit: int | None, sink: IO[bytes] | None = None
+    ):
+        self.limit = limit
+        self.sink = sink
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+        self.over = False
+        self.thread = threading.Thread(target=self._read, args=(proc, stream), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[bytes], stream: IO[bytes]) -> None:
+        try:
+            while chunk := stream.read1(_CHUNK):  # type: ignore[attr-defined]
+                self.total += len(chunk)
+                if self.limit is not None:
+                    if self.total > self.limit and not self.over:
+                        self.over = True
+                        self.head.clear()
+                        proc.kill()  # data past its limit: not worth receiving
+                    if not self.over:
+                        if self.sink is not None:
+                            self.sink.write(chunk)
+                        else:
+                            self.head += chunk
+                    continue
+                room = OUTPUT_KEEP - len(self.head)
+                if room > 0:
+                    self.head += chunk[:room]
+                    chunk = chunk[room:]
+                if chunk:
+                    self.tail += chunk
+                    if len(self.tail) > 2 * OUTPUT_KEEP:
+                        del self.tail[: len(self.tail) - OUTPUT_KEEP]
+        finally:
+            stream.close()
+
+    def value(self) -> tuple[bytes, int]:
+        """(the bytes kept, how many were dropped)."""
+        tail = bytes(self.tail[-OUTPUT_KEEP:])
+        dropped = self.total - len(self.head) - len(tail)
+        if dropped <= 0 or self.limit is not None:
+            return bytes(self.head) + tail, 0
+        return bytes(self.head) + dropped_note(dropped) + tail, dropped
+
+
+def _feed(stdin: IO[bytes], data: bytes) -> None:
+    try:
+        stdin.write(data)
+    except OSError:
+        pass  # the remote side stopped reading (a broken pipe): its exit status says why
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
+def run_capped(
+    argv: list[str],
+    *,
+    stdin: bytes | IO[bytes] | None,
+    timeout: float | None,
+    limit: int | None = None,
+    sink: IO[bytes] | None = None,
+) -> tuple[int, bytes, int, bytes, bool]:
+    """Run ``argv`` locally; (returncode, stdout, stdout bytes dropped, stderr, stdout over ``limit``).
+
+    ``subprocess.run(capture_output=True)`` with bounded memory (see OUTPUT_KEEP); with ``sink``
+    (and ``limit``) stdout is written there instead of kept. Raises ``subprocess.TimeoutExpired``
+    past ``timeout``, the process killed first.
+    """
+    if sink is not None and limit is None:
+        raise ValueError("a sink needs a limit")
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if isinstance(stdin, bytes) else (stdin if stdin is not None else subprocess.DEVNULL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    readers = [_Capped(proc, proc.stdout, limit=limit, sink=sink), _Capped(proc, proc.stderr, limit=None)]  # type: ignore[arg-type]
+    feeder = None
+    if isinstance(stdin, bytes):
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
+    deadline = None if timeout is None else monotonic() + timeout
+    try:
+        for reader in readers:
+            reader.thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
+        proc.wait(None if deadline is None else max(0.0, deadline - monotonic()))
+        if any(r.thread.is_alive() for r in readers):  # a child of ssh keeps the pipe open past the deadline
+            raise subprocess.TimeoutExpired(argv, timeout or 0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if feeder is not None:
+            feeder.join(5)
+    stdout, dropped = readers[0].value()
+    stderr, _ = readers[1].value()
+    return proc.returncode, stdout, dropped, stderr, readers[0].over
 
 
 def remote_command(argv: Sequence[str]) -> str:
@@ -265,11 +391,16 @@ class SshTransport:
         check: bool = True,
         idempotent: bool = True,
         what: str = "",
+        limit: int | None = None,
+        sink: IO[bytes] | None = None,
     ) -> RemoteResult:
         """Run ``argv`` remotely (each argument quoted). Retries dropped connections when ``idempotent``.
 
         ``check``: a non-zero exit of the remote command raises :class:`RemoteError`.
         ``stdin`` as a file object is streamed and never retried (its position moved).
+        Output is read with a cap (:data:`OUTPUT_KEEP`, head and tail); ``limit``: stdout is data,
+        and more than ``limit`` bytes of it is a :class:`RemoteError`; ``sink``: stdout is written to
+        this file (emptied before each attempt) instead of kept in memory.
         """
         command = remote_command(argv) + _EXIT_TRAILER
         label = what or argv[0]
@@ -277,27 +408,29 @@ class SshTransport:
         delay = self.options.backoff_s
         for attempt in range(1, attempts + 1):
             log.debug("ssh %s (%s) attempt %d: %s", self.endpoint, label, attempt, command[:300])
+            if sink is not None:
+                sink.seek(0)
+                sink.truncate()
             try:
-                proc = subprocess.run(
-                    self.ssh_argv(command),
-                    input=stdin if isinstance(stdin, bytes) else None,
-                    stdin=stdin
-                    if hasattr(stdin, "read")
-                    else (None if isinstance(stdin, bytes) else subprocess.DEVNULL),
-                    capture_output=True,
-                    timeout=timeout,
+                returncode, stdout, dropped, raw_stderr, over = run_capped(
+                    self.ssh_argv(command), stdin=stdin, timeout=timeout, limit=limit, sink=sink
                 )
             except subprocess.TimeoutExpired as exc:
                 raise RemoteError(
                     f"{self.endpoint}: {label} did not finish within {timeout:.0f} s; the device may be overloaded or "
                     "the link stalled. Re-run the same command: finished steps are kept."
                 ) from exc
-            stderr = proc.stderr.decode("utf-8", errors="replace")
+            if over:
+                raise RemoteError(
+                    f"{self.endpoint}: {label} sent more than {limit} bytes, far more than it should; "
+                    "the device's files are not what edge-tl wrote there"
+                )
+            stderr = raw_stderr.decode("utf-8", errors="replace")
             tagged = _EXIT_RE.search(stderr)
-            if tagged is not None or proc.returncode != SSH_ERROR:
-                status = int(tagged.group(1)) if tagged is not None else proc.returncode
+            if tagged is not None or returncode != SSH_ERROR:
+                status = int(tagged.group(1)) if tagged is not None else returncode
                 stderr = stderr[: tagged.start()] if tagged is not None else stderr
-                result = RemoteResult(status, proc.stdout, stderr)
+                result = RemoteResult(status, stdout, stderr, dropped)
                 if check and status != 0:
                     raise RemoteError(
                         f"{self.endpoint}: {label} failed with exit status {status}: {_tail(stderr or result.text)}"

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from edge_tl.deploy.ssh import SshTransport, sh_script
+from edge_tl.deploy.ssh import RemoteResult, SshTransport, sh_script
 from edge_tl.errors import ConfigError, RemoteError
 
 log = logging.getLogger("edge_tl.deploy")
@@ -115,11 +115,46 @@ class _Probe:
     partial: dict[str, int] = field(default_factory=dict)
 
 
-# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make.
-CLAIM = r"""
-if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
-mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; }
+# A shell function, run in the deploy directory before anything there is deleted or written:
+# edge-tl makes no symbolic link in its folders but `current` (to releases/<name>) and those
+# inside venv/. Any other link in a folder deploy deletes from or writes into (planted, or left
+# by a user) would send a `rm -rf` or a write through it, out of the device folder. Prints the
+# first such link and fails.
+NO_FOREIGN_LINKS = r"""
+no_foreign_links() {
+  for d in staging releases results jobs venv clocks.conf .current.new; do
+    if [ -L "$d" ]; then printf '%s\n' "$d" >&2; return 4; fi
+  done
+  if [ -L current ]; then
+    case "$(readlink current)" in releases/*/* | releases/ | releases/. | releases/..) ;; releases/*) t=ok ;; esac
+    [ "${t:-}" = ok ] || { printf 'current\n' >&2; return 4; }
+  elif [ -e current ]; then printf 'current\n' >&2; return 4
+  fi
+  for d in staging releases results jobs; do
+    [ -d "$d" ] || continue
+    l=$(find "$d" -type l 2>/dev/null | head -n 1)
+    [ -z "$l" ] || { printf '%s\n' "$l" >&2; return 4; }
+  done
+  return 0
+}
 """
+# Exit status of a script that found such a link (its path is the last line of stderr).
+FOREIGN_LINK = 4
+
+# Exit status of a script that found the device folder not writable.
+READ_ONLY = 5
+
+# $1 dir, $2 marker: exit 3 for a non-empty folder that edge-tl did not make, 4 for a foreign link in
+# it, 5 for a folder that cannot be written (a read-only file system: `test -w` sees that, even as root).
+CLAIM = (
+    NO_FOREIGN_LINKS
+    + r"""
+if [ -e "$1" ] && [ ! -f "$1/$2" ] && [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then exit 3; fi
+if [ -d "$1" ] && [ ! -w "$1" ]; then exit 5; fi
+mkdir -p -- "$1" && { [ -f "$1/$2" ] || : > "$1/$2"; } && cd -- "$1" || exit 1
+no_foreign_links || exit 4
+"""
+)
 
 
 def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
@@ -129,11 +164,41 @@ def foreign_dir_error(host: object, remote_dir: str) -> ConfigError:
     )
 
 
+def read_only_error(host: object, remote_dir: str) -> RemoteError:
+    return RemoteError(
+        f"{host}: the device folder {remote_dir} cannot be written (a read-only file system, or not the login "
+        "user's): deploy writes its releases/, results/ and jobs/ there. Remount it read-write, or give --remote-dir "
+        "a writable folder."
+    )
+
+
+def foreign_link_error(host: object, remote_dir: str, stderr: str) -> ConfigError:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    link = lines[-1] if lines else "?"
+    return ConfigError(
+        f"{host}: {remote_dir}/{link} is a symbolic link edge-tl did not make: deploy deletes and writes there and "
+        "would follow it out of the device folder. Nothing was changed; remove the link on the device (or give "
+        "--remote-dir a new folder)."
+    )
+
+
+def check_remote_status(ssh: SshTransport, remote_dir: str, result: RemoteResult, *, what: str) -> None:
+    """Raise the one-line error of a device script that refused (foreign link) or failed."""
+    if result.returncode == FOREIGN_LINK:
+        raise foreign_link_error(ssh.endpoint, remote_dir, result.stderr)
+    if result.returncode != 0:
+        raise RemoteError(f"{ssh.endpoint}: {what} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+
+
 def claim_remote_dir(ssh: SshTransport, remote_dir: str) -> None:
-    """Mark ``remote_dir`` as edge-tl's, refusing a non-empty folder that holds no marker."""
+    """Mark ``remote_dir`` as edge-tl's, refusing a non-empty folder that holds no marker, or a foreign link."""
     claimed = ssh.run(sh_script(CLAIM, remote_dir, MARKER), check=False, what="claim of the remote directory")
     if claimed.returncode == 3:
         raise foreign_dir_error(ssh.endpoint, remote_dir)
+    if claimed.returncode == FOREIGN_LINK:
+        raise foreign_link_error(ssh.endpoint, remote_dir, claimed.stderr)
+    if claimed.returncode == READ_ONLY:
+        raise read_only_error(ssh.endpoint, remote_dir)
     if claimed.returncode != 0:
         raise RemoteError(f"{ssh.endpoint}: cannot create {remote_dir}: {claimed.stderr.strip()}")
 
@@ -171,20 +236,55 @@ cd -- "$1" || exit 1; shift
 for f in "$@"; do s=$(sha256sum < "$f") && printf '%s\t%s\n' "${s%% *}" "$f" || printf 'missing\t%s\n' "$f"; done
 """
 
+# Removes every release but $1 and every staging folder; only folders named as edge-tl names them
+# (releases/<hex>-<digits>, staging/<hex>), never through a link.
+_TIDY = r"""
+tidy() {
+  for d in releases/* staging/*; do
+    [ "$d" = "releases/$1" ] || [ ! -d "$d" ] || [ -L "$d" ] && continue
+    case "${d#*/}" in *[!0-9a-f-]* | -* | "") continue ;; esac
+    rm -rf -- "$d"
+  done
+  rmdir staging 2>/dev/null
+  return 0
+}
+"""
+
 # Safe to send again (a retry after a dropped link): a rename already done is not redone.
-_PUBLISH = r"""
-cd -- "$1" && mkdir -p releases || exit 1
+_PUBLISH = (
+    NO_FOREIGN_LINKS
+    + _TIDY
+    + r"""
+cd -- "$1" && no_foreign_links || exit $?
+mkdir -p releases || exit 1
 if [ -d "staging/$2" ]; then mv -T -- "staging/$2" "releases/$3" || exit 1
 elif [ ! -d "releases/$3" ]; then echo "staging/$2 is missing: nothing to publish" >&2; exit 1; fi
 ln -sfn -- "releases/$3" .current.new && mv -Tf -- .current.new current || exit 1
-for d in releases/* staging/*; do [ "$d" = "releases/$3" ] || [ ! -e "$d" ] || rm -rf -- "$d"; done
-rmdir staging 2>/dev/null
-exit 0
+tidy "$3"
 """
+)
+
+# An up-to-date device may still hold what a publish killed in its clean-up left: the old releases.
+_TIDY_ONLY = (
+    NO_FOREIGN_LINKS
+    + _TIDY
+    + r"""
+cd -- "$1" && no_foreign_links || exit $?
+tidy "$2"
+"""
+)
+
+
+def _listing_limit(names: list[str], *, lines: int) -> int:
+    """The most bytes a per-file listing of ``names`` prints (a sha256, a tab, the name, per line):
+    read whole, never cut like text output (a cut listing would look like missing files)."""
+    return 4096 + lines * sum(80 + len(n.encode()) for n in names)
 
 
 def _probe(ssh: SshTransport, remote_dir: str, digest: str, names: list[str]) -> _Probe:
-    out = ssh.run(sh_script(_PROBE, remote_dir, digest, *names), what="checksum probe").text
+    out = ssh.run(
+        sh_script(_PROBE, remote_dir, digest, *names), what="checksum probe", limit=_listing_limit(names, lines=2)
+    ).text
     probe = _Probe()
     for line in out.splitlines():
         parts = line.split("\t")
@@ -295,6 +395,8 @@ def sync_bundle(
     probe = _probe(ssh, remote_dir, digest, names)
     current_ok = probe.current.startswith(digest + "-") and all(probe.in_current.get(n) == files[n][0] for n in names)
     if current_ok:
+        tidied = ssh.run(sh_script(_TIDY_ONLY, remote_dir, probe.current), check=False, what="clean-up of old releases")
+        check_remote_status(ssh, remote_dir, tidied, what="clean-up of old releases")
         return SyncReport(remote_dir, probe.current, up_to_date=True, seconds=time.monotonic() - start)
 
     sent: list[str] = []
@@ -343,7 +445,11 @@ def sync_bundle(
 
     # Verify everything staged on the device itself, then publish.
     for attempt in range(2):
-        out = ssh.run(sh_script(_VERIFY, f"{remote_dir}/{stage}", *names), what="checksum verification").text
+        out = ssh.run(
+            sh_script(_VERIFY, f"{remote_dir}/{stage}", *names),
+            what="checksum verification",
+            limit=_listing_limit(names, lines=1),
+        ).text
         got = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
         bad = [n for n in names if got.get(n) != files[n][0]]
         if not bad:
@@ -359,7 +465,8 @@ def sync_bundle(
             bytes_sent += _upload(ssh, local_root / name, remote_dir, f"{stage}/{name}", files[name][1], 0)
             resent.append(name)
     release = f"{digest}-{time.time_ns()}"
-    ssh.run(sh_script(_PUBLISH, remote_dir, digest, release), what="publishing the bundle")
+    published = ssh.run(sh_script(_PUBLISH, remote_dir, digest, release), check=False, what="publishing the bundle")
+    check_remote_status(ssh, remote_dir, published, what="publishing the bundle")
     return SyncReport(
         remote_dir,
         release,

@@ -20,6 +20,7 @@ from edge_tl.deploy.fleet import FLEET_FILE
 from edge_tl.errors import RunError
 from edge_tl.runs import MANIFEST_NAME, check_manifest_shape, confine
 from edge_tl.significance import DEFAULT_LEVEL, comparison_from_result, wilson_interval
+from edge_tl.verify.deploy_records import entry_problem
 
 #: Kinds of artifacts that are models, compared side by side with the original.
 MODEL_KINDS = ("checkpoint", "onnx", "engine")
@@ -271,7 +272,8 @@ class Device:
     files: list[str]
 
 
-def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[Device]:
+def _devices(run_dir: Path, reference_top1: float | None, level: float, problems: list[str]) -> list[Device]:
+    """The device sections; an entry of accuracy.json that is not a measurement is left out, said in ``problems``."""
     deploy = run_dir / "deploy"
     devices = []
     for folder in sorted(p for p in deploy.glob("*") if p.is_dir() and not p.name.startswith(".")):
@@ -285,7 +287,12 @@ def _devices(run_dir: Path, reference_top1: float | None, level: float) -> list[
         )
         results, rows = [], []
         for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict) or "artifact" not in entry:
+            problem = entry_problem(entry)
+            if problem is not None:
+                problems.append(
+                    f"Left out a result of {folder.name}: {folder / ACCURACY_FILE} is not a measurement ({problem}); "
+                    f"deploy to {folder.name} again."
+                )
                 continue
             n = entry.get("num_images") if isinstance(entry.get("num_images"), int) else None
             top1 = _num(entry.get("top1"))
@@ -417,6 +424,8 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         for name, a in (manifest.get("artifacts") or {}).items()
         if isinstance(a, dict)
     ]
+    problems: list[str] = []
+    devices = _devices(run_dir, reference_top1, level, problems)
     missing = []
     if in_run(run_dir, "metrics.jsonl") is None or not (run_dir / "metrics.jsonl").is_file():
         missing.append("No training curves: metrics.jsonl is written by `edge-tl finetune`.")
@@ -429,6 +438,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         confusion_png = None
     if verify is None:
         missing.append("No comparison with the original yet: run `edge-tl verify RUN`.")
+    missing += problems
     return RunData(
         root=run_dir,
         manifest=manifest,
@@ -439,7 +449,7 @@ def collect(run_dir: Path, *, level: float = DEFAULT_LEVEL) -> RunData:
         confusion_png=confusion_png if confusion_png is not None and confusion_png.is_file() else None,
         verify=verify,
         models=models,
-        devices=_devices(run_dir, reference_top1, level),
+        devices=devices,
         fleet=fleet if isinstance(fleet, dict) else None,
         commands=commands,
         missing=missing,

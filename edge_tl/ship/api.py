@@ -78,7 +78,7 @@ class ShipResult:
     def table(self) -> str:
         rows = [("stage", "status", "seconds", "result")]
         for r in self.stages:
-            status = "gate failed" if r.gate else r.outcome.value
+            status = ("incomplete" if r.name == "deploy" else "gate failed") if r.gate else r.outcome.value
             rows.append(
                 (r.name, status, f"{r.seconds:.1f}" if r.outcome is Outcome.RAN else "-", self.notes.get(r.name, ""))
             )
@@ -293,6 +293,20 @@ def _notes(out: Path) -> dict[str, str]:
             notes["deploy"] = (notes.get("deploy", "") + "; " if "deploy" in notes else "") + (
                 f"{artifact.name[len('deploy-') :]}: p50 {m['p50_ms']:.3f} ms{top}"
             )
+    fleet = run.path("deploy", "fleet.json")
+    if "fleet" in _deployed_by(run) and fleet.is_file():
+        import json
+
+        try:
+            devices = json.loads(fleet.read_text(encoding="utf-8")).get("devices") or []
+        except (OSError, ValueError, AttributeError):
+            devices = []
+        for device in devices:
+            if isinstance(device, dict) and device.get("status") != "ok":
+                reason = str(device.get("reason") or "?").splitlines()[0][:160]
+                notes["deploy"] = (notes.get("deploy", "") + "; " if "deploy" in notes else "") + (
+                    f"{device.get('label')}: MISSING ({reason})"
+                )
     verify = run.path("verify", "report.md")
     if verify.is_file():
         notes["verify"] = str(verify)
@@ -300,6 +314,13 @@ def _notes(out: Path) -> dict[str, str]:
     if index.is_file():
         notes["report"] = str(index)
     return notes
+
+
+def _deployed_by(run: Any) -> dict[str, Any]:
+    """The options ship's deploy stage last ran with (``fleet`` set for a fleet)."""
+    record = run.stage_record("deploy") or {}
+    options = (record.get("inputs") or {}).get("options") or {}
+    return {k: v for k, v in options.items() if v is not None} if isinstance(options, dict) else {}
 
 
 def ship(

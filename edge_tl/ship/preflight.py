@@ -7,10 +7,11 @@ is refused in seconds, not after a fine-tune.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_tl.errors import ConfigError, DataError, RunError
+from edge_tl.errors import ConfigError, DataError, RemoteError, RunError
 from edge_tl.targets import Precision, Target, load_target
 
 #: Free space a run needs besides its images' decode cache: checkpoints, ONNX models,
@@ -95,8 +96,8 @@ def check_host(
     SshTransport(host, options).run(["true"], timeout=15, what="the pre-flight check")
 
 
-def fleet_hosts(fleet: Path, *, target: str, precision: Precision) -> list[str]:
-    """The inventory's hosts, once each device's own target (or ``target``) is known to run its precision."""
+def fleet_hosts(fleet: Path, *, target: str, precision: Precision) -> list[tuple[str, str]]:
+    """The inventory's (name, host), once each device's own target (or ``target``) is known to run its precision."""
     from edge_tl.deploy.fleet import load_inventory
 
     defaults, devices = load_inventory(fleet)
@@ -106,7 +107,27 @@ def fleet_hosts(fleet: Path, *, target: str, precision: Precision) -> list[str]:
             load_target(settings.get("target", target)).check_precision(settings.get("precision", precision))
         except ConfigError as exc:
             raise ConfigError(f"{fleet} device {device.name!r}: {exc}") from exc
-    return [d.host for d in devices]
+    return [(d.name, d.host) for d in devices]
+
+
+def down_devices(devices: list[tuple[str, str]], check: Callable[[str], None]) -> list[tuple[str, str]]:
+    """(name, reason) of each fleet device ``check(host)`` cannot reach; every device is tried."""
+    down = []
+    for name, host in devices:
+        try:
+            check(host)
+        except RemoteError as exc:
+            down.append((name, " ".join(str(exc).split())))
+    return down
+
+
+def fleet_refusal(fleet: Path, down: list[tuple[str, str]], *, total: int, required: bool) -> RemoteError | None:
+    """The pre-flight's refusal of a fleet with devices down: all of them down, or all required."""
+    if not down or (len(down) < total and not required):
+        return None
+    listed = "; ".join(f"{name}: {reason}" for name, reason in down)
+    why = "every device is down" if len(down) == total else "--require-all-devices, and"
+    return RemoteError(f"{fleet}: {why} {len(down)} of {total} device(s) cannot be reached: {listed}")
 
 
 def check_run_dir(out: Path) -> None:

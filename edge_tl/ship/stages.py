@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from edge_tl.errors import ConfigError, RunError, ToleranceError
+from edge_tl.errors import ConfigError, FleetIncomplete, RunError, ToleranceError
 from edge_tl.runs import RUN_LOCK_NAME, SUPERSEDED_DIR, Run, _json_default, artifact_matches, now_iso, sha256_file
 
 #: Every stage, in flow order (``import`` and ``finetune`` exclude each other).
@@ -178,7 +178,7 @@ class Pipeline:
         run = Run.open(self.out) if Run.exists(self.out) else None
         inputs = self.inputs(run, stage, before)
         record = run.stage_record(stage.name) if run is not None else None
-        done = record is not None and record.get("status") == "done"
+        done = record is not None and record.get("status") == "done" and not record.get("incomplete")
         changed = own_outputs_changed(run, stage) if done and run is not None else None
         if done and record.get("inputs") == inputs and stage.name not in self.force and changed is None:
             return StageResult(stage.name, Outcome.UP_TO_DATE, 0.0, record.get("gate"))
@@ -193,8 +193,14 @@ class Pipeline:
                 run.set_stage_record(stage.name, {"status": "running", "started": now_iso()})
         started = time.perf_counter()
         gate = None
+        incomplete = False
         try:
             stage.action()
+        except FleetIncomplete as exc:
+            # The devices that were reached are deployed; later stages still run on them, ship exits
+            # non-zero at the end, and the next ship deploys again (the missing ones may be back).
+            gate, incomplete = str(exc), True
+            self.say(f"deploy incomplete: {gate}")
         except ToleranceError as exc:
             if stage.name not in ("quantize", "verify"):
                 raise
@@ -208,7 +214,7 @@ class Pipeline:
         inputs = self.inputs(run, stage, before)
         run.set_stage_record(stage.name, {
             "status": "done", "inputs": inputs, "token": uuid.uuid4().hex, "created": now_iso(),
-            "seconds": round(seconds, 3), "gate": gate,
+            "seconds": round(seconds, 3), "gate": gate, **({"incomplete": True} if incomplete else {}),
         })  # fmt: skip
         return StageResult(stage.name, Outcome.RAN, seconds, gate)
 

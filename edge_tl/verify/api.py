@@ -444,8 +444,14 @@ def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAU
 
 
 def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, level: float) -> VerifyRow:
+    from edge_tl.verify.deploy_records import entry_problem
+
     if not isinstance(entry, dict) or "artifact" not in entry or "top1" not in entry or "num_images" not in entry:
         raise RunError(f"{str(path)!r}: each result needs 'artifact', 'num_images' and 'top1' (see docs/design.md)")
+    problem = entry_problem(entry)
+    if problem is not None:
+        # A gate is never judged on a number that is not one: one line, and the fix.
+        raise RunError(f"{str(path)!r} is not a measurement ({problem}); re-run deploy for {path.parent.name}")
     latency = entry.get("latency_ms") or {}
     top1 = float(entry["top1"])
     # The device may have evaluated a subset: compare with the original on those same images when given.
