@@ -343,6 +343,16 @@ class PairedCounter:
         ):
             self.per_class[row] += np.bincount(labels[mask], minlength=width)
 
+    @classmethod
+    def from_class_counts(cls, counts: list[list[int]]) -> PairedCounter:
+        """A counter holding stored per-class counts (``per_class.tolist()``, e.g. from a device's result)."""
+        counter = cls()
+        counter.per_class = np.asarray(counts, dtype=np.int64).reshape(5, -1)
+        counter.total = int(counter.per_class[0].sum())
+        counter.lost = int(counter.per_class[3].sum())
+        counter.gained = int(counter.per_class[4].sum())
+        return counter
+
     def class_changes(self, names: list[str] | tuple[str, ...], *, level: float = DEFAULT_LEVEL) -> list[ClassChange]:
         """Every class with validation images: recall change, exact McNemar (Holm-corrected over
         those classes) and Tango's interval, on that class's images."""

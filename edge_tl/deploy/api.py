@@ -137,6 +137,11 @@ class DeployResult:
     hottest_c: float | None = None
     clocks_locked: bool | None = None
     layer_report: dict[str, Any] | None = None  # the device-built engine's own per-layer summary
+    # Against the original on the same images: images it got right that the device got wrong, and the
+    # reverse; per class, the five rows of edge_tl.significance.PairedCounter.per_class.
+    lost: int | None = None
+    gained: int | None = None
+    class_counts: list[list[int]] | None = None
     # The named latencies (edge_tl.bench.latency): the same fields bench and verify write.
     gpu_compute: dict[str, Any] | None = None
     end_to_end: dict[str, Any] | None = None
@@ -195,6 +200,9 @@ class DeployResult:
             "tensorrt": self.tensorrt,
             "measured": self.measured,
             "layer_report": self.layer_report,
+            "lost": self.lost,
+            "gained": self.gained,
+            "class_counts": self.class_counts,
         }
 
     def manifest_details(self) -> dict[str, Any]:
@@ -310,6 +318,14 @@ def _score(out: Path, pack: EvalPack, reference: Reference) -> dict[str, Any]:
         agree = AgreementAccumulator()
         agree.update(ref, logits)
         scores[key] = {"accuracy": ref_acc.result().to_dict(), "agreement": agree.result().to_dict()}
+    if reference.original is not None:
+        # The paired counts against the original, overall and per class: verify's exact McNemar and
+        # --max-class-drop judge the device's row from them, as they judge a local artifact's.
+        from edge_tl.significance import PairedCounter
+
+        paired = PairedCounter()
+        paired.update(reference.original, logits, labels)
+        scores["paired"] = {"lost": paired.lost, "gained": paired.gained, "class_counts": paired.per_class.tolist()}
     return scores
 
 
@@ -582,6 +598,7 @@ def _result(
     warnings: list[str],
 ) -> DeployResult:
     accuracy, original, local = scores["accuracy"], scores.get("original"), scores.get("local")
+    paired = scores.get("paired")
     latencies = named_latencies(
         {"gpu_compute": measured.gpu_compute, "end_to_end": measured.end_to_end},
         power["total_power_mean_mw"] if power else None,
@@ -621,6 +638,9 @@ def _result(
         gpu_compute=latencies["gpu_compute"],
         end_to_end=latencies["end_to_end"],
         layer_report=measured.details.get("layer_report"),
+        lost=paired["lost"] if paired else None,
+        gained=paired["gained"] if paired else None,
+        class_counts=paired["class_counts"] if paired else None,
         energy_mj_per_image=latencies["energy_mj_per_image"],
         remote_dir=remote_dir,
         device=probe.summary(),

@@ -249,7 +249,7 @@ def verify_run(
         )
 
     rows = [row(reference, True), *(row(c, False) for c in candidates)]
-    rows += read_deploy_results(run, reference_top1=ref_acc.top1, level=config.significance_level)
+    rows += read_deploy_results(run, reference_top1=ref_acc.top1, level=config.significance_level, classes=classes)
     failures = list(_gate(rows[1:], config))
     # What each engine says of its own layers (compile's layer report): a warning, and a failure under a gate.
     precision = engine_precision_findings(records) + deploy_precision_findings(run)
@@ -412,7 +412,10 @@ def _over_accuracy_budget(row: VerifyRow, budget: float) -> bool:
 
 def _class_failures(row: VerifyRow, budget: float) -> list[str]:
     if row.per_class is None:
-        return [f"{row.label}: no per-class results to judge --max-class-drop {budget:g} (a device result has none)"]
+        return [
+            f"{row.label}: no per-class results to judge --max-class-drop {budget:g} (a device result of an older "
+            "edge-tl has none); deploy again to measure them"
+        ]
     return [
         f"{row.label}: class {c['name']!r} recall drop {-c['delta_pts']:.2f} pt ({c['lost'] - c['gained']} of "
         f"{c['images']} images; at most {allowed_images(budget, c['images'])} allowed) > --max-class-drop {budget:g}"
@@ -421,7 +424,9 @@ def _class_failures(row: VerifyRow, budget: float) -> list[str]:
     ]
 
 
-def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAULT_LEVEL) -> list[VerifyRow]:
+def read_deploy_results(
+    run: Run, *, reference_top1: float, level: float = DEFAULT_LEVEL, classes: tuple[str, ...] = ()
+) -> list[VerifyRow]:
     """Rows from ``deploy/<host>/accuracy.json`` files written by the deploy stage (see docs/design.md)."""
     rows = []
     for path in sorted(run.path("deploy").glob(f"*/{DEPLOY_RESULT_FILE}")):
@@ -438,12 +443,15 @@ def read_deploy_results(run: Run, *, reference_top1: float, level: float = DEFAU
                     path=path,
                     reference_top1=reference_top1,
                     level=level,
+                    classes=classes,
                 )
             )
     return rows
 
 
-def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, level: float) -> VerifyRow:
+def _deploy_row(
+    entry: Any, *, host: str, path: Path, reference_top1: float, level: float, classes: tuple[str, ...] = ()
+) -> VerifyRow:
     from edge_tl.verify.deploy_records import entry_problem
 
     if not isinstance(entry, dict) or "artifact" not in entry or "top1" not in entry or "num_images" not in entry:
@@ -458,6 +466,12 @@ def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, lev
     reference = entry.get("reference_top1")
     reference_top1 = float(reference) if reference is not None else reference_top1
     change = comparison_from_result(entry, top1 - reference_top1, level=level)
+    counts = entry.get("class_counts")
+    per_class = (
+        [c.to_dict() for c in PairedCounter.from_class_counts(counts).class_changes(classes, level=level)]
+        if counts is not None
+        else None
+    )
     return VerifyRow(
         name=str(entry["artifact"]),
         kind=str(entry.get("kind", "engine")),
@@ -479,4 +493,5 @@ def _deploy_row(entry: Any, *, host: str, path: Path, reference_top1: float, lev
         energy_mj_per_image=entry.get("energy_mj_per_image"),
         size_bytes=entry.get("size_bytes"),
         change=change.to_dict() if change else None,
+        per_class=per_class,
     )

@@ -60,8 +60,32 @@ def entry_problem(entry: Any) -> str | None:
                     return f"{name}: {key}.{field} is {value!r}, not an integer >= 0"
             elif value is not None and _bad_number(value, unknown=field in _MAY_BE_UNKNOWN):
                 return f"{name}: {key}.{field} is {value!r}, not a finite number >= 0"
+    for key in ("lost", "gained"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= n):
+            return f"{name}: {key!r} is {value!r}, not a count of images in [0, {n}]"
+    counts = entry.get("class_counts")
+    if counts is not None and not _class_counts_fit(counts, n):
+        return f"{name}: 'class_counts' is not five rows of per-class image counts that add up to {n} images"
     for key in ("kind", "precision", "backend", "host", "mode", "target"):
         value = entry.get(key)
         if value is not None and not isinstance(value, str):
             return f"{name}: {key!r} is {value!r}, not a string"
     return None
+
+
+def _class_counts_fit(counts: Any, n: int) -> bool:
+    """Five equal rows of counts (images, right by the original, right on the device, lost, gained)
+    per class, consistent with each other and with the ``n`` images."""
+    if not isinstance(counts, list) or len(counts) != 5 or not all(isinstance(row, list) for row in counts):
+        return False
+    width = len(counts[0])
+    if any(len(row) != width for row in counts) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for row in counts for v in row
+    ):
+        return False
+    images, ref_right, right, lost, gained = counts
+    return sum(images) == n and all(
+        r <= i and c <= i and lo <= r and g <= c and r - lo + g == c
+        for i, r, c, lo, g in zip(images, ref_right, right, lost, gained)
+    )

@@ -128,8 +128,20 @@ def test_python_mode_end_to_end(run_copy, sshd, ssh_lab, edge_tl_wheel, tmp_path
     assert record.kind == "deploy-result" and record.metrics["top1"] == entry["top1"]
     from edge_tl.verify import read_deploy_results
 
-    rows = read_deploy_results(run, reference_top1=entry["reference_top1"])
+    rows = read_deploy_results(run, reference_top1=entry["reference_top1"], classes=tuple(run.get("classes")))
     assert [(r.name, r.origin) for r in rows] == [("onnx-fp32", f"deploy:{sshd.alias}")]
+    # The paired counts against the original, per class, are the device's logits' own: recounted here
+    # from logits.npy on the evaluation pack's labels.
+    labels = np.asarray(EvalPack.load(run_copy / "bundle" / "x86-64-fp32" / "eval").labels)
+    images, ref_right, right, lost, gained = (np.asarray(row) for row in entry["class_counts"])
+    np.testing.assert_array_equal(images, np.bincount(labels, minlength=10))
+    np.testing.assert_array_equal(right, np.bincount(labels[logits.argmax(axis=1) == labels], minlength=10))
+    assert int(ref_right.sum()) == round(entry["reference_top1"] * 64)
+    assert (entry["lost"], entry["gained"]) == (int(lost.sum()), int(gained.sum()))
+    assert (rows[0].change["lost"], rows[0].change["gained"]) == (entry["lost"], entry["gained"])
+    assert [(c["images"], c["correct"]) for c in rows[0].per_class] == [
+        (int(i), int(r)) for i, r in zip(images, right) if i
+    ]
     assert rows[0].delta_top1_pts == pytest.approx((entry["top1"] - entry["reference_top1"]) * 100)
     # verify shows the same named latencies as the deploy record
     assert rows[0].end_to_end == entry["end_to_end"] and rows[0].gpu_compute is None

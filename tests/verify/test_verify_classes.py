@@ -136,3 +136,39 @@ def test_max_class_drop_fails_a_model_with_one_class_broken_while_top1_holds(bro
     row = next(r for r in table.split("<tr>") if r.startswith(f"<td>{broken}</td>"))
     assert "distinguishable from noise" in row and f"{lost} / 0" in row
     assert sum("distinguishable from noise" in r for r in table.split("<tr>")) == 1
+
+
+def test_max_class_drop_judges_a_device_row_by_its_stored_per_class_counts(broken_class_run, capsys) -> None:
+    """A device's result carries its paired counts per class (deploy counts them from the device's
+    logits): verify judges that row as it judges a local one, and refuses counts that do not add up."""
+    from edge_tl.cli.main import main
+    from edge_tl.data import split_from_run
+    from edge_tl.runs import Run
+
+    root, broken = broken_class_run
+    labels = np.asarray([s.label for s in split_from_run(Run.open(root)).val])
+    images = np.bincount(labels, minlength=10)
+    # As if the device got every image the original got, except class 3's, all lost.
+    right = images.copy()
+    right[broken] = 0
+    counts = [images.tolist(), images.tolist(), right.tolist(), (images - right).tolist(), [0] * 10]
+    n = int(images.sum())
+    entry = {"artifact": "onnx-fp32", "num_images": n, "top1": float(right.sum() / n), "reference_top1": 1.0,
+             "lost": int(images[broken]), "gained": 0, "class_counts": counts}  # fmt: skip
+    device = root / "deploy" / "jetson"
+    device.mkdir(parents=True)
+    (device / "accuracy.json").write_text(json.dumps({"host": "jetson", "results": [entry]}))
+    base = ["verify", str(root), "--no-latency", "--artifact", "onnx-fp32", "--quiet", "--max-accuracy-drop", "15"]
+    with pytest.raises(SystemExit) as info:
+        main(base + ["--max-class-drop", "5"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"class '3' recall drop 100.00 pt ({images[broken]} of {images[broken]} images; at most" in err
+    assert "no per-class results" not in err
+    # Counts that do not add up to the entry's images are a bad record, refused in one line.
+    entry["class_counts"][0][0] += 1
+    (device / "accuracy.json").write_text(json.dumps({"host": "jetson", "results": [entry]}))
+    with pytest.raises(SystemExit) as info:
+        main(base)
+    assert info.value.code == 1
+    assert "'class_counts' is not five rows of per-class image counts" in capsys.readouterr().err
