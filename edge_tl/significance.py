@@ -338,10 +338,12 @@ class PairedCounter:
         width = max(self.per_class.shape[1], np.asarray(reference).shape[1], int(labels.max(initial=-1)) + 1)
         if width > self.per_class.shape[1]:
             self.per_class = np.pad(self.per_class, ((0, 0), (0, width - self.per_class.shape[1])))
+        # An unlabelled image (edge_tl.data.UNLABELED, negative) belongs to no class.
+        labelled = labels >= 0
         for row, mask in enumerate(
             (np.ones_like(ref_right), ref_right, cand_right, ref_right & ~cand_right, ~ref_right & cand_right)
         ):
-            self.per_class[row] += np.bincount(labels[mask], minlength=width)
+            self.per_class[row] += np.bincount(labels[mask & labelled], minlength=width)
 
     @classmethod
     def from_class_counts(cls, counts: list[list[int]]) -> PairedCounter:

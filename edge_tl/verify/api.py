@@ -134,10 +134,18 @@ def verify_run(
         from edge_tl.data import unlabelled_samples
 
         samples = unlabelled_samples(run, stage=STAGE)
-        if config.max_accuracy_drop is not None or config.max_class_drop is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--max-accuracy-drop", config.max_accuracy_drop),
+                ("--max-class-drop", config.max_class_drop),
+            )
+            if value is not None
+        ]
+        if given:
             raise ConfigError(
-                f"--max-accuracy-drop and --max-class-drop need labelled images and run {str(run.root)!r} has none; "
-                "gate on --min-agreement, or import again with --val-data DIR"
+                f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} labelled images and run "
+                f"{str(run.root)!r} has none; gate on --min-agreement, or import again with --val-data DIR"
             )
     if config.max_images is not None:
         samples = samples[: config.max_images]

@@ -172,3 +172,10 @@ def test_max_class_drop_judges_a_device_row_by_its_stored_per_class_counts(broke
         main(base)
     assert info.value.code == 1
     assert "'class_counts' is not five rows of per-class image counts" in capsys.readouterr().err
+
+
+def test_unlabelled_images_count_in_no_class() -> None:
+    counter = PairedCounter()
+    eye = np.eye(3)
+    counter.update(eye[[0, 1, 2]], eye[[0, 2, 2]], np.array([0, 1, -1]))
+    assert counter.per_class[0].tolist() == [1, 1, 0] and counter.per_class[3].tolist() == [0, 1, 0]
