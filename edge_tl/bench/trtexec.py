@@ -108,7 +108,13 @@ def parse_log(text: str) -> TrtexecResult:
             )
     version = _VERSION_LINE.search(text)
     banner = _BANNER.search(text)
-    tensorrt = version.group(1) if version else (_version_from_banner(banner.group(1)) if banner else None)
+    if version:
+        # 8.0 prints getInferLibVersion() ("TensorRT version: 8001", release/8.0 samples/trtexec/trtexec.cpp);
+        # 8.2 on print MAJOR.MINOR.PATCH (release/8.2 and later). Both name the same release.
+        printed = version.group(1)
+        tensorrt = printed if "." in printed else _version_from_banner(printed)
+    else:
+        tensorrt = _version_from_banner(banner.group(1)) if banner else None
     device = _DEVICE.search(text)
     cc = _CC.search(text)
     throughput = _THROUGHPUT.search(text)

@@ -64,7 +64,11 @@ def test_option_lists_name_their_source_and_differ_where_tensorrt_changed() -> N
         ("v110401", ["--onnx=m.onnx", "--calib=c.cache"], "Unknown option: --calib c.cache"),
         ("v8201", ["--onnx=m.onnx", "--memPoolSize=workspace:1024"], "Unknown option: --memPoolSize workspace:1024"),
         ("v100300", ["--onnx=m.onnx", "--memPoolSize=workspac:1024"], "Unknown memory pool: workspac"),
-        ("v100300", ["--onnx=m.onnx", "--fp16=1"], "Unknown option: --fp16 1"),
+        # A boolean flag's value is read as true, whatever it is (argsToArgumentsMap splits at '=',
+        # stringToValue<bool> returns true: release/10.3 samples/common/sampleOptions.cpp).
+        ("v100300", ["--onnx=m.onnx", "--fp16=1"], None),
+        ("v100300", ["--onnx=m.onnx", "--fp16=0", "--useSpinWait=false"], None),
+        ("v110401", ["--onnx=m.onnx", "--fp16=1"], "Unknown option: --fp16 1"),  # unknown, with or without value
         ("v100300", ["--onnx=m.onnx", "--minShapes=input:1x3x8"], None),
         ("v100300", ["--loadEngine=missing.engine"], "Cannot open --loadEngine file"),
     ],
@@ -78,6 +82,7 @@ def test_standin_refuses_what_the_release_refuses(
     proc = _run_standin(tmp_path, banner, *args, "--saveEngine=e.engine")
     if error is None:
         assert proc.returncode == 0 and "&&&& PASSED" in proc.stdout
+        assert (tmp_path / "e.engine").read_bytes() == b"onnx"  # built: the stand-in's engine is the ONNX
         return
     assert proc.returncode == 1, proc.stdout
     assert f"[E] {error}" in proc.stdout and f"&&&& FAILED TensorRT.trtexec [TensorRT {banner}]" in proc.stdout

@@ -6,7 +6,7 @@ refuses what the TensorRT release it claims to be refuses:
 * its release is the banner of the replayed log (``[TensorRT v8400]`` is 8.4); every flag must
   be in that release's option list (tests/compile/trtexec_options/, extracted from NVIDIA/TensorRT
   ``release/X.Y`` ``samples/common/sampleOptions.cpp``), and the values of the flags edge-tl uses
-  must parse as trtexec parses them. Otherwise it prints trtexec's ``Unknown option`` error and
+  must parse as trtexec parses them (a boolean flag with any value is that flag). Otherwise it prints trtexec's ``Unknown option`` error and
   ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp`` does (reportFail);
 * ``--help``: the banner only (trtexec prints it before parsing anything, then the help, exit 0);
 * ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log;
@@ -26,30 +26,6 @@ import sys
 REPLAY_LOG = os.environ.get("STANDIN_TRTEXEC_LOG", "@REPLAY_LOG@")
 OPTIONS_DIR = os.environ.get("STANDIN_TRTEXEC_OPTIONS", "@OPTIONS_DIR@")
 
-# Flags that take no value (trtexec's getAndDelOption on a bool: "--flag" alone).
-_BOOLEAN = {
-    "--fp16",
-    "--int8",
-    "--best",
-    "--bf16",
-    "--fp8",
-    "--int4",
-    "--stronglyTyped",
-    "--allowGPUFallback",
-    "--verbose",
-    "--useSpinWait",
-    "--useCudaGraph",
-    "--noDataTransfers",
-    "--includeDataTransfers",
-    "--noCudaGraph",
-    "--noSpinWait",
-    "--skipInference",
-    "--separateProfileRun",
-    "--dumpOutput",
-    "--dumpProfile",
-    "--dumpLayerInfo",
-    "--help",
-}
 _INTEGER = {"--warmUp", "--duration", "--iterations", "--avgRuns", "--useDLACore", "--workspace", "--streams"}
 _POOLS = {"workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem"}  # MemoryPoolType names
 _SHAPE = re.compile(r"^[^:]+:\d+(x\d+)*$")
@@ -86,11 +62,12 @@ def refusal(argv: list, release: tuple, options_dir: str) -> str:
     """trtexec's error for ``argv`` on ``release`` ('' when it parses)."""
     known = known_options(release, options_dir)
     for arg in argv:
-        name, eq, value = arg.partition("=")
+        # trtexec splits each argument at its first '=' (argsToArgumentsMap) and reads a boolean flag as
+        # true whatever follows it (stringToValue<bool> returns true; release/8.2 to release/11.1
+        # samples/common/sampleOptions.cpp): "--fp16=1", even "--fp16=0", is "--fp16".
+        name, _, value = arg.partition("=")
         if name not in known:
             return f"Unknown option: {name} {value}"
-        if name in _BOOLEAN and eq:
-            return f"Unknown option: {name} {value}"  # a bool flag takes no value: trtexec leaves it unparsed
         if name in _INTEGER and not re.fullmatch(r"-?\d+", value):
             return f"Invalid value for {name}: {value!r} is not an integer"
         if name == "--memPoolSize":

@@ -168,6 +168,17 @@ def test_the_version_line_alone_names_the_release() -> None:
     assert both.tensorrt_version == "8.5.2" and not both.passed
 
 
+def test_tensorrt_8_0_prints_its_library_version_and_is_read_as_8_0_1() -> None:
+    # release/8.0 samples/trtexec/trtexec.cpp: gLogInfo << "TensorRT version: " << getInferLibVersion(),
+    # so 8.0.1 prints 8001 (8.2 on print MAJOR.MINOR.PATCH). Its exportJSONTrace writes the warm-ups too
+    # (release/8.0 samples/common/sampleReporting.cpp), so they are dropped as on 8.2.
+    log = "&&&& RUNNING TensorRT.trtexec [TensorRT v8001] # trtexec\n[I] TensorRT version: 8001\n&&&& PASSED\n"
+    result = parse_log(log)
+    assert result.tensorrt_version == "8.0.1"
+    bench = to_bench_results(result, batch_size=1, times=_trace([0.0, 100.0, 200.0, 300.0]), warmup_ms=200)
+    assert bench["gpu_compute"].iterations == 2 and bench["gpu_compute"].min_ms == pytest.approx(1.2)
+
+
 def test_summary_mapping_keeps_every_field_and_invents_nothing() -> None:
     result = parse_log((FIXTURES / "trtexec-8.4-jetson-agx-xavier.log").read_text())
     bench = to_bench_results(result, batch_size=16)
