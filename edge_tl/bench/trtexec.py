@@ -44,6 +44,16 @@ _METRIC = re.compile(
 )
 _FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")
 _CV = re.compile(r"coefficient of variance\s*=\s*([\d.]+)%")
+# trtexec's ways of saying that it timed without the CUDA graph it was asked for:
+# "The specified --useCudaGraph flag has been ignored" when the capture fails (release/8.2 to 10.x
+# samples/common/sampleInference.cpp), "CUDA graph capture failed" (release/11.0 and later, same file),
+# and "The CUDA graph option has been disabled" under --useDLACore (release/11.0 sampleOptions.cpp).
+_GRAPH_DROPPED = re.compile(
+    r"The specified --useCudaGraph flag has been ignored|CUDA graph capture failed|The CUDA graph option has been "
+    r"disabled"
+)
+# trtexec's default --warmUp (defaultWarmUp{200}, release/8.2 to 11.x samples/common/sampleOptions.h).
+DEFAULT_WARMUP_MS = 200.0
 
 _LABELS = {
     "Latency": "latency",
@@ -75,6 +85,7 @@ class TrtexecResult:
     metrics: dict[str, Summary]
     gpu_compute_cv: float | None  # trtexec's own warning value, as a fraction
     passed: bool
+    cuda_graph_dropped: bool = False  # trtexec said it timed without the CUDA graph it was asked for
 
     @property
     def gpu_compute(self) -> Summary | None:
@@ -129,6 +140,7 @@ def parse_log(text: str) -> TrtexecResult:
         metrics=metrics,
         gpu_compute_cv=float(cv.group(1)) / 100 if cv else None,
         passed="&&&& PASSED" in text,
+        cuda_graph_dropped=_GRAPH_DROPPED.search(text) is not None,
     )
 
 
@@ -227,8 +239,20 @@ def to_bench_results(
             "throughput_qps": result.throughput_qps,
             "queries": result.queries,
             "gpu_compute_cv": result.gpu_compute_cv,
+            "cuda_graph_dropped": result.cuda_graph_dropped,
         },
     }
+
+
+def warmup_ms(argv: list[str]) -> float:
+    """The ``--warmUp`` of a trtexec command (trtexec's default when it has none)."""
+    return next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), DEFAULT_WARMUP_MS)
+
+
+def timing_truth(meaning: dict[str, bool], results: list[dict[str, Any]]) -> dict[str, bool]:
+    """What the timing flags meant, with ``cuda_graph`` true only where no run said it dropped the graph."""
+    dropped = any(r.get("cuda_graph_dropped") for r in results)
+    return {**meaning, "cuda_graph": bool(meaning.get("cuda_graph")) and not dropped}
 
 
 def run_trtexec(
@@ -259,5 +283,4 @@ def run_trtexec(
     times = None
     if times_path is not None and Path(times_path).is_file():
         times = json.loads(Path(times_path).read_text(encoding="utf-8"))
-    warmup = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), 200.0)  # trtexec's default
-    return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup)
+    return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup_ms(argv))

@@ -175,7 +175,7 @@ class BuildPlan:
     @property
     def timing(self) -> tuple[list[str], dict[str, bool]]:
         """The trtexec flags deploy and bench time this engine with, and what its latencies then mean."""
-        return timing_flags(self.release.version, cuda_graph=True)
+        return timing_flags(self.release.version, cuda_graph=True, dla=self.spec.dla_core is not None)
 
     def flags(self) -> list[str]:
         return self.argv[1:]

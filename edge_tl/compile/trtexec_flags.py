@@ -175,16 +175,21 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
     return cmd
 
 
-def timing_flags(version: TrtVersion, *, cuda_graph: bool) -> tuple[list[str], dict[str, bool]]:
+def timing_flags(version: TrtVersion, *, cuda_graph: bool, dla: bool = False) -> tuple[list[str], dict[str, bool]]:
     """The flags that fix what trtexec's latencies mean, stated for every release, and that meaning.
 
     Up to 10.x trtexec includes host-device copies by default and CUDA graphs and spin-wait
     are off; 11.0 flips all three (copies excluded, graphs and spin-wait on) and makes
     ``--useCudaGraph``/``--noDataTransfers``/``--useSpinWait`` no-ops (``release/11.0``
     ``samples/common/sampleOptions.cpp``, InferenceOptions::parse). edge-tl always times with
-    the copies included (so end-to-end is H2D + compute + D2H) and spin-wait on; CUDA graphs as asked.
+    the copies included (so end-to-end is H2D + compute + D2H) and spin-wait on; CUDA graphs as asked,
+    except on 11.x under DLA, where trtexec turns them off itself ("CUDA graphs and DLA offloading are
+    not simultaneously supported", release/11.0 ``sampleOptions.cpp``): edge-tl then asks for none.
+    Elsewhere a capture can still fail at run time; the bench record says so (``timing_truth``).
     """
     check_version(version)
+    if dla and version.major >= 11:
+        cuda_graph = False
     if version.major >= 11:
         flags = ["--includeDataTransfers"] + ([] if cuda_graph else ["--noCudaGraph"])
     else:
@@ -213,7 +218,7 @@ def bench_command(
     if batch is not None:
         cmd.append(f"--shapes={_shape(input_name, batch, chw)}")
     cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}", f"--iterations={iterations}"]
-    cmd += timing_flags(version, cuda_graph=cuda_graph)[0]
+    cmd += timing_flags(version, cuda_graph=cuda_graph, dla=dla_core is not None)[0]
     if dla_core is not None:
         cmd.append(f"--useDLACore={dla_core}")
     cmd.append(f"--exportTimes={export_times}")

@@ -238,8 +238,8 @@ class TrtexecMode:
     def measure(self, session: DeviceSession) -> Measurement:
         import numpy as np
 
-        from edge_tl.bench.trtexec import parse_log, to_bench_results
-        from edge_tl.compile.trtexec_flags import bench_command
+        from edge_tl.bench.trtexec import parse_log, timing_truth, to_bench_results, warmup_ms
+        from edge_tl.compile.trtexec_flags import bench_command, timing_flags
         from edge_tl.targets import TrtVersion
 
         ssh, config, bundle, target, results = (
@@ -302,6 +302,7 @@ class TrtexecMode:
             batch=config.batch_size if dynamic else None,
             export_times=times,
             iterations=config.iterations,
+            dla_core=plan.get("dla_core"),
             trtexec=trtexec,
         )
         timed = session.job("timing", sh_script('exec "$@" 2>&1', *argv), what="trtexec timing")
@@ -317,7 +318,8 @@ class TrtexecMode:
             records = _read_json(incoming / "times.json", what="trtexec's --exportTimes file")
             (incoming / "times.json").rename(incoming / "trtexec_times.json")
         batch = config.batch_size if dynamic else int(shape[0])
-        bench = to_bench_results(parsed, batch_size=batch, times=records)
+        # Before 8.5 the --exportTimes file holds the warm-up queries too: the command's --warmUp drops them.
+        bench = to_bench_results(parsed, batch_size=batch, times=records, warmup_ms=warmup_ms(argv))
         atomic_write_json(
             incoming / "bench.json",
             {
@@ -329,6 +331,10 @@ class TrtexecMode:
                     "device": "cuda",
                     "clock": "trtexec",
                     "argv": argv,
+                    "timing": timing_truth(
+                        timing_flags(version, cuda_graph=True, dla=plan.get("dla_core") is not None)[1],
+                        [bench["trtexec"]],
+                    ),
                 },
                 "results": [bench["gpu_compute"].to_dict()],
                 "gpu_compute": bench["gpu_compute"].to_dict(),
