@@ -7,7 +7,8 @@ refuses what the TensorRT release it claims to be refuses:
   be in that release's option list (tests/compile/trtexec_options/, extracted from NVIDIA/TensorRT
   ``release/X.Y`` ``samples/common/sampleOptions.cpp``), and the values of the flags edge-tl uses
   must parse as trtexec parses them (a boolean flag with any value is that flag). Otherwise it prints
-  trtexec's ``Unknown option`` error and ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp`` does (reportFail);
+  trtexec's ``Unknown option`` error and ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp``
+  does (reportFail);
 * ``--help``: the banner only (trtexec prints it before parsing anything, then the help, exit 0);
 * ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log;
 * ``--loadEngine=Y --loadInputs=name:file --exportOutput=out.json``: runs Y (the copied ONNX) with
