@@ -366,8 +366,9 @@ def render_script(plan: BuildPlan) -> str:
         f'edge-tl compile RUN --target {plan.target.name} --tensorrt <version>" >&2',
         f"  rm -f {q([engine])}; exit 3",
         "fi",
-        "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",
-        f"dla_layers=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
+        "# Where the layers run: on DLA builds the builder logs one '[DlaLayer] {ForeignNode[first...last]}' line per",
+        "# DLA subgraph (one opaque node however many layers it holds) and one '[GpuLayer] ...' line per GPU layer.",
+        f"dla_subgraphs=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
         f"gpu_layers=$(grep -c '\\[GpuLayer\\]' {q([log])} || true)",
         f"gpu=$(sed -n 's/.*Selected Device: //p' {q([log])} | head -n 1)",
         f"cc=$(sed -n 's/.*Compute Capability: //p' {q([log])} | head -n 1)",
@@ -377,8 +378,9 @@ def render_script(plan: BuildPlan) -> str:
         f"fixed={q([fixed])}",
         "# Sidecar: the fixed fields plus what only the device knows.",
         'printf \'{"tensorrt_version": "%s", "gpu_name": "%s", "compute_capability": "%s", '
-        '"engine_sha256": "%s", "created": "%s", "layers": {"dla": %s, "gpu": %s}, %s\\n\' "$trt" "$gpu" "$cc" "$sha" '
-        '"$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${dla_layers:-0}" "${gpu_layers:-0}" "${fixed#\\{}" > '
+        '"engine_sha256": "%s", "created": "%s", "layers": {"dla_subgraphs": %s, "gpu_layers": %s}, %s\\n\' '
+        '"$trt" "$gpu" "$cc" "$sha" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${dla_subgraphs:-0}" "${gpu_layers:-0}" '
+        '"${fixed#\\{}" > '
         f"{q([str(sidecar_path(engine).as_posix())])}",
         f'echo "engine: {engine} (TensorRT $trt, $gpu, sm $cc)"',
         "",

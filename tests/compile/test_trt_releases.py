@@ -191,9 +191,12 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     fake.chmod(0o755)
     log = tmp_path / "build.log"
     # Layer placement as TensorRT's builder logs it on a DLA build (info level, "---------- Layers Running on
-    # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs)
+    # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs). Each
+    # DlaLayer line is one DLA subgraph (here two, of several layers each), each GpuLayer line one layer.
     log.write_text(
-        "[I] [TRT] ---------- Layers Running on DLA ----------\n[I] [TRT] [DlaLayer] {ForeignNode[conv]}\n"
+        "[I] [TRT] ---------- Layers Running on DLA ----------\n"
+        "[I] [TRT] [DlaLayer] {ForeignNode[/stem/conv/Conv.../blocks.0/act/Relu]}\n"
+        "[I] [TRT] [DlaLayer] {ForeignNode[/blocks.2/conv/Conv.../head/pool/GlobalAveragePool]}\n"
         "[I] [TRT] ---------- Layers Running on GPU ----------\n[I] [TRT] [GpuLayer] SHUFFLE: flatten\n"
         "[I] [TRT] [GpuLayer] COPY: reformat\n"
     )
@@ -212,7 +215,9 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     meta = read_sidecar(plan_run.path(plan.spec.engine))
-    assert meta.layers == {"dla": 1, "gpu": 2} and meta.dla_core == 1 and meta.tensorrt_version == "8.5.2"
+    assert (
+        meta.layers == {"dla_subgraphs": 2, "gpu_layers": 2} and meta.dla_core == 1 and meta.tensorrt_version == "8.5.2"
+    )
 
 
 # --------------------------------------------------------------------------- trtexec output per release
