@@ -135,6 +135,12 @@ def compile_run(
         say(f"DLA cannot take these operators; they will run on the GPU: {ops}")
     elif plan.dla_gpu_fallback is not None:
         say("DLA takes every operator type of this model (parameter restrictions are checked by the build)")
+    if plan.dla_disputed:
+        ops = ", ".join(f"{op} x{n}" for op, n in plan.dla_disputed.items())
+        say(
+            f"TensorRT's sources disagree whether DLA runs these on TensorRT {plan.release.version}: {ops}; "
+            "the engine's layer report will say"
+        )
     builder, why = (None, "--plan-only was asked") if mode is BuildMode.PLAN else _local_builder(profile)
     if builder is None:
         if mode is BuildMode.BUILD:

@@ -167,6 +167,8 @@ class BuildPlan:
     directory: str  # run-relative
     output_name: str
     dla_gpu_fallback: dict[str, int] | None = None  # DLA builds: operator types DLA cannot take
+    dla_disputed: dict[str, int] | None = None  # DLA builds: operator types the sources disagree on
+    dla_reasons: dict[str, str] | None = None  # op_type -> the sources behind its verdict
 
     @property
     def argv(self) -> list[str]:
@@ -218,6 +220,9 @@ class BuildPlan:
             else {
                 "core": self.spec.dla_core,
                 "gpu_fallback_ops": self.dla_gpu_fallback,
+                # the sources disagree on these; the engine's own layer report says where they ran
+                "disputed_ops": self.dla_disputed,
+                "why": self.dla_reasons,
                 "rules": "static shape (min = opt = max); FP16/INT8 only",
                 "source": DLA_LAYERS_SOURCE,
             },
@@ -300,12 +305,23 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         timing_cache=timing_cache_path(target, release),
         export_times=f"{directory}/{TIMES_NAME}",
     )
-    fallback = None
+    dla = None
     if request.dla:
-        from edge_tl.compile.dla import gpu_fallback_ops
+        from edge_tl.compile.dla import predict_dla
 
-        fallback = gpu_fallback_ops(run.path(source.onnx.path))
-    plan = BuildPlan(target, release, precision, source, spec, directory, output_name, dla_gpu_fallback=fallback)
+        dla = predict_dla(run.path(source.onnx.path), tensorrt=release.version)
+    plan = BuildPlan(
+        target,
+        release,
+        precision,
+        source,
+        spec,
+        directory,
+        output_name,
+        dla_gpu_fallback=dla.gpu if dla else None,
+        dla_disputed=dla.disputed if dla else None,
+        dla_reasons=dla.reasons if dla else None,
+    )
     plan.argv  # noqa: B018 - builds the command now so that an impossible flag combination fails before writing
     return plan
 

@@ -15,10 +15,11 @@ import pytest
 
 from edge_tl import __version__
 from edge_tl.compile import BatchRange, CompileRequest, make_plan
+from edge_tl.compile.dla import dla_verdict
 from edge_tl.compile.plan import render_script, write_plan
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
-from edge_tl.targets import Precision, load_target
+from edge_tl.targets import Precision, TrtVersion, load_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -85,6 +86,9 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "dla": {
             "core": 1,
             "gpu_fallback_ops": {},
+            # a kAVG Reduce in the parser; DLA reduces max only but pools averages: the layer report decides
+            "disputed_ops": {"GlobalAveragePool": 1},
+            "why": {"GlobalAveragePool": dla_verdict("GlobalAveragePool", TrtVersion(8, 6, 2))[1]},
             "rules": "static shape (min = opt = max); FP16/INT8 only",
             "source": "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/dla-layer-restrictions.html",
         },

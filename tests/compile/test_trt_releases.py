@@ -130,8 +130,9 @@ def test_dla_cli_plans_a_static_shape_and_refuses_a_range(plan_run: Run) -> None
     plan = json.loads(plan_run.path("compile/jetson-agx-orin-32gb-int8/build_plan.json").read_text())
     assert plan["batch"] == {"min": 1, "opt": 1, "max": 1}
     assert "--maxShapes=input:1x3x8x8" in plan["trtexec_argv"] and "--useDLACore=0" in plan["trtexec_argv"]
-    # the tiny model's Conv, GlobalAveragePool and Flatten are all DLA layer types
+    # the tiny model's Conv and Flatten are DLA layer types; GlobalAveragePool (a kAVG Reduce) is disputed
     assert plan["dla"]["gpu_fallback_ops"] == {} and plan["dla"]["source"].startswith("https://docs.nvidia.com/")
+    assert plan["dla"]["disputed_ops"] == {"GlobalAveragePool": 1}
     refused = subprocess.run([*base, "--batch", "1,1,8"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
     assert "DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape)" in refused.stderr
