@@ -153,6 +153,20 @@ def compile_run(
         return CompileResult(plan, plan_record, engine, None)
     from edge_tl.compile.trt_builder import PythonBuild, build_engine
 
+    unsupported = [
+        flag
+        for flag, asked in (
+            ("--version-compatible", plan.spec.version_compatible),
+            ("--builder-optimization-level", plan.spec.builder_optimization_level is not None),
+        )
+        if asked
+    ]
+    if unsupported:
+        # The plan decided them; a builder that cannot carry them out must not build without them.
+        raise ConfigError(
+            f"the TensorRT Python builder here does not carry out {' and '.join(unsupported)}: build with trtexec "
+            f"(bash {plan_record.path}) or drop the option"
+        )
     outcome = build_engine(
         PythonBuild(
             onnx=run.path(plan.spec.onnx),

@@ -149,6 +149,9 @@ class CompileRequest:
     workspace_mib: int | None = None
     batch: BatchRange | None = None
     tensorrt: str | None = None  # a release listed by the target; default: the target's default
+    version_compatible: bool = False  # an engine later TensorRT releases also run (8.6+)
+    builder_optimization_level: int | None = None  # 0-5 (8.6+); None: TensorRT's default, 3
+    build_only: bool = False  # trtexec builds and exits, timing nothing (deploy times the engine apart)
 
     def __post_init__(self) -> None:
         if self.dla_core < 0:
@@ -213,6 +216,11 @@ class BuildPlan:
             "workspace_mib": self.spec.workspace_mib,
             "dla_core": self.spec.dla_core,
             "timing_cache": self.spec.timing_cache,
+            "build_options": {
+                "version_compatible": self.spec.version_compatible,
+                "builder_optimization_level": self.spec.builder_optimization_level,
+                "build_only": self.spec.build_only,
+            },
             "trtexec_argv": self.argv,
             "timing": {"flags": self.timing[0], **self.timing[1]},
             "dla": None
@@ -304,6 +312,9 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         calib_cache=source.calib_cache.path if source.calib_cache else None,
         timing_cache=timing_cache_path(target, release),
         export_times=f"{directory}/{TIMES_NAME}",
+        version_compatible=request.version_compatible,
+        builder_optimization_level=request.builder_optimization_level,
+        build_only=request.build_only,
     )
     dla = None
     if request.dla:

@@ -87,6 +87,9 @@ class BuildSpec:
     calib_cache: str | None = None
     timing_cache: str | None = None
     export_times: str | None = None
+    version_compatible: bool = False
+    builder_optimization_level: int | None = None
+    build_only: bool = False
 
 
 def check_version(version: TrtVersion) -> None:
@@ -141,6 +144,53 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
     raise ConfigError(f"trtexec builds fp32, fp16 or int8 engines; {precision.value} is not supported yet")
 
 
+# The highest builder optimization level ("Valid values include integers from 0 to the maximum
+# optimization level, which is currently 5", release/8.6 to release/11.1 sampleOptions.cpp; default 3).
+MAX_BUILDER_OPTIMIZATION_LEVEL = 5
+
+
+def build_option_flags(
+    version: TrtVersion, *, version_compatible: bool, builder_optimization_level: int | None, build_only: bool
+) -> list[str]:
+    """The Jetson build options, one flag each, per release; a release without the flag refuses it.
+
+    ========================  ===================  =====================================================
+    option                    releases             trtexec flag (release/X.Y samples/common/sampleOptions.cpp)
+    ========================  ===================  =====================================================
+    version-compatible        8.6 and later        ``--versionCompatible`` (``--vc`` its synonym)
+    builder opt. level 0-5    8.6 and later        ``--builderOptimizationLevel=N``
+    build only                8.2 to 8.5           ``--buildOnly``
+                              8.6 and later        ``--skipInference`` (8.6 deprecates ``--buildOnly`` for it)
+    ========================  ===================  =====================================================
+    """
+    check_version(version)
+    modern = (version.major, version.minor) >= (8, 6)
+    flags = []
+    if version_compatible:
+        if not modern:
+            raise ConfigError(
+                f"TensorRT {version} cannot build version-compatible engines: --versionCompatible arrives in 8.6 "
+                "(NVIDIA/TensorRT release/8.6 samples/common/sampleOptions.cpp); drop --version-compatible or plan "
+                "for 8.6 or later"
+            )
+        flags.append("--versionCompatible")
+    if builder_optimization_level is not None:
+        if not 0 <= builder_optimization_level <= MAX_BUILDER_OPTIMIZATION_LEVEL:
+            raise ConfigError(
+                f"--builder-optimization-level must be 0 to {MAX_BUILDER_OPTIMIZATION_LEVEL} (TensorRT's default is 3),"
+                f" got {builder_optimization_level}"
+            )
+        if not modern:
+            raise ConfigError(
+                f"TensorRT {version} has no builder optimization level: --builderOptimizationLevel arrives in 8.6 "
+                "(NVIDIA/TensorRT release/8.6 samples/common/sampleOptions.cpp); drop --builder-optimization-level"
+            )
+        flags.append(f"--builderOptimizationLevel={builder_optimization_level}")
+    if build_only:
+        flags.append("--skipInference" if modern else "--buildOnly")
+    return flags
+
+
 def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtexec") -> list[str]:
     """The argv of a trtexec engine build for ``version`` (golden-tested per major version)."""
     check_version(version)
@@ -168,9 +218,15 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
                 f"{spec.batch.max}; give one batch size (e.g. --batch {spec.batch.opt})"
             )
         cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
+    cmd += build_option_flags(
+        version,
+        version_compatible=spec.version_compatible,
+        builder_optimization_level=spec.builder_optimization_level,
+        build_only=spec.build_only,
+    )
     if spec.timing_cache is not None:
         cmd.append(f"--timingCacheFile={spec.timing_cache}")
-    if spec.export_times is not None:
+    if spec.export_times is not None and not spec.build_only:  # a build-only run times nothing
         cmd.append(f"--exportTimes={spec.export_times}")
     return cmd
 

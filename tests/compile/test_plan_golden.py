@@ -76,6 +76,7 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "workspace_mib": 4096,
         "dla_core": 1,
         "timing_cache": "compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache",
+        "build_options": {"version_compatible": False, "builder_optimization_level": None, "build_only": False},
         "trtexec_argv": argv,
         "timing": {
             "flags": ["--useSpinWait", "--useCudaGraph"],
