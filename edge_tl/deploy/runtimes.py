@@ -61,7 +61,7 @@ class TensorRTRuntime(DeviceRuntime):
     label = "TensorRT"
     builds_engine = True
     modes = ("python", "trtexec")
-    gpu_compute = True  # the TensorRT runner times enqueue + sync: the GPU's work, no copies
+    gpu_compute = True  # the TensorRT runner times the engine between CUDA events on its stream, no copies
 
     def shipment(self, run: Any, target: Any, precision: Any, *, tensorrt: str | None) -> Shipment:
         from edge_tl.compile import CompileRequest, make_plan, write_plan
