@@ -384,7 +384,8 @@ def render_script(plan: BuildPlan) -> str:
         *(f"echo {q([c])} | sha256sum -c --quiet -" for c in checks),
         f"mkdir -p {q([plan.directory])}",
         *_cache_check_lines(plan),
-        f'"$TRTEXEC" {q(argv[1:])} 2>&1 | tee {q([log])}',
+        *_timing_cache_lines(plan),
+        f'"$TRTEXEC" {_trtexec_args(argv[1:])} 2>&1 | tee {q([log])}',
         "# An engine only runs on the TensorRT that built it: refuse a different one.",
         f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
         f'if [ "$built" != {q([expected])} ]; then',
@@ -413,6 +414,28 @@ def render_script(plan: BuildPlan) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# Set by deploy to a device folder outside releases/ (each publish replaces a release): the timing cache
+# there, one file per target and TensorRT release, is reused by every later build on that device.
+TIMING_CACHE_ENV = "EDGE_TL_TIMING_CACHE_DIR"
+
+
+def _timing_cache_lines(plan: BuildPlan) -> list[str]:
+    if plan.spec.timing_cache is None:
+        return []
+    folder, _, name = plan.spec.timing_cache.rpartition("/")
+    return [
+        f"# The timing cache: in ${TIMING_CACHE_ENV} when set (deploy keeps it outside releases/), else in the run.",
+        f'timing_cache="${{{TIMING_CACHE_ENV}:-{folder or "."}}}"/{shell_join([name])}',
+    ]
+
+
+def _trtexec_args(args: list[str]) -> str:
+    """The quoted trtexec arguments, the timing cache's path taken from the script's ``$timing_cache``."""
+    return " ".join(
+        '"--timingCacheFile=$timing_cache"' if a.startswith("--timingCacheFile=") else shell_join([a]) for a in args
+    )
 
 
 def _cache_check_lines(plan: BuildPlan) -> list[str]:

@@ -132,6 +132,17 @@ def parse_device_result(data: Any, *, where: str) -> dict[str, Any]:
     return data
 
 
+# The engine builds' timing cache lives in the device folder, outside releases/ (a publish replaces
+# those), keyed by target and TensorRT release in its file name (compile.plan.timing_cache_path), so
+# the next build on this device reuses the tactics timed by the last one. Never through a symlink.
+# The variable is build_engine.sh's (edge_tl.compile.plan.TIMING_CACHE_ENV).
+_TIMING_CACHE = r"""
+if [ -L timing-cache ]; then echo "timing-cache is a symbolic link: edge-tl does not follow it" >&2; exit 6; fi
+mkdir -p timing-cache || exit 6
+EDGE_TL_TIMING_CACHE_DIR="$(pwd -P)/timing-cache"; export EDGE_TL_TIMING_CACHE_DIR
+"""
+
+
 # --------------------------------------------------------------------------- python mode
 
 # $1 dir, $2 python, $3 wheel, $4 wheel sha. A venv interpreter is used through a link to its
@@ -194,7 +205,9 @@ class PythonMode:
         ]
         if config.threads is not None:
             argv += ["--threads", str(config.threads)]
-        ran = session.job("agent", argv, what="evaluation and benchmark on the device")
+        ran = session.job(
+            "agent", sh_script(_TIMING_CACHE + 'exec "$@"', *argv), what="evaluation and benchmark on the device"
+        )
         got = session.fetch(["build.log", "result.json", "bench.json", LOGITS])
         if ran.returncode != 0:
             lines = [ln for ln in ran.stderr.strip().splitlines() if ln.strip()]
@@ -262,7 +275,7 @@ class TrtexecMode:
             build = session.job(
                 "build",
                 sh_script(
-                    '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1',
+                    _TIMING_CACHE + '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1',
                     trtexec,
                     plan["script"],
                     f"{results}/build.log",

@@ -85,3 +85,36 @@ def test_a_build_only_plan_times_nothing_and_records_its_options(plan_run: Run) 
     assert on86.argv[-1].startswith("--timingCacheFile=")
     with pytest.raises(ConfigError, match="TensorRT 8.5.2 cannot build version-compatible engines"):
         make_plan(plan_run, orin, CompileRequest(precision=Precision.FP16, version_compatible=True, tensorrt="8.5.2"))
+
+
+def test_the_build_script_keeps_its_timing_cache_where_deploy_says_and_reuses_it(plan_run: Run, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from edge_tl.compile.plan import TIMING_CACHE_ENV, write_plan
+
+    plan = make_plan(plan_run, load_target("jetson-agx-orin-64gb"), CompileRequest(precision=Precision.FP16))
+    script = plan_run.path(write_plan(plan_run, plan).path)
+    log = tmp_path / "replay.log"
+    log.write_text(f"[I] built\n&&&& PASSED TensorRT.trtexec [TensorRT v{plan.release.version.library_version}]\n")
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE.parent / "deploy" / "standin_trtexec.py"} "$@"\n')
+    trtexec.chmod(0o755)
+    device = tmp_path / "device" / "timing-cache"  # a device folder outside releases/
+    device.mkdir(parents=True)
+    env = {**os.environ, "TRTEXEC": str(trtexec), "STANDIN_TRTEXEC_LOG": str(log),
+           "STANDIN_TRTEXEC_OPTIONS": str(HERE / "trtexec_options"), TIMING_CACHE_ENV: str(device)}  # fmt: skip
+    cache = device / "timing-jetson-agx-orin-64gb-trt10.3.0.cache"  # keyed by target and release
+    assert plan.release.version == TrtVersion(10, 3, 0)
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert f"Could not read timing cache from: {cache}" in first.stdout and cache.read_bytes().count(b"\n") == 1
+    second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert f"Loaded {cache.stat().st_size // 2} bytes of timing cache from {cache}" in second.stdout
+    assert cache.read_bytes().count(b"\n") == 2 and not plan_run.path(plan.spec.timing_cache).exists()
+    # without the variable (a user running the plan by hand) the cache stays in the run, as before
+    del env[TIMING_CACHE_ENV]
+    third = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and plan_run.path(plan.spec.timing_cache).is_file()

@@ -10,7 +10,11 @@ refuses what the TensorRT release it claims to be refuses:
   trtexec's ``Unknown option`` error and ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp``
   does (reportFail);
 * ``--help``: the banner only (trtexec prints it before parsing anything, then the help, exit 0);
-* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log;
+* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log; with
+  ``--timingCacheFile=F`` it loads F when it is there and saves it after the build, growing by one
+  record per build, with trtexec's messages ("Loaded N bytes of timing cache from F", "Saved N bytes
+  of timing cache to F": release/8.2 sampleUtils.h, release/8.4 and 8.6 common.h, release/10.3
+  samples/utils/timingCache.cpp);
 * ``--loadEngine=Y --loadInputs=name:file --exportOutput=out.json``: runs Y (the copied ONNX) with
   ONNX Runtime on the raw float32 input and writes ``--exportOutput`` in trtexec's format
   (``exportJSONOutput`` in ``samples/common/sampleReporting.cpp``: ``name``, ``dimensions`` as
@@ -193,9 +197,25 @@ def main(argv):
         key, _, value = arg.partition("=")
         opts[key.lstrip("-")] = value
     if "onnx" in opts:
+        cache = opts.get("timingCacheFile")
+        previous = b""
+        if cache:
+            try:
+                with open(cache, "rb") as fh:
+                    previous = fh.read()
+                print(f"[I] Loaded {len(previous)} bytes of timing cache from {cache}")
+            except OSError:
+                print(
+                    f"[W] Could not read timing cache from: {cache}. A new timing cache will be generated and written."
+                )
         os.makedirs(os.path.dirname(opts["saveEngine"]) or ".", exist_ok=True)
         shutil.copyfile(opts["onnx"], opts["saveEngine"])
         print("\n".join(line for line in replay if "&&&&" not in line))
+        if cache:
+            blob = previous + f"tactics timed for {os.path.basename(opts['onnx'])}\n".encode()
+            with open(cache, "wb") as fh:
+                fh.write(blob)
+            print(f"[I] Saved {len(blob)} bytes of timing cache to {cache}")
     elif "loadInputs" in opts:
         import numpy as np
         import onnxruntime as ort

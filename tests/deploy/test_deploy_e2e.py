@@ -164,7 +164,15 @@ def test_trtexec_mode_with_standin_trtexec(
     try:
         standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log")
         standin_tegrastats(server)
-        target = xavier_profile
+        # The device's TensorRT as JetPack's packages name it (dpkg-query -W -f='${Package} ${Version}\n').
+        dpkg = server.extra_path / "dpkg-query"
+        dpkg.write_text('#!/bin/sh\ncase "$*" in *libnvinfer*) echo "libnvinfer8 8.4.0-1+cuda11.4" ;; esac\n')
+        dpkg.chmod(0o755)
+        # The profile's default release is 8.5.2 (JetPack 5.1); the device runs 8.4.0, which it also lists: the
+        # engine is planned for the device's release, and deploy says so in one line.
+        (tmp_path / "default-852").mkdir()
+        target = tmp_path / "default-852" / xavier_profile.name
+        target.write_text(xavier_profile.read_text().replace('default = "8.4.0"', 'default = "8.5.2"'))
         remote = tmp_path / "remote"
         config = DeployConfig(
             target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK
@@ -172,10 +180,20 @@ def test_trtexec_mode_with_standin_trtexec(
         # The profile is a Jetson; this device is not: refused with the reasons, unless overridden.
         with pytest.raises(RemoteError, match="is a Jetson but"):
             deploy(run_copy, server.alias, config)
-        result = deploy(run_copy, server.alias, DeployConfig(**{**config.__dict__, "check_device": False}))
+        said: list[str] = []
+        result = deploy(
+            run_copy, server.alias, DeployConfig(**{**config.__dict__, "check_device": False}), say=said.append
+        )
     finally:
         server.stop()
-    assert result.mode == "trtexec"
+    assert result.mode == "trtexec" and result.tensorrt == "8.4.0"
+    assert (
+        f"{server.alias} has TensorRT 8.4.0, not the profile's default 8.5.2: the engine is planned for 8.4.0" in said
+    )
+    # The timing cache lives in the device folder, outside releases/, keyed by target and release.
+    cache = remote / "timing-cache" / "timing-standin-xavier-trt84-trt8.4.0.cache"
+    assert cache.read_bytes() == b"tactics timed for model.fp32.onnx\n"
+    assert not list((remote / "releases").rglob("*.cache"))
     out = run_copy / "deploy" / server.alias
     bench = json.loads((out / "bench.json").read_text())
     # The stand-in writes --exportTimes as TensorRT 8.4 does: three cold warm-ups first (8.4's

@@ -20,7 +20,9 @@ if [ "$header" != "$device" ]; then
   echo "the calibration cache quantize/tensorrt-int8-cache/calibration.cache is for TensorRT v$header but this trtexec is v$device; write the right one with: edge-tl quantize RUN --recipe tensorrt-int8-cache --target jetson-agx-orin-64gb --tensorrt X.Y.Z (X.Y.Z: this device's TensorRT)" >&2
   exit 4
 fi
-"$TRTEXEC" --onnx=export/model.fp32.onnx --saveEngine=compile/jetson-agx-orin-64gb-int8/model.engine --minShapes=input:1x3x8x8 --optShapes=input:1x3x8x8 --maxShapes=input:1x3x8x8 --memPoolSize=workspace:4096 --int8 --fp16 --calib=quantize/tensorrt-int8-cache/calibration.cache --useDLACore=1 --allowGPUFallback --timingCacheFile=compile/timing-jetson-agx-orin-64gb-trt8.6.2.cache --exportTimes=compile/jetson-agx-orin-64gb-int8/build_times.json 2>&1 | tee compile/jetson-agx-orin-64gb-int8/build.log
+# The timing cache: in $EDGE_TL_TIMING_CACHE_DIR when set (deploy keeps it outside releases/), else in the run.
+timing_cache="${EDGE_TL_TIMING_CACHE_DIR:-compile}"/timing-jetson-agx-orin-64gb-trt8.6.2.cache
+"$TRTEXEC" --onnx=export/model.fp32.onnx --saveEngine=compile/jetson-agx-orin-64gb-int8/model.engine --minShapes=input:1x3x8x8 --optShapes=input:1x3x8x8 --maxShapes=input:1x3x8x8 --memPoolSize=workspace:4096 --int8 --fp16 --calib=quantize/tensorrt-int8-cache/calibration.cache --useDLACore=1 --allowGPUFallback "--timingCacheFile=$timing_cache" --exportTimes=compile/jetson-agx-orin-64gb-int8/build_times.json 2>&1 | tee compile/jetson-agx-orin-64gb-int8/build.log
 # An engine only runs on the TensorRT that built it: refuse a different one.
 built=$(sed -n 's/.*\[TensorRT v\([0-9]*\)\].*/\1/p' compile/jetson-agx-orin-64gb-int8/build.log | head -n 1)
 if [ "$built" != 8602 ]; then
