@@ -67,7 +67,9 @@ class TensorRTRuntime(DeviceRuntime):
         from edge_tl.compile import CompileRequest, make_plan, write_plan
         from edge_tl.compile.plan import PLAN_NAME, SCRIPT_NAME
 
-        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt))
+        # Build-only: deploy times the engine in its own trtexec run, so the build's timing run would only
+        # cost device time (--buildOnly up to 8.5, --skipInference from 8.6).
+        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt, build_only=True))
         write_plan(run, plan)
         return Shipment(
             model=plan.source.onnx,

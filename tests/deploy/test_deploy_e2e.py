@@ -215,6 +215,9 @@ def test_trtexec_mode_with_standin_trtexec(
     assert bench["trtexec"]["tensorrt_version"] == "8.4.0"
     assert bench["runner"]["timing"] == {"data_transfers": True, "spin_wait": True, "cuda_graph": True}
     assert "PASSED" in (out / "build.log").read_text()
+    # The build is build-only (8.4's --buildOnly, release/8.4 sampleOptions.cpp): deploy times the engine apart.
+    built = next(line for line in (out / "build.log").read_text().splitlines() if "&&&& RUNNING" in line)
+    assert "--buildOnly" in built.split() and not any(a.startswith("--exportTimes") for a in built.split())
     entry = json.loads((out / "accuracy.json").read_text())["results"][0]
     assert entry["artifact"] == "engine-standin-xavier-trt84-fp32" and entry["mode"] == "trtexec"
     assert entry["top1"] == entry["local_onnxruntime_top1"] and entry["local_onnxruntime_agreement"] == 1.0
