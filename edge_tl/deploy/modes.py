@@ -205,9 +205,9 @@ class PythonMode:
         ]
         if config.threads is not None:
             argv += ["--threads", str(config.threads)]
-        ran = session.job(
-            "agent", sh_script(_TIMING_CACHE + 'exec "$@"', *argv), what="evaluation and benchmark on the device"
-        )
+        if bundle.build_plan is not None:  # the agent builds an engine with the plan: give it the device's cache
+            argv = sh_script(_TIMING_CACHE + 'exec "$@"', *argv)
+        ran = session.job("agent", argv, what="evaluation and benchmark on the device")
         got = session.fetch(["build.log", "result.json", "bench.json", LOGITS])
         if ran.returncode != 0:
             lines = [ln for ln in ran.stderr.strip().splitlines() if ln.strip()]
