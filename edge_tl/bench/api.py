@@ -238,7 +238,7 @@ def trtexec_bench_report(
     times around ``execute_async_v3``); the end-to-end latency (with H2D and D2H
     copies) is kept apart in ``runner["end_to_end"]``, one record per batch size.
     """
-    from edge_tl.bench.trtexec import run_trtexec
+    from edge_tl.bench.trtexec import run_trtexec, timing_truth
     from edge_tl.compile.trtexec_flags import bench_command, timing_flags
     from edge_tl.targets import TrtVersion
     from edge_tl.trt.sidecar import read_sidecar
@@ -274,6 +274,8 @@ def trtexec_bench_report(
         end_to_end.append(out["end_to_end"].to_dict())
         e2e_stats.append(out["end_to_end"])
         reports.append(out["trtexec"])
+    version = TrtVersion.parse(meta.tensorrt_version)
+    meaning = timing_flags(version, cuda_graph=cuda_graph, dla=meta.dla_core is not None)[1]
     runner = {
         "name": engine.name,
         "backend": "trtexec",
@@ -284,7 +286,7 @@ def trtexec_bench_report(
         "precision": meta.precision,
         "end_to_end": end_to_end,
         "trtexec": reports,
-        "timing": timing_flags(TrtVersion.parse(meta.tensorrt_version), cuda_graph=cuda_graph)[1],
+        "timing": timing_truth(meaning, reports),
     }
     config = BenchConfig(
         batch_sizes=tuple(batch_sizes),

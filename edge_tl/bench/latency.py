@@ -1,8 +1,11 @@
 """One latency definition for every backend: GPU compute and end-to-end, each named.
 
 * ``gpu_compute``: the engine's work on the GPU alone. From trtexec it is "GPU Compute
-  Time" (``computeMs``); from edge-tl's TensorRT runner it is the host clock around the
-  enqueue and the stream synchronisation (no copies).
+  Time" (``computeMs``: CUDA events recorded on the stream around the enqueue); from
+  edge-tl's TensorRT runner it is the same, two CUDA events on its stream (clock
+  :data:`edge_tl.runtime.base.CUDA_EVENT_CLOCK`). Where the CUDA runtime has no events, the runner times the
+  enqueue and the stream synchronisation with the host clock instead: that figure includes
+  the host's launch overhead, so it is not called GPU compute but ``host_enqueue_sync``.
 * ``end_to_end``: host-to-device copy + compute + device-to-host copy, as a caller of the
   engine sees it. From trtexec it is "Latency" (``latencyMs``), timed with the copies
   included on every release (:func:`edge_tl.compile.trtexec_flags.timing_flags`); from a

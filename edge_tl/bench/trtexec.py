@@ -44,6 +44,16 @@ _METRIC = re.compile(
 )
 _FIELD = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=?\s*([\d.eE+-]+)\s*ms")
 _CV = re.compile(r"coefficient of variance\s*=\s*([\d.]+)%")
+# trtexec's ways of saying that it timed without the CUDA graph it was asked for:
+# "The specified --useCudaGraph flag has been ignored" when the capture fails (release/8.2 to 10.x
+# samples/common/sampleInference.cpp), "CUDA graph capture failed" (release/11.0 and later, same file),
+# and "The CUDA graph option has been disabled" under --useDLACore (release/11.0 sampleOptions.cpp).
+_GRAPH_DROPPED = re.compile(
+    r"The specified --useCudaGraph flag has been ignored|CUDA graph capture failed|The CUDA graph option has been "
+    r"disabled"
+)
+# trtexec's default --warmUp (defaultWarmUp{200}, release/8.2 to 11.x samples/common/sampleOptions.h).
+DEFAULT_WARMUP_MS = 200.0
 
 _LABELS = {
     "Latency": "latency",
@@ -75,6 +85,7 @@ class TrtexecResult:
     metrics: dict[str, Summary]
     gpu_compute_cv: float | None  # trtexec's own warning value, as a fraction
     passed: bool
+    cuda_graph_dropped: bool = False  # trtexec said it timed without the CUDA graph it was asked for
 
     @property
     def gpu_compute(self) -> Summary | None:
@@ -109,7 +120,13 @@ def parse_log(text: str) -> TrtexecResult:
             metrics[_LABELS[match.group("label")]] = Summary(lo, hi, values["mean"], values["median"], percentiles)
     version = _VERSION_LINE.search(text)
     banner = _BANNER.search(text)
-    tensorrt = version.group(1) if version else (_version_from_banner(banner.group(1)) if banner else None)
+    if version:
+        # 8.0 prints getInferLibVersion() ("TensorRT version: 8001", release/8.0 samples/trtexec/trtexec.cpp);
+        # 8.2 on print MAJOR.MINOR.PATCH (release/8.2 and later). Both name the same release.
+        printed = version.group(1)
+        tensorrt = printed if "." in printed else _version_from_banner(printed)
+    else:
+        tensorrt = _version_from_banner(banner.group(1)) if banner else None
     device = _DEVICE.search(text)
     cc = _CC.search(text)
     throughput = _THROUGHPUT.search(text)
@@ -124,6 +141,7 @@ def parse_log(text: str) -> TrtexecResult:
         metrics=metrics,
         gpu_compute_cv=_number(cv.group(1), cv) / 100 if cv else None,
         passed=_final_status(text) == "PASSED",
+        cuda_graph_dropped=_GRAPH_DROPPED.search(text) is not None,
     )
 
 
@@ -247,8 +265,20 @@ def to_bench_results(
             "throughput_qps": result.throughput_qps,
             "queries": result.queries,
             "gpu_compute_cv": result.gpu_compute_cv,
+            "cuda_graph_dropped": result.cuda_graph_dropped,
         },
     }
+
+
+def warmup_ms(argv: list[str]) -> float:
+    """The ``--warmUp`` of a trtexec command (trtexec's default when it has none)."""
+    return next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), DEFAULT_WARMUP_MS)
+
+
+def timing_truth(meaning: dict[str, bool], results: list[dict[str, Any]]) -> dict[str, bool]:
+    """What the timing flags meant, with ``cuda_graph`` true only where no run said it dropped the graph."""
+    dropped = any(r.get("cuda_graph_dropped") for r in results)
+    return {**meaning, "cuda_graph": bool(meaning.get("cuda_graph")) and not dropped}
 
 
 def run_trtexec(
@@ -279,5 +309,4 @@ def run_trtexec(
     times = None
     if times_path is not None and Path(times_path).is_file():
         times = json.loads(Path(times_path).read_text(encoding="utf-8"))
-    warmup = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--warmUp=")), 200.0)  # trtexec's default
-    return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup)
+    return to_bench_results(result, batch_size=batch_size, times=times, warmup_ms=warmup_ms(argv))

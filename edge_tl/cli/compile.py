@@ -36,6 +36,24 @@ from edge_tl.cli import options
     show_default=True,
     help="Build from the run's ONNX, or compile the PyTorch model with torch-tensorrt (local GPU only).",
 )
+@click.option(
+    "--version-compatible",
+    is_flag=True,
+    default=False,
+    help="Build an engine that later TensorRT releases also run (TensorRT 8.6+).",
+)
+@click.option(
+    "--builder-optimization-level",
+    type=click.IntRange(0, 5),
+    default=None,
+    help="TensorRT's builder optimization level, 0-5 (TensorRT 8.6+; default 3): lower builds faster.",
+)
+@click.option(
+    "--build-only",
+    is_flag=True,
+    default=False,
+    help="trtexec builds the engine and exits without timing it (saves device time; deploy times it apart).",
+)
 @click.option("--plan-only", "mode", flag_value="plan", help="Only write the on-device build plan.")
 @click.option(
     "--build", "mode", flag_value="build", help="Build here or fail (default: build when possible, else plan)."
@@ -50,6 +68,9 @@ def compile(
     workspace_mib: int | None,
     batch: str | None,
     tensorrt: str | None,
+    version_compatible: bool,
+    builder_optimization_level: int | None,
+    build_only: bool,
     via: str,
     mode: str | None,
     quiet: bool,
@@ -65,6 +86,9 @@ def compile(
         workspace_mib=workspace_mib,
         batch=BatchRange.parse(batch) if batch else None,
         tensorrt=tensorrt,
+        version_compatible=version_compatible,
+        builder_optimization_level=builder_optimization_level,
+        build_only=build_only,
     )
     result = compile_run(
         run_dir,

@@ -182,6 +182,12 @@ def compile_run(
         say(f"DLA cannot take these operators; they will run on the GPU: {ops}")
     elif plan.dla_gpu_fallback is not None:
         say("DLA takes every operator type of this model (parameter restrictions are checked by the build)")
+    if plan.dla_disputed:
+        ops = ", ".join(f"{op} x{n}" for op, n in plan.dla_disputed.items())
+        say(
+            f"TensorRT's sources disagree whether DLA runs these on TensorRT {plan.release.version}: {ops}; "
+            "the engine's layer report will say"
+        )
     builder, why = (None, "--plan-only was asked") if mode is BuildMode.PLAN else _local_builder(profile)
     if builder is None:
         if mode is BuildMode.BUILD:
@@ -196,6 +202,20 @@ def compile_run(
         return CompileResult(plan, plan_record, engine, None)
     from edge_tl.compile.trt_builder import PythonBuild, build_engine
 
+    unsupported = [
+        flag
+        for flag, asked in (
+            ("--version-compatible", plan.spec.version_compatible),
+            ("--builder-optimization-level", plan.spec.builder_optimization_level is not None),
+        )
+        if asked
+    ]
+    if unsupported:
+        # The plan decided them; a builder that cannot carry them out must not build without them.
+        raise ConfigError(
+            f"the TensorRT Python builder here does not carry out {' and '.join(unsupported)}: build with trtexec "
+            f"(bash {plan_record.path}) or drop the option"
+        )
     outcome = build_engine(PythonBuild.from_plan(run, plan))
     report = None
     if outcome.layer_info is not None and plan.spec.export_layer_info:

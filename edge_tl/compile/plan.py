@@ -172,6 +172,9 @@ class CompileRequest:
     workspace_mib: int | None = None
     batch: BatchRange | None = None
     tensorrt: str | None = None  # a release listed by the target; default: the target's default
+    version_compatible: bool = False  # an engine later TensorRT releases also run (8.6+)
+    builder_optimization_level: int | None = None  # 0-5 (8.6+); None: TensorRT's default, 3
+    build_only: bool = False  # trtexec builds and exits, timing nothing (deploy times the engine apart)
 
     def __post_init__(self) -> None:
         if self.dla_core < 0:
@@ -190,6 +193,8 @@ class BuildPlan:
     directory: str  # run-relative
     output_name: str
     dla_gpu_fallback: dict[str, int] | None = None  # DLA builds: operator types DLA cannot take
+    dla_disputed: dict[str, int] | None = None  # DLA builds: operator types the sources disagree on
+    dla_reasons: dict[str, str] | None = None  # op_type -> the sources behind its verdict
 
     @property
     def argv(self) -> list[str]:
@@ -205,7 +210,7 @@ class BuildPlan:
     @property
     def timing(self) -> tuple[list[str], dict[str, bool]]:
         """The trtexec flags deploy and bench time this engine with, and what its latencies then mean."""
-        return timing_flags(self.release.version, cuda_graph=True)
+        return timing_flags(self.release.version, cuda_graph=True, dla=self.spec.dla_core is not None)
 
     def flags(self) -> list[str]:
         return self.argv[1:]
@@ -242,6 +247,11 @@ class BuildPlan:
             "dla_core": self.spec.dla_core,
             "timing_cache": self.spec.timing_cache,
             "build": self.decision.to_dict(),
+            "build_options": {
+                "version_compatible": self.spec.version_compatible,
+                "builder_optimization_level": self.spec.builder_optimization_level,
+                "build_only": self.spec.build_only,
+            },
             "trtexec_argv": self.argv,
             "timing": {"flags": self.timing[0], **self.timing[1]},
             "dla": None
@@ -249,6 +259,9 @@ class BuildPlan:
             else {
                 "core": self.spec.dla_core,
                 "gpu_fallback_ops": self.dla_gpu_fallback,
+                # the sources disagree on these; the engine's own layer report says where they ran
+                "disputed_ops": self.dla_disputed,
+                "why": self.dla_reasons,
                 "rules": "static shape (min = opt = max); FP16/INT8 only",
                 "source": DLA_LAYERS_SOURCE,
             },
@@ -340,13 +353,27 @@ def make_plan(run: Run, target: Target, request: CompileRequest) -> BuildPlan:
         timing_cache=timing_cache_path(target, release),
         export_times=f"{directory}/{TIMES_NAME}",
         export_layer_info=f"{directory}/{LAYERS_NAME}",
+        version_compatible=request.version_compatible,
+        builder_optimization_level=request.builder_optimization_level,
+        build_only=request.build_only,
     )
-    fallback = None
+    dla = None
     if request.dla:
-        from edge_tl.compile.dla import gpu_fallback_ops
+        from edge_tl.compile.dla import predict_dla
 
-        fallback = gpu_fallback_ops(run.path(source.onnx.path))
-    plan = BuildPlan(target, release, precision, source, spec, directory, output_name, dla_gpu_fallback=fallback)
+        dla = predict_dla(run.path(source.onnx.path), tensorrt=release.version)
+    plan = BuildPlan(
+        target,
+        release,
+        precision,
+        source,
+        spec,
+        directory,
+        output_name,
+        dla_gpu_fallback=dla.gpu if dla else None,
+        dla_disputed=dla.disputed if dla else None,
+        dla_reasons=dla.reasons if dla else None,
+    )
     plan.argv  # noqa: B018 - builds the command now so that an impossible flag combination fails before writing
     return plan
 
@@ -398,7 +425,8 @@ def render_script(plan: BuildPlan) -> str:
         *(f"echo {q([c])} | sha256sum -c --quiet -" for c in checks),
         f"mkdir -p {q([plan.directory])}",
         *_cache_check_lines(plan),
-        f'"$TRTEXEC" {q(argv[1:])} 2>&1 | tee {q([log])}',
+        *_timing_cache_lines(plan),
+        f'"$TRTEXEC" {_trtexec_args(argv[1:])} 2>&1 | tee {q([log])}',
         "# An engine only runs on the TensorRT that built it: refuse a different one.",
         f"built=$(sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' {q([log])} | head -n 1)",
         f'if [ "$built" != {q([expected])} ]; then',
@@ -411,8 +439,9 @@ def render_script(plan: BuildPlan) -> str:
         + " >&2",
         f"  rm -f {q([engine])}; exit 3",
         "fi",
-        "# Where the layers run: the builder logs '[DlaLayer] ...' / '[GpuLayer] ...' at info level on DLA builds.",
-        f"dla_layers=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
+        "# Where the layers run: on DLA builds the builder logs one '[DlaLayer] {ForeignNode[first...last]}' line per",
+        "# DLA subgraph (one opaque node however many layers it holds) and one '[GpuLayer] ...' line per GPU layer.",
+        f"dla_subgraphs=$(grep -c '\\[DlaLayer\\]' {q([log])} || true)",
         f"gpu_layers=$(grep -c '\\[GpuLayer\\]' {q([log])} || true)",
         f"gpu=$(sed -n 's/.*Selected Device: //p' {q([log])} | head -n 1)",
         f"cc=$(sed -n 's/.*Compute Capability: //p' {q([log])} | head -n 1)",
@@ -422,13 +451,36 @@ def render_script(plan: BuildPlan) -> str:
         f"fixed={q([fixed])}",
         "# Sidecar: the fixed fields plus what only the device knows.",
         'printf \'{"tensorrt_version": "%s", "gpu_name": "%s", "compute_capability": "%s", '
-        '"engine_sha256": "%s", "created": "%s", "layers": {"dla": %s, "gpu": %s}, %s\\n\' "$trt" "$gpu" "$cc" "$sha" '
-        '"$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${dla_layers:-0}" "${gpu_layers:-0}" "${fixed#\\{}" > '
+        '"engine_sha256": "%s", "created": "%s", "layers": {"dla_subgraphs": %s, "gpu_layers": %s}, %s\\n\' '
+        '"$trt" "$gpu" "$cc" "$sha" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" "${dla_subgraphs:-0}" "${gpu_layers:-0}" '
+        '"${fixed#\\{}" > '
         f"{q([str(sidecar_path(engine).as_posix())])}",
         f'echo "engine: {engine} (TensorRT $trt, $gpu, sm $cc)"',
         "",
     ]
     return "\n".join(lines)
+
+
+# Set by deploy to a device folder outside releases/ (each publish replaces a release): the timing cache
+# there, one file per target and TensorRT release, is reused by every later build on that device.
+TIMING_CACHE_ENV = "EDGE_TL_TIMING_CACHE_DIR"
+
+
+def _timing_cache_lines(plan: BuildPlan) -> list[str]:
+    if plan.spec.timing_cache is None:
+        return []
+    folder, _, name = plan.spec.timing_cache.rpartition("/")
+    return [
+        f"# The timing cache: in ${TIMING_CACHE_ENV} when set (deploy keeps it outside releases/), else in the run.",
+        f'timing_cache="${{{TIMING_CACHE_ENV}:-{folder or "."}}}"/{shell_join([name])}',
+    ]
+
+
+def _trtexec_args(args: list[str]) -> str:
+    """The quoted trtexec arguments, the timing cache's path taken from the script's ``$timing_cache``."""
+    return " ".join(
+        '"--timingCacheFile=$timing_cache"' if a.startswith("--timingCacheFile=") else shell_join([a]) for a in args
+    )
 
 
 def _cache_check_lines(plan: BuildPlan) -> list[str]:

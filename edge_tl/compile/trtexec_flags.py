@@ -88,6 +88,9 @@ class BuildSpec:
     timing_cache: str | None = None
     export_times: str | None = None
     export_layer_info: str | None = None  # the engine's per-layer report (JSON), see build_command
+    version_compatible: bool = False
+    builder_optimization_level: int | None = None
+    build_only: bool = False
 
 
 def check_version(version: TrtVersion) -> None:
@@ -189,6 +192,53 @@ def precision_flags(version: TrtVersion, precision: Precision, source: SourceKin
     return precision_decision(version, precision, source, calib=calib).trtexec_flags
 
 
+# The highest builder optimization level ("Valid values include integers from 0 to the maximum
+# optimization level, which is currently 5", release/8.6 to release/11.1 sampleOptions.cpp; default 3).
+MAX_BUILDER_OPTIMIZATION_LEVEL = 5
+
+
+def build_option_flags(
+    version: TrtVersion, *, version_compatible: bool, builder_optimization_level: int | None, build_only: bool
+) -> list[str]:
+    """The Jetson build options, one flag each, per release; a release without the flag refuses it.
+
+    ========================  ===================  =====================================================
+    option                    releases             trtexec flag (release/X.Y samples/common/sampleOptions.cpp)
+    ========================  ===================  =====================================================
+    version-compatible        8.6 and later        ``--versionCompatible`` (``--vc`` its synonym)
+    builder opt. level 0-5    8.6 and later        ``--builderOptimizationLevel=N``
+    build only                8.2 to 8.5           ``--buildOnly``
+                              8.6 and later        ``--skipInference`` (8.6 deprecates ``--buildOnly`` for it)
+    ========================  ===================  =====================================================
+    """
+    check_version(version)
+    modern = (version.major, version.minor) >= (8, 6)
+    flags = []
+    if version_compatible:
+        if not modern:
+            raise ConfigError(
+                f"TensorRT {version} cannot build version-compatible engines: --versionCompatible arrives in 8.6 "
+                "(NVIDIA/TensorRT release/8.6 samples/common/sampleOptions.cpp); drop --version-compatible or plan "
+                "for 8.6 or later"
+            )
+        flags.append("--versionCompatible")
+    if builder_optimization_level is not None:
+        if not 0 <= builder_optimization_level <= MAX_BUILDER_OPTIMIZATION_LEVEL:
+            raise ConfigError(
+                f"--builder-optimization-level must be 0 to {MAX_BUILDER_OPTIMIZATION_LEVEL} (TensorRT's default is 3),"
+                f" got {builder_optimization_level}"
+            )
+        if not modern:
+            raise ConfigError(
+                f"TensorRT {version} has no builder optimization level: --builderOptimizationLevel arrives in 8.6 "
+                "(NVIDIA/TensorRT release/8.6 samples/common/sampleOptions.cpp); drop --builder-optimization-level"
+            )
+        flags.append(f"--builderOptimizationLevel={builder_optimization_level}")
+    if build_only:
+        flags.append("--skipInference" if modern else "--buildOnly")
+    return flags
+
+
 def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtexec") -> list[str]:
     """The argv of a trtexec engine build for ``version`` (golden-tested per major version)."""
     check_version(version)
@@ -216,9 +266,15 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
                 f"{spec.batch.max}; give one batch size (e.g. --batch {spec.batch.opt})"
             )
         cmd += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
+    cmd += build_option_flags(
+        version,
+        version_compatible=spec.version_compatible,
+        builder_optimization_level=spec.builder_optimization_level,
+        build_only=spec.build_only,
+    )
     if spec.timing_cache is not None:
         cmd.append(f"--timingCacheFile={spec.timing_cache}")
-    if spec.export_times is not None:
+    if spec.export_times is not None and not spec.build_only:  # a build-only run times nothing
         cmd.append(f"--exportTimes={spec.export_times}")
     if spec.export_layer_info is not None:
         # Each layer's precision and device, as IEngineInspector's JSON: --exportLayerInfo writes
@@ -228,16 +284,21 @@ def build_command(spec: BuildSpec, version: TrtVersion, *, trtexec: str = "trtex
     return cmd
 
 
-def timing_flags(version: TrtVersion, *, cuda_graph: bool) -> tuple[list[str], dict[str, bool]]:
+def timing_flags(version: TrtVersion, *, cuda_graph: bool, dla: bool = False) -> tuple[list[str], dict[str, bool]]:
     """The flags that fix what trtexec's latencies mean, stated for every release, and that meaning.
 
     Up to 10.x trtexec includes host-device copies by default and CUDA graphs and spin-wait
     are off; 11.0 flips all three (copies excluded, graphs and spin-wait on) and makes
     ``--useCudaGraph``/``--noDataTransfers``/``--useSpinWait`` no-ops (``release/11.0``
     ``samples/common/sampleOptions.cpp``, InferenceOptions::parse). edge-tl always times with
-    the copies included (so end-to-end is H2D + compute + D2H) and spin-wait on; CUDA graphs as asked.
+    the copies included (so end-to-end is H2D + compute + D2H) and spin-wait on; CUDA graphs as asked,
+    except on 11.x under DLA, where trtexec turns them off itself ("CUDA graphs and DLA offloading are
+    not simultaneously supported", release/11.0 ``sampleOptions.cpp``): edge-tl then asks for none.
+    Elsewhere a capture can still fail at run time; the bench record says so (``timing_truth``).
     """
     check_version(version)
+    if dla and version.major >= 11:
+        cuda_graph = False
     if version.major >= 11:
         flags = ["--includeDataTransfers"] + ([] if cuda_graph else ["--noCudaGraph"])
     else:
@@ -266,7 +327,7 @@ def bench_command(
     if batch is not None:
         cmd.append(f"--shapes={_shape(input_name, batch, chw)}")
     cmd += [f"--warmUp={warmup_ms}", f"--duration={duration_s}", f"--iterations={iterations}"]
-    cmd += timing_flags(version, cuda_graph=cuda_graph)[0]
+    cmd += timing_flags(version, cuda_graph=cuda_graph, dla=dla_core is not None)[0]
     if dla_core is not None:
         cmd.append(f"--useDLACore={dla_core}")
     cmd.append(f"--exportTimes={export_times}")

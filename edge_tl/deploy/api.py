@@ -442,8 +442,14 @@ def deploy_host(
     wheel: Path | None,
     name: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
+    replan_for_device: bool = True,
 ) -> DeployResult:
-    """Deploy a prepared bundle to one device and record the results (raises on failure)."""
+    """Deploy a prepared bundle to one device and record the results (raises on failure).
+
+    The engine is planned for the TensorRT release the probe finds on the device, when the target
+    lists it and no release was asked for (``replan_for_device``; a fleet, which shares one bundle
+    among its devices, refuses a device whose release differs instead).
+    """
     endpoint = host if isinstance(host, SshEndpoint) else SshEndpoint.parse(host)
     label = check_device_name(name or endpoint.label)
     target = load_target(config.target)
@@ -475,9 +481,41 @@ def deploy_host(
                     bundle=bundle,
                     reference=reference,
                     wheel=wheel,
+                    replan_for_device=replan_for_device,
                     say=say,
                 )
     return result
+
+
+def _plan_for_device(
+    run: Run,
+    config: DeployConfig,
+    target: Target,
+    bundle: Bundle,
+    reference: Reference,
+    probe: DeviceProbe,
+    *,
+    label: str,
+    replan: bool,
+    say: Callable[[str], None],
+) -> tuple[Bundle, Reference]:
+    """The bundle whose build plan names the device's own TensorRT release (an engine runs only there)."""
+    from edge_tl.targets import TrtVersion
+
+    plan = bundle.build_plan
+    if plan is None or not probe.tensorrt or config.tensorrt is not None:
+        return bundle, reference  # nothing built on the device, nothing found, or the user chose the release
+    found, planned = TrtVersion.parse(probe.tensorrt), TrtVersion.parse(plan["tensorrt"])
+    if found == planned or found not in [r.version for r in target.releases]:
+        return bundle, reference  # the same, or one the profile lacks (the device check names that)
+    if not replan:
+        raise ConfigError(
+            f"{label} has TensorRT {found} but this fleet's bundle is planned for TensorRT {planned} (the profile's "
+            f'default): give {label} its own entry with tensorrt = "{found}"'
+        )
+    say(f"{label} has TensorRT {found}, not the profile's default {planned}: the engine is planned for {found}")
+    bundle = prepare_bundle(run, target, bundle.precision, eval_images=config.eval_images, tensorrt=str(found))
+    return bundle, compute_reference(run, bundle)
 
 
 def _measure_on_device(
@@ -494,6 +532,7 @@ def _measure_on_device(
     bundle: Bundle,
     reference: Reference,
     wheel: Path | None,
+    replan_for_device: bool,
     say: Callable[[str], None],
 ) -> DeployResult:
     mode = choose_mode(config.mode, probe, target)
@@ -509,6 +548,9 @@ def _measure_on_device(
         )
     if mode is Mode.PYTHON and wheel is None:
         raise ConfigError("python mode needs the edge-tl wheel; build one with build_wheel() or pass --wheel")
+    bundle, reference = _plan_for_device(
+        run, config, target, bundle, reference, probe, label=label, replan=replan_for_device, say=say
+    )
     files = dict(bundle.files)
     digest = bundle.digest
     if mode is Mode.PYTHON and wheel is not None:

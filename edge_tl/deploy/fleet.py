@@ -244,6 +244,7 @@ def deploy_fleet(
                     wheel=the_wheel,
                     name=device.name,
                     say=lambda msg: say(f"[{device.name}] {msg}"),
+                    replan_for_device=False,  # the bundle is shared with the fleet's other devices
                 )
             except Exception as exc:  # noqa: BLE001 - one device's failure, whatever it is, must not stop the others
                 reason = str(exc) if isinstance(exc, EdgeTLError) else f"{type(exc).__name__}: {exc}"

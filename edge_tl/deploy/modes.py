@@ -215,6 +215,17 @@ def parse_device_result(data: Any, *, where: str) -> dict[str, Any]:
     return data
 
 
+# The engine builds' timing cache lives in the device folder, outside releases/ (a publish replaces
+# those), keyed by target and TensorRT release in its file name (compile.plan.timing_cache_path), so
+# the next build on this device reuses the tactics timed by the last one. Never through a symlink.
+# The variable is build_engine.sh's (edge_tl.compile.plan.TIMING_CACHE_ENV).
+_TIMING_CACHE = r"""
+if [ -L timing-cache ]; then echo "timing-cache is a symbolic link: edge-tl does not follow it" >&2; exit 6; fi
+mkdir -p timing-cache || exit 6
+EDGE_TL_TIMING_CACHE_DIR="$(pwd -P)/timing-cache"; export EDGE_TL_TIMING_CACHE_DIR
+"""
+
+
 # --------------------------------------------------------------------------- python mode
 
 # $1 dir, $2 python, $3 wheel, $4 wheel sha. A venv interpreter is used through a link to its
@@ -277,6 +288,8 @@ class PythonMode:
         ]
         if config.threads is not None:
             argv += ["--threads", str(config.threads)]
+        if bundle.build_plan is not None:  # the agent builds an engine with the plan: give it the device's cache
+            argv = sh_script(_TIMING_CACHE + 'exec "$@"', *argv)
         ran = session.job("agent", argv, what="evaluation and benchmark on the device")
         got = session.fetch(["build.log", "result.json", "bench.json", LOGITS, "layers.json"])
         if ran.returncode != 0:
@@ -323,8 +336,8 @@ class TrtexecMode:
     def measure(self, session: DeviceSession) -> Measurement:
         import numpy as np
 
-        from edge_tl.bench.trtexec import parse_log, to_bench_results
-        from edge_tl.compile.trtexec_flags import bench_command
+        from edge_tl.bench.trtexec import parse_log, timing_truth, to_bench_results, warmup_ms
+        from edge_tl.compile.trtexec_flags import bench_command, timing_flags
         from edge_tl.targets import TrtVersion
 
         ssh, config, bundle, target, results = (
@@ -348,7 +361,7 @@ class TrtexecMode:
                 "build",
                 sh_script(
                     # The engine's layer information goes into the results beside the log (when the plan writes it).
-                    '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1; rc=$?; '
+                    _TIMING_CACHE + '(cd current && TRTEXEC="$1" bash "$2") > "$3" 2>&1; rc=$?; '
                     'if [ -n "$4" ] && [ -f "current/$4" ]; then cp -- "current/$4" "$5"; fi; exit "$rc"',
                     trtexec,
                     plan["script"],
@@ -391,6 +404,7 @@ class TrtexecMode:
             batch=config.batch_size if dynamic else None,
             export_times=times,
             iterations=config.iterations,
+            dla_core=plan.get("dla_core"),
             trtexec=trtexec,
         )
         timed = session.job("timing", sh_script('exec "$@" 2>&1', *argv), what="trtexec timing")
@@ -406,7 +420,8 @@ class TrtexecMode:
             records = _read_json(incoming / "times.json", what="trtexec's --exportTimes file")
             (incoming / "times.json").rename(incoming / "trtexec_times.json")
         batch = config.batch_size if dynamic else int(shape[0])
-        bench = to_bench_results(parsed, batch_size=batch, times=records)
+        # Before 8.5 the --exportTimes file holds the warm-up queries too: the command's --warmUp drops them.
+        bench = to_bench_results(parsed, batch_size=batch, times=records, warmup_ms=warmup_ms(argv))
         atomic_write_json(
             incoming / "bench.json",
             {
@@ -418,6 +433,10 @@ class TrtexecMode:
                     "device": "cuda",
                     "clock": "trtexec",
                     "argv": argv,
+                    "timing": timing_truth(
+                        timing_flags(version, cuda_graph=True, dla=plan.get("dla_core") is not None)[1],
+                        [bench["trtexec"]],
+                    ),
                 },
                 "results": [bench["gpu_compute"].to_dict()],
                 "gpu_compute": bench["gpu_compute"].to_dict(),

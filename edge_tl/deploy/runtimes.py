@@ -63,13 +63,15 @@ class TensorRTRuntime(DeviceRuntime):
     label = "TensorRT"
     builds_engine = True
     modes = ("python", "trtexec")
-    gpu_compute = True  # the TensorRT runner times enqueue + sync: the GPU's work, no copies
+    gpu_compute = True  # the TensorRT runner times the engine between CUDA events on its stream, no copies
 
     def shipment(self, run: Any, target: Any, precision: Any, *, tensorrt: str | None) -> Shipment:
         from edge_tl.compile import CompileRequest, make_plan, write_plan
         from edge_tl.compile.plan import PLAN_NAME, SCRIPT_NAME
 
-        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt))
+        # Build-only: deploy times the engine in its own trtexec run, so the build's timing run would only
+        # cost device time (--buildOnly up to 8.5, --skipInference from 8.6).
+        plan = make_plan(run, target, CompileRequest(precision=precision, tensorrt=tensorrt, build_only=True))
         write_plan(run, plan)
         return Shipment(
             model=plan.source.onnx,

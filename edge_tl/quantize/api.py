@@ -533,7 +533,8 @@ def _strongly_typed_variant(
             "opset": FP16_OPSET,
             "float_part": "float16",
             "kept_fp32": kept,
-            # channels whose scale was under float16's smallest normal: raised to it (weights requantized)
+            # channels whose scale was under float16's smallest subnormal (0 in float16): raised to it,
+            # weights requantized
             "scales_raised_to_fp16_min": raised,
             "onnxruntime_graph_optimization": "disabled (see runtime.onnxruntime_runner.has_fp16_qdq)",
             "for": "strongly typed TensorRT builds (11.x): layers outside Q/DQ pairs run FP16",

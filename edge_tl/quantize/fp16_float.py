@@ -27,24 +27,29 @@ from edge_tl._lazy import lazy_import
 
 FP16_OPSET = 19
 
-# float16's smallest normal number. A scale below it becomes a subnormal of a few bits or 0 in
-# float16, and a zero scale is invalid: TensorRT requires every Q/DQ scale to be positive
-# (onnx/onnx-tensorrt ``docs/operators.md``, QuantizeLinear/DequantizeLinear). Near-zero channels
-# (BatchNorm folded with a gamma near 0) have amax/127 down to 1e-10, so the scale is raised to this
-# and the channel's INT8 weights requantized, which keeps their dequantized values as close as
-# the coarser step allows (they stay within one step of 0 either way).
-FP16_MIN_SCALE = np.float32(2.0**-14)
+# float16's smallest positive (subnormal) number, 2^-24. A Q/DQ scale below it becomes 0 in float16, and
+# TensorRT's parser refuses a scale that is not positive ("Scale coefficients must all be positive",
+# onnx/onnx-tensorrt 10.0-GA onnxOpImporters.cpp, which checks float16 scales with x > 0 and nothing
+# more). So only such scales are raised, to this value, and their channel's INT8 weights requantized:
+# the rule of NVIDIA ModelOpt's float16 conversion, which replaces only values under the smallest
+# float16 subnormal (modelopt/onnx/autocast/precisionconverter.py). A scale between 2^-24 and
+# float16's smallest normal (2^-14) stays a positive subnormal with all 127 INT8 levels: raising it to
+# 2^-14 instead would cut a channel of amax 0.004 (scale 3.1e-5) to 66 levels.
+FP16_MIN_SCALE = np.float32(2.0**-24)
 
 # Inputs that must stay float32 whatever the compute type (index per op type).
 _FLOAT32_ONLY_INPUTS = {"Resize": (1, 2)}  # roi and scales are tensor(float) in every Resize version
 
 
-def raise_small_scales(model: Any) -> dict[str, int]:
-    """Raise Q/DQ scales below :data:`FP16_MIN_SCALE` in ``model`` (in place): scale name -> entries raised.
+def raise_small_scales(model: Any, *, floor: float = FP16_MIN_SCALE) -> dict[str, int]:
+    """Raise Q/DQ scales below ``floor`` in ``model`` (in place): scale name -> entries raised.
 
     A weight's DequantizeLinear (INT8 initializer + scale) gets its INT8 values requantized for
-    the new scale; an activation's scale (shared by its Q and DQ) is raised as it is.
+    the new scale; an activation's scale (shared by its Q and DQ) is raised as it is. ``floor``
+    is :data:`FP16_MIN_SCALE` for every model edge-tl writes; benchmarks/fp16_scale_floor.py passes
+    float16's smallest normal to measure what that stricter floor would cost.
     """
+    floor = np.float32(floor)
     from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -56,10 +61,10 @@ def raise_small_scales(model: Any) -> dict[str, int]:
         if scale_init is None or scale_init.data_type != TensorProto.FLOAT or node.input[1] in raised:
             continue
         scale = numpy_helper.to_array(scale_init).astype(np.float32)
-        small = scale < FP16_MIN_SCALE
+        small = scale < floor
         if not small.any():
             continue
-        new = np.where(small, FP16_MIN_SCALE, scale).astype(np.float32)
+        new = np.where(small, floor, scale).astype(np.float32)
         values = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if values is not None:
             q = numpy_helper.to_array(values)

@@ -25,6 +25,11 @@ import numpy as np
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.vocab import Device
 
+#: The clock of a GPU compute time measured between CUDA events on the stream (trtexec's definition).
+CUDA_EVENT_CLOCK = "cuda-event"
+#: The host clock around an enqueue and the stream synchronisation, where there are no CUDA events.
+HOST_ENQUEUE_CLOCK = "perf_counter_ns (enqueue + stream sync)"
+
 
 @dataclass(frozen=True)
 class InputSpec:

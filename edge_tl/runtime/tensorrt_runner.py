@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runtime.base import InputSpec, Runner, RunnerOptions
+from edge_tl.runtime.base import CUDA_EVENT_CLOCK, HOST_ENQUEUE_CLOCK, InputSpec, Runner, RunnerOptions
 from edge_tl.runtime.registry import ModelSource
 from edge_tl.targets import TrtVersion
 from edge_tl.trt.cuda import DeviceBuffers, GpuInfo, local_gpu
@@ -56,7 +56,12 @@ def open_tensorrt(source: ModelSource, options: RunnerOptions) -> "TensorRTRunne
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
-    clock = "perf_counter_ns"
+
+    @property
+    def clock(self) -> str:  # type: ignore[override]
+        """GPU compute from CUDA events on the stream (trtexec's definition); the host clock around the
+        enqueue and the stream synchronisation where the CUDA runtime has no events (known once active)."""
+        return self._clock
 
     def __init__(
         self, path: str | os.PathLike[str], *, name: str | None = None, options: RunnerOptions = RunnerOptions()
@@ -81,6 +86,7 @@ class TensorRTRunner(Runner):
         self._outputs: dict[str, tuple[int, Any]] = {}
         self._max_batch = 1
         self._gpu: GpuInfo | None = None
+        self._clock = CUDA_EVENT_CLOCK
 
     @property
     def input_spec(self) -> InputSpec:
@@ -117,7 +123,7 @@ class TensorRTRunner(Runner):
             raise RunError(f"TensorRT {trt.__version__} refused to load {str(self.path)!r}; rebuild it on this machine")
         self._api, self._engine = api, engine
         self._context = api.get(engine, "create_execution_context")()
-        self._buffers = DeviceBuffers()
+        self._open_stream()
         mode_input = api.enum("TensorIOMode", "INPUT")
         dtypes = {api.enum("DataType", "FLOAT"): np.float32, api.enum("DataType", "HALF"): np.float16}
         get_shape = api.get(engine, "get_tensor_shape")
@@ -138,6 +144,10 @@ class TensorRTRunner(Runner):
                 f"engine {str(self.path)!r} has inputs {list(self._inputs)} and outputs {list(self._outputs)}, but its "
                 f"sidecar says {self.meta.input_name!r} -> {self.meta.output_name!r}; rebuild it"
             )
+
+    def _open_stream(self) -> None:
+        self._buffers = DeviceBuffers()
+        self._clock = CUDA_EVENT_CLOCK if self._buffers.has_events else HOST_ENQUEUE_CLOCK
 
     def deactivate(self) -> None:
         if self._buffers is not None:
@@ -167,11 +177,20 @@ class TensorRTRunner(Runner):
             )
         return int(batch.shape[0])
 
-    def infer(self, prepared: Any) -> Any:
+    def _enqueue(self) -> None:
         if not self._api.get(self._context, "execute_async_v3")(self._buffers.stream):
             raise RunError(f"TensorRT failed to run {str(self.path)!r}")
+
+    def infer(self, prepared: Any) -> Any:
+        self._enqueue()
         self._buffers.synchronize()
         return prepared
+
+    def time_once(self, prepared: Any) -> float:
+        """GPU milliseconds of one inference between CUDA events on the stream, or the host clock without them."""
+        if self._buffers is None or not self._buffers.has_events:
+            return super().time_once(prepared)
+        return self._buffers.elapsed_ms(self._enqueue)
 
     def fetch(self, output: Any) -> np.ndarray:
         ptr, dtype = self._outputs[self.meta.output_name]

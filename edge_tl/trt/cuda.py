@@ -1,9 +1,9 @@
 """The little CUDA a TensorRT runner needs, without pycuda.
 
-Device memory, copies and a stream come from torch when it is installed with CUDA
-(it already holds a CUDA context), else from ctypes over ``libcudart`` (the
-runtime API, as Polygraphy does). The GPU's name and compute capability come from
-the driver API (``libcuda``), which every CUDA machine has.
+Device memory, copies, a stream and the CUDA events that time work on it come from
+torch when it is installed with CUDA (it already holds a CUDA context), else from
+ctypes over ``libcudart`` (the runtime API, as Polygraphy does). The GPU's name and
+compute capability come from the driver API (``libcuda``), which every CUDA machine has.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ _CUDA_MEMCPY_HOST_TO_DEVICE = 1
 _CUDA_MEMCPY_DEVICE_TO_HOST = 2
 _CU_ATTR_CC_MAJOR = 75
 _CU_ATTR_CC_MINOR = 76
+_EVENT_CALLS = (
+    "cudaEventCreate",
+    "cudaEventRecord",
+    "cudaEventSynchronize",
+    "cudaEventElapsedTime",
+    "cudaEventDestroy",
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,39 @@ class DeviceBuffers:
             self._check(self._cudart.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
             self.stream = int(stream.value or 0)
         self.backend = "torch" if self._torch is not None else "cudart"
+        self._events: tuple[Any, Any] | None = None
+        self.has_events = self._torch is not None or all(hasattr(self._cudart, call) for call in _EVENT_CALLS)
+
+    def elapsed_ms(self, launch: Any) -> float:
+        """Milliseconds of GPU time between two CUDA events recorded on the stream around ``launch()``.
+
+        What trtexec calls GPU compute time: ``cudaEventRecord`` on the stream before and after the
+        enqueue, ``cudaEventElapsedTime`` between them (samples/common/sampleInference.cpp), so
+        host-side enqueue overhead and the wait for the stream are not counted.
+        """
+        if self._torch is not None:
+            torch = self._torch
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(self._stream_obj)
+            launch()
+            end.record(self._stream_obj)
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        rt = self._rt
+        if self._events is None:
+            start, end = ctypes.c_void_p(), ctypes.c_void_p()
+            self._check(rt.cudaEventCreate(ctypes.byref(start)), "cudaEventCreate")
+            self._check(rt.cudaEventCreate(ctypes.byref(end)), "cudaEventCreate")
+            self._events = (start, end)
+        start, end = self._events
+        stream = ctypes.c_void_p(self.stream)
+        self._check(rt.cudaEventRecord(start, stream), "cudaEventRecord")
+        launch()
+        self._check(rt.cudaEventRecord(end, stream), "cudaEventRecord")
+        self._check(rt.cudaEventSynchronize(end), "cudaEventSynchronize")
+        ms = ctypes.c_float()
+        self._check(rt.cudaEventElapsedTime(ctypes.byref(ms), start, end), "cudaEventElapsedTime")
+        return float(ms.value)
 
     @property
     def _rt(self) -> ctypes.CDLL:
@@ -150,5 +190,8 @@ class DeviceBuffers:
 
     def close(self) -> None:
         if self._torch is None and self._cudart is not None:
+            for event in self._events or ():
+                self._cudart.cudaEventDestroy(event)
+            self._events = None
             self._cudart.cudaStreamDestroy(ctypes.c_void_p(self.stream))
         self._tensors.clear()

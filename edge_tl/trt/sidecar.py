@@ -44,7 +44,9 @@ class EngineMetadata:
     dla_core: int | None = None
     engine_sha256: str = ""
     created: str = field(default_factory=now_iso)
-    layers: dict[str, int] | None = None  # {"dla": n, "gpu": m} from a DLA build's log
+    # A DLA build's log: {"dla_subgraphs": n, "gpu_layers": m}. Each "[DlaLayer]" line is one DLA subgraph
+    # ({ForeignNode[...]}, however many layers it holds), each "[GpuLayer]" line one layer.
+    layers: dict[str, int] | None = None
     layer_report: dict[str, Any] | None = None  # the engine's own per-layer summary (edge_tl.trt.layers.summarize)
 
     def to_dict(self) -> dict[str, Any]:

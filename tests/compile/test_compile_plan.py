@@ -229,7 +229,11 @@ def test_orin_nano_int8_plan_uses_qdq_model_and_trt10_flags(plan_run: Run) -> No
         "cuda_graph": True,
     }
     script = run.path(record.path).read_text()
-    assert shlex.join(argv[1:]) in script
+    # the timing cache's path comes from the script's $timing_cache (a device folder when deploy sets one)
+    cache = "--timingCacheFile=compile/timing-jetson-orin-nano-8gb-trt10.3.0.cache"
+    assert cache in argv
+    assert shlex.join(argv[1:]).replace(cache, '"--timingCacheFile=$timing_cache"') in script
+    assert 'timing_cache="${EDGE_TL_TIMING_CACHE_DIR:-compile}"/timing-jetson-orin-nano-8gb-trt10.3.0.cache' in script
     assert not run.has_artifact("engine-jetson-orin-nano-8gb-int8")  # no TensorRT here: plan only
 
 

@@ -15,10 +15,11 @@ import pytest
 
 from edge_tl import __version__
 from edge_tl.compile import BatchRange, CompileRequest, make_plan
+from edge_tl.compile.dla import dla_verdict
 from edge_tl.compile.plan import render_script, write_plan
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import Run
-from edge_tl.targets import Precision, load_target
+from edge_tl.targets import Precision, TrtVersion, load_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -83,6 +84,7 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
             "int8": True,
             "calib": "quantize/tensorrt-int8-cache/calibration.cache",
         },
+        "build_options": {"version_compatible": False, "builder_optimization_level": None, "build_only": False},
         "trtexec_argv": argv,
         "timing": {
             "flags": ["--useSpinWait", "--useCudaGraph"],
@@ -93,6 +95,9 @@ def test_plan_record_has_every_decision(plan_run: Run) -> None:
         "dla": {
             "core": 1,
             "gpu_fallback_ops": {},
+            # a kAVG Reduce in the parser; DLA reduces max only but pools averages: the layer report decides
+            "disputed_ops": {"GlobalAveragePool": 1},
+            "why": {"GlobalAveragePool": dla_verdict("GlobalAveragePool", TrtVersion(8, 6, 2))[1]},
             "rules": "static shape (min = opt = max); FP16/INT8 only",
             "source": "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/dla-layer-restrictions.html",
         },
@@ -202,9 +207,17 @@ def test_a_custom_target_is_named_by_its_file(tmp_path: Path, run_factory) -> No
         make_plan(run, load_target(custom), CompileRequest(precision=Precision.INT8, dla=True))
 
 
+def _record_again(run: Run, name: str) -> None:
+    """Record an artifact's changed file anew (a changed file under its old record is refused before
+    anything reads it; these tests are about what a recorded file holds)."""
+    a = run.artifact(name)
+    run.add_artifact(name, kind=a.kind, path=a.path, stage=a.stage, precision=a.precision, details=a.details)
+
+
 def test_cache_header_must_be_a_header(plan_run: Run) -> None:
     cache = plan_run.path("quantize/tensorrt-int8-cache/calibration.cache")
     cache.write_text("not a cache at all, and a long first line that is cut\n")
+    _record_again(plan_run, "calib-cache-tensorrt-int8-cache")  # as if quantize had written it: the header is judged
     with pytest.raises(RunError) as err:
         _orin_dla_plan(plan_run)
     assert str(err.value) == (
@@ -305,6 +318,7 @@ def test_source_choice_defaults_to_the_gpu_and_refuses_other_precisions(plan_run
 def test_a_binary_cache_is_refused_as_no_header(plan_run: Run) -> None:
     cache = plan_run.path("quantize/tensorrt-int8-cache/calibration.cache")
     cache.write_bytes(b"\xff\xfeTRT\n")
+    _record_again(plan_run, "calib-cache-tensorrt-int8-cache")
     with pytest.raises(
         RunError, match=r"does not start with a TensorRT calibration-cache header \(got '\ufffd\ufffdTRT'\)"
     ):

@@ -130,8 +130,9 @@ def test_dla_cli_plans_a_static_shape_and_refuses_a_range(plan_run: Run) -> None
     plan = json.loads(plan_run.path("compile/jetson-agx-orin-32gb-int8/build_plan.json").read_text())
     assert plan["batch"] == {"min": 1, "opt": 1, "max": 1}
     assert "--maxShapes=input:1x3x8x8" in plan["trtexec_argv"] and "--useDLACore=0" in plan["trtexec_argv"]
-    # the tiny model's Conv, GlobalAveragePool and Flatten are all DLA layer types
+    # the tiny model's Conv and Flatten are DLA layer types; GlobalAveragePool (a kAVG Reduce) is disputed
     assert plan["dla"]["gpu_fallback_ops"] == {} and plan["dla"]["source"].startswith("https://docs.nvidia.com/")
+    assert plan["dla"]["disputed_ops"] == {"GlobalAveragePool": 1}
     refused = subprocess.run([*base, "--batch", "1,1,8"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
     assert "DLA has no dynamic shapes (min = opt = max, and the runtime shape is the build shape)" in refused.stderr
@@ -191,9 +192,12 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     fake.chmod(0o755)
     log = tmp_path / "build.log"
     # Layer placement as TensorRT's builder logs it on a DLA build (info level, "---------- Layers Running on
-    # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs)
+    # DLA ----------" then "[DlaLayer] {ForeignNode[...]}" lines, as in public trtexec DLA build logs). Each
+    # DlaLayer line is one DLA subgraph (here two, of several layers each), each GpuLayer line one layer.
     log.write_text(
-        "[I] [TRT] ---------- Layers Running on DLA ----------\n[I] [TRT] [DlaLayer] {ForeignNode[conv]}\n"
+        "[I] [TRT] ---------- Layers Running on DLA ----------\n"
+        "[I] [TRT] [DlaLayer] {ForeignNode[/stem/conv/Conv.../blocks.0/act/Relu]}\n"
+        "[I] [TRT] [DlaLayer] {ForeignNode[/blocks.2/conv/Conv.../head/pool/GlobalAveragePool]}\n"
         "[I] [TRT] ---------- Layers Running on GPU ----------\n[I] [TRT] [GpuLayer] SHUFFLE: flatten\n"
         "[I] [TRT] [GpuLayer] COPY: reformat\n"
     )
@@ -212,7 +216,9 @@ def test_build_script_compares_the_cache_header_with_the_device_banner(plan_run:
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     meta = read_sidecar(plan_run.path(plan.spec.engine))
-    assert meta.layers == {"dla": 1, "gpu": 2} and meta.dla_core == 1 and meta.tensorrt_version == "8.5.2"
+    assert (
+        meta.layers == {"dla_subgraphs": 2, "gpu_layers": 2} and meta.dla_core == 1 and meta.tensorrt_version == "8.5.2"
+    )
 
 
 # --------------------------------------------------------------------------- trtexec output per release

@@ -6,10 +6,15 @@ refuses what the TensorRT release it claims to be refuses:
 * its release is the banner of the replayed log (``[TensorRT v8400]`` is 8.4); every flag must
   be in that release's option list (tests/compile/trtexec_options/, extracted from NVIDIA/TensorRT
   ``release/X.Y`` ``samples/common/sampleOptions.cpp``), and the values of the flags edge-tl uses
-  must parse as trtexec parses them. Otherwise it prints trtexec's ``Unknown option`` error and
-  ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp`` does (reportFail);
+  must parse as trtexec parses them (a boolean flag with any value is that flag). Otherwise it prints
+  trtexec's ``Unknown option`` error and ``&&&& FAILED`` and exits 1, as ``samples/trtexec/trtexec.cpp``
+  does (reportFail);
 * ``--help``: the banner only (trtexec prints it before parsing anything, then the help, exit 0);
-* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log;
+* ``--onnx=X --saveEngine=Y``: "builds" by copying the ONNX to Y and prints the replayed log; with
+  ``--timingCacheFile=F`` it loads F when it is there and saves it after the build, growing by one
+  record per build, with trtexec's messages ("Loaded N bytes of timing cache from F", "Saved N bytes
+  of timing cache to F": release/8.2 sampleUtils.h, release/8.4 and 8.6 common.h, release/10.3
+  samples/utils/timingCache.cpp);
 * ``--loadEngine=Y --loadInputs=name:file --exportOutput=out.json``: runs Y (the copied ONNX) with
   ONNX Runtime on the raw float32 input and writes ``--exportOutput`` in trtexec's format
   (``exportJSONOutput`` in ``samples/common/sampleReporting.cpp``: ``name``, ``dimensions`` as
@@ -17,7 +22,11 @@ refuses what the TensorRT release it claims to be refuses:
 * ``--exportLayerInfo=F`` (with ``--profilingVerbosity=detailed``) on a build: writes the engine's layer
   information JSON as IEngineInspector does (see ``layer_info`` below), and a DLA build logs its subgraphs;
 * ``--loadEngine=Y`` otherwise (timing): replays a real trtexec log (REPLAY_LOG below,
-  from tests/compile/fixtures/) so the parsing of real output is exercised.
+  from tests/compile/fixtures/) so the parsing of real output is exercised; ``--exportTimes=F``
+  writes one record per query in the release's ``exportJSONTrace`` format (see ``export_times``);
+* CUDA graphs: 11.x turns them off under ``--useDLACore`` with a warning (release/11.0
+  ``sampleOptions.cpp``); an engine whose launch cannot be captured (``STANDIN_TRTEXEC_UNCAPTURABLE=1``)
+  gets the release's "ignored" warning (``sampleInference.cpp``), as a real one does.
 """
 
 import json
@@ -29,30 +38,6 @@ import sys
 REPLAY_LOG = os.environ.get("STANDIN_TRTEXEC_LOG", "@REPLAY_LOG@")
 OPTIONS_DIR = os.environ.get("STANDIN_TRTEXEC_OPTIONS", "@OPTIONS_DIR@")
 
-# Flags that take no value (trtexec's getAndDelOption on a bool: "--flag" alone).
-_BOOLEAN = {
-    "--fp16",
-    "--int8",
-    "--best",
-    "--bf16",
-    "--fp8",
-    "--int4",
-    "--stronglyTyped",
-    "--allowGPUFallback",
-    "--verbose",
-    "--useSpinWait",
-    "--useCudaGraph",
-    "--noDataTransfers",
-    "--includeDataTransfers",
-    "--noCudaGraph",
-    "--noSpinWait",
-    "--skipInference",
-    "--separateProfileRun",
-    "--dumpOutput",
-    "--dumpProfile",
-    "--dumpLayerInfo",
-    "--help",
-}
 _INTEGER = {"--warmUp", "--duration", "--iterations", "--avgRuns", "--useDLACore", "--workspace", "--streams"}
 _POOLS = {"workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem"}  # MemoryPoolType names
 _SHAPE = re.compile(r"^[^:]+:\d+(x\d+)*$")
@@ -89,11 +74,12 @@ def refusal(argv: list, release: tuple, options_dir: str) -> str:
     """trtexec's error for ``argv`` on ``release`` ('' when it parses)."""
     known = known_options(release, options_dir)
     for arg in argv:
-        name, eq, value = arg.partition("=")
+        # trtexec splits each argument at its first '=' (argsToArgumentsMap) and reads a boolean flag as
+        # true whatever follows it (stringToValue<bool> returns true; release/8.2 to release/11.1
+        # samples/common/sampleOptions.cpp): "--fp16=1", even "--fp16=0", is "--fp16".
+        name, _, value = arg.partition("=")
         if name not in known:
             return f"Unknown option: {name} {value}"
-        if name in _BOOLEAN and eq:
-            return f"Unknown option: {name} {value}"  # a bool flag takes no value: trtexec leaves it unparsed
         if name in _INTEGER and not re.fullmatch(r"-?\d+", value):
             return f"Invalid value for {name}: {value!r} is not an integer"
         if name == "--memPoolSize":
@@ -270,6 +256,77 @@ def dla_log_lines(info: str) -> list:
     return lines
 
 
+def _summary(replay: list, label: str) -> tuple:
+    """(min, median, max) of one metric of the replayed log's performance summary."""
+    for line in replay:
+        match = re.search(rf"\] {label}: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, .*median = ([\d.e+-]+) ms", line)
+        if match:
+            return float(match.group(1)), float(match.group(3)), float(match.group(2))
+    raise SystemExit(f"stand-in trtexec: the replayed log has no {label} summary to time with")
+
+
+def export_times(path: str, release: tuple, replay: list, *, warmup_ms: float, iterations: int) -> None:
+    """``--exportTimes`` as ``exportJSONTrace`` writes it in ``release`` (samples/common/sampleReporting.cpp).
+
+    The queries: three cold warm-ups (ten times the slowest timed query) whose compute starts
+    before ``warmup_ms``, then ``iterations`` timed ones cycling through the replayed log's GPU
+    compute and latency (min, median, max), so that their median is the log's. Release/8.0 to 8.4
+    write every query, warm-ups included (8.0/8.2 with an "endToEndMs" field); from release/8.5 the
+    file starts after the warm-ups (``trace.begin() + nbWarmups``).
+    """
+    compute, latency = _summary(replay, "GPU Compute Time"), _summary(replay, "Latency")
+    h2d, d2h = _summary(replay, "H2D Latency")[1], _summary(replay, "D2H Latency")[1]
+    queries = [(h2d + warmup_ms * i / 4, 10 * compute[2], 10 * latency[2]) for i in range(3)] if warmup_ms > 0 else []
+    warmups = len(queries)
+    period = max(latency[2], 0.001)
+    queries += [(warmup_ms + k * period, compute[k % 3], latency[k % 3]) for k in range(iterations)]
+    if release >= (8, 5):
+        queries = queries[warmups:]
+    records = []
+    for start, comp, lat in queries:
+        fields = [
+            ("startEnqMs", start - h2d),
+            ("endEnqMs", start),
+            ("startH2dMs", start - h2d),
+            ("endH2dMs", start),
+            ("startComputeMs", start),
+            ("endComputeMs", start + comp),
+            ("startD2hMs", start + comp),
+            ("endD2hMs", start + comp + d2h),
+            ("h2dMs", h2d),
+            ("computeMs", comp),
+            ("d2hMs", d2h),
+            ("latencyMs", lat),
+        ]
+        if release < (8, 4):
+            fields.append(("endToEndMs", lat))
+        records.append("{ " + ", ".join(f'"{k}" : {_fmt(v)}' for k, v in fields) + " }")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("[\n" + "".join(("  " if i == 0 else ", ") + r + "\n" for i, r in enumerate(records)) + "]\n")
+
+
+def cuda_graph_warnings(release: tuple, opts: dict) -> list:
+    """What trtexec warns when it does not use the CUDA graph that was asked for (none when it does)."""
+    asked = "useCudaGraph" in opts if release < (11, 0) else "noCudaGraph" not in opts
+    if not asked:
+        return []
+    if release >= (11, 0) and "useDLACore" in opts:
+        return [
+            "[W] CUDA graphs and DLA offloading are not simultaneously supported. The CUDA graph option has been "
+            "disabled (alternatively, you may run without the `--useDLACore` option)."
+        ]
+    if os.environ.get("STANDIN_TRTEXEC_UNCAPTURABLE") != "1":
+        return []
+    said = "[W] The built TensorRT engine contains operations that are not permitted under CUDA graph capture mode."
+    if release >= (11, 0):
+        return [said, "[W] CUDA graph capture failed. The inference will be launched without using CUDA graph."]
+    return [
+        said,
+        "[W] The specified --useCudaGraph flag has been ignored. The inference will be launched without using "
+        "CUDA graph launch.",
+    ]
+
+
 def main(argv):
     with open(REPLAY_LOG, encoding="utf-8") as fh:
         replay = [line for line in fh.read().splitlines() if not line.startswith("#")]
@@ -289,6 +346,17 @@ def main(argv):
         key, _, value = arg.partition("=")
         opts[key.lstrip("-")] = value
     if "onnx" in opts:
+        cache = opts.get("timingCacheFile")
+        previous = b""
+        if cache:
+            try:
+                with open(cache, "rb") as fh:
+                    previous = fh.read()
+                print(f"[I] Loaded {len(previous)} bytes of timing cache from {cache}")
+            except OSError:
+                print(
+                    f"[W] Could not read timing cache from: {cache}. A new timing cache will be generated and written."
+                )
         os.makedirs(os.path.dirname(opts["saveEngine"]) or ".", exist_ok=True)
         shutil.copyfile(opts["onnx"], opts["saveEngine"])
         print("\n".join(line for line in replay if "&&&&" not in line))
@@ -301,6 +369,11 @@ def main(argv):
                 fh.write(info)
             if "useDLACore" in opts:
                 print("\n".join(dla_log_lines(info)))
+        if cache:
+            blob = previous + f"tactics timed for {os.path.basename(opts['onnx'])}\n".encode()
+            with open(cache, "wb") as fh:
+                fh.write(blob)
+            print(f"[I] Saved {len(blob)} bytes of timing cache to {cache}")
     elif "loadInputs" in opts:
         import numpy as np
         import onnxruntime as ort
@@ -321,6 +394,13 @@ def main(argv):
         out = session.run(None, {inp.name: data.reshape(batch, *chw)})[0]
         export_output(opts["exportOutput"], session.get_outputs()[0].name, out)
     else:
+        release = release_of(code)
+        for warning in cuda_graph_warnings(release, opts):
+            print(warning)
+        if "exportTimes" in opts:
+            warmup = float(opts.get("warmUp", 200))  # trtexec's default (defaultWarmUp, sampleOptions.h)
+            iterations = int(opts.get("iterations", 10))  # defaultIterations
+            export_times(opts["exportTimes"], release, replay, warmup_ms=warmup, iterations=iterations)
         print("\n".join(line for line in replay if "&&&&" not in line))
     print(f"&&&& PASSED TensorRT.trtexec {banner} # {command}")
     return 0

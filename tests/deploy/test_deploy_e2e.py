@@ -176,7 +176,15 @@ def test_trtexec_mode_with_standin_trtexec(
     try:
         standin_trtexec(server, REPO / "tests" / "compile" / "fixtures" / "trtexec-8.4-jetson-agx-xavier.log")
         standin_tegrastats(server)
-        target = xavier_profile
+        # The device's TensorRT as JetPack's packages name it (dpkg-query -W -f='${Package} ${Version}\n').
+        dpkg = server.extra_path / "dpkg-query"
+        dpkg.write_text('#!/bin/sh\ncase "$*" in *libnvinfer*) echo "libnvinfer8 8.4.0-1+cuda11.4" ;; esac\n')
+        dpkg.chmod(0o755)
+        # The profile's default release is 8.5.2 (JetPack 5.1); the device runs 8.4.0, which it also lists: the
+        # engine is planned for the device's release, and deploy says so in one line.
+        (tmp_path / "default-852").mkdir()
+        target = tmp_path / "default-852" / xavier_profile.name
+        target.write_text(xavier_profile.read_text().replace('default = "8.4.0"', 'default = "8.5.2"'))
         remote = tmp_path / "remote"
         config = DeployConfig(
             target=str(target), precision="fp32", ssh=ssh_lab.options(), remote_dir=str(remote), **QUICK
@@ -184,20 +192,44 @@ def test_trtexec_mode_with_standin_trtexec(
         # The profile is a Jetson; this device is not: refused with the reasons, unless overridden.
         with pytest.raises(RemoteError, match="is a Jetson but"):
             deploy(run_copy, server.alias, config)
-        result = deploy(run_copy, server.alias, DeployConfig(**{**config.__dict__, "check_device": False}))
+        said: list[str] = []
+        result = deploy(
+            run_copy, server.alias, DeployConfig(**{**config.__dict__, "check_device": False}), say=said.append
+        )
     finally:
         server.stop()
-    assert result.mode == "trtexec"
+    assert result.mode == "trtexec" and result.tensorrt == "8.4.0"
+    assert (
+        f"{server.alias} has TensorRT 8.4.0, not the profile's default 8.5.2: the engine is planned for 8.4.0" in said
+    )
+    # The timing cache lives in the device folder, outside releases/, keyed by target and release.
+    cache = remote / "timing-cache" / "timing-standin-xavier-trt84-trt8.4.0.cache"
+    assert cache.read_bytes() == b"tactics timed for model.fp32.onnx\n"
+    assert not list((remote / "releases").rglob("*.cache"))
     out = run_copy / "deploy" / server.alias
     bench = json.loads((out / "bench.json").read_text())
-    # Numbers of the replayed Xavier log: results are GPU compute time, as in `bench --backend trtexec`;
-    # end-to-end (Latency: H2D + compute + D2H) is the other named field.
+    # The stand-in writes --exportTimes as TensorRT 8.4 does: three cold warm-ups first (8.4's
+    # exportJSONTrace writes the whole trace; release/8.5 starts after the warm-ups, release/8.4
+    # samples/common/sampleReporting.cpp), then 20 queries cycling through the replayed Xavier log's
+    # (min, median, max). Deploy drops the warm-ups by the command's --warmUp, as trtexec's summary does.
+    gpu_cycle, e2e_cycle = (0.375977, 0.388443, 0.403564), (0.387207, 0.401947, 0.447357)
+    times = json.loads((out / "trtexec_times.json").read_text())
+    assert len(times) == 23 and sum(r["startComputeMs"] < 500 for r in times) == 3
+    assert bench["source"] == "exportTimes" and bench["gpu_compute"]["iterations"] == 20
+    gpu_mean = sum(gpu_cycle[k % 3] for k in range(20)) / 20
+    e2e_mean = sum(e2e_cycle[k % 3] for k in range(20)) / 20
+    # results are GPU compute time, as in `bench --backend trtexec`; end-to-end (H2D + compute + D2H) apart.
     assert bench["results"][0]["p50_ms"] == pytest.approx(0.388443)
+    assert bench["gpu_compute"]["mean_ms"] == pytest.approx(gpu_mean) and bench["gpu_compute"]["max_ms"] == 0.403564
     assert bench["end_to_end"]["p50_ms"] == pytest.approx(0.401947)
-    assert bench["end_to_end"]["p99_ms"] == pytest.approx(0.420288)
-    assert bench["gpu_compute"]["p50_ms"] == pytest.approx(0.388443)
+    assert bench["end_to_end"]["p99_ms"] == pytest.approx(0.447357)
+    assert bench["end_to_end"]["mean_ms"] == pytest.approx(e2e_mean)
     assert bench["trtexec"]["tensorrt_version"] == "8.4.0"
+    assert bench["runner"]["timing"] == {"data_transfers": True, "spin_wait": True, "cuda_graph": True}
     assert "PASSED" in (out / "build.log").read_text()
+    # The build is build-only (8.4's --buildOnly, release/8.4 sampleOptions.cpp): deploy times the engine apart.
+    built = next(line for line in (out / "build.log").read_text().splitlines() if "&&&& RUNNING" in line)
+    assert "--buildOnly" in built.split() and not any(a.startswith("--exportTimes") for a in built.split())
     entry = json.loads((out / "accuracy.json").read_text())["results"][0]
     # The device-built engine's own layer report (the stand-in's --exportLayerInfo in 8.4's format) came back:
     # one FP32 layer per Conv/Gemm of the ONNX, and the MACs its layer dimensions give equal ONNX's shapes'.
@@ -224,9 +256,9 @@ def test_trtexec_mode_with_standin_trtexec(
     assert entry["hottest_c"] == 47.5 and entry["power_mean_mw"] == power["total_power_mean_mw"]
     assert entry["gpu_compute"]["p50_ms"] == pytest.approx(0.388443) and entry["end_to_end"][
         "mean_ms"
-    ] == pytest.approx(0.402238)
+    ] == pytest.approx(e2e_mean)
     # energy per image: mean power (mW) x end-to-end mean (ms) / batch = uJ; / 1000 = mJ
-    assert entry["energy_mj_per_image"] == pytest.approx(power["total_power_mean_mw"] * 0.402238 / 1 / 1000)
+    assert entry["energy_mj_per_image"] == pytest.approx(power["total_power_mean_mw"] * e2e_mean / 1 / 1000)
     # The engine and its sidecar were written by the build plan inside the remote release.
     assert (remote / "current" / "compile" / "standin-xavier-trt84-fp32" / "model.engine.json").is_file()
 

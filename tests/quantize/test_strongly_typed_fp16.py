@@ -86,8 +86,11 @@ def _tiny_qdq_conv(weight_scale: "list[float]"):
 
 
 def test_fp16_float_part_keeps_every_scale_positive_and_weights_where_they_were() -> None:
-    """A scale under float16's smallest normal would round to 0 (TensorRT refuses a scale that is not
-    positive: onnx/onnx-tensorrt docs/operators.md); it is raised and the INT8 weights requantized."""
+    """Only a scale that float16 would make 0 is raised (to 2^-24, its smallest subnormal), and that channel's
+    INT8 weights requantized: TensorRT's parser needs scale > 0 and nothing more ("Scale coefficients must all
+    be positive", onnx/onnx-tensorrt 10.0-GA onnxOpImporters.cpp, float16 scales included), and ModelOpt replaces
+    only values under float16's smallest subnormal (modelopt/onnx/autocast/precisionconverter.py). A channel of
+    amax 0.004 (scale 3.1e-5, a float16 subnormal) keeps all its INT8 levels; a 2^-14 floor would leave it 66."""
     import numpy as np
 
     pytest.importorskip("onnx")
@@ -95,23 +98,32 @@ def test_fp16_float_part_keeps_every_scale_positive_and_weights_where_they_were(
 
     from edge_tl.quantize.fp16_float import FP16_MIN_SCALE, float_part_to_fp16, raise_small_scales
 
-    scales = [1e-10, 2.0**-14, 0.01]
+    assert float(FP16_MIN_SCALE) == 2.0**-24 == float(np.finfo(np.float16).smallest_subnormal)
+    amax_0004 = 0.004 / 127
+    scales = [1e-10, 2.0**-24, amax_0004, 2.0**-14, 0.01]
     model = _tiny_qdq_conv(scales)
     before = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w_int8")).astype(np.float64)
     dequantized = before * np.array(scales).reshape(-1, 1, 1, 1)
 
     raised = raise_small_scales(model)
-    assert raised == {"w_scale": 1}  # only the channel strictly below the smallest normal
+    assert raised == {"w_scale": 1}  # only the channel strictly below the smallest subnormal
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    assert inits["w_scale"].tolist() == pytest.approx([float(FP16_MIN_SCALE), 2.0**-14, 0.01])
-    assert inits["w_int8"][0].ravel().tolist() == [0, 0]  # 1e-8 and -5e-9 are 0 steps of 2^-14
+    assert inits["w_scale"].tolist() == pytest.approx([2.0**-24, 2.0**-24, amax_0004, 2.0**-14, 0.01])
+    assert inits["w_int8"][0].ravel().tolist() == [0, 0]  # 1e-8 and -5e-9 are 0 steps of 2^-24
     assert inits["w_int8"][1:].tolist() == before[1:].astype(np.int8).tolist()  # other channels untouched
     requantized = inits["w_int8"].astype(np.float64) * inits["w_scale"].reshape(-1, 1, 1, 1)
     assert np.abs(requantized - dequantized).max() <= float(FP16_MIN_SCALE) / 2
 
     half, _ = float_part_to_fp16(_tiny_qdq_conv(scales))
-    fp16_scales = {i.name: numpy_helper.to_array(i) for i in half.graph.initializer}["w_scale"]
-    assert fp16_scales.dtype == np.float16 and (fp16_scales > 0).all()
+    fp16 = {i.name: numpy_helper.to_array(i) for i in half.graph.initializer}
+    assert fp16["w_scale"].dtype == np.float16 and (fp16["w_scale"] > 0).all()
+    assert int(np.abs(fp16["w_int8"][2]).max()) == 100  # the amax-0.004 channel's weights as quantized
+    # its subnormal float16 scale is within half a subnormal step of the float32 one
+    assert abs(float(fp16["w_scale"][2]) - amax_0004) <= 2.0**-25
+    strict = _tiny_qdq_conv(scales)
+    raise_small_scales(strict, floor=2.0**-14)  # the stricter floor, for comparison (benchmarks/fp16_scale_floor.py)
+    strict_q = numpy_helper.to_array(next(i for i in strict.graph.initializer if i.name == "w_int8"))
+    assert int(np.abs(strict_q[2]).max()) == round(100 * amax_0004 / 2.0**-14) == 52  # 100 steps become 52
 
 
 def test_onnxruntime_runs_an_fp16_qdq_graph_as_written(tmp_path: Path) -> None:

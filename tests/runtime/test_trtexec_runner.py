@@ -168,6 +168,42 @@ def test_the_version_line_alone_names_the_release() -> None:
     assert both.tensorrt_version == "8.5.2" and not both.passed
 
 
+def test_tensorrt_8_0_prints_its_library_version_and_is_read_as_8_0_1() -> None:
+    # release/8.0 samples/trtexec/trtexec.cpp: gLogInfo << "TensorRT version: " << getInferLibVersion(),
+    # so 8.0.1 prints 8001 (8.2 on print MAJOR.MINOR.PATCH). Its exportJSONTrace writes the warm-ups too
+    # (release/8.0 samples/common/sampleReporting.cpp), so they are dropped as on 8.2.
+    log = "&&&& RUNNING TensorRT.trtexec [TensorRT v8001] # trtexec\n[I] TensorRT version: 8001\n&&&& PASSED\n"
+    result = parse_log(log)
+    assert result.tensorrt_version == "8.0.1"
+    bench = to_bench_results(result, batch_size=1, times=_trace([0.0, 100.0, 200.0, 300.0]), warmup_ms=200)
+    assert bench["gpu_compute"].iterations == 2 and bench["gpu_compute"].min_ms == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    "warning",
+    [
+        # release/8.2 to release/10.x samples/common/sampleInference.cpp, when the capture fails
+        "[W] The specified --useCudaGraph flag has been ignored. The inference will be launched without using CUDA "
+        "graph launch.",
+        # release/11.0 samples/common/sampleInference.cpp, same place
+        "[W] CUDA graph capture failed. The inference will be launched without using CUDA graph.",
+        # release/11.0 samples/common/sampleOptions.cpp, under --useDLACore
+        "[W] CUDA graphs and DLA offloading are not simultaneously supported. The CUDA graph option has been "
+        "disabled (alternatively, you may run without the `--useDLACore` option).",
+    ],
+)
+def test_a_dropped_cuda_graph_is_recorded_as_not_used(standin: Path, tmp_path: Path, monkeypatch, warning) -> None:
+    plain = (FIXTURES / "trtexec-10.16-rtx6000-ada.log").read_text()
+    assert not parse_log(plain).cuda_graph_dropped
+    log = tmp_path / "dropped.log"
+    log.write_text(plain.replace("[I] === Performance summary ===", f"{warning}\n[I] === Performance summary ==="))
+    assert parse_log(log.read_text()).cuda_graph_dropped
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    report = trtexec_bench_report(_engine(tmp_path, batch=None), trtexec=str(standin)).to_dict()
+    assert report["runner"]["timing"] == {"data_transfers": True, "spin_wait": True, "cuda_graph": False}
+    assert report["runner"]["trtexec"][0]["cuda_graph_dropped"] is True
+
+
 def test_summary_mapping_keeps_every_field_and_invents_nothing() -> None:
     result = parse_log((FIXTURES / "trtexec-8.4-jetson-agx-xavier.log").read_text())
     bench = to_bench_results(result, batch_size=16)
@@ -183,6 +219,7 @@ def test_summary_mapping_keeps_every_field_and_invents_nothing() -> None:
         "throughput_qps": 41087.7,
         "queries": result.queries,
         "gpu_compute_cv": result.gpu_compute_cv,
+        "cuda_graph_dropped": False,
     }
     ada = to_bench_results(parse_log((FIXTURES / "trtexec-10.16-rtx6000-ada.log").read_text()), batch_size=1)
     assert ada["trtexec"] == {
@@ -192,6 +229,7 @@ def test_summary_mapping_keeps_every_field_and_invents_nothing() -> None:
         "throughput_qps": 18392.0,
         "queries": 55177,
         "gpu_compute_cv": pytest.approx(0.620202),
+        "cuda_graph_dropped": False,
     }
     assert ada["end_to_end"].iterations == 55177
     zero = stats_from_summary(Summary(0.0, 0.0, 0.0, 0.0), batch_size=1, iterations=1)
