@@ -209,7 +209,7 @@ def _causes(model: SourceModel, order_scores: dict, key_scores: dict, used: str)
     if len(key_scores) > 1:
         causes.append("checkpoint key " + ", ".join(f"{k} {s}" for k, s in key_scores.items()))
     else:
-        causes.append(f"checkpoint key {used} (the only one)")
+        causes.append(f"checkpoint key {used} (the only one)" if model.weights_key else "one model, no checkpoint keys")
     causes.append(
         f"mean {list(prep.mean)} / std {list(prep.std)} (a graph that normalises inside wants 0 / 1, see --mean/--std)"
     )

@@ -130,6 +130,8 @@ def open_onnx(request: ImportRequest) -> SourceModel:
         notes=tuple(notes),
         contract=contract,
         check_with_data=lambda samples, p: _check_normalisation(data, contract, samples, p),
+        # Scored on labelled --val-data like every import: the class-order check and the sanity line.
+        predict=lambda images: _run(data, contract, images),
     )
 
 

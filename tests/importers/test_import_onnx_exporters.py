@@ -380,3 +380,29 @@ def test_a_graph_that_rescales_0_255_pixels_itself_is_told_to_take_them(tmp_path
     assert contract["value_range"] == [0.0, 255.0] and contract["dtype"] == "float32"
     prep = json.loads((run / "manifest.json").read_text())["preprocessing"]
     assert prep["mean"] == [0.0, 0.0, 0.0] and prep["std"] == [pytest.approx(1 / 255)] * 3
+
+
+# --------------------------------------------------------------------------- the sanity line
+
+
+def test_an_onnx_that_scores_at_chance_on_val_data_stops_the_import_naming_what_was_checked(
+    trained, tmp_path: Path
+) -> None:
+    import torch
+
+    # A network that answers class 0 for every image: right on that class's images only.
+    module = _network(trained)
+    with torch.no_grad():
+        module.fc.weight.zero_()
+        module.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(0), 10).float())
+    onnx_path = _export(module, tmp_path / "chance.onnx", "torchscript", 17)
+    refused = _import(trained, onnx_path, tmp_path / "run", ok=False)
+    first = len(list((trained.val / trained.classes[0]).iterdir()))  # the images of output 0's class
+    assert (
+        f"the reference scores {first}/120 ({100 * first / 120:.1f}%) on --val-data, within 2 points of chance"
+        in refused
+    )
+    assert "one model, no checkpoint keys" in refused and "Fix the cause, or pass --accept-low-accuracy" in refused
+    assert not (tmp_path / "run").exists()
+    _import(trained, onnx_path, tmp_path / "run", "--accept-low-accuracy")
+    assert (tmp_path / "run" / "export" / "model.fp32.onnx").is_file()
