@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,11 @@ def _check_report_in_chromium(index: Path, verified: list[str]) -> None:
     spec = importlib.util.spec_from_file_location(
         "browser_check", Path(__file__).parent / "report" / "browser_check.py"
     )
-    browser = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(browser)  # type: ignore[union-attr]
+    browser = sys.modules.get("browser_check")  # loaded already where tests/report ran first
+    if browser is None:
+        browser = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["browser_check"] = browser  # dataclasses look their module up there
+        spec.loader.exec_module(browser)  # type: ignore[union-attr]
     browser.assert_self_contained(index.read_text())
     seen, rows = browser.check_in_chromium(index, table="artifact-table")
     browser.assert_renders_cleanly(seen, min_images=3)

@@ -392,7 +392,10 @@ def finetune(config: FinetuneConfig, *, callbacks: Sequence[EpochCallback] = ())
         trainer = _Trainer(config, ctx, callbacks)
         if dist_util.under_launcher():  # the launching process holds the run's lock for its workers
             return trainer.run()
-        trainer.check_not_foreign()  # before the run's lock file is made in a folder of someone else's
+        # What refuses the run comes before its lock file, so a refused --out is left as it was
+        # (run() checks the same again under the lock, where a second finetune may have written).
+        trainer.check_not_foreign()
+        trainer.check_settings()
         with run_writer(config.out, "finetune"):  # one finetune per run at a time
             return trainer.run()
     finally:
@@ -472,6 +475,11 @@ class _Trainer:
             raise ConfigError(f"{str(self.out)!r} already holds a run; {hint}")
         self.check_not_foreign()
         return False
+
+    def check_settings(self) -> None:
+        """The refusals that read nothing but the settings and the run's own records."""
+        self._check_world()
+        self._check_out()
 
     def check_not_foreign(self) -> None:
         """Refuse an --out that holds files edge-tl did not put there (before anything, the run's lock included)."""

@@ -66,6 +66,7 @@ def test_verify_exit_code_follows_max_accuracy_drop(run_copy: Path, capsys) -> N
     assert report["passed"] is True
     assert report["gates"] == {
         "max_accuracy_drop_pts": 50.0,
+        "max_class_drop_pts": None,
         "min_agreement": None,
         "gate": "point",
         "significance_level": 0.05,
@@ -98,6 +99,7 @@ def test_verify_exit_code_follows_min_agreement_and_the_significance_gate(run_co
     gates = json.loads((run_copy / "verify" / "report.json").read_text())["gates"]
     assert gates == {
         "max_accuracy_drop_pts": 10.0,
+        "max_class_drop_pts": None,
         "min_agreement": None,
         "gate": "significant",
         "significance_level": 0.01,

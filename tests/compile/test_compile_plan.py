@@ -273,6 +273,10 @@ def test_orin_release_override_and_dla_cache_path(plan_run: Run) -> None:
     plan_run.path("quantize/tensorrt-int8-cache/calibration.cache").write_text(
         "TRT-8501-EntropyCalibration2\ninput: 3c810204\n"
     )
+    cache = plan_run.artifact(
+        "calib-cache-tensorrt-int8-cache"
+    )  # recorded anew, as quantize would: the header is judged
+    plan_run.add_artifact(cache.name, kind=cache.kind, path=cache.path, stage=cache.stage, details=cache.details)
     with pytest.raises(
         RunError,
         match=r"written for TensorRT 8.5.1 \(TRT-8501-EntropyCalibration2\) but the plan is for TensorRT 8.5.2",

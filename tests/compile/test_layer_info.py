@@ -183,7 +183,10 @@ def test_every_trtexec_build_records_its_layer_report(
     assert report["dla_subgraphs"] == (1 if dla else 0) and report["gpu_fallbacks"] == []
     assert report["source"] == f"trtexec --exportLayerInfo ({result.plan.directory}/layers.json)"
     if dla:
-        assert record.details["layers"] == {"dla": 1, "gpu": 0}  # the build script's [DlaLayer] count agrees
+        assert record.details["layers"] == {
+            "dla_subgraphs": 1,
+            "gpu_layers": 0,
+        }  # the build script's [DlaLayer] count agrees
 
 
 def test_layer_report_of_the_python_builder_names_its_source(plan_run: Run) -> None:

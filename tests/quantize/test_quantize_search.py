@@ -12,8 +12,10 @@ import re
 import pytest
 
 from edge_tl.errors import ConfigError
-from edge_tl.quantize.api import Attempt, QuantizeConfig, search_float_layers
+from edge_tl.quantize.api import Attempt, Outcome, QuantizeConfig, search_float_layers
 
+# The search counts whole images: every top-1 below is on IMAGES validation images.
+IMAGES = 1000
 REFERENCE = 0.90
 RANKED = [("conv_a", 0.01), ("conv_b", 0.02), ("conv_c", 0.03), ("conv_d", 0.04), ("conv_e", 0.05)]
 
@@ -30,15 +32,19 @@ class Model:
         self.ranked += 1
         return list(RANKED)
 
-    def measure(self, float_layers: tuple[str, ...]) -> float:
+    def measure(self, float_layers: tuple[str, ...]) -> Outcome:
         assert float_layers == tuple(name for name, _ in RANKED[: len(float_layers)])
         self.measured.append(float_layers)
-        return self.top1_by_floats[len(float_layers)]
+        return _outcome(self.top1_by_floats[len(float_layers)])
+
+
+def _outcome(top1: float) -> Outcome:
+    return Outcome(round(top1 * IMAGES), IMAGES)
 
 
 def search(model: Model, *, budget: float | None, max_float_layers: int = 16):
     return search_float_layers(
-        REFERENCE, budget=budget, max_float_layers=max_float_layers, rank=model.rank, measure=model.measure
+        _outcome(REFERENCE), budget=budget, max_float_layers=max_float_layers, rank=model.rank, measure=model.measure
     )
 
 
@@ -74,7 +80,12 @@ def test_progress_names_each_attempt() -> None:
     model = Model([0.80, 0.85, 0.893])
     said: list[str] = []
     search_float_layers(
-        REFERENCE, budget=1.0, max_float_layers=16, rank=model.rank, measure=model.measure, say=said.append
+        _outcome(REFERENCE),
+        budget=1.0,
+        max_float_layers=16,
+        rank=model.rank,
+        measure=model.measure,
+        say=said.append,
     )
     assert said == [
         "drop 10.00 pt > budget 1.00 pt",

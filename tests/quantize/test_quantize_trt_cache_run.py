@@ -87,7 +87,8 @@ def test_target_names_the_cache_for_its_tensorrt_and_compile_accepts_it(run_copy
         ],
     )
     assert result.exit_code == 0, result.output
-    assert read_cache(run.artifact_path("calib-cache-tensorrt-int8-cache")).version == 100300
+    # (the run as the command left it: a Run read before it holds the old cache's record)
+    assert read_cache(Run.open(run_copy).artifact_path("calib-cache-tensorrt-int8-cache")).version == 100300
     make_plan(Run.open(run_copy), orin, CompileRequest(precision=Precision.INT8, dla=True))
     # The exact header per JetPack: Xavier's default is JetPack 5.1 (TensorRT 8.5.2), Orin Nano's JetPack 6.x (10.3.0)
     for target, header in (

@@ -131,22 +131,14 @@ def test_engine_layer_report_table_and_precision_mix(tmp_path: Path) -> None:
     other.mkdir(parents=True)
     (other / "model.engine").write_bytes(b"engine")
     (other / "layers.json").symlink_to(fixture)  # outside the run: never followed
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["artifacts"] = {
-        "engine-a100-int8": {
-            "kind": "engine",
-            "path": "compile/a100-int8/model.engine",
-            "precision": "int8",
-            "details": {"layer_report": report},
-        },
-        "engine-a100-fp16": {
-            "kind": "engine",
-            "path": "compile/a100-fp16/model.engine",
-            "precision": "fp16",
-            "details": {"layer_report": {**report, "compute_layers": {"fp16": 21}, "compute_macs": None}},
-        },
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    from edge_tl.runs import Run
+
+    run = Run.open(root)
+    run.add_artifact("engine-a100-int8", kind="engine", path="compile/a100-int8/model.engine", stage="compile",
+                     precision="int8", details={"layer_report": report})  # fmt: skip
+    fp16 = {**report, "compute_layers": {"fp16": 21}, "compute_macs": None}
+    run.add_artifact("engine-a100-fp16", kind="engine", path="compile/a100-fp16/model.engine", stage="compile",
+                     precision="fp16", details={"layer_report": fp16})  # fmt: skip
     html = write_report(root).index.read_text()
     section = html[html.index('id="engine-layers"') : html.index('id="training"')]
     assert section.count("<tr><td><code>") == len(layers) == 37  # one row per layer of the int8 engine only
