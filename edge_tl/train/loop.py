@@ -674,7 +674,7 @@ class _Trainer:
 
     def _train_epochs(self, fit: _Fit, run: Run | None, progress: TrainingProgress, history: list[EpochRecord]) -> bool:
         """Train from ``progress.epoch`` to the last epoch; whether validation stopped it early."""
-        curves = None if run is None else TensorBoardLog.open(self.out, first_epoch=progress.epoch + 1, say=self.say)
+        curves = None if run is None else TensorBoardLog.open(self.out, say=self.say)
         try:
             return self._epochs(fit, run, progress, history, curves)
         finally:
@@ -708,7 +708,7 @@ class _Trainer:
             self._say_epoch(record, improved=improved)
             if run is not None:
                 self._record_epoch(run, fit, progress, history, improved=improved)
-            if curves is not None:
+            if curves is not None:  # after the checkpoint: a resumed run starts after the last one written
                 curves.epoch(record)
             dist_util.barrier(self.ctx)
             for callback in self.callbacks:

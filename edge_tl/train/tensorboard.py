@@ -45,11 +45,11 @@ class TensorBoardLog:
         self._writer = writer
 
     @classmethod
-    def open(cls, run_dir: Path, *, first_epoch: int, say: Callable[[str], None]) -> TensorBoardLog | None:
-        """A writer for the epochs from ``first_epoch`` (1-based) on.
+    def open(cls, run_dir: Path, *, say: Callable[[str], None]) -> TensorBoardLog | None:
+        """A writer that adds to the run's curves (a resumed run writes a new event file beside the old).
 
-        On a resumed run, points a stopped run wrote past its last checkpoint are dropped
-        (``purge_step``), so the curve follows the epochs that are in ``metrics.jsonl``.
+        The loop writes an epoch's points after its checkpoint, so a resumed run, which starts
+        after its last checkpoint, never writes an epoch's points twice.
         """
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -62,7 +62,7 @@ class TensorBoardLog:
                 f"{str(folder)!r} is not a folder of this run (a link or a file); move it away to write the "
                 "TensorBoard curves there"
             )
-        return cls(SummaryWriter(log_dir=str(folder), purge_step=first_epoch if first_epoch > 1 else None))
+        return cls(SummaryWriter(log_dir=str(folder)))
 
     def epoch(self, record: Any) -> None:
         values = record.to_dict()

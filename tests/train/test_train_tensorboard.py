@@ -80,3 +80,25 @@ def test_training_without_tensorboard_says_how_to_get_it(tmp_path: Path, digit_f
     assert "pip install tensorboard" in MISSING
     assert [line["epoch"] for line in _history(out)] == [1]
     assert not (out / TENSORBOARD_DIR).exists()
+
+
+def test_a_resumed_run_adds_its_epochs_to_the_curves(tmp_path: Path, digit_folder) -> None:
+    out = tmp_path / "r"
+    settings = dict(SETTINGS, data=str(digit_folder(per_class=6)), out=str(out), epochs=2, quiet=True)
+
+    def stop_after_epoch_1(record) -> None:
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(**settings), callbacks=[stop_after_epoch_1])
+    finetune(FinetuneConfig(resume=True, **settings))
+    history = _history(out)
+    # One event file per finetune call (each opens its own writer).
+    assert len(list((out / TENSORBOARD_DIR).iterdir())) == 2
+    events = event_accumulator.EventAccumulator(str(out / TENSORBOARD_DIR))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("top1/val")] == [
+        (line["epoch"], float(np.float32(line["val_top1"]))) for line in history
+    ]
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
