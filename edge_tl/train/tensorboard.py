@@ -19,6 +19,7 @@ MISSING = (
     "(pip install tensorboard, or pip install 'edge-tl[train]'); training goes on"
 )
 
+MISSING_TORCH = "TensorBoard summaries are written with torch.utils.tensorboard: pip install 'edge-tl[train]'"
 # metrics.jsonl key -> TensorBoard tag. The learning rates are one per parameter group
 # (edge_tl.train.loop.param_groups: the new head and the backbone).
 SCALARS = {
@@ -38,6 +39,47 @@ SCALARS = {
 GAP_TAG = "batchnorm/gap"
 
 
+VERIFY_TAG = "verify/table"
+VERIFY_MARKDOWN = "verify/report.md"
+
+
+def writer_class(say: Callable[[str], None]) -> Any:
+    """torch.utils.tensorboard's SummaryWriter, or None (after the one line) without tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch.utils.tensorboard raises it when the tensorboard package is absent
+        say(MISSING_TORCH if exc.name == "torch" else MISSING)
+        return None
+    return SummaryWriter
+
+
+def _folder(run_dir: Path) -> Path:
+    folder = run_dir / TENSORBOARD_DIR
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise RunError(
+            f"{str(folder)!r} is not a folder of this run (a link or a file); move it away to write the "
+            "TensorBoard curves there"
+        )
+    return folder
+
+
+def add_verify_table(run_dir: Path, *, say: Callable[[str], None]) -> Path | None:
+    """The run's verify table (verify's own ``report.md``, Markdown, which TensorBoard's text tab
+    renders) as a text summary beside the curves; its step is the number of epochs trained."""
+    source = run_dir / VERIFY_MARKDOWN
+    if source.is_symlink() or not source.is_file():
+        raise RunError(f"{str(run_dir)!r} has no {VERIFY_MARKDOWN}: run `edge-tl verify {run_dir}` first")
+    writer_type = writer_class(say)
+    if writer_type is None:
+        return None
+    folder = _folder(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    epochs = len(metrics.read_text(encoding="utf-8").splitlines()) if metrics.is_file() else 0
+    with writer_type(log_dir=str(folder)) as writer:
+        writer.add_text(VERIFY_TAG, source.read_text(encoding="utf-8"), global_step=epochs)
+    return folder
+
+
 class TensorBoardLog:
     """The run's TensorBoard writer; :meth:`open` gives None when tensorboard is not installed."""
 
@@ -51,18 +93,8 @@ class TensorBoardLog:
         The loop writes an epoch's points after its checkpoint, so a resumed run, which starts
         after its last checkpoint, never writes an epoch's points twice.
         """
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # torch.utils.tensorboard raises it when the tensorboard package is absent
-            say(MISSING)
-            return None
-        folder = run_dir / TENSORBOARD_DIR
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise RunError(
-                f"{str(folder)!r} is not a folder of this run (a link or a file); move it away to write the "
-                "TensorBoard curves there"
-            )
-        return cls(SummaryWriter(log_dir=str(folder)))
+        writer_type = writer_class(say)
+        return None if writer_type is None else cls(writer_type(log_dir=str(_folder(run_dir))))
 
     def epoch(self, record: Any) -> None:
         values = record.to_dict()
