@@ -83,21 +83,20 @@ def onnx_tensors(path: Path) -> tuple[list[Tensor], list[Tensor]]:
     return [tensor(v) for v in graph.input if v.name not in weights], [tensor(v) for v in graph.output]
 
 
-def batch_size(inputs: list[Tensor], outputs: list[Tensor], *, batch_range: dict[str, int] | None, default_max: int):
+def batch_size(
+    inputs: list[Tensor], outputs: list[Tensor], *, batch_range: dict[str, int] | None, default_max: int
+) -> int:
     """``max_batch_size``: 0 (no batching: dims are the full shapes) for a fixed-shape model, else the
-    largest batch the engine's profile (or, for a dynamic ONNX run by ONNX Runtime, ``default_max``) takes."""
+    largest batch the engine's profile (or, for a dynamic ONNX run by ONNX Runtime, ``default_max``) takes.
+
+    Triton's dynamic batcher sends any batch from 1 to max_batch_size; a bundle's build plan
+    always starts its profile at 1 (compile's default range, or batch 1 on DLA), so every
+    batch Triton sends is one the engine takes.
+    """
     first = {t.shape[0] if t.shape else None for t in inputs + outputs}
     if all(isinstance(d, int) for d in first):
         return 0
-    if batch_range is None:
-        return default_max
-    if batch_range["min"] != 1:
-        # Triton's dynamic batcher sends any batch from 1 to max_batch_size.
-        raise ConfigError(
-            f"the engine's batch range starts at {batch_range['min']}, but Triton sends batches from 1; "
-            f"compile with --batch 1,{batch_range['opt']},{batch_range['max']}"
-        )
-    return int(batch_range["max"])
+    return default_max if batch_range is None else int(batch_range["max"])
 
 
 def config_text(
