@@ -78,6 +78,12 @@ def onnx_tensors(path: Path) -> tuple[list[Tensor], list[Tensor]]:
         if elem not in DATA_TYPES:
             raise RunError(f"{str(path)!r}: {value.name!r} is {elem}, which Triton has no data type for")
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in kind.shape.dim)
+        if not re.fullmatch(r"[ -!#-\[\]-~]+", value.name):
+            # config.pbtxt quotes the name: printable ASCII without a quote or backslash needs no escaping.
+            raise RunError(
+                f"{str(path)!r}: the tensor name {value.name!r} has a quote, backslash or non-ASCII character; "
+                "rename it in the ONNX to write a Triton config"
+            )
         return Tensor(value.name, DATA_TYPES[elem], shape)
 
     return [tensor(v) for v in graph.input if v.name not in weights], [tensor(v) for v in graph.output]

@@ -127,3 +127,21 @@ def test_bundle_without_triton_keeps_its_digest(run_copy, tmp_path):
     again = make_bundle(run_copy, target="x86-64", precision="fp32", eval_images=8, out=tmp_path / "b")
     assert "triton" not in plain.manifest and plain.digest == again.digest
     assert not (tmp_path / "a" / "triton").exists()
+
+
+def test_a_tensor_name_the_config_cannot_quote_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    from edge_tl.deploy.triton import onnx_tensors
+    from edge_tl.errors import RunError
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ['in"put'], ["out"])],
+        "g",
+        [helper.make_tensor_value_info('in"put', TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(RunError, match="the tensor name 'in\"put' has a quote, backslash or non-ASCII character"):
+        onnx_tensors(path)
