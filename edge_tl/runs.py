@@ -9,6 +9,7 @@ Layout of a run directory::
 
     manifest.json            the contract (schema below)
     metrics.jsonl            one JSON line per training epoch
+    tensorboard/             the same epochs as TensorBoard scalars (when tensorboard is installed)
     checkpoints/best.pt      best checkpoint by the validation metric
     checkpoints/last.pt      last checkpoint (used by --resume)
     export/                  ONNX files

@@ -11,6 +11,7 @@ Layout (``RUN/bundle/<target>-<precision>/``)::
     preprocessing.json                   the preprocessing contract
     target/<name>.toml                   the target profile
     eval/pack.json, eval/inputs-*.bin    the evaluation pack (see :mod:`edge_tl.deploy.evalpack`)
+    triton/<model>/...                   with ``triton``: a Triton model repository (:mod:`edge_tl.deploy.triton`)
 
 Run-relative paths are kept because the build plan is written to run from a run's
 root: on the device the bundle root plays that role. The bundle's identity
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl import __version__
+from edge_tl.compile.plan import DEFAULT_BATCH
 from edge_tl.deploy.evalpack import DEFAULT_CHUNK, DEFAULT_IMAGES, write_eval_pack
 from edge_tl.deploy.sync import check_relpath
+from edge_tl.deploy.triton import model_name, write_triton
 from edge_tl.device_runtime import Shipment
 from edge_tl.errors import ConfigError, RunError
 from edge_tl.runs import (
@@ -150,6 +153,7 @@ def make_bundle(
     eval_images: int = DEFAULT_IMAGES,
     tensorrt: str | None = None,
     tar: bool = False,
+    triton: bool = False,
 ) -> Bundle:
     """Write the bundle of ``run`` for ``target``/``precision`` and record it in the run's manifest."""
     run = run if isinstance(run, Run) else Run.open(run)
@@ -185,6 +189,18 @@ def make_bundle(
                 (work / rel).chmod(0o755)
         classes = [str(c) for c in run.require("classes", stage="bundle")]
         atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
+        triton_record = None
+        if triton:
+            triton_record = write_triton(
+                work,
+                name=model_name(run.root.resolve().name),
+                runtime=target.default_runtime.name,
+                onnx_path=run.artifact_path(onnx.name),
+                labels="".join(f"{c}\n" for c in classes),
+                batch_range=(shipment.build_plan or {}).get("batch"),
+                default_max=DEFAULT_BATCH.max,
+                build_plan=shipment.build_plan,
+            )
         atomic_write_json(work / "preprocessing.json", run.require("preprocessing", stage="bundle"))
         profile = f"target/{target.name}.toml"
         ship(Path(target.source), profile)
@@ -226,6 +242,8 @@ def make_bundle(
             },
             "files": files,
         }
+        if triton_record is not None:  # only then: a bundle without it keeps its digest
+            manifest["triton"] = triton_record
         atomic_write_json(work / MANIFEST, manifest)
         # Two renames, then the old bundle's removal: a kill at any point leaves the old bundle or
         # the new one whole at ``final`` (or nothing there, and the record's stage runs again), never

@@ -36,6 +36,7 @@ from edge_tl.train.batchnorm import (
 from edge_tl.train.config import Device, FinetuneConfig, Precision
 from edge_tl.train.evaluate import evaluate_model
 from edge_tl.train.state import capture_rng, restore_rng, seed_everything, warmup_cosine
+from edge_tl.train.tensorboard import TensorBoardLog
 
 METRICS_FILE = "metrics.jsonl"
 BEST_PATH = "checkpoints/best.pt"
@@ -681,6 +682,21 @@ class _Trainer:
 
     def _train_epochs(self, fit: _Fit, run: Run | None, progress: TrainingProgress, history: list[EpochRecord]) -> bool:
         """Train from ``progress.epoch`` to the last epoch; whether validation stopped it early."""
+        curves = None if run is None else TensorBoardLog.open(self.out, say=self.say)
+        try:
+            return self._epochs(fit, run, progress, history, curves)
+        finally:
+            if curves is not None:
+                curves.close()
+
+    def _epochs(
+        self,
+        fit: _Fit,
+        run: Run | None,
+        progress: TrainingProgress,
+        history: list[EpochRecord],
+        curves: TensorBoardLog | None,
+    ) -> bool:
         config = self.config
         step: TrainStep | None = None
         phase: Phase | None = None
@@ -700,6 +716,8 @@ class _Trainer:
             self._say_epoch(record, improved=improved)
             if run is not None:
                 self._record_epoch(run, fit, progress, history, improved=improved)
+            if curves is not None:  # after the checkpoint: a resumed run starts after the last one written
+                curves.epoch(record)
             dist_util.barrier(self.ctx)
             for callback in self.callbacks:
                 callback(record)
