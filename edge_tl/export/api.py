@@ -158,7 +158,7 @@ def export_run(
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the run's model to ONNX at its preprocessing input size, check parity, record it."""
-    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.data import iter_batches
     from edge_tl.models import Preprocessing, load_run_model
     from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
     from edge_tl.runtime.torch_runner import TorchRunner
@@ -171,14 +171,7 @@ def export_run(
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
     classes = run.require("classes", stage=STAGE)
     model = load_run_model(run, checkpoint=config.checkpoint)
-    samples = list(split_from_run(run).val)
-    labelled = bool(samples)
-    if not labelled:  # a run imported without labelled images: parity needs images, not labels
-        from edge_tl.data import unlabelled_samples
-
-        samples = unlabelled_samples(run, stage=STAGE)
-    if config.parity_images is not None:
-        samples = samples[: config.parity_images]
+    samples, labelled = _parity_samples(run, config)
 
     export_model = copy.deepcopy(model)
     static_layers = make_same_padding_static(export_model, prep.input_size)
@@ -302,7 +295,7 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
     """A run imported from ONNX: its FP32 model is the imported file, kept as it is; FP16 is
     converted from it and held to the FP16 tolerance against it, as an exported FP16 is."""
     from edge_tl._lazy import lazy_import
-    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.data import iter_batches
     from edge_tl.models import Preprocessing
     from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
 
@@ -318,14 +311,7 @@ def _export_from_onnx(run: Run, config: ExportConfig, say: Callable[[str], None]
     if Precision.FP16 not in config.precisions:
         return ExportResult(run.root, tuple(converted), 0)
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
-    samples = list(split_from_run(run).val)
-    labelled = bool(samples)
-    if not labelled:
-        from edge_tl.data import unlabelled_samples
-
-        samples = unlabelled_samples(run, stage=STAGE)
-    if config.parity_images is not None:
-        samples = samples[: config.parity_images]
+    samples, labelled = _parity_samples(run, config)
     fp32_path = run.artifact_path(reference.name)
     fp16 = convert_to_fp16(onnx.load(str(fp32_path)), keep_io_types=not config.fp16_io)
     out_dir = run.path("export")
@@ -390,7 +376,7 @@ def _convert_imported(run: Run, reference: Any, config: ExportConfig, say: Calla
     reference only when it computes the same logits within the FP32 tolerance on the run's images
     (what it was converted from is recorded in ``converted_from``)."""
     from edge_tl._lazy import lazy_import
-    from edge_tl.data import iter_batches, split_from_run
+    from edge_tl.data import iter_batches
     from edge_tl.export.onnx_export import convert_opset
     from edge_tl.models import Preprocessing
     from edge_tl.runtime.onnxruntime_runner import GraphOptimization, OnnxRuntimeRunner
@@ -402,14 +388,7 @@ def _convert_imported(run: Run, reference: Any, config: ExportConfig, say: Calla
     say(f"converting the imported {reference.name} from opset {old} to {config.opset} (ONNX's version converter)")
     proto = convert_opset(source, int(config.opset), what=f"the imported {reference.name}")  # type: ignore[arg-type]
     prep = Preprocessing.from_dict(run.require("preprocessing", stage=STAGE))
-    samples = list(split_from_run(run).val)
-    labelled = bool(samples)
-    if not labelled:
-        from edge_tl.data import unlabelled_samples
-
-        samples = unlabelled_samples(run, stage=STAGE)
-    if config.parity_images is not None:
-        samples = samples[: config.parity_images]
+    samples, labelled = _parity_samples(run, config)
     tol = config.tolerance(Precision.FP32)
     agreement, accuracy = AgreementAccumulator(atol=tol.atol or 0.0, rtol=tol.rtol), AccuracyAccumulator()
     cpu = RunnerOptions(device=Device.CPU)
@@ -454,3 +433,17 @@ def _convert_imported(run: Run, reference: Any, config: ExportConfig, say: Calla
         },
     )
     return exported
+
+
+def _parity_samples(run: Run, config: ExportConfig) -> tuple[list, bool]:
+    """The images parity is checked on (up to ``--parity-images``), and whether they carry labels: a run
+    imported without labelled images is checked on its unlabelled ones (parity needs images, not labels)."""
+    from edge_tl.data import split_from_run, unlabelled_samples
+
+    samples = list(split_from_run(run).val)
+    labelled = bool(samples)
+    if not labelled:
+        samples = unlabelled_samples(run, stage=STAGE)
+    if config.parity_images is not None:
+        samples = samples[: config.parity_images]
+    return samples, labelled
