@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import edge_tl.train.distributed as dist_util
 from edge_tl._lazy import lazy_import
 from edge_tl.errors import ConfigError, RunError
-from edge_tl.runs import PRE_RUN_NAMES, Run, atomic_write_text, run_writer
+from edge_tl.runs import PRE_RUN_NAMES, RUN_LOCK_NAME, Run, atomic_write_text, run_writer
 from edge_tl.train.batchnorm import (
     BN_BATCHES,
     GAP_BATCHES,
@@ -478,9 +478,13 @@ class _Trainer:
         return False
 
     def check_settings(self) -> None:
-        """The refusals that read nothing but the settings and the run's own records."""
+        """The refusals that read nothing but the settings and the run's own records, made before the
+        run's lock file would be: a refused --out is left as it was. Where the lock file is there
+        already, a finetune may be writing the run now: its records are judged under the lock (so a
+        second finetune hears that the first one is running)."""
         self._check_world()
-        self._check_out()
+        if not (self.out / RUN_LOCK_NAME).exists():
+            self._check_out()
 
     def check_not_foreign(self) -> None:
         """Refuse an --out that holds files edge-tl did not put there (before anything, the run's lock included)."""

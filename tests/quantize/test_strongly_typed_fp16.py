@@ -43,6 +43,7 @@ def test_strongly_typed_plans_build_from_an_fp16_float_part_that_verify_measures
     # 10.x is built weakly typed (--int8 --fp16) from the FP32-float Q/DQ model (docs/quantization.md says why)
     ten = make_plan(run, load_target("jetson-agx-orin-64gb"), CompileRequest(precision=Precision.INT8))
     assert ten.source.onnx.name == "onnx-int8-tensorrt-int8-qdq" and {"--int8", "--fp16"} <= set(ten.argv)
+
     report = verify_run(
         run_copy,
         config=VerifyConfig(artifacts=("onnx-int8-tensorrt-int8-qdq-fp16",), measure_latency=False, threads=1),
@@ -50,30 +51,8 @@ def test_strongly_typed_plans_build_from_an_fp16_float_part_that_verify_measures
     )
     row = next(r for r in report.rows if r.name == "onnx-int8-tensorrt-int8-qdq-fp16")
     assert row.backend == "onnxruntime" and row.num_images > 0 and row.top1 is not None
-    assert record.metrics["val_top1"] == pytest.approx(row.top1)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, open: the budget search judges the FP32-float Q/DQ model only, and on this digits run "
-    "(ONNX Runtime 1.32, CPU) its FP16 float part loses 2 images of 359 more (-0.56 pt against a 0.5 pt budget); "
-    "the FP16 float part is what strongly typed builds take, so the search must judge it too",
-)
-def test_the_fp16_float_part_is_held_to_the_budget_quantize_was_given(run_copy: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    from edge_tl.quantize import QuantizeConfig, quantize_run
-    from edge_tl.verify.api import VerifyConfig, verify_run
-
-    quantize_run(
-        run_copy, config=QuantizeConfig(recipe="tensorrt-int8-qdq", calib_samples=64, threads=1, max_accuracy_drop=0.5)
-    )
-    report = verify_run(
-        run_copy,
-        config=VerifyConfig(artifacts=("onnx-int8-tensorrt-int8-qdq-fp16",), measure_latency=False, threads=1),
-        check=False,
-    )
-    row = next(r for r in report.rows if r.name == "onnx-int8-tensorrt-int8-qdq-fp16")
     assert abs(row.delta_top1_pts) <= 0.5, f"FP16 float part moved top-1 by {row.delta_top1_pts:.2f} pt"
+    assert record.metrics["val_top1"] == pytest.approx(row.top1)
 
 
 def _tiny_qdq_conv(weight_scale: "list[float]"):
